@@ -1,3 +1,24 @@
+//! Outrigger: a Durable Task sidecar.
+//!
+//! Layout:
+//! - [`config`]: flags and environment, validated once at start.
+//! - [`grpc`]: the `TaskHubSidecarService` handlers: input checks and wire <-> domain, nothing more.
+//! - [`engine`]: the Durable Task rules as pure functions (no I/O).
+//! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
+//! - [`store`]: durable state behind one trait (SQLite).
+//! - [`server`]: wires the pieces together and serves until shutdown.
+
+pub mod config;
+pub mod dispatch;
+pub mod engine;
+pub mod grpc;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod time;
+
+/// Types generated from `proto/orchestrator_service.proto`.
 pub mod proto {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("_");
 }

@@ -1,0 +1,69 @@
+"""Building blocks shared by conftest.py and tests that manage their own sidecar."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+from pathlib import Path
+
+from durabletask.client import TaskHubGrpcClient
+from durabletask.worker import ConcurrencyOptions, TaskHubGrpcWorker
+
+from sidecar import Sidecar
+
+HERE = Path(__file__).resolve().parent
+_live_sidecars: list[Sidecar] = []
+
+
+def _session_log_dir() -> Path:
+    base = Path(os.environ.get("OUTRIGGER_TEST_LOG_DIR", HERE / ".logs"))
+    path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# One directory per pytest session: sidecar output plus SDK client/worker logs.
+LOG_DIR = _session_log_dir()
+
+
+def sdk_logger(name: str) -> logging.Logger:
+    """SDK client/worker logs go to a file in the session log directory."""
+    logger = logging.getLogger(f"sdk-tests.{name}")
+    if not logger.handlers:
+        handler = logging.FileHandler(LOG_DIR / f"{name}.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def start_sidecar(name: str, db_path: Path) -> Sidecar:
+    """Start outrigger on a free port, logging to LOG_DIR/<name>.log."""
+    sidecar = Sidecar(db_path=db_path, log_path=LOG_DIR / f"{name}.log")
+    _live_sidecars.append(sidecar)
+    return sidecar.start()
+
+
+def live_sidecars() -> list[Sidecar]:
+    return list(_live_sidecars)
+
+
+def new_worker(address: str, name: str) -> TaskHubGrpcWorker:
+    return TaskHubGrpcWorker(
+        host_address=address,
+        logger=sdk_logger(name),
+        concurrency_options=ConcurrencyOptions(maximum_thread_pool_workers=16),
+    )
+
+
+def new_client(address: str, name: str) -> TaskHubGrpcClient:
+    return TaskHubGrpcClient(host_address=address, logger=sdk_logger(name))
+
+
+@atexit.register
+def _kill_leftover_sidecars() -> None:
+    for sidecar in _live_sidecars:
+        sidecar.kill()

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Runs the SDK test suites against an outrigger binary.
+#
+#   sdk-tests/run.sh [python]          (no argument: every suite)
+#
+# Builds target/release/outrigger with cargo unless OUTRIGGER_BIN names a binary.
+# Extra pytest options can be passed through PYTEST_ADDOPTS, e.g.
+#   PYTEST_ADDOPTS="-k timers -x" sdk-tests/run.sh python
+# The last line printed is always "N passed, N failed"; the exit status is
+# non-zero when anything failed or errored, or when no test ran.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+
+passed=0
+failed=0
+
+finish() {
+    echo "$passed passed, $failed failed"
+    if [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]; then exit 0; fi
+    exit 1
+}
+
+run_python() {
+    local dir="$HERE/python"
+    local venv="$dir/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "sdk-tests: creating $venv" >&2
+        python3 -m venv "$venv" || return 1
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$dir/requirements.txt" || return 1
+
+    local results="$dir/.results"
+    local xml="$results/junit.xml"
+    mkdir -p "$results"
+    rm -f "$xml"
+    (cd "$dir" && "$venv/bin/python" -m pytest -q --junitxml="$xml")
+    local rc=$?
+
+    local counts
+    counts=$("$venv/bin/python" - "$xml" <<'EOF'
+import sys
+import xml.etree.ElementTree as ET
+
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except (OSError, ET.ParseError):
+    print("0 0 0")
+    raise SystemExit
+passed = failed = skipped = 0
+for case in root.iter("testcase"):
+    tags = {child.tag for child in case}
+    if tags & {"failure", "error"}:
+        failed += 1
+    elif "skipped" in tags:
+        skipped += 1
+    else:
+        passed += 1
+print(passed, failed, skipped)
+EOF
+)
+    local p f s
+    read -r p f s <<<"$counts"
+    # pytest failing without a failed test case (internal error, no tests) still fails.
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    if [ "$s" -gt 0 ]; then echo "python: $s skipped"; fi
+    echo "python: $p passed, $f failed"
+    passed=$((passed + p))
+    failed=$((failed + f))
+    return 0
+}
+
+suites=("$@")
+if [ ${#suites[@]} -eq 0 ]; then suites=(python); fi
+for suite in "${suites[@]}"; do
+    case "$suite" in
+        python) ;;
+        *) echo "sdk-tests: unknown suite '$suite' (known: python)" >&2; failed=$((failed + 1)); finish ;;
+    esac
+done
+
+if [ -z "${OUTRIGGER_BIN:-}" ]; then
+    if ! (cd "$ROOT" && cargo build --release); then
+        echo "sdk-tests: cargo build --release failed" >&2
+        failed=$((failed + 1))
+        finish
+    fi
+    export OUTRIGGER_BIN="$ROOT/target/release/outrigger"
+fi
+
+for suite in "${suites[@]}"; do
+    if ! "run_$suite"; then
+        echo "sdk-tests: could not set up the $suite suite" >&2
+        failed=$((failed + 1))
+    fi
+done
+finish

@@ -1,0 +1,595 @@
+//! Who gets which work item. Workers open `GetWorkItems` streams; the dispatch loop leases due
+//! work from the store and pushes it to a stream with free capacity the moment it is
+//! committed (every commit wakes the loop; future work wakes it at its due time). Items a
+//! worker holds are tracked here by completion token until completed, abandoned, or the
+//! worker's stream drops, which releases them at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::engine::{self, Prepared, events};
+use crate::model::Instance;
+use crate::proto::work_item::Request as Item;
+use crate::proto::*;
+use crate::store::{Lease, LockedActivity, LockedOrchestration, Store, StoreError};
+use crate::time::{self, Millis};
+
+/// Tunables of the dispatch loop.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a lease lasts without renewal; renewed every third of it while held.
+    pub lease: Duration,
+    /// Health pings on every worker stream at this interval.
+    pub ping_interval: Duration,
+    /// Workers that stream history get `requiresHistoryStreaming` instead of `pastEvents`
+    /// when the encoded history is larger than this.
+    pub history_streaming_threshold: usize,
+    /// Back-off before an abandoned item is dispatched again.
+    pub abandon_delay: Duration,
+    /// Re-check for expired leases and missed wake-ups at this interval (a safety net only).
+    pub sweep_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lease: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(15),
+            history_streaming_threshold: 1 << 20,
+            abandon_delay: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A worker that declares no limit still gets at most this many items of a kind at once, so
+/// one worker cannot hoard the whole backlog.
+const DEFAULT_LIMIT: usize = 1000;
+/// Most items leased in one store round trip.
+const BATCH: usize = 100;
+
+type Sender = mpsc::UnboundedSender<Result<WorkItem, Status>>;
+
+struct Worker {
+    tx: Sender,
+    max_orchestrations: usize,
+    max_activities: usize,
+    orchestrations: usize,
+    activities: usize,
+    history_streaming: bool,
+    /// Health pings; stops when the worker is removed.
+    _pinger: AbortOnDrop,
+}
+
+/// An orchestrator work item a worker holds.
+struct HeldOrchestration {
+    worker: u64,
+    instance: Instance,
+    history: Vec<HistoryEvent>,
+    new_events: Vec<HistoryEvent>,
+    consumed: Vec<i64>,
+    /// Actions of a chunked answer received so far, and the next chunk index expected.
+    chunks: Vec<OrchestratorAction>,
+    next_chunk: i32,
+}
+
+struct HeldActivity {
+    worker: u64,
+    id: i64,
+    instance_id: String,
+    task_id: i32,
+}
+
+#[derive(Default)]
+struct State {
+    next_worker: u64,
+    workers: BTreeMap<u64, Worker>,
+    orchestrations: HashMap<String, HeldOrchestration>,
+    activities: HashMap<String, HeldActivity>,
+    /// Round-robin cursor over workers.
+    cursor: u64,
+}
+
+impl State {
+    fn free(&self, pick: impl Fn(&Worker) -> usize) -> usize {
+        self.workers.values().map(pick).sum()
+    }
+
+    /// The next worker (round robin) with room for one more item of a kind.
+    fn choose(&mut self, room: impl Fn(&Worker) -> bool) -> Option<u64> {
+        let after = self.workers.range(self.cursor + 1..).chain(self.workers.range(..=self.cursor));
+        let id = after.filter(|(_, w)| room(w)).map(|(id, _)| *id).next()?;
+        self.cursor = id;
+        Some(id)
+    }
+}
+
+/// Wakes clients waiting on an instance's state (WaitForInstanceStart/Completion).
+#[derive(Default)]
+pub struct Watchers {
+    senders: Mutex<HashMap<String, watch::Sender<()>>>,
+}
+
+impl Watchers {
+    /// Subscribes before the caller reads the state, so no change can slip in between.
+    pub fn subscribe(&self, instance_id: &str) -> watch::Receiver<()> {
+        let mut senders = self.senders.lock().unwrap();
+        senders.entry(instance_id.to_string()).or_insert_with(|| watch::channel(()).0).subscribe()
+    }
+
+    pub fn notify<'a>(&self, instance_ids: impl IntoIterator<Item = &'a String>) {
+        let mut senders = self.senders.lock().unwrap();
+        for id in instance_ids {
+            if let Some(tx) = senders.get(id) {
+                if tx.send(()).is_err() {
+                    senders.remove(id); // nobody is waiting any more
+                }
+            }
+        }
+    }
+}
+
+/// The work-item hub of one sidecar.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    settings: Settings,
+    /// Lease owner name of this sidecar process.
+    owner: String,
+    state: Mutex<State>,
+    wake: Notify,
+    pub watchers: Watchers,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("owner", &self.owner).finish()
+    }
+}
+
+/// Why a completion or abandon was refused.
+fn stale(token: &str) -> Status {
+    Status::failed_precondition(format!(
+        "completion token '{token}' does not name a work item this sidecar has outstanding (already completed, abandoned, or its worker disconnected)"
+    ))
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::LeaseLost => Status::failed_precondition(e.to_string()),
+        StoreError::AlreadyExists(..) => Status::already_exists(e.to_string()),
+        StoreError::Database(_) => Status::unavailable(e.to_string()),
+        StoreError::Corrupt(_) => Status::internal(e.to_string()),
+    }
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
+        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        Arc::new(Dispatcher { store, settings, owner, state: Mutex::default(), wake: Notify::new(), watchers: Watchers::default() })
+    }
+
+    /// Tells the loop that new work may be due (after any commit).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Called after a store change outside a work item (client RPCs).
+    pub fn changed<'a>(&self, instance_ids: impl IntoIterator<Item = &'a String>) {
+        self.watchers.notify(instance_ids);
+        self.wake();
+    }
+
+    fn lease(&self, now: Millis) -> Lease<'_> {
+        Lease { owner: &self.owner, now, until: now + self.settings.lease.as_millis() as Millis }
+    }
+
+    /// Runs the dispatch loop and the lease renewer until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let renewer = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(this.settings.lease / 3);
+                loop {
+                    tick.tick().await;
+                    let until = time::now() + this.settings.lease.as_millis() as Millis;
+                    if let Err(e) = this.store.renew_leases(&this.owner, until).await {
+                        warn!(error = %e, "renewing leases failed");
+                    }
+                }
+            })
+        };
+        let _renewer = AbortOnDrop(renewer);
+        loop {
+            match self.dispatch_once().await {
+                Ok(true) => continue, // there may be more due work
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "dispatch failed; retrying"),
+            }
+            let now = time::now();
+            let due = self.store.next_due(now).await.ok().flatten();
+            let until_due = due.map(|d| Duration::from_millis((d - now).max(0) as u64)).unwrap_or(self.settings.sweep_interval);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(until_due.min(self.settings.sweep_interval)) => {}
+            }
+        }
+    }
+
+    /// Leases what free worker capacity allows and hands it out. Returns whether anything was
+    /// leased.
+    async fn dispatch_once(&self) -> Result<bool, StoreError> {
+        let (orchestration_room, activity_room) = {
+            let state = self.state.lock().unwrap();
+            (
+                state.free(|w| w.max_orchestrations.saturating_sub(w.orchestrations)).min(BATCH),
+                state.free(|w| w.max_activities.saturating_sub(w.activities)).min(BATCH),
+            )
+        };
+        let mut leased = false;
+        if orchestration_room > 0 {
+            let now = time::now();
+            for item in self.store.lock_orchestrations(&self.lease(now), orchestration_room as u32).await? {
+                leased = true;
+                self.hand_orchestration(item, now).await?;
+            }
+        }
+        if activity_room > 0 {
+            let now = time::now();
+            for item in self.store.lock_activities(&self.lease(now), activity_room as u32).await? {
+                leased = true;
+                self.hand_activity(item).await?;
+            }
+        }
+        Ok(leased)
+    }
+
+    async fn hand_orchestration(&self, item: LockedOrchestration, now: Millis) -> Result<(), StoreError> {
+        let LockedOrchestration { token, instance, history, inbox } = item;
+        let id = instance.instance_id.clone();
+        let (new_events, consumed) = match engine::prepare(&instance, &history, &inbox, now) {
+            Prepared::Run { new_events, consumed } => (new_events, consumed),
+            Prepared::Drop { consumed, reason } => {
+                for (_, m) in &inbox {
+                    info!(instance_id = %id, event = events::kind_name(&m.event), reason, "dropping event");
+                }
+                return self.store.release_orchestration(&id, &token, &consumed, 0).await;
+            }
+            Prepared::Wait => {
+                let later = now + self.settings.abandon_delay.as_millis() as Millis;
+                return self.store.release_orchestration(&id, &token, &[], later).await;
+            }
+        };
+        let sent = {
+            let mut state = self.state.lock().unwrap();
+            let chosen = state.choose(|w| w.orchestrations < w.max_orchestrations);
+            chosen.and_then(|worker_id| {
+                let worker = state.workers.get_mut(&worker_id)?;
+                let stream_history = worker.history_streaming
+                    && history.iter().map(|e| e.encoded_len()).sum::<usize>() > self.settings.history_streaming_threshold;
+                let request = OrchestratorRequest {
+                    instance_id: id.clone(),
+                    execution_id: Some(instance.execution_id.clone()),
+                    past_events: if stream_history { vec![] } else { history.clone() },
+                    new_events: new_events.clone(),
+                    requires_history_streaming: stream_history,
+                    orchestration_trace_context: instance.trace_context.clone(),
+                    ..Default::default()
+                };
+                let work = WorkItem { request: Some(Item::OrchestratorRequest(request)), completion_token: token.clone() };
+                worker.tx.send(Ok(work)).ok()?;
+                worker.orchestrations += 1;
+                state.orchestrations.insert(
+                    token.clone(),
+                    HeldOrchestration { worker: worker_id, instance, history, new_events, consumed, chunks: vec![], next_chunk: 0 },
+                );
+                Some(worker_id)
+            })
+        };
+        match sent {
+            Some(worker) => debug!(instance_id = %id, worker, "orchestration work item sent"),
+            None => self.store.release_orchestration(&id, &token, &[], 0).await?,
+        }
+        Ok(())
+    }
+
+    async fn hand_activity(&self, item: LockedActivity) -> Result<(), StoreError> {
+        let LockedActivity { id, token, task } = item;
+        let sent = {
+            let mut state = self.state.lock().unwrap();
+            let chosen = state.choose(|w| w.activities < w.max_activities);
+            chosen.and_then(|worker_id| {
+                let worker = state.workers.get_mut(&worker_id)?;
+                let task_id = task.request.task_id;
+                let work = WorkItem { request: Some(Item::ActivityRequest(task.request)), completion_token: token.clone() };
+                worker.tx.send(Ok(work)).ok()?;
+                worker.activities += 1;
+                state.activities.insert(token.clone(), HeldActivity { worker: worker_id, id, instance_id: task.instance_id, task_id });
+                Some(())
+            })
+        };
+        if sent.is_none() {
+            self.store.release_activity(id, &token, time::now()).await?;
+        }
+        Ok(())
+    }
+
+    /// Registers a worker stream. The returned guard unregisters it (releasing what it holds)
+    /// when the stream is dropped.
+    pub fn connect(self: &Arc<Self>, request: &GetWorkItemsRequest) -> (mpsc::UnboundedReceiver<Result<WorkItem, Status>>, WorkerGuard) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limit = |n: i32| if n > 0 { n as usize } else { DEFAULT_LIMIT };
+        // Pings let workers tell a quiet stream from a dead one (SDKs reconnect after 120 s of silence).
+        let interval = self.settings.ping_interval;
+        let ping_tx = tx.clone();
+        let pinger = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                tick.tick().await;
+                let ping = WorkItem { request: Some(Item::HealthPing(HealthPing {})), completion_token: String::new() };
+                if ping_tx.send(Ok(ping)).is_err() {
+                    break;
+                }
+            }
+        });
+        let worker = Worker {
+            tx,
+            _pinger: AbortOnDrop(pinger),
+            max_orchestrations: limit(request.max_concurrent_orchestration_work_items),
+            max_activities: limit(request.max_concurrent_activity_work_items),
+            orchestrations: 0,
+            activities: 0,
+            history_streaming: request.capabilities.contains(&(WorkerCapability::HistoryStreaming as i32)),
+        };
+        let id = {
+            let mut state = self.state.lock().unwrap();
+            state.next_worker += 1;
+            let id = state.next_worker;
+            state.workers.insert(id, worker);
+            id
+        };
+        info!(worker = id, max_orchestrations = request.max_concurrent_orchestration_work_items,
+              max_activities = request.max_concurrent_activity_work_items, "worker connected");
+        self.wake();
+        (rx, WorkerGuard { dispatcher: self.clone(), worker: id })
+    }
+
+    /// Ends every worker stream cleanly (OK trailers), so workers reconnect elsewhere; used
+    /// at shutdown.
+    pub fn close_all(self: &Arc<Self>) {
+        let workers: Vec<u64> = self.state.lock().unwrap().workers.keys().copied().collect();
+        for worker in workers {
+            self.disconnect(worker);
+        }
+    }
+
+    /// Releases everything a vanished worker held, so other workers get it at once.
+    fn disconnect(self: &Arc<Self>, worker: u64) {
+        let (orchestrations, activities) = {
+            let mut state = self.state.lock().unwrap();
+            if state.workers.remove(&worker).is_none() {
+                return; // already gone (closed at shutdown, then its stream dropped)
+            }
+            let orchestrations: Vec<_> = state.orchestrations.extract_if(|_, h| h.worker == worker).collect();
+            let activities: Vec<_> = state.activities.extract_if(|_, h| h.worker == worker).collect();
+            (orchestrations, activities)
+        };
+        info!(worker, orchestrations = orchestrations.len(), activities = activities.len(), "worker disconnected; releasing its work items");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let now = time::now();
+            for (token, held) in orchestrations {
+                if let Err(e) = this.store.release_orchestration(&held.instance.instance_id, &token, &[], 0).await {
+                    debug!(error = %e, "releasing orchestration lease");
+                }
+            }
+            for (token, held) in activities {
+                if let Err(e) = this.store.release_activity(held.id, &token, now).await {
+                    debug!(error = %e, "releasing activity lease");
+                }
+            }
+            this.wake();
+        });
+    }
+
+    /// Applies an orchestrator's answer (or buffers it, for a chunk that is not the last).
+    /// Chunking is deprecated in the protocol but still sent by the .NET and Java SDKs.
+    #[allow(deprecated)]
+    pub async fn complete_orchestration(&self, response: OrchestratorResponse) -> Result<(), Status> {
+        engine::validate(&response.actions).map_err(Status::invalid_argument)?;
+        let (token, held) = {
+            let mut state = self.state.lock().unwrap();
+            let token = if response.completion_token.is_empty() {
+                // Workers built before completion tokens existed: one item per instance at a time.
+                if response.instance_id.is_empty() {
+                    return Err(Status::invalid_argument("instanceId is required when completionToken is empty"));
+                }
+                state
+                    .orchestrations
+                    .iter()
+                    .find(|(_, h)| h.instance.instance_id == response.instance_id)
+                    .map(|(t, _)| t.clone())
+                    .ok_or_else(|| Status::failed_precondition(format!("no orchestration work item for instance '{}' is outstanding", response.instance_id)))?
+            } else {
+                response.completion_token.clone()
+            };
+            let held = state.orchestrations.get_mut(&token).ok_or_else(|| stale(&token))?;
+            if !response.instance_id.is_empty() && response.instance_id != held.instance.instance_id {
+                return Err(Status::invalid_argument(format!(
+                    "instanceId '{}' does not match the work item's instance '{}'",
+                    response.instance_id, held.instance.instance_id
+                )));
+            }
+            let chunked = response.is_partial || response.chunk_index.is_some();
+            if chunked {
+                let index = response.chunk_index.unwrap_or(held.next_chunk);
+                if index != held.next_chunk {
+                    return Err(Status::invalid_argument(format!("expected chunk {}, got chunk {index}", held.next_chunk)));
+                }
+                held.next_chunk += 1;
+                held.chunks.extend(response.actions.iter().cloned());
+                if response.is_partial {
+                    return Ok(());
+                }
+            }
+            let mut held = state.orchestrations.remove(&token).expect("checked above");
+            if let Some(w) = state.workers.get_mut(&held.worker) {
+                w.orchestrations -= 1;
+            }
+            if !chunked {
+                held.chunks = response.actions.clone();
+            }
+            (token, held)
+        };
+        let id = held.instance.instance_id.clone();
+        if response.requires_history {
+            // The worker could not use what it got; send the same step again, with history.
+            self.release(&id, &token).await;
+            return Ok(());
+        }
+        let answer = engine::Response {
+            actions: held.chunks,
+            custom_status: response.custom_status,
+            trace_context: response.orchestration_trace_context,
+        };
+        let now = time::now();
+        let commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || uuid::Uuid::new_v4().simple().to_string());
+        match self.store.commit_orchestration(&token, &held.consumed, commit, now).await {
+            Ok(changed) => {
+                self.changed(&changed);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(instance_id = %id, error = %e, "orchestration step not committed");
+                if !matches!(e, StoreError::LeaseLost) {
+                    self.release(&id, &token).await;
+                }
+                Err(store_status(e))
+            }
+        }
+    }
+
+    async fn release(&self, instance_id: &str, token: &str) {
+        if let Err(e) = self.store.release_orchestration(instance_id, token, &[], 0).await {
+            debug!(error = %e, "releasing orchestration lease");
+        }
+        self.wake();
+    }
+
+    /// Records an activity's result.
+    pub async fn complete_activity(&self, response: ActivityResponse) -> Result<(), Status> {
+        let (token, held) = {
+            let mut state = self.state.lock().unwrap();
+            let token = if response.completion_token.is_empty() {
+                state
+                    .activities
+                    .iter()
+                    .find(|(_, h)| h.instance_id == response.instance_id && h.task_id == response.task_id)
+                    .map(|(t, _)| t.clone())
+                    .ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "no activity work item for instance '{}' task {} is outstanding",
+                            response.instance_id, response.task_id
+                        ))
+                    })?
+            } else {
+                response.completion_token.clone()
+            };
+            let held = state.activities.get(&token).ok_or_else(|| stale(&token))?;
+            if (!response.instance_id.is_empty() && response.instance_id != held.instance_id) || response.task_id != held.task_id {
+                return Err(Status::invalid_argument(format!(
+                    "instanceId/taskId '{}'/{} do not match the work item's '{}'/{}",
+                    response.instance_id, response.task_id, held.instance_id, held.task_id
+                )));
+            }
+            let held = state.activities.remove(&token).expect("checked above");
+            if let Some(w) = state.workers.get_mut(&held.worker) {
+                w.activities -= 1;
+            }
+            (token, held)
+        };
+        let now = time::now();
+        let result = events::task_result(now, held.task_id, response.result, response.failure_details);
+        let outcome = self.store.complete_activity(held.id, &token, result, now).await;
+        self.wake();
+        outcome.map_err(store_status)
+    }
+
+    /// Returns an orchestration work item to the queue. Unknown tokens are fine (idempotent).
+    pub async fn abandon_orchestration(&self, token: &str) {
+        let held = {
+            let mut state = self.state.lock().unwrap();
+            let held = state.orchestrations.remove(token);
+            if let Some(w) = held.as_ref().and_then(|h| state.workers.get_mut(&h.worker)) {
+                w.orchestrations -= 1;
+            }
+            held
+        };
+        if let Some(held) = held {
+            let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
+            if let Err(e) = self.store.release_orchestration(&held.instance.instance_id, token, &[], later).await {
+                debug!(error = %e, "abandoning orchestration");
+            }
+            self.wake();
+        }
+    }
+
+    /// Returns an activity work item to the queue. Unknown tokens are fine (idempotent).
+    pub async fn abandon_activity(&self, token: &str) {
+        let held = {
+            let mut state = self.state.lock().unwrap();
+            let held = state.activities.remove(token);
+            if let Some(w) = held.as_ref().and_then(|h| state.workers.get_mut(&h.worker)) {
+                w.activities -= 1;
+            }
+            held
+        };
+        if let Some(held) = held {
+            let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
+            if let Err(e) = self.store.release_activity(held.id, token, later).await {
+                debug!(error = %e, "abandoning activity");
+            }
+            self.wake();
+        }
+    }
+
+    /// Releases everything this sidecar holds (at shutdown).
+    pub async fn release_everything(&self) {
+        if let Err(e) = self.store.release_all(Some(&self.owner)).await {
+            warn!(error = %e, "releasing leases at shutdown");
+        }
+    }
+}
+
+/// Unregisters a worker stream when dropped.
+pub struct WorkerGuard {
+    dispatcher: Arc<Dispatcher>,
+    worker: u64,
+}
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.dispatcher.disconnect(self.worker);
+    }
+}
+
+impl std::fmt::Debug for WorkerGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerGuard").field("worker", &self.worker).finish()
+    }
+}
+
+/// Aborts a background task when its owner goes away.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,403 @@
+//! Client-facing RPCs: create, inspect, signal, query and purge instances.
+
+use std::time::Duration;
+
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use super::{Service, status};
+use crate::engine::{self, StartSpec, events};
+use crate::model::{Instance, Message, is_terminal};
+use crate::proto::*;
+use crate::store::{Delivery, FinishedFilter, InstanceFilter, Purge, Rewind};
+use crate::time::{self, Millis};
+
+/// Longest instance id accepted; ids are primary keys and appear in every log line.
+const MAX_ID_LEN: usize = 1024;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+/// Most instance ids in one purge batch (the protocol's documented limit).
+const MAX_BATCH: usize = 500;
+/// History chunks stay well under the default 4 MB message limit of every SDK.
+const CHUNK_EVENTS: usize = 100;
+const CHUNK_BYTES: usize = 256 * 1024;
+
+const TERMINAL: [OrchestrationStatus; 4] = [
+    OrchestrationStatus::Completed,
+    OrchestrationStatus::Failed,
+    OrchestrationStatus::Terminated,
+    OrchestrationStatus::Canceled,
+];
+
+fn instance_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("instanceId is required"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Status::invalid_argument(format!("instanceId is {} bytes; at most {MAX_ID_LEN} are allowed", id.len())));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Status::invalid_argument("instanceId must not contain control characters"));
+    }
+    Ok(id)
+}
+
+fn timestamp(field: &str, ts: &Option<prost_types::Timestamp>) -> Result<Option<Millis>, Status> {
+    ts.as_ref().map(|t| time::from_timestamp(t).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))).transpose()
+}
+
+fn statuses(field: &str, values: &[i32]) -> Result<Vec<OrchestrationStatus>, Status> {
+    values
+        .iter()
+        .map(|v| OrchestrationStatus::try_from(*v).map_err(|_| Status::invalid_argument(format!("{field}: unknown status {v}"))))
+        .collect()
+}
+
+fn page_size(field: &str, n: i32) -> Result<u32, Status> {
+    match n {
+        n if n < 0 => Err(Status::invalid_argument(format!("{field} must not be negative, got {n}"))),
+        0 => Ok(DEFAULT_PAGE),
+        n => Ok((n as u32).min(MAX_PAGE)),
+    }
+}
+
+/// Page tokens are "<millis>|<instance id>" of the last row returned.
+fn page_token(at: Millis, id: &str) -> String {
+    format!("{at}|{id}")
+}
+
+fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Millis, String)>, Status> {
+    let Some(token) = token.as_deref().filter(|t| !t.is_empty()) else { return Ok(None) };
+    let bad = || Status::invalid_argument(format!("{field} '{token}' is not a token this sidecar issued"));
+    let (at, id) = token.split_once('|').ok_or_else(bad)?;
+    Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
+}
+
+/// The caller's deadline from the `grpc-timeout` header, if any.
+pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
+    let Some(value) = metadata.get("grpc-timeout") else { return Ok(None) };
+    let bad = || Status::invalid_argument("malformed grpc-timeout header");
+    let text = value.to_str().map_err(|_| bad())?;
+    if text.len() < 2 {
+        return Err(bad());
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    Ok(Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return Err(bad()),
+    }))
+}
+
+fn state(i: Instance, with_payloads: bool) -> OrchestrationState {
+    OrchestrationState {
+        instance_id: i.instance_id,
+        name: i.name,
+        version: i.version,
+        orchestration_status: i.status as i32,
+        scheduled_start_timestamp: i.scheduled_start_at.map(time::to_timestamp),
+        created_timestamp: Some(time::to_timestamp(i.created_at)),
+        last_updated_timestamp: Some(time::to_timestamp(i.updated_at)),
+        input: if with_payloads { i.input } else { None },
+        output: if with_payloads { i.output } else { None },
+        // Small and what dashboards poll for, so always returned.
+        custom_status: i.custom_status,
+        failure_details: i.failure_details,
+        execution_id: Some(i.execution_id),
+        completed_timestamp: i.completed_at.map(time::to_timestamp),
+        parent_instance_id: i.parent_instance_id,
+        tags: i.tags.into_iter().collect(),
+    }
+}
+
+fn found(i: Option<Instance>, with_payloads: bool) -> GetInstanceResponse {
+    GetInstanceResponse { exists: i.is_some(), orchestration_state: i.map(|i| state(i, with_payloads)) }
+}
+
+fn new_execution_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Service {
+    pub(super) async fn start(&self, r: CreateInstanceRequest) -> Result<CreateInstanceResponse, Status> {
+        let id = if r.instance_id.is_empty() { new_execution_id() } else { instance_id(&r.instance_id)?.to_string() };
+        if r.name.is_empty() {
+            return Err(Status::invalid_argument("name (the orchestrator to run) is required"));
+        }
+        let now = time::now();
+        // Epoch zero is what some clients send for "no scheduled start".
+        let scheduled = timestamp("scheduledStartTimestamp", &r.scheduled_start_timestamp)?.filter(|at| *at > 0 && *at > now);
+        let replaceable = match &r.orchestration_id_reuse_policy {
+            Some(p) => statuses("orchestrationIdReusePolicy.replaceableStatus", &p.replaceable_status)?,
+            // Without a policy a finished instance may be replaced, a live one may not.
+            None => TERMINAL.to_vec(),
+        };
+        let execution_id = match r.execution_id.filter(|e| !e.is_empty()) {
+            Some(e) if e.len() > MAX_ID_LEN => return Err(Status::invalid_argument("executionId is too long")),
+            Some(e) => e,
+            None => new_execution_id(),
+        };
+        let spec = StartSpec {
+            instance_id: id.clone(),
+            name: r.name,
+            version: r.version,
+            input: r.input,
+            execution_id,
+            scheduled_start: scheduled,
+            tags: r.tags.into_iter().collect(),
+            parent: None,
+            parent_trace_context: r.parent_trace_context,
+        };
+        self.store.create_instance(engine::new_instance(spec, now), &replaceable).await.map_err(status)?;
+        self.dispatcher.changed([&id]);
+        Ok(CreateInstanceResponse { instance_id: id })
+    }
+
+    pub(super) async fn get(&self, r: GetInstanceRequest) -> Result<GetInstanceResponse, Status> {
+        let i = self.store.get_instance(instance_id(&r.instance_id)?).await.map_err(status)?;
+        Ok(found(i, r.get_inputs_and_outputs))
+    }
+
+    /// Answers once `done(status)` holds, woken by state changes rather than polling.
+    pub(super) async fn wait(
+        &self,
+        r: GetInstanceRequest,
+        deadline: Option<Duration>,
+        done: impl Fn(OrchestrationStatus) -> bool,
+    ) -> Result<GetInstanceResponse, Status> {
+        let id = instance_id(&r.instance_id)?.to_string();
+        let wait = async {
+            let mut changes = self.dispatcher.watchers.subscribe(&id);
+            loop {
+                let i = self.store.get_instance(&id).await.map_err(status)?;
+                match i {
+                    Some(i) if !done(i.status) => {}
+                    other => return Ok(found(other, r.get_inputs_and_outputs)),
+                }
+                if changes.changed().await.is_err() {
+                    // The sender was dropped (no one else watching); subscribe afresh.
+                    changes = self.dispatcher.watchers.subscribe(&id);
+                }
+            }
+        };
+        match deadline {
+            None => wait.await,
+            Some(d) => tokio::time::timeout(d, wait)
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("instance '{id}' did not reach the awaited state in time")))),
+        }
+    }
+
+    pub(super) async fn raise(&self, r: RaiseEventRequest) -> Result<RaiseEventResponse, Status> {
+        let id = instance_id(&r.instance_id)?;
+        if r.name.is_empty() {
+            return Err(Status::invalid_argument("name (the event name) is required"));
+        }
+        let now = time::now();
+        self.send(id, events::event_raised(now, r.name, r.input), now).await?;
+        Ok(RaiseEventResponse {})
+    }
+
+    pub(super) async fn terminate(&self, r: TerminateRequest) -> Result<TerminateResponse, Status> {
+        let id = instance_id(&r.instance_id)?;
+        let now = time::now();
+        self.send(id, events::terminated(now, r.output, r.recursive), now).await?;
+        Ok(TerminateResponse {})
+    }
+
+    pub(super) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<(), Status> {
+        let id = instance_id(&id)?;
+        let now = time::now();
+        let event = if suspend { events::suspended(now, reason) } else { events::resumed(now, reason) };
+        self.send(id, event, now).await
+    }
+
+    /// Queues an event for an instance. Unknown instances are an error; finished ones
+    /// silently ignore it (the event could not change anything).
+    async fn send(&self, id: &str, event: HistoryEvent, now: Millis) -> Result<(), Status> {
+        let message = Message { instance_id: id.to_string(), execution_id: None, event, visible_at: now, priority: Message::NORMAL };
+        match self.store.send(message).await.map_err(status)? {
+            Delivery::Unknown => Err(Status::not_found(format!("no instance with id '{id}'"))),
+            Delivery::Finished | Delivery::Queued => {
+                self.dispatcher.wake();
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn query(&self, r: QueryInstancesRequest) -> Result<QueryInstancesResponse, Status> {
+        let q = r.query.unwrap_or_default();
+        let limit = page_size("maxInstanceCount", q.max_instance_count)?;
+        let filter = InstanceFilter {
+            statuses: statuses("runtimeStatus", &q.runtime_status)?,
+            created_from: timestamp("createdTimeFrom", &q.created_time_from)?,
+            created_to: timestamp("createdTimeTo", &q.created_time_to)?,
+            id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
+            after: parse_page_token("continuationToken", &q.continuation_token)?,
+            limit: limit + 1, // one extra row tells whether another page exists
+        };
+        let mut rows = self.store.query(&filter).await.map_err(status)?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let continuation_token = more.then(|| rows.last().map(|i| page_token(i.created_at, &i.instance_id))).flatten();
+        Ok(QueryInstancesResponse {
+            orchestration_state: rows.into_iter().map(|i| state(i, q.fetch_inputs_and_outputs)).collect(),
+            continuation_token,
+        })
+    }
+
+    pub(super) async fn list_ids(&self, r: ListInstanceIdsRequest) -> Result<ListInstanceIdsResponse, Status> {
+        let limit = page_size("pageSize", r.page_size)?;
+        let filter = FinishedFilter {
+            statuses: statuses("runtimeStatus", &r.runtime_status)?,
+            completed_from: timestamp("completedTimeFrom", &r.completed_time_from)?,
+            completed_to: timestamp("completedTimeTo", &r.completed_time_to)?,
+            after: parse_page_token("lastInstanceKey", &r.last_instance_key)?,
+            limit: limit + 1,
+        };
+        let mut rows = self.store.finished(&filter).await.map_err(status)?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let last_instance_key = more.then(|| rows.last().map(|(at, id)| page_token(*at, id))).flatten();
+        Ok(ListInstanceIdsResponse { instance_ids: rows.into_iter().map(|(_, id)| id).collect(), last_instance_key })
+    }
+
+    pub(super) async fn purge(&self, r: PurgeInstancesRequest) -> Result<PurgeInstancesResponse, Status> {
+        use purge_instances_request::Request as Target;
+        let complete = |deleted: u32, done: bool| PurgeInstancesResponse { deleted_instance_count: deleted as i32, is_complete: Some(done) };
+        match r.request {
+            None => Err(Status::invalid_argument("one of instanceId, purgeInstanceFilter or instanceBatch is required")),
+            Some(Target::InstanceId(id)) => {
+                let id = instance_id(&id)?;
+                match self.store.purge(id, r.recursive).await.map_err(status)? {
+                    Purge::Deleted(n) => Ok(complete(n, true)),
+                    Purge::NotFinished(s) => Err(Status::failed_precondition(format!(
+                        "instance '{id}' is {} and cannot be purged until it finishes (terminate it first)",
+                        s.as_str_name()
+                    ))),
+                }
+            }
+            Some(Target::InstanceBatch(batch)) => {
+                if batch.instance_ids.len() > MAX_BATCH {
+                    return Err(Status::invalid_argument(format!("instanceBatch holds {} ids; at most {MAX_BATCH} are allowed", batch.instance_ids.len())));
+                }
+                let mut deleted = 0;
+                for id in &batch.instance_ids {
+                    if let Purge::Deleted(n) = self.store.purge(instance_id(id)?, r.recursive).await.map_err(status)? {
+                        deleted += n;
+                    }
+                }
+                Ok(complete(deleted, true))
+            }
+            Some(Target::PurgeInstanceFilter(f)) => {
+                let requested = statuses("purgeInstanceFilter.runtimeStatus", &f.runtime_status)?;
+                // Only finished instances are ever purged, whatever else the filter names.
+                let statuses: Vec<_> = if requested.is_empty() { TERMINAL.to_vec() } else { requested.into_iter().filter(|s| is_terminal(*s)).collect() };
+                let timeout = f.timeout.map(|d| Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64));
+                let started = tokio::time::Instant::now();
+                let mut filter = InstanceFilter {
+                    statuses,
+                    created_from: timestamp("purgeInstanceFilter.createdTimeFrom", &f.created_time_from)?,
+                    created_to: timestamp("purgeInstanceFilter.createdTimeTo", &f.created_time_to)?,
+                    limit: MAX_PAGE,
+                    ..Default::default()
+                };
+                let mut deleted = 0;
+                if filter.statuses.is_empty() {
+                    return Ok(complete(0, true));
+                }
+                loop {
+                    let page = self.store.query(&filter).await.map_err(status)?;
+                    let Some(last) = page.last() else { return Ok(complete(deleted, true)) };
+                    filter.after = Some((last.created_at, last.instance_id.clone()));
+                    for i in &page {
+                        if timeout.is_some_and(|t| started.elapsed() >= t) {
+                            return Ok(complete(deleted, false));
+                        }
+                        if let Purge::Deleted(n) = self.store.purge(&i.instance_id, r.recursive).await.map_err(status)? {
+                            deleted += n;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn history(&self, r: StreamInstanceHistoryRequest) -> Result<Vec<HistoryChunk>, Status> {
+        let id = instance_id(&r.instance_id)?;
+        let Some(instance) = self.store.get_instance(id).await.map_err(status)? else {
+            return Err(Status::not_found(format!("no instance with id '{id}'")));
+        };
+        if let Some(e) = r.execution_id.filter(|e| !e.is_empty() && *e != instance.execution_id) {
+            return Err(Status::not_found(format!("execution '{e}' of instance '{id}' is not its current execution; only the current one is kept")));
+        }
+        let events = self.store.history(id).await.map_err(status)?;
+        let mut chunks = vec![];
+        let mut chunk = HistoryChunk::default();
+        let mut bytes = 0;
+        for e in events {
+            let size = prost::Message::encoded_len(&e);
+            if !chunk.events.is_empty() && (chunk.events.len() >= CHUNK_EVENTS || bytes + size > CHUNK_BYTES) {
+                chunks.push(std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.events.push(e);
+        }
+        if !chunk.events.is_empty() || chunks.is_empty() {
+            chunks.push(chunk);
+        }
+        Ok(chunks)
+    }
+
+    pub(super) async fn restart(&self, r: RestartInstanceRequest) -> Result<RestartInstanceResponse, Status> {
+        let id = instance_id(&r.instance_id)?;
+        let Some(old) = self.store.get_instance(id).await.map_err(status)? else {
+            return Err(Status::not_found(format!("no instance with id '{id}'")));
+        };
+        if !r.restart_with_new_instance_id && !old.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "instance '{id}' is {}; only a finished instance can be restarted under the same id",
+                old.status.as_str_name()
+            )));
+        }
+        let new_id = if r.restart_with_new_instance_id { new_execution_id() } else { id.to_string() };
+        // The original input is the first execution's, as recorded when the instance started.
+        let history = self.store.history(id).await.map_err(status)?;
+        let input = events::execution_started(&history).map(|s| s.input.clone()).unwrap_or(old.input.clone());
+        let spec = StartSpec {
+            instance_id: new_id.clone(),
+            name: old.name,
+            version: old.version,
+            input,
+            execution_id: new_execution_id(),
+            tags: old.tags,
+            ..Default::default()
+        };
+        let replaceable: &[OrchestrationStatus] = if r.restart_with_new_instance_id { &[] } else { &TERMINAL };
+        self.store.create_instance(engine::new_instance(spec, time::now()), replaceable).await.map_err(status)?;
+        self.dispatcher.changed([&new_id]);
+        Ok(RestartInstanceResponse { instance_id: new_id })
+    }
+
+    pub(super) async fn rewind(&self, r: RewindInstanceRequest) -> Result<RewindInstanceResponse, Status> {
+        let id = instance_id(&r.instance_id)?;
+        let now = time::now();
+        match self.store.rewind(id, events::rewound(now, r.reason, None), now).await.map_err(status)? {
+            Rewind::Rewound => {
+                self.dispatcher.changed([&id.to_string()]);
+                Ok(RewindInstanceResponse {})
+            }
+            Rewind::Unknown => Err(Status::not_found(format!("no instance with id '{id}'"))),
+            Rewind::NotFailed(s) => Err(Status::failed_precondition(format!(
+                "instance '{id}' is {}; only failed instances can be rewound",
+                s.as_str_name()
+            ))),
+        }
+    }
+}

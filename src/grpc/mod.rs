@@ -1,0 +1,162 @@
+//! `TaskHubSidecarService`: input checks and wire <-> domain translation, one handler per RPC.
+//! Client-facing RPCs live in [`client`], worker-facing ones in [`worker`]; the store and the
+//! dispatcher do the work.
+
+mod client;
+mod worker;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::dispatch::Dispatcher;
+use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService;
+use crate::proto::*;
+use crate::store::{Store, StoreError};
+
+/// The service state shared by all handlers.
+#[derive(Clone)]
+pub struct Service {
+    store: Arc<dyn Store>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>) -> Self {
+        Service { store, dispatcher }
+    }
+}
+
+/// The one mapping from store failures to gRPC statuses.
+pub(crate) fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::AlreadyExists(..) => Status::already_exists(e.to_string()),
+        StoreError::LeaseLost => Status::failed_precondition(e.to_string()),
+        // Retriable: the SDKs retry or surface it, and nothing was half-written.
+        StoreError::Database(_) => Status::unavailable(e.to_string()),
+        StoreError::Corrupt(_) => Status::internal(e.to_string()),
+    }
+}
+
+fn entities_unsupported() -> Status {
+    Status::unimplemented("entities are not supported yet by this sidecar")
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl TaskHubSidecarService for Service {
+    async fn hello(&self, _: Request<()>) -> Rpc<()> {
+        Ok(Response::new(()))
+    }
+    async fn start_instance(&self, r: Request<CreateInstanceRequest>) -> Rpc<CreateInstanceResponse> {
+        self.start(r.into_inner()).await.map(Response::new)
+    }
+    async fn get_instance(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
+        self.get(r.into_inner()).await.map(Response::new)
+    }
+    async fn rewind_instance(&self, r: Request<RewindInstanceRequest>) -> Rpc<RewindInstanceResponse> {
+        self.rewind(r.into_inner()).await.map(Response::new)
+    }
+    async fn restart_instance(&self, r: Request<RestartInstanceRequest>) -> Rpc<RestartInstanceResponse> {
+        self.restart(r.into_inner()).await.map(Response::new)
+    }
+    async fn wait_for_instance_start(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
+        let deadline = client::deadline(r.metadata())?;
+        self.wait(r.into_inner(), deadline, |s| s != OrchestrationStatus::Pending).await.map(Response::new)
+    }
+    async fn wait_for_instance_completion(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
+        let deadline = client::deadline(r.metadata())?;
+        self.wait(r.into_inner(), deadline, crate::model::is_terminal).await.map(Response::new)
+    }
+    async fn raise_event(&self, r: Request<RaiseEventRequest>) -> Rpc<RaiseEventResponse> {
+        self.raise(r.into_inner()).await.map(Response::new)
+    }
+    async fn terminate_instance(&self, r: Request<TerminateRequest>) -> Rpc<TerminateResponse> {
+        self.terminate(r.into_inner()).await.map(Response::new)
+    }
+    async fn suspend_instance(&self, r: Request<SuspendRequest>) -> Rpc<SuspendResponse> {
+        let r = r.into_inner();
+        self.suspend_or_resume(r.instance_id, r.reason, true).await.map(|_| Response::new(SuspendResponse {}))
+    }
+    async fn resume_instance(&self, r: Request<ResumeRequest>) -> Rpc<ResumeResponse> {
+        let r = r.into_inner();
+        self.suspend_or_resume(r.instance_id, r.reason, false).await.map(|_| Response::new(ResumeResponse {}))
+    }
+    async fn query_instances(&self, r: Request<QueryInstancesRequest>) -> Rpc<QueryInstancesResponse> {
+        self.query(r.into_inner()).await.map(Response::new)
+    }
+    async fn list_instance_ids(&self, r: Request<ListInstanceIdsRequest>) -> Rpc<ListInstanceIdsResponse> {
+        self.list_ids(r.into_inner()).await.map(Response::new)
+    }
+    async fn purge_instances(&self, r: Request<PurgeInstancesRequest>) -> Rpc<PurgeInstancesResponse> {
+        self.purge(r.into_inner()).await.map(Response::new)
+    }
+
+    type GetWorkItemsStream = worker::WorkStream;
+    async fn get_work_items(&self, r: Request<GetWorkItemsRequest>) -> Rpc<Self::GetWorkItemsStream> {
+        self.work_items(r.into_inner()).map(Response::new)
+    }
+    async fn complete_activity_task(&self, r: Request<ActivityResponse>) -> Rpc<CompleteTaskResponse> {
+        self.dispatcher.complete_activity(r.into_inner()).await.map(|_| Response::new(CompleteTaskResponse {}))
+    }
+    async fn complete_orchestrator_task(&self, r: Request<OrchestratorResponse>) -> Rpc<CompleteTaskResponse> {
+        self.dispatcher.complete_orchestration(r.into_inner()).await.map(|_| Response::new(CompleteTaskResponse {}))
+    }
+    async fn complete_entity_task(&self, _: Request<EntityBatchResult>) -> Rpc<CompleteTaskResponse> {
+        Err(entities_unsupported())
+    }
+
+    type StreamInstanceHistoryStream = tokio_stream::Iter<std::vec::IntoIter<Result<HistoryChunk, Status>>>;
+    async fn stream_instance_history(&self, r: Request<StreamInstanceHistoryRequest>) -> Rpc<Self::StreamInstanceHistoryStream> {
+        self.history(r.into_inner()).await.map(|chunks| Response::new(tokio_stream::iter(chunks.into_iter().map(Ok).collect::<Vec<_>>())))
+    }
+    async fn create_task_hub(&self, r: Request<CreateTaskHubRequest>) -> Rpc<CreateTaskHubResponse> {
+        // The schema is created when the sidecar starts; "recreate" means start empty.
+        if r.into_inner().recreate_if_exists {
+            self.store.delete_all().await.map_err(status)?;
+        }
+        Ok(Response::new(CreateTaskHubResponse {}))
+    }
+    async fn delete_task_hub(&self, _: Request<DeleteTaskHubRequest>) -> Rpc<DeleteTaskHubResponse> {
+        self.store.delete_all().await.map_err(status)?;
+        Ok(Response::new(DeleteTaskHubResponse {}))
+    }
+    async fn signal_entity(&self, _: Request<SignalEntityRequest>) -> Rpc<SignalEntityResponse> {
+        Err(entities_unsupported())
+    }
+    async fn get_entity(&self, _: Request<GetEntityRequest>) -> Rpc<GetEntityResponse> {
+        Err(entities_unsupported())
+    }
+    async fn query_entities(&self, _: Request<QueryEntitiesRequest>) -> Rpc<QueryEntitiesResponse> {
+        Err(entities_unsupported())
+    }
+    async fn clean_entity_storage(&self, _: Request<CleanEntityStorageRequest>) -> Rpc<CleanEntityStorageResponse> {
+        Err(entities_unsupported())
+    }
+    async fn abandon_task_activity_work_item(&self, r: Request<AbandonActivityTaskRequest>) -> Rpc<AbandonActivityTaskResponse> {
+        let token = worker::required_token(r.into_inner().completion_token)?;
+        self.dispatcher.abandon_activity(&token).await;
+        Ok(Response::new(AbandonActivityTaskResponse {}))
+    }
+    async fn abandon_task_orchestrator_work_item(&self, r: Request<AbandonOrchestrationTaskRequest>) -> Rpc<AbandonOrchestrationTaskResponse> {
+        let token = worker::required_token(r.into_inner().completion_token)?;
+        self.dispatcher.abandon_orchestration(&token).await;
+        Ok(Response::new(AbandonOrchestrationTaskResponse {}))
+    }
+    async fn abandon_task_entity_work_item(&self, _: Request<AbandonEntityTaskRequest>) -> Rpc<AbandonEntityTaskResponse> {
+        Err(entities_unsupported())
+    }
+    async fn skip_graceful_orchestration_terminations(
+        &self,
+        _: Request<SkipGracefulOrchestrationTerminationsRequest>,
+    ) -> Rpc<SkipGracefulOrchestrationTerminationsResponse> {
+        Err(Status::unimplemented("SkipGracefulOrchestrationTerminations is not supported; use TerminateInstance"))
+    }
+}

@@ -1,0 +1,127 @@
+//! The domain records the engine produces and the store persists. They hold wire types
+//! (`HistoryEvent`, `ActivityRequest`, ...) where the protocol already defines the shape, so
+//! nothing is translated twice.
+
+use std::collections::BTreeMap;
+
+use crate::proto::{
+    ActivityRequest, HistoryEvent, OrchestrationStatus, OrchestrationTraceContext,
+    TaskFailureDetails,
+};
+use crate::time::Millis;
+
+/// One orchestration instance, as kept in the `instances` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instance {
+    pub instance_id: String,
+    pub name: String,
+    pub version: Option<String>,
+    /// The current execution; a new one starts on continue-as-new, restart and rewind.
+    pub execution_id: String,
+    pub status: OrchestrationStatus,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub custom_status: Option<String>,
+    pub failure_details: Option<TaskFailureDetails>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub completed_at: Option<Millis>,
+    pub scheduled_start_at: Option<Millis>,
+    pub parent_instance_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// The orchestration span a worker reported, echoed back on every later dispatch.
+    pub trace_context: Option<OrchestrationTraceContext>,
+}
+
+impl Instance {
+    /// Finished for good: nothing will run for it again unless a client restarts or rewinds it.
+    pub fn is_terminal(&self) -> bool {
+        is_terminal(self.status)
+    }
+}
+
+/// Whether a status is final.
+pub fn is_terminal(status: OrchestrationStatus) -> bool {
+    matches!(
+        status,
+        OrchestrationStatus::Completed
+            | OrchestrationStatus::Failed
+            | OrchestrationStatus::Terminated
+            | OrchestrationStatus::Canceled
+    )
+}
+
+/// An event waiting in an instance's inbox until its orchestrator sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub instance_id: String,
+    /// The execution the event belongs to. `None` means "whichever execution is current"
+    /// (external events); `Some` messages are dropped when that execution is gone.
+    pub execution_id: Option<String>,
+    pub event: HistoryEvent,
+    /// Not delivered before this time (timers, scheduled starts).
+    pub visible_at: Millis,
+    /// Lower sorts first. A new execution's ExecutionStarted and carried-over events use
+    /// `FIRST` so they precede events that arrived while the previous execution was running.
+    pub priority: i32,
+}
+
+impl Message {
+    pub const FIRST: i32 = 0;
+    pub const NORMAL: i32 = 1;
+}
+
+/// An activity waiting for a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivityTask {
+    pub instance_id: String,
+    pub execution_id: String,
+    pub request: ActivityRequest,
+}
+
+/// A new instance together with the ExecutionStarted message that starts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewInstance {
+    pub instance: Instance,
+    pub start: Message,
+}
+
+/// A sub-orchestration to create. When its id is held by a live instance, the parent receives
+/// `on_conflict` (a SubOrchestrationInstanceFailed) instead, so only that child fails.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChildStart {
+    pub child: NewInstance,
+    pub on_conflict: Message,
+}
+
+/// A sub-orchestration to bring back when its parent is rewound: rewound itself if it failed,
+/// created again from `recreate` if it was purged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChildRewind {
+    pub instance_id: String,
+    pub reason: Option<String>,
+    pub parent_execution_id: String,
+    pub recreate: NewInstance,
+}
+
+/// How an orchestration step changes the stored history.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HistoryWrite {
+    Append(Vec<HistoryEvent>),
+    /// The execution's history becomes exactly this (continue-as-new, rewind).
+    Replace(Vec<HistoryEvent>),
+}
+
+/// Everything one orchestration step writes, applied by the store in one transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Commit {
+    /// The instance row after the step.
+    pub instance: Instance,
+    pub history: HistoryWrite,
+    /// Messages to this or other instances. Messages to unknown or finished instances are
+    /// dropped by the store (with a log line).
+    pub messages: Vec<Message>,
+    pub activities: Vec<ActivityTask>,
+    pub children: Vec<ChildStart>,
+    pub rewinds: Vec<ChildRewind>,
+}

@@ -1,0 +1,80 @@
+//! Serves the sidecar on already-bound listeners until `shutdown` resolves, then drains: worker
+//! streams end cleanly, leases are released, and in-flight calls get a short grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::transport::server::TcpIncoming;
+use tracing::{info, warn};
+
+use crate::dispatch::{self, AbortOnDrop, Dispatcher};
+use crate::grpc::Service;
+use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
+use crate::store::Store;
+
+/// How long in-flight calls may take to finish after shutdown begins.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Everything `run` needs besides the listeners.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dispatch: dispatch::Settings,
+    pub max_message_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { dispatch: dispatch::Settings::default(), max_message_bytes: 32 << 20 }
+    }
+}
+
+pub async fn run(
+    listeners: Vec<TcpListener>,
+    store: Arc<dyn Store>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone());
+    let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
+
+    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone()))
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TaskHubSidecarServiceServer<Service>>().await;
+
+    let mut incoming = None::<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = _> + Send>>>;
+    for listener in listeners {
+        let stream = TcpIncoming::from(listener).with_nodelay(Some(true));
+        incoming = Some(match incoming {
+            None => Box::pin(stream),
+            Some(other) => Box::pin(other.merge(stream)),
+        });
+    }
+    let incoming = incoming.expect("at least one listener");
+
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let closer = dispatcher.clone();
+    let graceful = async move {
+        shutdown.await;
+        info!("shutting down: ending worker streams and releasing leases");
+        closer.close_all();
+        let _ = stopping_tx.send(true);
+    };
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, graceful);
+    tokio::select! {
+        result = serve => result?,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(GRACE).await;
+        } => warn!("calls still open after the grace period (long waits); closing them"),
+    }
+    dispatcher.release_everything().await;
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Durable storage behind one trait. The store executes what the engine decided; it holds no
+//! Durable Task rules beyond the mechanical ones each method documents (a message to a finished
+//! instance is dropped, a lease token must match, only finished instances are purged).
+
+mod encoding;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use tonic::async_trait;
+
+use crate::model::{ActivityTask, Commit, Instance, Message, NewInstance};
+use crate::proto::{HistoryEvent, OrchestrationStatus};
+use crate::time::Millis;
+
+/// Store failures the callers act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("an instance with id '{0}' already exists and is {1}")]
+    AlreadyExists(String, &'static str),
+    #[error("the work item's lease is no longer held (it expired, was abandoned, or was completed already)")]
+    LeaseLost,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What happened to a message sent to an instance from outside a step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// The instance has finished; the message was dropped.
+    Finished,
+    Unknown,
+}
+
+/// Outcome of rewinding an instance.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rewind {
+    Rewound,
+    Unknown,
+    /// Only failed instances can be rewound.
+    NotFailed(OrchestrationStatus),
+}
+
+/// Outcome of purging one instance.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Purge {
+    /// How many instances were deleted (more than one when recursive).
+    Deleted(u32),
+    /// Only finished instances can be purged.
+    NotFinished(OrchestrationStatus),
+}
+
+/// An orchestration work item the store has leased to this sidecar.
+#[derive(Debug)]
+pub struct LockedOrchestration {
+    pub token: String,
+    pub instance: Instance,
+    pub history: Vec<HistoryEvent>,
+    /// Visible inbox messages, in delivery order, with their row ids.
+    pub inbox: Vec<(i64, Message)>,
+}
+
+/// An activity work item the store has leased to this sidecar.
+#[derive(Debug)]
+pub struct LockedActivity {
+    pub id: i64,
+    pub token: String,
+    pub task: ActivityTask,
+}
+
+/// Filter and page for listing instances by creation time.
+#[derive(Debug, Default, Clone)]
+pub struct InstanceFilter {
+    pub statuses: Vec<OrchestrationStatus>,
+    pub created_from: Option<Millis>,
+    pub created_to: Option<Millis>,
+    pub id_prefix: Option<String>,
+    /// Resume after this (created_at, instance_id).
+    pub after: Option<(Millis, String)>,
+    pub limit: u32,
+}
+
+/// Filter and page for listing finished instances by completion time.
+#[derive(Debug, Default, Clone)]
+pub struct FinishedFilter {
+    pub statuses: Vec<OrchestrationStatus>,
+    pub completed_from: Option<Millis>,
+    pub completed_to: Option<Millis>,
+    /// Resume after this (completed_at, instance_id).
+    pub after: Option<(Millis, String)>,
+    pub limit: u32,
+}
+
+/// Lease parameters: who takes the lease and until when.
+#[derive(Debug, Clone)]
+pub struct Lease<'a> {
+    pub owner: &'a str,
+    pub now: Millis,
+    pub until: Millis,
+}
+
+/// Durable state of a task hub. Every method is one transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates an instance. An existing instance with the same id is replaced when its status
+    /// is in `replaceable` (its history, inbox and activities go with it); otherwise
+    /// [`StoreError::AlreadyExists`].
+    async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()>;
+
+    async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>>;
+
+    /// The current execution's history, in order.
+    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>>;
+
+    /// Queues a message from a client. A terminate also makes a not-yet-due scheduled start
+    /// due now, so terminating a pending instance never waits for its start time.
+    async fn send(&self, message: Message) -> Result<Delivery>;
+
+    /// Makes a failed instance runnable again with an ExecutionRewound event.
+    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind>;
+
+    /// Instances by creation time, oldest first.
+    async fn query(&self, filter: &InstanceFilter) -> Result<Vec<Instance>>;
+
+    /// Finished instances by completion time, oldest first.
+    async fn finished(&self, filter: &FinishedFilter) -> Result<Vec<(Millis, String)>>;
+
+    /// Deletes a finished instance (and, when `recursive`, its finished sub-orchestrations).
+    /// An unknown instance purges nothing.
+    async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge>;
+
+    /// Deletes every instance (DeleteTaskHub).
+    async fn delete_all(&self) -> Result<()>;
+
+    /// Leases up to `max` instances that have visible work.
+    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>>;
+
+    /// Applies a step's commit, deletes the consumed inbox rows and releases the lease, in one
+    /// transaction. Returns the ids of the instances whose state changed.
+    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>>;
+
+    /// Releases an orchestration lease, deleting `consumed` inbox rows; the instance is not
+    /// dispatched again before `ready_at`.
+    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()>;
+
+    /// Leases up to `max` visible activities.
+    async fn lock_activities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedActivity>>;
+
+    /// Records an activity's result: deletes the task and queues `result` for its
+    /// orchestration, unless that execution is gone (then the result is dropped).
+    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()>;
+
+    /// Releases an activity lease; it is not dispatched again before `visible_at`.
+    async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()>;
+
+    /// Extends every lease held by `owner`.
+    async fn renew_leases(&self, owner: &str, until: Millis) -> Result<()>;
+
+    /// Releases every lease held by `owner`, or by anyone when `owner` is `None`.
+    async fn release_all(&self, owner: Option<&str>) -> Result<()>;
+
+    /// The earliest future time at which some work becomes visible.
+    async fn next_due(&self, now: Millis) -> Result<Option<Millis>>;
+}
+
+/// Opens the store a database URL names.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, String> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::open(url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Err("Postgres is not supported yet; use a sqlite:// URL".into());
+    }
+    Err(format!("unsupported database URL '{url}': expected sqlite://PATH or sqlite::memory:"))
+}

@@ -1,0 +1,67 @@
+-- One row per orchestration instance. The lock columns make the row the orchestration's
+-- work-item lease: lock_expires <= now means nobody holds it.
+CREATE TABLE instances (
+    instance_id        TEXT PRIMARY KEY,
+    name               TEXT NOT NULL,
+    version            TEXT,
+    execution_id       TEXT NOT NULL,
+    status             INTEGER NOT NULL,
+    input              TEXT,
+    output             TEXT,
+    custom_status      TEXT,
+    failure_details    BLOB,
+    created_at         INTEGER NOT NULL,
+    updated_at         INTEGER NOT NULL,
+    completed_at       INTEGER,
+    scheduled_start_at INTEGER,
+    parent_instance_id TEXT,
+    tags               BLOB,
+    trace_context      BLOB,
+    -- Not dispatched before this time (scheduled starts, back-off after an abandon).
+    ready_at           INTEGER NOT NULL DEFAULT 0,
+    lock_token         TEXT,
+    lock_owner         TEXT,
+    lock_expires       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX instances_by_created ON instances (created_at, instance_id);
+CREATE INDEX instances_by_completed ON instances (completed_at, instance_id) WHERE completed_at IS NOT NULL;
+CREATE INDEX instances_by_ready ON instances (ready_at) WHERE ready_at > 0;
+CREATE INDEX instances_by_lock_owner ON instances (lock_owner) WHERE lock_owner IS NOT NULL;
+
+-- The current execution's history, in order. Events are protobuf-encoded HistoryEvents.
+CREATE TABLE history (
+    instance_id TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    event       BLOB NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+) WITHOUT ROWID;
+
+-- Events not yet seen by their orchestrator. kind = 1 marks the events that wake a
+-- suspended instance (resume, terminate, rewind).
+CREATE TABLE inbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_id  TEXT NOT NULL,
+    execution_id TEXT,
+    priority     INTEGER NOT NULL,
+    kind         INTEGER NOT NULL,
+    visible_at   INTEGER NOT NULL,
+    event        BLOB NOT NULL
+);
+CREATE INDEX inbox_by_instance ON inbox (instance_id, priority, id);
+CREATE INDEX inbox_by_visible ON inbox (visible_at);
+
+-- Scheduled activities; the lock columns are the activity work item's lease.
+CREATE TABLE activities (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_id  TEXT NOT NULL,
+    execution_id TEXT NOT NULL,
+    task_id      INTEGER NOT NULL,
+    request      BLOB NOT NULL,
+    visible_at   INTEGER NOT NULL,
+    lock_token   TEXT,
+    lock_owner   TEXT,
+    lock_expires INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX activities_by_ready ON activities (lock_expires, visible_at, id);
+CREATE INDEX activities_by_instance ON activities (instance_id);
+CREATE INDEX activities_by_lock_owner ON activities (lock_owner) WHERE lock_owner IS NOT NULL;

@@ -1,0 +1,642 @@
+//! SQLite store: the embedded default. One writer connection (SQLite allows one writer at a
+//! time anyway, and a single connection avoids SQLITE_BUSY between our own transactions) and a
+//! small pool of readers, which WAL mode lets run beside the writer.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
+use tonic::async_trait;
+use tracing::{debug, info};
+
+use super::encoding::{decode, decode_tags, encode, encode_tags, status};
+use super::*;
+use crate::engine::events::kind_name;
+use crate::model::{ChildRewind, HistoryWrite, is_terminal};
+use crate::proto::ActivityRequest;
+use crate::proto::history_event::EventType;
+
+#[derive(Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution_id, status, input, output, custom_status, \
+     failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            // FULL: a commit is on disk before a worker hears "OK", so even a power loss keeps
+            // what was acknowledged.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        // An in-memory database lives and dies with its connection, so it gets exactly one,
+        // kept forever, shared by readers and the writer.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("src/store/sqlite/migrations").run(&writer).await?;
+        let reader = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?
+        };
+        let store = SqliteStore { writer, reader };
+        // One SQLite file serves one sidecar, so leases left by a previous run (a crash) belong
+        // to nobody now: release them so that work is dispatched again at once.
+        store.release_all(None).await.map_err(|e| match e {
+            StoreError::Database(e) => e,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })?;
+        info!(%url, "sqlite store open");
+        Ok(store)
+    }
+}
+
+fn instance_from_row(row: &SqliteRow) -> Result<Instance> {
+    Ok(Instance {
+        instance_id: row.try_get("instance_id")?,
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        execution_id: row.try_get("execution_id")?,
+        status: status(row.try_get("status")?)?,
+        input: row.try_get("input")?,
+        output: row.try_get("output")?,
+        custom_status: row.try_get("custom_status")?,
+        failure_details: row.try_get::<Option<Vec<u8>>, _>("failure_details")?.map(|b| decode(&b)).transpose()?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        completed_at: row.try_get("completed_at")?,
+        scheduled_start_at: row.try_get("scheduled_start_at")?,
+        parent_instance_id: row.try_get("parent_instance_id")?,
+        tags: decode_tags(row.try_get::<Option<Vec<u8>>, _>("tags")?.as_deref())?,
+        trace_context: row.try_get::<Option<Vec<u8>>, _>("trace_context")?.map(|b| decode(&b)).transpose()?,
+    })
+}
+
+async fn load_instance(conn: &mut SqliteConnection, id: &str) -> Result<Option<Instance>> {
+    let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?");
+    let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *conn).await?;
+    row.as_ref().map(instance_from_row).transpose()
+}
+
+async fn load_history(conn: &mut SqliteConnection, id: &str) -> Result<Vec<HistoryEvent>> {
+    let rows = sqlx::query("SELECT event FROM history WHERE instance_id = ? ORDER BY seq").bind(id).fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
+}
+
+/// Writes every column of an instance row (lock columns excepted).
+async fn upsert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Millis) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, custom_status, \
+         failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context, ready_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, version = excluded.version, \
+         execution_id = excluded.execution_id, status = excluded.status, input = excluded.input, output = excluded.output, \
+         custom_status = excluded.custom_status, failure_details = excluded.failure_details, created_at = excluded.created_at, \
+         updated_at = excluded.updated_at, completed_at = excluded.completed_at, scheduled_start_at = excluded.scheduled_start_at, \
+         parent_instance_id = excluded.parent_instance_id, tags = excluded.tags, trace_context = excluded.trace_context, \
+         ready_at = excluded.ready_at",
+    )
+    .bind(&i.instance_id)
+    .bind(&i.name)
+    .bind(&i.version)
+    .bind(&i.execution_id)
+    .bind(i.status as i32)
+    .bind(&i.input)
+    .bind(&i.output)
+    .bind(&i.custom_status)
+    .bind(i.failure_details.as_ref().map(encode))
+    .bind(i.created_at)
+    .bind(i.updated_at)
+    .bind(i.completed_at)
+    .bind(i.scheduled_start_at)
+    .bind(&i.parent_instance_id)
+    .bind(encode_tags(&i.tags))
+    .bind(i.trace_context.as_ref().map(encode))
+    .bind(ready_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a message must be able to wake a suspended instance.
+fn wakes_suspended(m: &Message) -> bool {
+    matches!(
+        m.event.event_type,
+        Some(EventType::ExecutionResumed(_) | EventType::ExecutionTerminated(_) | EventType::ExecutionRewound(_))
+    )
+}
+
+async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> Result<()> {
+    sqlx::query("INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(&m.instance_id)
+        .bind(&m.execution_id)
+        .bind(m.priority)
+        .bind(i32::from(wakes_suspended(m)))
+        .bind(m.visible_at)
+        .bind(encode(&m.event))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Queues a message if its target exists, is running and (for execution-bound messages) is
+/// still on that execution; otherwise drops it with a log line.
+async fn deliver(conn: &mut SqliteConnection, m: &Message) -> Result<Delivery> {
+    let row = sqlx::query("SELECT status, execution_id FROM instances WHERE instance_id = ?")
+        .bind(&m.instance_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        info!(instance_id = %m.instance_id, event = kind_name(&m.event), "dropping event for an unknown instance");
+        return Ok(Delivery::Unknown);
+    };
+    let target_status = status(row.get(0))?;
+    let execution: String = row.get(1);
+    if is_terminal(target_status) {
+        info!(instance_id = %m.instance_id, event = kind_name(&m.event), status = target_status.as_str_name(), "dropping event for a finished instance");
+        return Ok(Delivery::Finished);
+    }
+    if m.execution_id.as_ref().is_some_and(|e| *e != execution) {
+        debug!(instance_id = %m.instance_id, event = kind_name(&m.event), "dropping event for a replaced execution");
+        return Ok(Delivery::Finished);
+    }
+    if matches!(m.event.event_type, Some(EventType::ExecutionTerminated(_))) && target_status == OrchestrationStatus::Pending {
+        sqlx::query("UPDATE inbox SET visible_at = ? WHERE instance_id = ? AND visible_at > ?")
+            .bind(m.visible_at)
+            .bind(&m.instance_id)
+            .bind(m.visible_at)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE instances SET ready_at = 0 WHERE instance_id = ?").bind(&m.instance_id).execute(&mut *conn).await?;
+    }
+    insert_message(conn, m).await?;
+    Ok(Delivery::Queued)
+}
+
+/// Deletes an instance and everything that belongs to it.
+async fn delete_instance(conn: &mut SqliteConnection, id: &str) -> Result<()> {
+    for sql in [
+        "DELETE FROM history WHERE instance_id = ?",
+        "DELETE FROM inbox WHERE instance_id = ?",
+        "DELETE FROM activities WHERE instance_id = ?",
+        "DELETE FROM instances WHERE instance_id = ?",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_new(conn: &mut SqliteConnection, new: &NewInstance) -> Result<()> {
+    delete_instance(conn, &new.instance.instance_id).await?;
+    upsert_instance(conn, &new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
+    insert_message(conn, &new.start).await
+}
+
+async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWrite) -> Result<()> {
+    let (events, mut seq) = match write {
+        HistoryWrite::Append(events) => {
+            let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE instance_id = ?")
+                .bind(id)
+                .fetch_one(&mut *conn)
+                .await?;
+            (events, next)
+        }
+        HistoryWrite::Replace(events) => {
+            sqlx::query("DELETE FROM history WHERE instance_id = ?").bind(id).execute(&mut *conn).await?;
+            (events, 0)
+        }
+    };
+    for e in events {
+        sqlx::query("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(seq)
+            .bind(encode(e))
+            .execute(&mut *conn)
+            .await?;
+        seq += 1;
+    }
+    Ok(())
+}
+
+async fn rewind_in(conn: &mut SqliteConnection, id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+    let Some(instance) = load_instance(conn, id).await? else { return Ok(Rewind::Unknown) };
+    if instance.status != OrchestrationStatus::Failed {
+        return Ok(Rewind::NotFailed(instance.status));
+    }
+    sqlx::query(
+        "UPDATE instances SET status = ?, output = NULL, failure_details = NULL, completed_at = NULL, updated_at = ?, ready_at = 0 \
+         WHERE instance_id = ?",
+    )
+    .bind(OrchestrationStatus::Running as i32)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    let message = Message {
+        instance_id: id.to_string(),
+        execution_id: Some(instance.execution_id),
+        event,
+        visible_at: now,
+        priority: Message::NORMAL,
+    };
+    insert_message(conn, &message).await?;
+    Ok(Rewind::Rewound)
+}
+
+async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis) -> Result<()> {
+    let event = crate::engine::events::rewound(now, r.reason.clone(), Some(r.parent_execution_id.clone()));
+    if rewind_in(conn, &r.instance_id, event, now).await? == Rewind::Unknown {
+        info!(instance_id = %r.instance_id, "recreating purged sub-orchestration for rewind");
+        insert_new(conn, &r.recreate).await?;
+    }
+    Ok(())
+}
+
+fn terminal_statuses() -> String {
+    [OrchestrationStatus::Completed, OrchestrationStatus::Failed, OrchestrationStatus::Terminated, OrchestrationStatus::Canceled]
+        .iter()
+        .map(|s| (*s as i32).to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
+            .bind(&new.instance.instance_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(s) = existing {
+            let s = status(s)?;
+            if !replaceable.contains(&s) {
+                return Err(StoreError::AlreadyExists(new.instance.instance_id, s.as_str_name()));
+            }
+        }
+        insert_new(&mut tx, &new).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>> {
+        let mut conn = self.reader.acquire().await?;
+        load_instance(&mut conn, instance_id).await
+    }
+
+    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>> {
+        let mut conn = self.reader.acquire().await?;
+        load_history(&mut conn, instance_id).await
+    }
+
+    async fn send(&self, message: Message) -> Result<Delivery> {
+        let mut tx = self.writer.begin().await?;
+        let delivery = deliver(&mut tx, &message).await?;
+        tx.commit().await?;
+        Ok(delivery)
+    }
+
+    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+        let mut tx = self.writer.begin().await?;
+        let outcome = rewind_in(&mut tx, instance_id, event, now).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"));
+        if !f.statuses.is_empty() {
+            q.push(" AND status IN (");
+            let mut list = q.separated(", ");
+            for s in &f.statuses {
+                list.push_bind(*s as i32);
+            }
+            q.push(")");
+        }
+        if let Some(from) = f.created_from {
+            q.push(" AND created_at >= ").push_bind(from);
+        }
+        if let Some(to) = f.created_to {
+            q.push(" AND created_at <= ").push_bind(to);
+        }
+        if let Some(prefix) = &f.id_prefix {
+            q.push(" AND substr(instance_id, 1, ").push_bind(prefix.chars().count() as i64).push(") = ").push_bind(prefix.clone());
+        }
+        if let Some((at, id)) = &f.after {
+            q.push(" AND (created_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+        }
+        q.push(" ORDER BY created_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Millis, String)>> {
+        let mut q = sqlx::QueryBuilder::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
+        q.push(format!(" AND status IN ({})", terminal_statuses()));
+        if !f.statuses.is_empty() {
+            q.push(" AND status IN (");
+            let mut list = q.separated(", ");
+            for s in &f.statuses {
+                list.push_bind(*s as i32);
+            }
+            q.push(")");
+        }
+        if let Some(from) = f.completed_from {
+            q.push(" AND completed_at >= ").push_bind(from);
+        }
+        if let Some(to) = f.completed_to {
+            q.push(" AND completed_at <= ").push_bind(to);
+        }
+        if let Some((at, id)) = &f.after {
+            q.push(" AND (completed_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+        }
+        q.push(" ORDER BY completed_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
+        let rows = q.build().fetch_all(&self.reader).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
+        let mut tx = self.writer.begin().await?;
+        let mut pending = vec![instance_id.to_string()];
+        let mut deleted = 0;
+        while let Some(id) = pending.pop() {
+            let Some(row) = sqlx::query("SELECT status FROM instances WHERE instance_id = ?").bind(&id).fetch_optional(&mut *tx).await? else {
+                continue;
+            };
+            let s = status(row.get(0))?;
+            if !is_terminal(s) {
+                if deleted == 0 && id == instance_id {
+                    return Ok(Purge::NotFinished(s));
+                }
+                continue; // a child still running is left alone
+            }
+            if recursive {
+                for e in load_history(&mut tx, &id).await? {
+                    if let Some(EventType::SubOrchestrationInstanceCreated(c)) = e.event_type {
+                        pending.push(c.instance_id);
+                    }
+                }
+            }
+            delete_instance(&mut tx, &id).await?;
+            deleted += 1;
+        }
+        tx.commit().await?;
+        Ok(Purge::Deleted(deleted))
+    }
+
+    async fn delete_all(&self) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for table in ["history", "inbox", "activities", "instances"] {
+            sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>> {
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+             WHERE m.visible_at <= ?1 AND i.lock_expires <= ?1 AND i.ready_at <= ?1 AND (i.status != ?2 OR m.kind = 1) \
+             LIMIT ?3",
+        )
+        .bind(lease.now)
+        .bind(OrchestrationStatus::Suspended as i32)
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut locked = Vec::with_capacity(ids.len());
+        for id in ids {
+            let token = uuid::Uuid::new_v4().to_string();
+            sqlx::query("UPDATE instances SET lock_token = ?, lock_owner = ?, lock_expires = ? WHERE instance_id = ?")
+                .bind(&token)
+                .bind(lease.owner)
+                .bind(lease.until)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            let instance = load_instance(&mut tx, &id).await?.ok_or_else(|| StoreError::Corrupt(format!("instance {id} vanished")))?;
+            let history = load_history(&mut tx, &id).await?;
+            let rows = sqlx::query(
+                "SELECT id, execution_id, priority, visible_at, event FROM inbox WHERE instance_id = ? AND visible_at <= ? \
+                 ORDER BY priority, id",
+            )
+            .bind(&id)
+            .bind(lease.now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut inbox = Vec::with_capacity(rows.len());
+            for r in rows {
+                inbox.push((
+                    r.get(0),
+                    Message {
+                        instance_id: id.clone(),
+                        execution_id: r.get(1),
+                        priority: r.get(2),
+                        visible_at: r.get(3),
+                        event: decode(r.get::<&[u8], _>(4))?,
+                    },
+                ));
+            }
+            locked.push(LockedOrchestration { token, instance, history, inbox });
+        }
+        tx.commit().await?;
+        Ok(locked)
+    }
+
+    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
+        let id = commit.instance.instance_id.clone();
+        let mut tx = self.writer.begin().await?;
+        let held: Option<Option<String>> =
+            sqlx::query_scalar("SELECT lock_token FROM instances WHERE instance_id = ?").bind(&id).fetch_optional(&mut *tx).await?;
+        if held.flatten().as_deref() != Some(token) {
+            return Err(StoreError::LeaseLost);
+        }
+        for row in consumed {
+            sqlx::query("DELETE FROM inbox WHERE id = ?").bind(row).execute(&mut *tx).await?;
+        }
+        write_history(&mut tx, &id, &commit.history).await?;
+        upsert_instance(&mut tx, &commit.instance, 0).await?;
+        sqlx::query("UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE instance_id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        if commit.instance.is_terminal() {
+            // Nothing will consume these any more: pending events, timers, queued activities.
+            sqlx::query("DELETE FROM inbox WHERE instance_id = ?").bind(&id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL").bind(&id).execute(&mut *tx).await?;
+        }
+        for a in &commit.activities {
+            sqlx::query("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(&a.instance_id)
+                .bind(&a.execution_id)
+                .bind(a.request.task_id)
+                .bind(encode(&a.request))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut changed = vec![id.clone()];
+        for c in &commit.children {
+            let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
+                .bind(&c.child.instance.instance_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            match existing.map(status).transpose()? {
+                Some(s) if !is_terminal(s) => {
+                    info!(parent = %id, child = %c.child.instance.instance_id, "sub-orchestration id is taken by a running instance; failing that child");
+                    deliver(&mut tx, &c.on_conflict).await?;
+                }
+                _ => {
+                    insert_new(&mut tx, &c.child).await?;
+                    changed.push(c.child.instance.instance_id.clone());
+                }
+            }
+        }
+        for m in &commit.messages {
+            deliver(&mut tx, m).await?;
+        }
+        for r in &commit.rewinds {
+            rewind_child(&mut tx, r, now).await?;
+            changed.push(r.instance_id.clone());
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let held = sqlx::query(
+            "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, ready_at = ? \
+             WHERE instance_id = ? AND lock_token = ?",
+        )
+        .bind(ready_at)
+        .bind(instance_id)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        for row in consumed {
+            sqlx::query("DELETE FROM inbox WHERE id = ?").bind(row).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lock_activities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedActivity>> {
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, instance_id, execution_id, request FROM activities WHERE lock_expires <= ?1 AND visible_at <= ?1 \
+             ORDER BY id LIMIT ?2",
+        )
+        .bind(lease.now)
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut locked = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: i64 = r.get(0);
+            let token = uuid::Uuid::new_v4().to_string();
+            sqlx::query("UPDATE activities SET lock_token = ?, lock_owner = ?, lock_expires = ? WHERE id = ?")
+                .bind(&token)
+                .bind(lease.owner)
+                .bind(lease.until)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let request: ActivityRequest = decode(r.get::<&[u8], _>(3))?;
+            locked.push(LockedActivity { id, token, task: ActivityTask { instance_id: r.get(1), execution_id: r.get(2), request } });
+        }
+        tx.commit().await?;
+        Ok(locked)
+    }
+
+    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query("SELECT instance_id, execution_id FROM activities WHERE id = ? AND lock_token = ?")
+            .bind(id)
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Err(StoreError::LeaseLost) };
+        sqlx::query("DELETE FROM activities WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        let message = Message {
+            instance_id: row.get(0),
+            execution_id: Some(row.get(1)),
+            event: result,
+            visible_at: now,
+            priority: Message::NORMAL,
+        };
+        deliver(&mut tx, &message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, visible_at = ? WHERE id = ? AND lock_token = ?",
+        )
+        .bind(visible_at)
+        .bind(id)
+        .bind(token)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok(())
+    }
+
+    async fn renew_leases(&self, owner: &str, until: Millis) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for table in ["instances", "activities"] {
+            sqlx::query(AssertSqlSafe(format!("UPDATE {table} SET lock_expires = ? WHERE lock_owner = ?")))
+                .bind(until)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_all(&self, owner: Option<&str>) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for table in ["instances", "activities"] {
+            let sql = format!(
+                "UPDATE {table} SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)"
+            );
+            sqlx::query(AssertSqlSafe(sql)).bind(owner).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(t) FROM ( \
+               SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \
+               UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > ?1 \
+               UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1)",
+        )
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(due)
+    }
+}

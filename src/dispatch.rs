@@ -123,6 +123,14 @@ impl Watchers {
         senders.entry(instance_id.to_string()).or_insert_with(|| watch::channel(()).0).subscribe()
     }
 
+    /// Forgets an instance's channel once nobody waits on it any more.
+    pub fn release(&self, instance_id: &str) {
+        let mut senders = self.senders.lock().unwrap();
+        if senders.get(instance_id).is_some_and(|tx| tx.receiver_count() == 0) {
+            senders.remove(instance_id);
+        }
+    }
+
     pub fn notify<'a>(&self, instance_ids: impl IntoIterator<Item = &'a String>) {
         let mut senders = self.senders.lock().unwrap();
         for id in instance_ids {

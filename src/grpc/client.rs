@@ -171,8 +171,9 @@ impl Service {
         done: impl Fn(OrchestrationStatus) -> bool,
     ) -> Result<GetInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?.to_string();
+        let watchers = &self.dispatcher.watchers;
         let wait = async {
-            let mut changes = self.dispatcher.watchers.subscribe(&id);
+            let mut changes = watchers.subscribe(&id);
             loop {
                 let i = self.store.get_instance(&id).await.map_err(status)?;
                 match i {
@@ -181,16 +182,18 @@ impl Service {
                 }
                 if changes.changed().await.is_err() {
                     // The sender was dropped (no one else watching); subscribe afresh.
-                    changes = self.dispatcher.watchers.subscribe(&id);
+                    changes = watchers.subscribe(&id);
                 }
             }
         };
-        match deadline {
+        let outcome = match deadline {
             None => wait.await,
             Some(d) => tokio::time::timeout(d, wait)
                 .await
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("instance '{id}' did not reach the awaited state in time")))),
-        }
+        };
+        watchers.release(&id);
+        outcome
     }
 
     pub(super) async fn raise(&self, r: RaiseEventRequest) -> Result<RaiseEventResponse, Status> {

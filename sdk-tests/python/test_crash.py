@@ -46,7 +46,8 @@ def start_worker(address: str, name: str):
 @pytest.mark.timeout(240)
 def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path):
     db_path = tmp_path / "crash.db"
-    ids = [f"{new_id('crash')}-{n:02d}" for n in range(COUNT)]
+    prefix = new_id("crash")
+    ids = [f"{prefix}-{n:02d}" for n in range(COUNT)]
     cleanup = []
     try:
         first = start_sidecar("outrigger-crash-1", db_path)

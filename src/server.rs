@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
+use tonic::codegen::http;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
@@ -65,6 +66,7 @@ pub async fn run(
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted::<tonic::body::Body>))
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, graceful);
@@ -77,4 +79,20 @@ pub async fn run(
     }
     dispatcher.release_everything().await;
     Ok(())
+}
+
+/// tonic refuses a too-large request with OUT_OF_RANGE; gRPC's convention (and what clients
+/// test for) is RESOURCE_EXHAUSTED. Such refusals are trailers-only responses, so the status
+/// sits in the headers.
+fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers();
+    let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains("length too large") || m.contains("length%20too%20large"));
+    if oversized {
+        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }

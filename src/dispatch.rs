@@ -206,7 +206,14 @@ impl Dispatcher {
                 loop {
                     tick.tick().await;
                     let until = time::now() + this.settings.lease.as_millis() as Millis;
-                    if let Err(e) = this.store.renew_leases(&this.owner, until).await {
+                    let tokens: Vec<String> = {
+                        let state = this.state.lock().unwrap();
+                        state.orchestrations.keys().chain(state.activities.keys()).cloned().collect()
+                    };
+                    if tokens.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = this.store.renew_leases(&tokens, until).await {
                         warn!(error = %e, "renewing leases failed");
                     }
                 }
@@ -244,14 +251,19 @@ impl Dispatcher {
             let now = time::now();
             for item in self.store.lock_orchestrations(&self.lease(now), orchestration_room as u32).await? {
                 leased = true;
-                self.hand_orchestration(item, now).await?;
+                let id = item.instance.instance_id.clone();
+                if let Err(e) = self.hand_orchestration(item, now).await {
+                    warn!(instance_id = %id, error = %e, "could not hand out orchestration work item; its lease will expire");
+                }
             }
         }
         if activity_room > 0 {
             let now = time::now();
             for item in self.store.lock_activities(&self.lease(now), activity_room as u32).await? {
                 leased = true;
-                self.hand_activity(item).await?;
+                if let Err(e) = self.hand_activity(item).await {
+                    warn!(error = %e, "could not hand out activity work item; its lease will expire");
+                }
             }
         }
         Ok(leased)

@@ -158,8 +158,9 @@ pub trait Store: Send + Sync + 'static {
     /// Releases an activity lease; it is not dispatched again before `visible_at`.
     async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()>;
 
-    /// Extends every lease held by `owner`.
-    async fn renew_leases(&self, owner: &str, until: Millis) -> Result<()>;
+    /// Extends the leases with these tokens (orchestrations and activities alike). Leases a
+    /// sidecar no longer tracks are not renewed, so they expire on their own.
+    async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()>;
 
     /// Releases every lease held by `owner`, or by anyone when `owner` is `None`.
     async fn release_all(&self, owner: Option<&str>) -> Result<()>;

@@ -602,14 +602,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn renew_leases(&self, owner: &str, until: Millis) -> Result<()> {
+    async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        for table in ["instances", "activities"] {
-            sqlx::query(AssertSqlSafe(format!("UPDATE {table} SET lock_expires = ? WHERE lock_owner = ?")))
-                .bind(until)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
+        for token in tokens {
+            for sql in [
+                "UPDATE instances SET lock_expires = ? WHERE lock_token = ?",
+                "UPDATE activities SET lock_expires = ? WHERE lock_token = ?",
+            ] {
+                sqlx::query(sql).bind(until).bind(token).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -27,6 +27,7 @@ CREATE INDEX instances_by_created ON instances (created_at, instance_id);
 CREATE INDEX instances_by_completed ON instances (completed_at, instance_id) WHERE completed_at IS NOT NULL;
 CREATE INDEX instances_by_ready ON instances (ready_at) WHERE ready_at > 0;
 CREATE INDEX instances_by_lock_owner ON instances (lock_owner) WHERE lock_owner IS NOT NULL;
+CREATE INDEX instances_by_lock_token ON instances (lock_token) WHERE lock_token IS NOT NULL;
 
 -- The current execution's history, in order. Events are protobuf-encoded HistoryEvents.
 CREATE TABLE history (
@@ -65,3 +66,4 @@ CREATE TABLE activities (
 CREATE INDEX activities_by_ready ON activities (lock_expires, visible_at, id);
 CREATE INDEX activities_by_instance ON activities (instance_id);
 CREATE INDEX activities_by_lock_owner ON activities (lock_owner) WHERE lock_owner IS NOT NULL;
+CREATE INDEX activities_by_lock_token ON activities (lock_token) WHERE lock_token IS NOT NULL;

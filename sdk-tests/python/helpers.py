@@ -101,7 +101,9 @@ def assert_history_consistent(instance_id: str, events: list[history.HistoryEven
 
     Checks exactly one ExecutionStarted / ExecutionCompleted, unique ids for
     TaskScheduled, TimerCreated and SubOrchestrationInstanceCreated, one result
-    per scheduled task, sub-orchestration and timer.
+    per scheduled task, sub-orchestration and timer. Not for instances that
+    use retry policies: the Python SDK schedules every retry of an activity
+    under the id of its first attempt.
     """
     where = f"history of {instance_id}: {event_kinds(events)}"
     assert len(of_type(events, history.ExecutionStartedEvent)) == 1, where

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import grpc
 import pytest
@@ -57,7 +58,15 @@ def test_history_read_back(client):
     [finished] = of_type(events, history.ExecutionCompletedEvent)
     assert finished.orchestration_status == OrchestrationStatus.COMPLETED.value
     assert json.loads(finished.result) == ["alpha!", "beta!"]
-    assert all(a.timestamp <= b.timestamp for a, b in zip(events, events[1:])), "timestamps go backwards"
+
+    # Every event carries a real timestamp. Events keep the time they happened
+    # (an ExecutionStarted may predate the OrchestratorStarted of its episode),
+    # but episodes are ordered and nothing completes before it was scheduled.
+    assert all(e.timestamp > datetime(2020, 1, 1, tzinfo=timezone.utc) for e in events), events
+    episodes = [e.timestamp for e in of_type(events, history.OrchestratorStartedEvent)]
+    assert episodes == sorted(episodes)
+    scheduled_at = {e.event_id: e.timestamp for e in scheduled}
+    assert all(e.timestamp >= scheduled_at[e.task_scheduled_id] for e in completed)
     assert_history_consistent(iid, events)
 
 

@@ -14,7 +14,7 @@ from google.protobuf import wrappers_pb2
 
 from durabletask import task
 
-from helpers import assert_completed, now, wait_done
+from helpers import assert_completed, now, utc, wait_done
 from registry import orchestrator
 
 
@@ -40,9 +40,14 @@ def population(client):
     before = now() - timedelta(milliseconds=1)
     for n, iid in enumerate(done):
         client.schedule_new_orchestration(query_target_done, input={"n": n}, instance_id=iid)
-    for iid in done:
-        assert_completed(wait_done(client, iid))
-    boundary = now()
+    last_done_created = max(utc(assert_completed(wait_done(client, iid)).created_at) for iid in done)
+    # The sidecar may keep creation times in whole milliseconds (and compare
+    # query bounds at that precision), so keep the boundary a full millisecond
+    # away from every creation time on both sides. Spinning on the clock for at
+    # most a couple of milliseconds is not waiting on the sidecar.
+    boundary = last_done_created + timedelta(milliseconds=1)
+    while now() < boundary + timedelta(milliseconds=1):
+        pass
     for iid in running:
         client.schedule_new_orchestration(query_target_waiting, instance_id=iid)
     for iid in running:

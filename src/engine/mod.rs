@@ -272,6 +272,9 @@ pub fn apply(
             }),
             Some(Action::CompleteOrchestration(a)) => {
                 if a.orchestration_status == OrchestrationStatus::ContinuedAsNew as i32 {
+                    if step.terminate_request().is_some() {
+                        break; // a terminate beats starting over; it is applied below
+                    }
                     return step.continue_as_new(a, new_id());
                 }
                 let status = OrchestrationStatus::try_from(a.orchestration_status).unwrap_or(OrchestrationStatus::Failed);

@@ -1,0 +1,339 @@
+//! Test harness: a real sidecar on a real socket, spoken to with the generated gRPC client.
+//!
+//! Every test starts its own [`Sidecar`] (fresh SQLite file in a temp dir), so tests never see
+//! each other's instances. Waiting is always done on something the server sends (a work item,
+//! a WaitForInstance* answer); `tokio::time::timeout` is only a guard against hangs.
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use outrigger::proto::history_event::EventType;
+use outrigger::proto::orchestrator_action::OrchestratorActionType as ActionType;
+use outrigger::proto::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
+use outrigger::proto::work_item::Request as Item;
+use outrigger::proto::*;
+use outrigger::server::Options;
+use prost_types::Timestamp;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+pub type Client = TaskHubSidecarServiceClient<Channel>;
+
+/// How long any single wait may take before the test is declared hung.
+pub const GUARD: Duration = Duration::from_secs(10);
+
+/// A running sidecar. Dropping it shuts the server down.
+pub struct Sidecar {
+    pub client: Client,
+    pub addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// A sidecar with default options.
+    pub async fn start() -> Sidecar {
+        Sidecar::with(|_| {}).await
+    }
+
+    /// A sidecar with options adjusted by `adjust` (e.g. a short ping interval).
+    pub async fn with(adjust: impl FnOnce(&mut Options)) -> Sidecar {
+        let mut options = Options::default();
+        adjust(&mut options);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = outrigger::store::open(&url).await.expect("open store");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = outrigger::server::run(vec![listener], store, options, shutdown).await {
+                panic!("server failed: {e}");
+            }
+        });
+        // The listener is already bound, so connecting cannot race the server's start.
+        let client = Client::connect(format!("http://{addr}")).await.expect("connect");
+        Sidecar { client, addr, _stop: stop, _dir: dir }
+    }
+
+    /// A second, independent client connection (its own HTTP/2 connection).
+    pub async fn new_client(&self) -> Client {
+        Client::connect(format!("http://{}", self.addr)).await.expect("connect")
+    }
+
+    /// Opens a worker stream with no concurrency limits and no capabilities.
+    pub async fn worker(&self) -> Worker {
+        self.worker_with(GetWorkItemsRequest::default()).await
+    }
+
+    pub async fn worker_with(&self, request: GetWorkItemsRequest) -> Worker {
+        Worker::connect(&mut self.client.clone(), request).await
+    }
+}
+
+/// Runs `f` under the hang guard.
+pub async fn guarded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw worker
+// ---------------------------------------------------------------------------------------------
+
+/// A raw worker: one GetWorkItems stream. Dropping it drops the stream.
+pub struct Worker {
+    stream: tonic::Streaming<WorkItem>,
+}
+
+impl Worker {
+    pub async fn connect(client: &mut Client, request: GetWorkItemsRequest) -> Worker {
+        // The server registers the worker before it answers with the response headers, so once
+        // this returns the dispatcher knows about it.
+        let stream = client.get_work_items(request).await.expect("GetWorkItems").into_inner();
+        Worker { stream }
+    }
+
+    /// The next message on the stream, health pings included, within `limit`.
+    pub async fn next_within(&mut self, limit: Duration) -> WorkItem {
+        match tokio::time::timeout(limit, self.stream.message()).await {
+            Err(_) => panic!("no work item within {limit:?}"),
+            Ok(Err(status)) => panic!("work item stream failed: {status:?}"),
+            Ok(Ok(None)) => panic!("work item stream ended"),
+            Ok(Ok(Some(item))) => item,
+        }
+    }
+
+    /// The next message on the stream, health pings included.
+    pub async fn next_raw(&mut self) -> WorkItem {
+        self.next_within(GUARD).await
+    }
+
+    /// The next real work item, skipping health pings.
+    pub async fn next(&mut self) -> WorkItem {
+        loop {
+            let item = self.next_raw().await;
+            if !matches!(item.request, Some(Item::HealthPing(_))) {
+                return item;
+            }
+        }
+    }
+
+    /// The next work item, which must be an orchestrator request: (completion token, request).
+    pub async fn orchestration(&mut self) -> (String, OrchestratorRequest) {
+        let item = self.next().await;
+        match item.request {
+            Some(Item::OrchestratorRequest(r)) => (item.completion_token, r),
+            other => panic!("expected an orchestrator work item, got {other:?}"),
+        }
+    }
+
+    /// The next work item, which must be an activity request: (completion token, request).
+    pub async fn activity(&mut self) -> (String, ActivityRequest) {
+        let item = self.next().await;
+        match item.request {
+            Some(Item::ActivityRequest(r)) => (item.completion_token, r),
+            other => panic!("expected an activity work item, got {other:?}"),
+        }
+    }
+
+    /// The next `n` orchestrator work items, by instance id (they may arrive in any order).
+    pub async fn orchestrations(&mut self, n: usize) -> HashMap<String, (String, OrchestratorRequest)> {
+        let mut items = HashMap::new();
+        while items.len() < n {
+            let (token, request) = self.orchestration().await;
+            let previous = items.insert(request.instance_id.clone(), (token, request));
+            assert!(previous.is_none(), "two orchestrator work items for one instance at once");
+        }
+        items
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client calls
+// ---------------------------------------------------------------------------------------------
+
+pub async fn start(client: &mut Client, instance_id: &str, name: &str, input: Option<&str>) -> String {
+    let request = CreateInstanceRequest {
+        instance_id: instance_id.into(),
+        name: name.into(),
+        input: input.map(Into::into),
+        ..Default::default()
+    };
+    client.start_instance(request).await.expect("StartInstance").into_inner().instance_id
+}
+
+/// Starts an instance whose start time is an hour away, so it stays PENDING and is never
+/// dispatched during the test.
+pub async fn start_later(client: &mut Client, instance_id: &str) -> String {
+    let request = CreateInstanceRequest {
+        instance_id: instance_id.into(),
+        name: "Later".into(),
+        scheduled_start_timestamp: Some(ts(now_ms() + 3_600_000)),
+        ..Default::default()
+    };
+    client.start_instance(request).await.expect("StartInstance").into_inner().instance_id
+}
+
+pub async fn get(client: &mut Client, instance_id: &str) -> Option<OrchestrationState> {
+    let request = GetInstanceRequest { instance_id: instance_id.into(), get_inputs_and_outputs: true };
+    let response = client.get_instance(request).await.expect("GetInstance").into_inner();
+    assert_eq!(response.exists, response.orchestration_state.is_some(), "exists must match the state's presence");
+    response.orchestration_state
+}
+
+pub async fn status_of(client: &mut Client, instance_id: &str) -> OrchestrationStatus {
+    let state = get(client, instance_id).await.unwrap_or_else(|| panic!("instance '{instance_id}' does not exist"));
+    state.orchestration_status()
+}
+
+/// The committed history of an instance's current execution.
+pub async fn history(client: &mut Client, instance_id: &str) -> Vec<HistoryEvent> {
+    history_for(client, StreamInstanceHistoryRequest { instance_id: instance_id.into(), ..Default::default() }).await
+}
+
+pub async fn history_for(client: &mut Client, request: StreamInstanceHistoryRequest) -> Vec<HistoryEvent> {
+    let mut stream = client.stream_instance_history(request).await.expect("StreamInstanceHistory").into_inner();
+    let mut events = vec![];
+    while let Some(chunk) = guarded("history chunks", stream.message()).await.expect("history chunk") {
+        events.extend(chunk.events);
+    }
+    events
+}
+
+/// WaitForInstanceCompletion with a generous deadline; the instance must exist.
+pub async fn wait_completion(client: &mut Client, instance_id: &str) -> OrchestrationState {
+    let mut request = tonic::Request::new(GetInstanceRequest { instance_id: instance_id.into(), get_inputs_and_outputs: true });
+    request.set_timeout(GUARD);
+    let response = guarded("WaitForInstanceCompletion", client.wait_for_instance_completion(request))
+        .await
+        .expect("WaitForInstanceCompletion")
+        .into_inner();
+    response.orchestration_state.unwrap_or_else(|| panic!("instance '{instance_id}' does not exist"))
+}
+
+pub async fn complete_orchestrator(client: &mut Client, token: &str, instance_id: &str, actions: Vec<OrchestratorAction>) -> Result<(), Status> {
+    let response = OrchestratorResponse {
+        instance_id: instance_id.into(),
+        completion_token: token.into(),
+        actions,
+        ..Default::default()
+    };
+    client.complete_orchestrator_task(response).await.map(|_| ())
+}
+
+pub async fn complete_activity(client: &mut Client, token: &str, request: &ActivityRequest, result: &str) -> Result<(), Status> {
+    let response = ActivityResponse {
+        instance_id: request.orchestration_instance.as_ref().map(|i| i.instance_id.clone()).unwrap_or_default(),
+        task_id: request.task_id,
+        result: Some(result.into()),
+        completion_token: token.into(),
+        failure_details: None,
+    };
+    client.complete_activity_task(response).await.map(|_| ())
+}
+
+/// Starts an instance and runs it to COMPLETED with `output` through `worker`.
+pub async fn run_to_completion(client: &mut Client, worker: &mut Worker, instance_id: &str, output: &str) {
+    start(client, instance_id, "Quick", None).await;
+    let (token, request) = worker.orchestration().await;
+    assert_eq!(request.instance_id, instance_id);
+    complete_orchestrator(client, &token, instance_id, vec![complete(1, OrchestrationStatus::Completed, output)])
+        .await
+        .expect("complete orchestration");
+    let state = wait_completion(client, instance_id).await;
+    assert_eq!(state.orchestration_status(), OrchestrationStatus::Completed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions and events
+// ---------------------------------------------------------------------------------------------
+
+pub fn action(id: i32, kind: ActionType) -> OrchestratorAction {
+    OrchestratorAction { id, orchestrator_action_type: Some(kind) }
+}
+
+pub fn schedule_task(id: i32, name: &str, input: &str) -> OrchestratorAction {
+    action(id, ActionType::ScheduleTask(ScheduleTaskAction { name: name.into(), input: Some(input.into()), ..Default::default() }))
+}
+
+pub fn complete(id: i32, status: OrchestrationStatus, result: &str) -> OrchestratorAction {
+    action(
+        id,
+        ActionType::CompleteOrchestration(CompleteOrchestrationAction {
+            orchestration_status: status as i32,
+            result: Some(result.into()),
+            ..Default::default()
+        }),
+    )
+}
+
+pub fn create_timer(id: i32, fire_at_ms: i64) -> OrchestratorAction {
+    action(id, ActionType::CreateTimer(CreateTimerAction { fire_at: Some(ts(fire_at_ms)) }))
+}
+
+/// The event's kind as a short name ("TaskScheduled", "OrchestratorStarted", ...).
+pub fn kind(event: &HistoryEvent) -> String {
+    match &event.event_type {
+        None => "None".into(),
+        Some(t) => {
+            let debug = format!("{t:?}");
+            debug.split('(').next().unwrap_or_default().to_string()
+        }
+    }
+}
+
+pub fn kinds(events: &[HistoryEvent]) -> Vec<String> {
+    events.iter().map(kind).collect()
+}
+
+pub fn execution_started(event: &HistoryEvent) -> &ExecutionStartedEvent {
+    match &event.event_type {
+        Some(EventType::ExecutionStarted(e)) => e,
+        _ => panic!("expected ExecutionStarted, got {event:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time and status checks
+// ---------------------------------------------------------------------------------------------
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64
+}
+
+pub fn ts(ms: i64) -> Timestamp {
+    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn ms(ts: &Timestamp) -> i64 {
+    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+}
+
+/// Asserts a call failed with `code`, returning the status for further checks.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) -> Status {
+    match result {
+        Ok(v) => panic!("expected {code:?}, got OK: {v:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "unexpected status: {status:?}");
+            status
+        }
+    }
+}
+
+/// Measures how long `f` takes.
+pub async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let value = f.await;
+    (value, started.elapsed())
+}

@@ -15,6 +15,7 @@ use crate::time::{self, Millis};
 /// Longest instance id accepted; ids are primary keys and appear in every log line.
 const MAX_ID_LEN: usize = 1024;
 const DEFAULT_PAGE: u32 = 100;
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 const MAX_PAGE: u32 = 1000;
 /// Most instance ids in one purge batch (the protocol's documented limit).
 const MAX_BATCH: usize = 500;
@@ -188,7 +189,9 @@ impl Service {
         };
         let outcome = match deadline {
             None => wait.await,
-            Some(d) => tokio::time::timeout(d, wait)
+            // tonic enforces grpc-timeout too, answering CANCELLED; finishing a moment early
+            // makes the caller see the precise DEADLINE_EXCEEDED instead.
+            Some(d) => tokio::time::timeout(d.saturating_sub(DEADLINE_MARGIN), wait)
                 .await
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("instance '{id}' did not reach the awaited state in time")))),
         };

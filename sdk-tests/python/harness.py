@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -17,10 +18,13 @@ HERE = Path(__file__).resolve().parent
 _live_sidecars: list[Sidecar] = []
 
 
-def _session_log_dir() -> Path:
+def _session_log_dir(keep: int = 10) -> Path:
     base = Path(os.environ.get("OUTRIGGER_TEST_LOG_DIR", HERE / ".logs"))
     path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     path.mkdir(parents=True, exist_ok=True)
+    # Keep the logs of the last few sessions only.
+    for old in sorted((p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 

@@ -50,6 +50,7 @@ class Sidecar:
         self.log_path = Path(log_path)
         self.binary = binary or outrigger_binary()
         self.address: str | None = None
+        self.returncode: int | None = None  # of the last process, once it has ended
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()  # set on the listening line or on EOF
@@ -147,5 +148,6 @@ class Sidecar:
                 proc.wait(timeout=10)
         if self._reader is not None:
             self._reader.join(timeout=10)
+        self.returncode = proc.returncode
         self._proc = None
         self._reader = None

@@ -180,3 +180,28 @@ def test_retry_policy_gives_up_after_max_attempts(client):
     assert _attempts[iid] == 2
     assert state.failure_details is not None
     assert "transient failure on attempt 2" in state.failure_details.message
+
+
+@orchestrator
+def flaky_child(ctx: task.OrchestrationContext, key: str):
+    # No retry here: the child fails as a whole and the parent retries it.
+    return (yield ctx.call_activity(fails_twice_then_succeeds, input=key))
+
+
+@orchestrator
+def retries_flaky_child(ctx: task.OrchestrationContext, _):
+    policy = task.RetryPolicy(first_retry_interval=timedelta(milliseconds=300), max_number_of_attempts=5)
+    return (yield ctx.call_sub_orchestrator(flaky_child, input=ctx.instance_id,
+                                            instance_id=f"{ctx.instance_id}:child", retry_policy=policy))
+
+
+def test_retry_policy_retries_failed_sub_orchestration(client):
+    iid = new_id("retry-child")
+    client.schedule_new_orchestration(retries_flaky_child, instance_id=iid)
+
+    state = assert_completed(wait_done(client, iid))
+    assert state.get_output() == "succeeded on attempt 3"
+    assert _attempts[iid] == 3
+    events = client.get_orchestration_history(iid)
+    assert len(of_type(events, history.SubOrchestrationInstanceFailedEvent)) == 2
+    assert len(of_type(events, history.SubOrchestrationInstanceCompletedEvent)) == 1

@@ -6,6 +6,7 @@ Uses its own outrigger process and worker, not the session ones.
 
 from __future__ import annotations
 
+import signal
 from datetime import timedelta
 
 import pytest
@@ -67,7 +68,9 @@ def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path):
         done_before_kill = poll_until(completed_count, lambda k: k > 0, timeout=60, interval=0.02,
                                       what="the first instance to complete")
         first.kill()
+        assert first.returncode == -signal.SIGKILL
         assert done_before_kill < COUNT, "everything finished before the kill; nothing was interrupted"
+        print(f"killed the sidecar with {done_before_kill}/{COUNT} instances completed")
 
         worker.stop()
         client.close()

@@ -7,7 +7,6 @@ seeing each other. test_crash.py starts its own sidecar and worker.
 from __future__ import annotations
 
 import pytest
-from durabletask.client import TaskHubGrpcClient
 from durabletask.worker import TaskHubGrpcWorker
 
 import registry

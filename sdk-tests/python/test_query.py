@@ -7,12 +7,11 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from durabletask import task
 from durabletask.client import OrchestrationQuery, OrchestrationStatus
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from google.protobuf import wrappers_pb2
-
-from durabletask import task
 
 from helpers import assert_completed, now, utc, wait_done
 from registry import orchestrator
@@ -72,6 +71,22 @@ def test_query_by_instance_id_prefix(client, population):
     assert ids(states) == sorted(population["done"] + population["running"])
     for state in states:
         assert state.name in ("query_target_done", "query_target_waiting")
+
+
+def test_instance_id_prefix_is_literal(client):
+    tag = uuid.uuid4().hex[:12]
+    prefix = f"lit%_{tag}-"
+    match = f"{prefix}match"
+    decoys = [f"litXY{tag}-decoy",      # what '%' and '_' would match in a SQL LIKE
+              f"x{prefix}decoy",        # contains the prefix, but not at the start
+              f"LIT%_{tag}-decoy"]      # ids are case-sensitive
+    for iid in [match] + decoys:
+        client.schedule_new_orchestration(query_target_done, input=iid, instance_id=iid)
+    for iid in [match] + decoys:
+        assert_completed(wait_done(client, iid))
+
+    states = client.get_all_orchestration_states(OrchestrationQuery(instance_id_prefix=prefix))
+    assert ids(states) == [match]
 
 
 def test_query_by_runtime_status(client, population):

@@ -7,7 +7,7 @@ pub mod events;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::model::*;
 use crate::proto::history_event::EventType;
@@ -91,16 +91,38 @@ fn wakes_suspended(event: &HistoryEvent) -> bool {
 }
 
 /// Ids the current execution's history already accounts for, so duplicate or stray results
-/// never reach an orchestrator.
+/// never reach an orchestrator. Counted, not just remembered: SDK retry policies schedule the
+/// same task or child id again after a failure, and each scheduling earns one result.
 #[derive(Default)]
 struct Seen {
     started: bool,
-    tasks: HashSet<i32>,
-    task_results: HashSet<i32>,
-    timers: HashSet<i32>,
-    timers_fired: HashSet<i32>,
-    children: HashSet<i32>,
-    child_results: HashSet<i32>,
+    tasks: Ledger,
+    timers: Ledger,
+    children: Ledger,
+}
+
+/// How often each id was scheduled and how many results it has had.
+#[derive(Default)]
+struct Ledger {
+    scheduled: HashMap<i32, u32>,
+    results: HashMap<i32, u32>,
+}
+
+impl Ledger {
+    fn schedule(&mut self, id: i32) {
+        *self.scheduled.entry(id).or_default() += 1;
+    }
+
+    /// Counts a result; false if the id has no outstanding scheduling to match it.
+    fn result(&mut self, id: i32) -> bool {
+        let results = self.results.entry(id).or_default();
+        if *results < self.scheduled.get(&id).copied().unwrap_or(0) {
+            *results += 1;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Seen {
@@ -109,14 +131,14 @@ impl Seen {
         for e in history {
             match &e.event_type {
                 Some(EventType::ExecutionStarted(_)) => seen.started = true,
-                Some(EventType::TaskScheduled(_)) => _ = seen.tasks.insert(e.event_id),
-                Some(EventType::TaskCompleted(r)) => _ = seen.task_results.insert(r.task_scheduled_id),
-                Some(EventType::TaskFailed(r)) => _ = seen.task_results.insert(r.task_scheduled_id),
-                Some(EventType::TimerCreated(_)) => _ = seen.timers.insert(e.event_id),
-                Some(EventType::TimerFired(r)) => _ = seen.timers_fired.insert(r.timer_id),
-                Some(EventType::SubOrchestrationInstanceCreated(_)) => _ = seen.children.insert(e.event_id),
-                Some(EventType::SubOrchestrationInstanceCompleted(r)) => _ = seen.child_results.insert(r.task_scheduled_id),
-                Some(EventType::SubOrchestrationInstanceFailed(r)) => _ = seen.child_results.insert(r.task_scheduled_id),
+                Some(EventType::TaskScheduled(_)) => seen.tasks.schedule(e.event_id),
+                Some(EventType::TaskCompleted(r)) => _ = seen.tasks.result(r.task_scheduled_id),
+                Some(EventType::TaskFailed(r)) => _ = seen.tasks.result(r.task_scheduled_id),
+                Some(EventType::TimerCreated(_)) => seen.timers.schedule(e.event_id),
+                Some(EventType::TimerFired(r)) => _ = seen.timers.result(r.timer_id),
+                Some(EventType::SubOrchestrationInstanceCreated(_)) => seen.children.schedule(e.event_id),
+                Some(EventType::SubOrchestrationInstanceCompleted(r)) => _ = seen.children.result(r.task_scheduled_id),
+                Some(EventType::SubOrchestrationInstanceFailed(r)) => _ = seen.children.result(r.task_scheduled_id),
                 _ => {}
             }
         }
@@ -124,15 +146,15 @@ impl Seen {
     }
 
     fn task_result(&mut self, id: i32) -> bool {
-        self.tasks.contains(&id) && self.task_results.insert(id)
+        self.tasks.result(id)
     }
 
     fn timer_fired(&mut self, id: i32) -> bool {
-        self.timers.contains(&id) && self.timers_fired.insert(id)
+        self.timers.result(id)
     }
 
     fn child_result(&mut self, id: i32) -> bool {
-        self.children.contains(&id) && self.child_results.insert(id)
+        self.children.result(id)
     }
 }
 

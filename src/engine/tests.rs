@@ -1359,3 +1359,22 @@ fn new_instance_records_its_parent() {
     assert_eq!(instance.parent_instance_id, s(PARENT));
     assert_eq!(started_of(&start).parent_instance, Some(parent_info()));
 }
+
+#[test]
+fn retried_task_and_child_ids_earn_one_result_per_scheduling() {
+    // SDK retry policies schedule the same id again after a failure and a retry timer.
+    let past = history([
+        task_scheduled(1),
+        task_failed(1),
+        timer_created(2),
+        timer_fired(2),
+        task_scheduled(1),
+        child_created(3, "kid"),
+        child_failed(3),
+        child_created(3, "kid"),
+    ]);
+    let messages = inbox(vec![to_current(task_failed(1)), to_current(child_completed(3)), to_current(task_completed(1))]);
+    let prepared = prepare(&running(), &past, &messages, NOW);
+    // The second result of id 1 has no scheduling left to match, so only two events pass.
+    assert_eq!(prepared, run(vec![os(NOW), task_failed(1), child_completed(3)], vec![1, 2, 3]));
+}

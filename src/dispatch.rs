@@ -167,14 +167,6 @@ fn stale(token: &str) -> Status {
     ))
 }
 
-fn store_status(e: StoreError) -> Status {
-    match e {
-        StoreError::LeaseLost => Status::failed_precondition(e.to_string()),
-        StoreError::AlreadyExists(..) => Status::already_exists(e.to_string()),
-        StoreError::Database(_) => Status::unavailable(e.to_string()),
-        StoreError::Corrupt(_) => Status::internal(e.to_string()),
-    }
-}
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
@@ -489,7 +481,7 @@ impl Dispatcher {
                 if !matches!(e, StoreError::LeaseLost) {
                     self.release(&id, &token).await;
                 }
-                Err(store_status(e))
+                Err(crate::grpc::status(e))
             }
         }
     }
@@ -537,7 +529,7 @@ impl Dispatcher {
         let result = events::task_result(now, held.task_id, response.result, response.failure_details);
         let outcome = self.store.complete_activity(held.id, &token, result, now).await;
         self.wake();
-        outcome.map_err(store_status)
+        outcome.map_err(crate::grpc::status)
     }
 
     /// Returns an orchestration work item to the queue. Unknown tokens are fine (idempotent).

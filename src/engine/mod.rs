@@ -62,11 +62,11 @@ pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Mes
                 false
             }
             Some(EventType::ExecutionStarted(_)) => !std::mem::replace(&mut seen.started, true),
-            Some(EventType::TaskCompleted(e)) => seen.task_result(e.task_scheduled_id),
-            Some(EventType::TaskFailed(e)) => seen.task_result(e.task_scheduled_id),
-            Some(EventType::TimerFired(e)) => seen.timer_fired(e.timer_id),
-            Some(EventType::SubOrchestrationInstanceCompleted(e)) => seen.child_result(e.task_scheduled_id),
-            Some(EventType::SubOrchestrationInstanceFailed(e)) => seen.child_result(e.task_scheduled_id),
+            Some(EventType::TaskCompleted(e)) => seen.tasks.result(e.task_scheduled_id),
+            Some(EventType::TaskFailed(e)) => seen.tasks.result(e.task_scheduled_id),
+            Some(EventType::TimerFired(e)) => seen.timers.result(e.timer_id),
+            Some(EventType::SubOrchestrationInstanceCompleted(e)) => seen.children.result(e.task_scheduled_id),
+            Some(EventType::SubOrchestrationInstanceFailed(e)) => seen.children.result(e.task_scheduled_id),
             Some(EventType::ExecutionRewound(_)) | None => false,
             Some(_) => true,
         };
@@ -83,7 +83,8 @@ pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Mes
     Prepared::Run { new_events, consumed: all() }
 }
 
-fn wakes_suspended(event: &HistoryEvent) -> bool {
+/// Events that must reach a suspended orchestrator (everything else waits for the resume).
+pub fn wakes_suspended(event: &HistoryEvent) -> bool {
     matches!(
         event.event_type,
         Some(EventType::ExecutionResumed(_) | EventType::ExecutionTerminated(_) | EventType::ExecutionRewound(_))
@@ -143,18 +144,6 @@ impl Seen {
             }
         }
         seen
-    }
-
-    fn task_result(&mut self, id: i32) -> bool {
-        self.tasks.result(id)
-    }
-
-    fn timer_fired(&mut self, id: i32) -> bool {
-        self.timers.result(id)
-    }
-
-    fn child_result(&mut self, id: i32) -> bool {
-        self.children.result(id)
     }
 }
 

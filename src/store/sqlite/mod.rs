@@ -13,6 +13,7 @@ use tracing::{debug, info};
 use super::encoding::{decode, decode_tags, encode, encode_tags, status};
 use super::*;
 use crate::engine::events::kind_name;
+use crate::engine::wakes_suspended;
 use crate::model::{ChildRewind, HistoryWrite, is_terminal};
 use crate::proto::ActivityRequest;
 use crate::proto::history_event::EventType;
@@ -131,20 +132,12 @@ async fn upsert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Mi
     Ok(())
 }
 
-/// Whether a message must be able to wake a suspended instance.
-fn wakes_suspended(m: &Message) -> bool {
-    matches!(
-        m.event.event_type,
-        Some(EventType::ExecutionResumed(_) | EventType::ExecutionTerminated(_) | EventType::ExecutionRewound(_))
-    )
-}
-
 async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> Result<()> {
     sqlx::query("INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(&m.instance_id)
         .bind(&m.execution_id)
         .bind(m.priority)
-        .bind(i32::from(wakes_suspended(m)))
+        .bind(i32::from(wakes_suspended(&m.event)))
         .bind(m.visible_at)
         .bind(encode(&m.event))
         .execute(&mut *conn)
@@ -265,6 +258,19 @@ async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis)
     Ok(())
 }
 
+/// Adds "AND status IN (...)" unless the list is empty (meaning any status).
+fn push_status_filter(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, statuses: &[OrchestrationStatus]) {
+    if statuses.is_empty() {
+        return;
+    }
+    q.push(" AND status IN (");
+    let mut list = q.separated(", ");
+    for s in statuses {
+        list.push_bind(*s as i32);
+    }
+    q.push(")");
+}
+
 fn terminal_statuses() -> String {
     [OrchestrationStatus::Completed, OrchestrationStatus::Failed, OrchestrationStatus::Terminated, OrchestrationStatus::Canceled]
         .iter()
@@ -318,14 +324,7 @@ impl Store for SqliteStore {
 
     async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
         let mut q = sqlx::QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"));
-        if !f.statuses.is_empty() {
-            q.push(" AND status IN (");
-            let mut list = q.separated(", ");
-            for s in &f.statuses {
-                list.push_bind(*s as i32);
-            }
-            q.push(")");
-        }
+        push_status_filter(&mut q, &f.statuses);
         if let Some(from) = f.created_from {
             q.push(" AND created_at >= ").push_bind(from);
         }
@@ -346,14 +345,7 @@ impl Store for SqliteStore {
     async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Millis, String)>> {
         let mut q = sqlx::QueryBuilder::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
         q.push(format!(" AND status IN ({})", terminal_statuses()));
-        if !f.statuses.is_empty() {
-            q.push(" AND status IN (");
-            let mut list = q.separated(", ");
-            for s in &f.statuses {
-                list.push_bind(*s as i32);
-            }
-            q.push(")");
-        }
+        push_status_filter(&mut q, &f.statuses);
         if let Some(from) = f.completed_from {
             q.push(" AND completed_at >= ").push_bind(from);
         }

@@ -12,7 +12,7 @@ use outrigger::engine::{self, Prepared, Response, StartSpec};
 use outrigger::model::{Commit, Message};
 use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
 use outrigger::proto::*;
-use outrigger::store::{self, Change, Delivery, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, Store, StoreError};
+use outrigger::store::{self, Change, Delivery, Write, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, Store, StoreError};
 use outrigger::time::{Millis, to_timestamp};
 use sqlx::Connection;
 
@@ -133,6 +133,7 @@ conformance!(
     queries_page_in_creation_order,
     finished_instances_page_in_completion_order,
     delete_all_empties_the_hub,
+    a_batch_refuses_a_stale_write_alone,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -542,4 +543,30 @@ fn database_urls_swap_only_the_database() {
     assert_eq!(with_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
     assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
+
+async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
+    let s = &*h.store;
+    for id in ["a", "b"] {
+        create(s, id, T0).await;
+    }
+    let mut writes = vec![];
+    for item in s.lock_orchestrations(&lease("w", T0), 10).await.unwrap() {
+        let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, T0) else { panic!() };
+        let response = Response { actions: vec![schedule_task(0)], ..Default::default() };
+        let commit = engine::apply(&item.instance, &item.history, &new_events, response, T0, &mut || "x".into());
+        let token = if item.instance.instance_id == "a" { "stale".to_string() } else { item.token };
+        writes.push(Write::Step { token, consumed, commit, now: T0 });
+    }
+    writes.sort_by_key(|w| match w {
+        Write::Step { commit, .. } => commit.instance.instance_id.clone(),
+        Write::ActivityResult { .. } => unreachable!(),
+    });
+    let results = s.write(writes).await.unwrap();
+    assert!(matches!(results[0], Err(StoreError::LeaseLost)), "{:?}", results[0]);
+    assert_eq!(results[1].as_ref().unwrap(), &["b"]);
+    assert!(s.history("a").await.unwrap().is_empty(), "the stale write wrote nothing");
+    assert_eq!(s.history("b").await.unwrap().len(), 4);
+    let activities = s.lock_activities(&lease("w", T0), 10).await.unwrap();
+    assert_eq!(activities.iter().map(|a| a.task.instance_id.as_str()).collect::<Vec<_>>(), ["b"]);
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
@@ -133,7 +133,6 @@ impl Telemetry {
                 .with_endpoint(settings.traces_endpoint.clone().unwrap_or_else(|| {
                     format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'))
                 }))
-                .with_headers(Default::default())
                 .build(),
         }
         .map_err(|e| format!("cannot set up the OTLP exporter: {e}"))?;

@@ -158,10 +158,10 @@ impl Telemetry {
     /// Exports what is queued and stops. Blocks until the export finishes or times out, so
     /// call it off the async threads.
     pub fn shutdown(&self) {
-        if let Some(inner) = &self.inner {
-            if let Err(e) = inner.provider.shutdown() {
-                tracing::warn!(error = %e, "exporting the last spans failed");
-            }
+        if let Some(inner) = &self.inner
+            && let Err(e) = inner.provider.shutdown()
+        {
+            tracing::warn!(error = %e, "exporting the last spans failed");
         }
     }
 

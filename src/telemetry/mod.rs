@@ -151,10 +151,6 @@ impl Telemetry {
         Ok(Telemetry { inner: Some(Arc::new(Inner { provider, tracer, rpc_spans: settings.rpc_spans })) })
     }
 
-    pub fn is_enabled(&self) -> bool {
-        self.inner.is_some()
-    }
-
     /// Exports what is queued and stops. Blocks until the export finishes or times out, so
     /// call it off the async threads.
     pub fn shutdown(&self) {
@@ -162,13 +158,6 @@ impl Telemetry {
             && let Err(e) = inner.provider.shutdown()
         {
             tracing::warn!(error = %e, "exporting the last spans failed");
-        }
-    }
-
-    /// Exports what is queued now (tests use it to avoid waiting for the next batch).
-    pub fn flush(&self) {
-        if let Some(inner) = &self.inner {
-            let _ = inner.provider.force_flush();
         }
     }
 }

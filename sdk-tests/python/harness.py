@@ -44,9 +44,9 @@ def sdk_logger(name: str) -> logging.Logger:
     return logger
 
 
-def start_sidecar(name: str, db_path: Path) -> Sidecar:
-    """Start outrigger on a free port, logging to LOG_DIR/<name>.log."""
-    sidecar = Sidecar(db_path=db_path, log_path=LOG_DIR / f"{name}.log")
+def start_sidecar(name: str, db_path: Path, env: dict[str, str] | None = None) -> Sidecar:
+    """Start outrigger on a free port, logging to LOG_DIR/<name>.log; `env` adds variables."""
+    sidecar = Sidecar(db_path=db_path, log_path=LOG_DIR / f"{name}.log", env=env)
     _live_sidecars.append(sidecar)
     return sidecar.start()
 

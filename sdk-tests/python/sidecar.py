@@ -45,10 +45,12 @@ def outrigger_binary() -> Path:
 class Sidecar:
     """One outrigger process serving one SQLite database file."""
 
-    def __init__(self, db_path: Path, log_path: Path, binary: Path | None = None):
+    def __init__(self, db_path: Path, log_path: Path, binary: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.db_path = Path(db_path)
         self.log_path = Path(log_path)
         self.binary = binary or outrigger_binary()
+        self.extra_env = dict(env or {})
         self.address: str | None = None
         self.returncode: int | None = None  # of the last process, once it has ended
         self._proc: subprocess.Popen[bytes] | None = None
@@ -77,6 +79,7 @@ class Sidecar:
         ]
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
+        env.update(self.extra_env)
         self._proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,

@@ -75,7 +75,7 @@ struct Args {
     backend: Option<String>,
 
     /// Where to write the JSON results.
-    #[arg(long, default_value = "outrigger-bench-results.json")]
+    #[arg(long, default_value = "bench-results/results.json")]
     results: PathBuf,
 
     /// Give up on a workload after this many seconds.
@@ -204,6 +204,10 @@ impl Context<'_> {
             concurrency,
             ..Default::default()
         };
+        // Other processes' load skews every figure; keep it with the results.
+        if let Some(load) = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split(' ').next()?.parse::<f64>().ok()) {
+            report.extra.insert("load_average_1m_before".into(), json!(load));
+        }
         let peak_reset = self.probe.as_ref().is_some_and(Probe::reset_peak);
         let cpu_before = self.probe.as_ref().and_then(Probe::cpu_seconds);
 
@@ -240,6 +244,13 @@ impl Context<'_> {
             report.sidecar_cpu_s = Some(after - before);
             if outcome.completed > 0 {
                 report.cpu_s_per_1k = Some((after - before) / outcome.completed as f64 * 1000.0);
+            }
+            if activities > 0 {
+                let per_activity_us = (after - before) / activities as f64 * 1e6;
+                report.extra.insert("sidecar_cpu_us_per_activity".into(), json!(per_activity_us));
+                if matches!(workload, Workload::Fanout | Workload::Long) {
+                    report.notes.push(format!("sidecar CPU {per_activity_us:.0} µs/activity"));
+                }
             }
         }
         if let Some(probe) = &self.probe {

@@ -130,10 +130,10 @@ impl Handler {
         {
             let mut observed = self.observed.lock().unwrap();
             for event in &r.new_events {
-                if let Some(EventType::TimerFired(t)) = &event.event_type {
-                    if let Some(due) = t.fire_at.and_then(|ts| SystemTime::try_from(ts).ok()) {
-                        observed.timer_lateness_ms.push(signed_ms(wall, due));
-                    }
+                if let Some(EventType::TimerFired(t)) = &event.event_type
+                    && let Some(due) = t.fire_at.and_then(|ts| SystemTime::try_from(ts).ok())
+                {
+                    observed.timer_lateness_ms.push(signed_ms(wall, due));
                 }
             }
             if self.track_episodes {

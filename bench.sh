@@ -61,7 +61,7 @@ fresh_postgres() {
   cluster=$(pg_lsclusters --no-header 2>/dev/null | awk 'NR == 1 {print $1, $2, $3}')
   [ -n "$cluster" ] || return
   read -r version name port <<<"$cluster"
-  pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start 2>/dev/null
+  pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start >&2 2>/dev/null
   local psql=(runuser -u postgres -- psql -q -p "$port" -v ON_ERROR_STOP=1)
   # A password role of our own, so the sidecar can log in over TCP without touching others.
   "${psql[@]}" -c "DO \$\$ BEGIN

@@ -73,8 +73,8 @@ pub fn markdown(reports: &[Report]) -> String {
             r.count.to_string(),
             r.concurrency.to_string(),
             r.completed.to_string(),
-            num(r.orchestrations_per_s, 0),
-            num(r.activities_per_s, 0),
+            rate(r.orchestrations_per_s),
+            rate(r.activities_per_s),
             num(r.latency_ms.p50, 1),
             num(r.latency_ms.p90, 1),
             num(r.latency_ms.p99, 1),
@@ -88,6 +88,12 @@ pub fn markdown(reports: &[Report]) -> String {
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out
+}
+
+/// A rate: whole numbers, except below 10 where the decimals are the figure (`long` runs one
+/// orchestration in many seconds).
+fn rate(v: Option<f64>) -> String {
+    num(v, if v.is_some_and(|v| v < 10.0) { 2 } else { 0 })
 }
 
 fn num(v: Option<f64>, decimals: usize) -> String {
@@ -111,9 +117,11 @@ mod tests {
             latency_ms: Summary { p50: Some(1.24), p90: Some(2.0), p99: Some(3.0), max: Some(4.0) },
             ..Default::default()
         };
-        let table = markdown(&[r.clone(), r]);
+        let slow = Report { orchestrations_per_s: Some(0.0612), ..r.clone() };
+        let table = markdown(&[r, slow]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4);
+        assert!(lines[3].contains("| 9 | 0.06 |"), "{}", lines[3]);
         assert!(lines[2].starts_with("| hello5 | sqlite | 10 | 2 | 9 | 123 | – | 1.2 | 2.0 |"), "{}", lines[2]);
         assert!(lines[2].ends_with("| 1 failed |"), "{}", lines[2]);
         assert_eq!(lines[0].matches('|').count(), lines[2].matches('|').count());

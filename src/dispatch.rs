@@ -250,7 +250,7 @@ impl Dispatcher {
         });
         loop {
             match self.dispatch_once().await {
-                Ok(true) => continue, // there may be more due work
+                Ok(true) => continue, // a full batch: there may be more due work
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "dispatch failed; retrying"),
             }
@@ -264,8 +264,9 @@ impl Dispatcher {
         }
     }
 
-    /// Leases what free worker capacity allows and hands it out. Returns whether anything was
-    /// leased.
+    /// Leases what free worker capacity allows and hands it out. Returns whether a batch came
+    /// back full, so more work may be waiting. (Work committed after the lease query wakes the
+    /// loop anyway.)
     async fn dispatch_once(&self) -> Result<bool, StoreError> {
         let (orchestration_room, activity_room) = {
             let state = self.state.lock().unwrap();
@@ -274,11 +275,12 @@ impl Dispatcher {
                 state.free(|w| w.max_activities.saturating_sub(w.activities)).min(BATCH),
             )
         };
-        let mut leased = false;
+        let mut more = false;
         if orchestration_room > 0 {
             let now = time::now();
-            for item in self.store.lock_orchestrations(&self.lease(now), orchestration_room as u32).await? {
-                leased = true;
+            let items = self.store.lock_orchestrations(&self.lease(now), orchestration_room as u32).await?;
+            more |= items.len() == orchestration_room;
+            for item in items {
                 let id = item.instance.instance_id.clone();
                 if let Err(e) = self.hand_orchestration(item, now).await {
                     warn!(instance_id = %id, error = %e, "could not hand out orchestration work item; its lease will expire");
@@ -287,14 +289,15 @@ impl Dispatcher {
         }
         if activity_room > 0 {
             let now = time::now();
-            for item in self.store.lock_activities(&self.lease(now), activity_room as u32).await? {
-                leased = true;
+            let items = self.store.lock_activities(&self.lease(now), activity_room as u32).await?;
+            more |= items.len() == activity_room;
+            for item in items {
                 if let Err(e) = self.hand_activity(item).await {
                     warn!(error = %e, "could not hand out activity work item; its lease will expire");
                 }
             }
         }
-        Ok(leased)
+        Ok(more)
     }
 
     async fn hand_orchestration(&self, item: LockedOrchestration, now: Millis) -> Result<(), StoreError> {

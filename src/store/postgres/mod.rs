@@ -423,14 +423,15 @@ impl Store for PostgresStore {
     }
 
     async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>> {
-        let mut tx = self.pool.begin().await?;
+        // One statement leases the batch and returns the rows (nothing to do costs one query).
+        // History and inbox are read after it commits: the lease keeps them ours.
         let rows = sqlx::query(LOCK_ORCHESTRATIONS)
             .bind(lease.now)
             .bind(lease.owner)
             .bind(lease.until)
             .bind(OrchestrationStatus::Suspended as i32)
             .bind(i64::from(max))
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
         if rows.is_empty() {
             return Ok(vec![]);
@@ -440,12 +441,13 @@ impl Store for PostgresStore {
             picked.push((row.try_get::<String, _>("lock_token")?, instance_from_row(row)?));
         }
         let ids: Vec<&str> = picked.iter().map(|(_, i)| i.instance_id.as_str()).collect();
+        let mut conn = self.pool.acquire().await?;
         let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
-        for r in sqlx::query(SELECT_HISTORIES).bind(&ids).fetch_all(&mut *tx).await? {
+        for r in sqlx::query(SELECT_HISTORIES).bind(&ids).fetch_all(&mut *conn).await? {
             histories.entry(r.get(0)).or_default().push(decode(r.get::<&[u8], _>(1))?);
         }
         let mut inboxes: HashMap<String, Vec<(i64, Message)>> = HashMap::new();
-        for r in sqlx::query(SELECT_INBOXES).bind(&ids).bind(lease.now).fetch_all(&mut *tx).await? {
+        for r in sqlx::query(SELECT_INBOXES).bind(&ids).bind(lease.now).fetch_all(&mut *conn).await? {
             let instance_id: String = r.get(1);
             let message = Message {
                 instance_id: instance_id.clone(),
@@ -456,7 +458,6 @@ impl Store for PostgresStore {
             };
             inboxes.entry(instance_id).or_default().push((r.get(0), message));
         }
-        tx.commit().await?;
         Ok(picked
             .into_iter()
             .map(|(token, instance)| LockedOrchestration {

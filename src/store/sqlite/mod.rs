@@ -450,41 +450,44 @@ impl Store for SqliteStore {
     }
 
     async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>> {
-        let mut tx = self.writer.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
-             WHERE m.visible_at <= ?1 AND i.lock_expires <= ?1 AND i.ready_at <= ?1 AND (i.status != ?2 OR m.kind = 1) \
-             LIMIT ?3",
-        )
+        // One statement leases the batch and returns the rows (nothing to do costs one query).
+        // History and inbox are then read beside the writer: the lease keeps them ours.
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?1, lock_expires = ?2 \
+             WHERE instance_id IN ( \
+               SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+               WHERE m.visible_at <= ?3 AND i.lock_expires <= ?3 AND i.ready_at <= ?3 AND (i.status != ?4 OR m.kind = 1) \
+               LIMIT ?5) \
+             RETURNING lock_token, {INSTANCE_COLUMNS}"
+        )))
+        .bind(lease.owner)
+        .bind(lease.until)
         .bind(lease.now)
         .bind(OrchestrationStatus::Suspended as i32)
         .bind(i64::from(max))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.writer)
         .await?;
-        if ids.is_empty() {
+        if rows.is_empty() {
             return Ok(vec![]);
         }
-        // The whole batch in four statements: lease (returning the rows), histories, inboxes.
-        let mut q = sqlx::QueryBuilder::new("UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ");
-        q.push_bind(lease.owner).push(", lock_expires = ").push_bind(lease.until);
-        push_in(&mut q, " WHERE instance_id", &ids);
-        q.push(format!(" RETURNING lock_token, {INSTANCE_COLUMNS}"));
-        let mut picked = vec![];
-        for row in q.build().fetch_all(&mut *tx).await? {
-            picked.push((row.try_get::<String, _>("lock_token")?, instance_from_row(&row)?));
+        let mut picked = Vec::with_capacity(rows.len());
+        for row in &rows {
+            picked.push((row.try_get::<String, _>("lock_token")?, instance_from_row(row)?));
         }
+        let ids: Vec<String> = picked.iter().map(|(_, i)| i.instance_id.clone()).collect();
+        let mut conn = self.reader.acquire().await?;
         let mut q = sqlx::QueryBuilder::new("SELECT instance_id, event FROM history");
         push_in(&mut q, " WHERE instance_id", &ids);
         q.push(" ORDER BY instance_id, seq");
         let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
-        for r in q.build().fetch_all(&mut *tx).await? {
+        for r in q.build().fetch_all(&mut *conn).await? {
             histories.entry(r.get(0)).or_default().push(decode(r.get::<&[u8], _>(1))?);
         }
         let mut q = sqlx::QueryBuilder::new("SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox");
         push_in(&mut q, " WHERE instance_id", &ids);
         q.push(" AND visible_at <= ").push_bind(lease.now).push(" ORDER BY priority, id");
         let mut inboxes: HashMap<String, Vec<(i64, Message)>> = HashMap::new();
-        for r in q.build().fetch_all(&mut *tx).await? {
+        for r in q.build().fetch_all(&mut *conn).await? {
             let instance_id: String = r.get(1);
             let message = Message {
                 instance_id: instance_id.clone(),
@@ -495,7 +498,6 @@ impl Store for SqliteStore {
             };
             inboxes.entry(instance_id).or_default().push((r.get(0), message));
         }
-        tx.commit().await?;
         Ok(picked
             .into_iter()
             .map(|(token, instance)| LockedOrchestration {

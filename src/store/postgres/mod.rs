@@ -340,10 +340,10 @@ impl Store for PostgresStore {
         let id = new.instance.instance_id.clone();
         let mut tx = self.pool.begin().await?;
         let existing: Option<i32> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE).bind(&id).fetch_optional(&mut *tx).await?;
-        if let Some(s) = existing.map(|s| status(s.into())).transpose()? {
-            if !replaceable.contains(&s) {
-                return Err(StoreError::AlreadyExists(id, s.as_str_name()));
-            }
+        if let Some(s) = existing.map(|s| status(s.into())).transpose()?
+            && !replaceable.contains(&s)
+        {
+            return Err(StoreError::AlreadyExists(id, s.as_str_name()));
         }
         insert_new(&mut tx, &new).await.map_err(|e| taken(&id, e))?;
         self.notifier.send(&mut tx, [&id]).await?;

@@ -562,7 +562,7 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
         Write::Step { commit, .. } => commit.instance.instance_id.clone(),
         Write::ActivityResult { .. } => unreachable!(),
     });
-    let results = s.write(writes).await.unwrap();
+    let results = s.write(&writes).await.unwrap();
     assert!(matches!(results[0], Err(StoreError::LeaseLost)), "{:?}", results[0]);
     assert_eq!(results[1].as_ref().unwrap(), &["b"]);
     assert!(s.history("a").await.unwrap().is_empty(), "the stale write wrote nothing");

@@ -57,7 +57,7 @@ async fn writer(store: Arc<dyn Store>, queue: Arc<Mutex<mpsc::UnboundedReceiver<
             batch
         };
         let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match store.write(writes).await {
+        match write(&*store, writes).await {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
@@ -73,3 +73,21 @@ async fn writer(store: Arc<dyn Store>, queue: Arc<Mutex<mpsc::UnboundedReceiver<
         }
     }
 }
+
+/// Writes a batch, running it again when the database aborted it over a conflict with a
+/// concurrent transaction (nothing of it was written then).
+async fn write(store: &dyn Store, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>> {
+    let mut attempts = 0;
+    loop {
+        match store.write(&writes).await {
+            Err(e) if e.is_conflict() && attempts < MAX_CONFLICT_RETRIES => {
+                attempts += 1;
+                warn!(error = %e, attempt = attempts, "write batch hit a conflict; running it again");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How often a batch aborted by a deadlock or serialization conflict is run again.
+const MAX_CONFLICT_RETRIES: u32 = 3;

@@ -35,6 +35,14 @@ pub enum StoreError {
     BatchFailed(String),
 }
 
+impl StoreError {
+    /// A transaction the database aborted to break a deadlock or a serialization conflict:
+    /// running it again is the documented remedy.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What happened to a message sent to an instance from outside a step.
@@ -172,7 +180,7 @@ pub trait Store: Send + Sync + 'static {
     /// Applies several writes in one transaction (group commit: one flush to disk for all).
     /// Each write either happens whole or, when its lease is gone, not at all
     /// ([`StoreError::LeaseLost`] in its slot); a database failure fails the whole batch.
-    async fn write(&self, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>>;
+    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>>;
 
     /// How many batches may be written at once (one for a single-writer database).
     fn write_concurrency(&self) -> usize {
@@ -183,7 +191,7 @@ pub trait Store: Send + Sync + 'static {
     /// transaction. Returns the ids of the instances whose state changed.
     async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
         let step = Write::Step { token: token.to_string(), consumed: consumed.to_vec(), commit, now };
-        self.write(vec![step]).await?.pop().expect("one result per write")
+        self.write(&[step]).await?.pop().expect("one result per write")
     }
 
     /// Releases an orchestration lease, deleting `consumed` inbox rows; the instance is not
@@ -197,7 +205,7 @@ pub trait Store: Send + Sync + 'static {
     /// orchestration, unless that execution is gone (then the result is dropped).
     async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
         let done = Write::ActivityResult { id, token: token.to_string(), result, now };
-        self.write(vec![done]).await?.pop().expect("one result per write").map(drop)
+        self.write(&[done]).await?.pop().expect("one result per write").map(drop)
     }
 
     /// Releases an activity lease; it is not dispatched again before `visible_at`.

@@ -263,7 +263,7 @@ async fn step_in(
     conn: &mut PgConnection,
     token: &str,
     consumed: &[i64],
-    commit: Commit,
+    commit: &Commit,
     now: Millis,
     touched: &mut Vec<String>,
 ) -> Result<Vec<String>> {
@@ -320,13 +320,13 @@ async fn step_in(
 }
 
 /// One activity result inside a write batch; nothing is written when the lease is gone.
-async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<Vec<String>> {
+async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, result: &HistoryEvent, now: Millis) -> Result<Vec<String>> {
     let row = sqlx::query(DELETE_LOCKED_ACTIVITY).bind(id).bind(token).fetch_optional(&mut *conn).await?;
     let Some(row) = row else { return Err(StoreError::LeaseLost) };
     let message = Message {
         instance_id: row.get(0),
         execution_id: Some(row.get(1)),
-        event: result,
+        event: result.clone(),
         visible_at: now,
         priority: Message::NORMAL,
     };
@@ -469,14 +469,14 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn write(&self, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>> {
+    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
         let mut tx = self.pool.begin().await?;
         let mut results = Vec::with_capacity(writes.len());
         let mut touched = vec![];
         for w in writes {
             let result = match w {
-                Write::Step { token, consumed, commit, now } => step_in(&mut tx, &token, &consumed, commit, now, &mut touched).await,
-                Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, id, &token, result, now).await,
+                Write::Step { token, consumed, commit, now } => step_in(&mut tx, token, consumed, commit, *now, &mut touched).await,
+                Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
             };
             match result {
                 Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),

@@ -108,9 +108,13 @@ pub const DELETE_LOCKED_ACTIVITY: &str =
 pub const RELEASE_ACTIVITY: &str = "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, visible_at = $1 \
      WHERE id = $2 AND lock_token = $3";
 
+/// Extends leases. Rows a write batch has locked are skipped, never waited for: that batch is
+/// ending those leases anyway, and waiting would let renewal and batches deadlock.
 pub const RENEW_LEASES: [&str; 2] = [
-    "UPDATE instances SET lock_expires = $1 WHERE lock_token = ANY($2)",
-    "UPDATE activities SET lock_expires = $1 WHERE lock_token = ANY($2)",
+    "UPDATE instances SET lock_expires = $1 WHERE instance_id IN ( \
+       SELECT instance_id FROM instances WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
+    "UPDATE activities SET lock_expires = $1 WHERE id IN ( \
+       SELECT id FROM activities WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
 ];
 
 /// Releases the leases of owner $1, or of everyone when $1 is NULL.

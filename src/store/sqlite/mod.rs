@@ -2,6 +2,8 @@
 //! time anyway, and a single connection avoids SQLITE_BUSY between our own transactions) and a
 //! small pool of readers, which WAL mode lets run beside the writer.
 
+mod cache;
+
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use tracing::{debug, info};
 
 use super::encoding::{decode, decode_tags, encode, encode_tags, status};
 use super::filters;
+use cache::HistoryCache;
 use super::*;
 use crate::engine::events::kind_name;
 use crate::engine::wakes_suspended;
@@ -24,6 +27,7 @@ use crate::proto::history_event::EventType;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    histories: HistoryCache,
 }
 
 const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution_id, status, input, output, custom_status, \
@@ -55,7 +59,7 @@ impl SqliteStore {
         } else {
             SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?
         };
-        let store = SqliteStore { writer, reader };
+        let store = SqliteStore { writer, reader, histories: HistoryCache::default() };
         // One SQLite file serves one sidecar, so leases left by a previous run (a crash) belong
         // to nobody now: release them so that work is dispatched again at once.
         store.release_all(None).await.map_err(|e| match e {
@@ -224,15 +228,20 @@ async fn insert_new(conn: &mut SqliteConnection, new: &NewInstance) -> Result<()
     insert_message(conn, &new.start).await
 }
 
-async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWrite) -> Result<()> {
+/// Writes a step's history; `known_len` is the current length when the caller knows it.
+async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWrite, known_len: Option<usize>) -> Result<()> {
     let (events, mut seq) = match write {
-        HistoryWrite::Append(events) => {
-            let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE instance_id = ?")
-                .bind(id)
-                .fetch_one(&mut *conn)
-                .await?;
-            (events, next)
-        }
+        HistoryWrite::Append(events) if events.is_empty() => return Ok(()),
+        HistoryWrite::Append(events) => match known_len {
+            Some(len) => (events, len as i64),
+            None => {
+                let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE instance_id = ?")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                (events, next)
+            }
+        },
         HistoryWrite::Replace(events) => {
             sqlx::query("DELETE FROM history WHERE instance_id = ?").bind(id).execute(&mut *conn).await?;
             (events, 0)
@@ -284,8 +293,24 @@ async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis)
     Ok(())
 }
 
+/// What a committed step did to an instance's history, for the cache.
+struct HistoryChange {
+    instance_id: String,
+    execution_id: String,
+    write: HistoryWrite,
+    finished: bool,
+}
+
 /// One orchestration step inside a write batch; nothing is written when the lease is gone.
-async fn step_in(conn: &mut SqliteConnection, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
+async fn step_in(
+    conn: &mut SqliteConnection,
+    token: &str,
+    consumed: &[i64],
+    commit: &Commit,
+    now: Millis,
+    cache: &HistoryCache,
+    changes: &mut Vec<HistoryChange>,
+) -> Result<Vec<String>> {
     let id = commit.instance.instance_id.clone();
     let held = sqlx::query(
         "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE instance_id = ? AND lock_token = ?",
@@ -298,7 +323,8 @@ async fn step_in(conn: &mut SqliteConnection, token: &str, consumed: &[i64], com
         return Err(StoreError::LeaseLost);
     }
     delete_messages(conn, consumed).await?;
-    write_history(conn, &id, &commit.history).await?;
+    let execution_id = &commit.instance.execution_id;
+    write_history(conn, &id, &commit.history, cache.len(&id, execution_id)).await?;
     upsert_instance(conn, &commit.instance, 0).await?;
     if commit.instance.is_terminal() {
         // Nothing will consume these any more: pending events, timers, queued activities.
@@ -336,11 +362,17 @@ async fn step_in(conn: &mut SqliteConnection, token: &str, consumed: &[i64], com
         rewind_child(conn, r, now).await?;
         changed.push(r.instance_id.clone());
     }
+    changes.push(HistoryChange {
+        instance_id: id,
+        execution_id: commit.instance.execution_id.clone(),
+        finished: commit.instance.is_terminal(),
+        write: commit.history.clone(),
+    });
     Ok(changed)
 }
 
 /// One activity result inside a write batch; nothing is written when the lease is gone.
-async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<Vec<String>> {
+async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, result: &HistoryEvent, now: Millis) -> Result<Vec<String>> {
     let row = sqlx::query("DELETE FROM activities WHERE id = ? AND lock_token = ? RETURNING instance_id, execution_id")
         .bind(id)
         .bind(token)
@@ -350,7 +382,7 @@ async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, r
     let message = Message {
         instance_id: row.get(0),
         execution_id: Some(row.get(1)),
-        event: result,
+        event: result.clone(),
         visible_at: now,
         priority: Message::NORMAL,
     };
@@ -434,6 +466,7 @@ impl Store for SqliteStore {
                 }
             }
             delete_instance(&mut tx, &id).await?;
+            self.histories.forget(&id);
             deleted += 1;
         }
         tx.commit().await?;
@@ -445,6 +478,7 @@ impl Store for SqliteStore {
         for table in ["history", "inbox", "activities", "instances"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
         }
+        self.histories.clear();
         tx.commit().await?;
         Ok(())
     }
@@ -475,13 +509,29 @@ impl Store for SqliteStore {
             picked.push((row.try_get::<String, _>("lock_token")?, instance_from_row(row)?));
         }
         let ids: Vec<String> = picked.iter().map(|(_, i)| i.instance_id.clone()).collect();
-        let mut conn = self.reader.acquire().await?;
-        let mut q = sqlx::QueryBuilder::new("SELECT instance_id, event FROM history");
-        push_in(&mut q, " WHERE instance_id", &ids);
-        q.push(" ORDER BY instance_id, seq");
         let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
-        for r in q.build().fetch_all(&mut *conn).await? {
-            histories.entry(r.get(0)).or_default().push(decode(r.get::<&[u8], _>(1))?);
+        for (_, i) in &picked {
+            if let Some(events) = self.histories.get(&i.instance_id, &i.execution_id) {
+                histories.insert(i.instance_id.clone(), events);
+            }
+        }
+        let missing: Vec<&String> = ids.iter().filter(|id| !histories.contains_key(*id)).collect();
+        let mut conn = self.reader.acquire().await?;
+        if !missing.is_empty() {
+            let mut q = sqlx::QueryBuilder::new("SELECT instance_id, event FROM history");
+            push_in(&mut q, " WHERE instance_id", missing.iter().copied());
+            q.push(" ORDER BY instance_id, seq");
+            let mut loaded: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
+            for r in q.build().fetch_all(&mut *conn).await? {
+                loaded.entry(r.get(0)).or_default().push(decode(r.get::<&[u8], _>(1))?);
+            }
+            for (_, i) in picked.iter().filter(|(_, i)| missing.contains(&&i.instance_id)) {
+                let events = loaded.remove(&i.instance_id).unwrap_or_default();
+                if !i.is_terminal() {
+                    self.histories.put(&i.instance_id, &i.execution_id, events.clone());
+                }
+                histories.insert(i.instance_id.clone(), events);
+            }
         }
         let mut q = sqlx::QueryBuilder::new("SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox");
         push_in(&mut q, " WHERE instance_id", &ids);
@@ -509,13 +559,16 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn write(&self, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>> {
+    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
         let mut tx = self.writer.begin().await?;
         let mut results = Vec::with_capacity(writes.len());
+        let mut changes = vec![];
         for w in writes {
             let result = match w {
-                Write::Step { token, consumed, commit, now } => step_in(&mut tx, &token, &consumed, commit, now).await,
-                Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, id, &token, result, now).await,
+                Write::Step { token, consumed, commit, now } => {
+                    step_in(&mut tx, token, consumed, commit, *now, &self.histories, &mut changes).await
+                }
+                Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
             };
             match result {
                 Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
@@ -524,6 +577,14 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
+        // Only now that the batch is on disk does the cache learn of it.
+        for c in changes {
+            match c.write {
+                _ if c.finished => self.histories.forget(&c.instance_id),
+                HistoryWrite::Append(events) => self.histories.append(&c.instance_id, &c.execution_id, &events),
+                HistoryWrite::Replace(events) => self.histories.put(&c.instance_id, &c.execution_id, events),
+            }
+        }
         Ok(results)
     }
 

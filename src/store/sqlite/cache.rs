@@ -1,0 +1,136 @@
+//! The histories of running instances as this process last committed them, so a step neither
+//! re-reads its whole history nor asks for the next sequence number. Sound only because one
+//! SQLite file serves one process: every history change passes through this store. Entries are
+//! keyed by execution id too, so a replaced instance (a new execution) never sees an old one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::proto::HistoryEvent;
+
+/// Past this many cached events the cache starts over, which bounds its memory (a few tens
+/// of MB of typical events); a miss costs only a read.
+const MAX_EVENTS: usize = 200_000;
+
+#[derive(Default)]
+pub struct HistoryCache {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    events: usize,
+}
+
+impl std::fmt::Debug for HistoryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryCache").field("events", &self.inner.lock().unwrap().events).finish()
+    }
+}
+
+struct Entry {
+    execution_id: String,
+    events: Vec<HistoryEvent>,
+}
+
+impl Inner {
+    fn make_room(&mut self, more: usize) {
+        if self.events + more > MAX_EVENTS {
+            self.entries.clear();
+            self.events = 0;
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.entries.remove(id) {
+            self.events -= old.events.len();
+        }
+    }
+}
+
+impl HistoryCache {
+    /// The cached history of `id` in `execution_id`, if any.
+    pub fn get(&self, id: &str, execution_id: &str) -> Option<Vec<HistoryEvent>> {
+        let inner = self.inner.lock().unwrap();
+        inner.entries.get(id).filter(|e| e.execution_id == execution_id).map(|e| e.events.clone())
+    }
+
+    /// How many events `id` has in `execution_id`, if cached.
+    pub fn len(&self, id: &str, execution_id: &str) -> Option<usize> {
+        let inner = self.inner.lock().unwrap();
+        inner.entries.get(id).filter(|e| e.execution_id == execution_id).map(|e| e.events.len())
+    }
+
+    pub fn put(&self, id: &str, execution_id: &str, events: Vec<HistoryEvent>) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.remove(id);
+        inner.make_room(events.len());
+        inner.events += events.len();
+        inner.entries.insert(id.to_string(), Entry { execution_id: execution_id.to_string(), events });
+    }
+
+    /// Adds committed events to a cached history (nothing if `id` is not cached in that
+    /// execution: the next step reads it).
+    pub fn append(&self, id: &str, execution_id: &str, events: &[HistoryEvent]) {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.entries.get(id).is_some_and(|e| e.execution_id == execution_id) {
+            inner.remove(id);
+            return;
+        }
+        inner.make_room(events.len());
+        if let Some(entry) = inner.entries.get_mut(id) {
+            entry.events.extend_from_slice(events);
+            inner.events += events.len();
+        }
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.inner.lock().unwrap().remove(id);
+    }
+
+    pub fn clear(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.entries.clear();
+        inner.events = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(n: usize) -> Vec<HistoryEvent> {
+        (0..n).map(|i| HistoryEvent { event_id: i as i32, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn entries_belong_to_one_execution() {
+        let cache = HistoryCache::default();
+        cache.put("a", "e1", events(2));
+        assert_eq!(cache.len("a", "e1"), Some(2));
+        assert_eq!(cache.get("a", "e2"), None, "another execution never sees this history");
+        cache.append("a", "e1", &events(1));
+        assert_eq!(cache.len("a", "e1"), Some(3));
+        cache.append("a", "e2", &events(1));
+        assert_eq!(cache.len("a", "e1"), None, "a step of another execution drops the entry");
+    }
+
+    #[test]
+    fn appending_to_an_unknown_history_caches_nothing() {
+        let cache = HistoryCache::default();
+        cache.append("a", "e1", &events(3));
+        assert_eq!(cache.get("a", "e1"), None);
+    }
+
+    #[test]
+    fn the_cache_starts_over_when_full() {
+        let cache = HistoryCache::default();
+        cache.put("a", "e1", events(MAX_EVENTS - 1));
+        cache.put("b", "e1", events(2));
+        assert_eq!(cache.get("a", "e1"), None);
+        assert_eq!(cache.len("b", "e1"), Some(2));
+        cache.forget("b");
+        assert_eq!(cache.len("b", "e1"), None);
+    }
+}

@@ -8,14 +8,19 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Sequence
 
 from durabletask.client import TaskHubGrpcClient
 from durabletask.worker import ConcurrencyOptions, TaskHubGrpcWorker
 
+from database import Database, drop_leftover_databases
 from sidecar import Sidecar
 
 HERE = Path(__file__).resolve().parent
 _live_sidecars: list[Sidecar] = []
+
+# Figures a test wants shown at the end of the run (e.g. measured takeover times), one per line.
+SUMMARY: list[str] = []
 
 
 def _session_log_dir(keep: int = 10) -> Path:
@@ -44,9 +49,9 @@ def sdk_logger(name: str) -> logging.Logger:
     return logger
 
 
-def start_sidecar(name: str, db_path: Path) -> Sidecar:
+def start_sidecar(name: str, database: Database, extra_args: Sequence[str] = ()) -> Sidecar:
     """Start outrigger on a free port, logging to LOG_DIR/<name>.log."""
-    sidecar = Sidecar(db_path=db_path, log_path=LOG_DIR / f"{name}.log")
+    sidecar = Sidecar(database.url, log_path=LOG_DIR / f"{name}.log", extra_args=extra_args)
     _live_sidecars.append(sidecar)
     return sidecar.start()
 
@@ -71,3 +76,4 @@ def new_client(address: str, name: str) -> TaskHubGrpcClient:
 def _kill_leftover_sidecars() -> None:
     for sidecar in _live_sidecars:
         sidecar.kill()
+    drop_leftover_databases()

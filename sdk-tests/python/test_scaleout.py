@@ -1,0 +1,424 @@
+"""Three sidecars on one Postgres database, killed with SIGKILL and restarted while 500
+orchestrations run through them: nothing is lost, nothing is recorded twice.
+
+- sidecars A and B each serve one SDK worker; sidecar C serves only the client, so every
+  orchestration, event and timer created through C must reach the workers through the database;
+- each orchestration calls an activity, waits on a durable timer, runs a sub-orchestration that
+  fans out to two activities, and waits for an external event the client raises through C;
+- a chaos thread kills one sidecar at a time with SIGKILL at seeded random moments and restarts
+  it on the same port and database a little later (`OUTRIGGER_SCALEOUT_SEED` replays a run);
+- afterwards every instance's output is checked and its history read back: each task, timer and
+  sub-orchestration has exactly one result, ExecutionStarted and the completion appear once.
+
+Takeover time, as measured here: an activity that had started on the worker of a sidecar that is
+then killed cannot report its result (the sidecar is gone), and its lease keeps it from everyone
+else until it expires. The time from the SIGKILL to the moment the same activity (instance id,
+task id) starts again on a worker of a live sidecar is the takeover time. It is printed at the end
+of the run and written to .results/scaleout.json (and to the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import grpc
+import pytest
+from durabletask import history, task
+from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
+from durabletask.grpc_options import GrpcChannelOptions, GrpcWorkerResiliencyOptions
+from durabletask.worker import ConcurrencyOptions, TaskHubGrpcWorker
+
+from database import new_database, postgres_only
+from harness import HERE, SUMMARY, sdk_logger, start_sidecar
+from helpers import assert_history_complete, new_id, of_type, rpc_code
+from sidecar import Sidecar, SidecarError
+
+pytestmark = postgres_only
+
+COUNT = int(os.environ.get("OUTRIGGER_SCALEOUT_COUNT", "500"))
+LEASE_SECONDS = 3
+RUN_TIMEOUT = 300.0         # for all orchestrations to complete, chaos included
+MAX_KILLS = 12
+RESULTS_DIR = HERE / ".results"
+
+T = TypeVar("T")
+
+# A sidecar that just died is back within a second or two: reconnect quickly rather than with the
+# SDK's default backoff (up to 30 s for workers, 120 s for gRPC channels).
+FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+# ---------------------------------------------------------------- workload
+
+def scale_child(ctx: task.OrchestrationContext, a: int):
+    parts = yield task.when_all([ctx.call_activity("scale_step", input=a + i) for i in range(2)])
+    return sum(parts)
+
+
+def scale_flow(ctx: task.OrchestrationContext, n: int):
+    a = yield ctx.call_activity("scale_step", input=n)
+    yield ctx.create_timer(timedelta(seconds=1 + n % 3))
+    b = yield ctx.call_sub_orchestrator(scale_child, input=a, instance_id=f"{ctx.instance_id}-child")
+    e = yield ctx.wait_for_external_event("go")
+    return {"n": n, "a": a, "b": b, "e": e}
+
+
+def step(n: int) -> int:
+    return 3 * n + 1
+
+
+def expected_output(n: int) -> dict[str, int]:
+    a = step(n)
+    return {"n": n, "a": a, "b": step(a) + step(a + 1), "e": event_data(n)}
+
+
+def event_data(n: int) -> int:
+    return 7 * n
+
+
+def work_seconds(n: int) -> float:
+    # Activities take a little time, as real ones do, so that a kill finds some in progress.
+    return 0.05 + (n % 7) * 0.04
+
+
+@dataclass
+class Execution:
+    worker: str
+    instance_id: str
+    task_id: int
+    started: float  # time.monotonic()
+
+
+class Recorder:
+    """Every activity execution, by which worker, in this process's monotonic clock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.executions: list[Execution] = []
+
+    def started(self, worker: str, ctx: task.ActivityContext) -> None:
+        with self._lock:
+            self.executions.append(Execution(worker, ctx.orchestration_id, ctx.task_id, time.monotonic()))
+
+    def snapshot(self) -> list[Execution]:
+        with self._lock:
+            return list(self.executions)
+
+
+def start_worker(address: str, name: str, recorder: Recorder) -> TaskHubGrpcWorker:
+    # One activity function per worker, so that each execution is recorded with where it ran.
+    def scale_step(ctx: task.ActivityContext, n: int) -> int:
+        recorder.started(name, ctx)
+        time.sleep(work_seconds(n))
+        return step(n)
+
+    worker = TaskHubGrpcWorker(
+        host_address=address,
+        logger=sdk_logger(name),
+        channel_options=GrpcChannelOptions(raw_options=FAST_RECONNECT),
+        resiliency_options=GrpcWorkerResiliencyOptions(
+            reconnect_backoff_base_seconds=0.1, reconnect_backoff_cap_seconds=1.0),
+        concurrency_options=ConcurrencyOptions(
+            maximum_concurrent_activity_work_items=32,
+            maximum_concurrent_orchestration_work_items=32,
+            maximum_thread_pool_workers=32),
+    )
+    worker.add_orchestrator(scale_flow)
+    worker.add_orchestrator(scale_child)
+    worker.add_activity(scale_step)
+    worker.start()
+    return worker
+
+
+# ---------------------------------------------------------------- chaos
+
+@dataclass
+class Kill:
+    victim: str
+    at: float           # monotonic time of the SIGKILL
+    back_at: float = 0  # monotonic time the restarted sidecar logged its address
+
+
+@dataclass
+class Chaos:
+    """Kills one sidecar at a time with SIGKILL and restarts it on the same port."""
+
+    sidecars: dict[str, Sidecar]
+    rng: random.Random
+    kills: list[Kill] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    _up: dict[str, threading.Event] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.sidecars:
+            event = threading.Event()
+            event.set()
+            self._up[name] = event
+        self._thread = threading.Thread(target=self._run, name="chaos", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self) -> None:
+        """Stop killing and return once every sidecar is up again."""
+        self.stop.set()
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive(), "the chaos thread did not stop"
+
+    def wait_up(self, name: str, timeout: float) -> bool:
+        return self._up[name].wait(timeout)
+
+    def _run(self) -> None:
+        names = list(self.sidecars)
+        order: list[str] = []
+        while len(self.kills) < MAX_KILLS:
+            if self.stop.wait(self.rng.uniform(1.5, 4.0)):
+                return
+            if not order:  # every sidecar is killed once per round, in a random order
+                order = self.rng.sample(names, len(names))
+            name = order.pop()
+            sidecar = self.sidecars[name]
+            self._up[name].clear()
+            kill = Kill(name, time.monotonic())
+            sidecar.kill()
+            self.kills.append(kill)
+            if sidecar.returncode != -signal.SIGKILL:
+                self.errors.append(f"{name} ended with {sidecar.returncode}, not by SIGKILL")
+            down_for = self.rng.uniform(0.3, 2.0)
+            self.stop.wait(down_for)  # restarted even when asked to stop: the checks need it
+            try:
+                self._restart(sidecar)
+            except SidecarError as e:
+                self.errors.append(f"restarting {name}: {e}")
+                return
+            kill.back_at = time.monotonic()
+            self._up[name].set()
+
+    @staticmethod
+    def _restart(sidecar: Sidecar) -> None:
+        # The port was released by the kill; something else on the machine could take it in
+        # between, so a failed start is retried for a few seconds before giving up.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sidecar.restart()
+                return
+            except SidecarError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+# ---------------------------------------------------------------- client calls through sidecar C
+
+def through(chaos: Chaos, name: str, call: Callable[[], T], what: str, timeout: float = 90.0,
+            on_retry: Callable[[], None] | None = None) -> T:
+    """Run a client RPC, retrying while the sidecar it goes through is down or restarting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as e:
+            if rpc_code(e) != grpc.StatusCode.UNAVAILABLE:
+                raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: sidecar {name} still unavailable after {timeout:.0f} s") from e
+            if on_retry is not None:
+                on_retry()
+            chaos.wait_up(name, max(0.0, deadline - time.monotonic()))
+            time.sleep(0.05)  # retry interval while the channel reconnects to the restarted sidecar
+
+
+def schedule(chaos: Chaos, client: TaskHubGrpcClient, iid: str, n: int) -> None:
+    retried = False
+
+    def attempt() -> None:
+        try:
+            client.schedule_new_orchestration(scale_flow, input=n, instance_id=iid)
+        except grpc.RpcError as e:
+            # A retry after a lost answer finds the instance the first attempt created.
+            if not (retried and rpc_code(e) == grpc.StatusCode.ALREADY_EXISTS):
+                raise
+
+    def note_retry() -> None:
+        nonlocal retried
+        retried = True
+
+    through(chaos, "C", attempt, f"schedule {iid}", on_retry=note_retry)
+
+
+def wait_completed(chaos: Chaos, client: TaskHubGrpcClient, iid: str, deadline: float):
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            return through(chaos, "C", lambda: client.wait_for_orchestration_completion(
+                iid, timeout=min(30.0, left)), f"wait for {iid}", timeout=left)
+        except TimeoutError:
+            continue
+
+
+# ---------------------------------------------------------------- takeover
+
+def takeover_samples(kills: list[Kill], executions: list[Execution], workers: dict[str, str]
+                     ) -> list[dict[str, Any]]:
+    """For each kill of a worker's sidecar: the activities that had started on that worker since
+    the sidecar last came up and ran again after the kill; seconds from the kill to the rerun."""
+    samples = []
+    for i, kill in enumerate(kills):
+        worker = workers.get(kill.victim)
+        if worker is None:
+            continue  # the client's sidecar holds no work items
+        since = max((k.back_at for k in kills[:i] if k.victim == kill.victim), default=0.0)
+        before = {(e.instance_id, e.task_id) for e in executions
+                  if e.worker == worker and since <= e.started < kill.at}
+        reruns: dict[tuple[str, int], Execution] = {}
+        for e in executions:
+            key = (e.instance_id, e.task_id)
+            if key in before and e.started >= kill.at and (key not in reruns or e.started < reruns[key].started):
+                reruns[key] = e
+        for (iid, tid), e in sorted(reruns.items(), key=lambda kv: kv[1].started):
+            samples.append({"kill": i, "victim": kill.victim, "instance_id": iid, "task_id": tid,
+                            "rerun_on": e.worker, "seconds": round(e.started - kill.at, 3)})
+    return samples
+
+
+# ---------------------------------------------------------------- the test
+
+@pytest.mark.timeout(600)
+def test_three_sidecars_survive_sigkills(tmp_path: Path):
+    seed = int(os.environ.get("OUTRIGGER_SCALEOUT_SEED", time.time_ns() % 2**32))
+    print(f"scale-out seed {seed} (OUTRIGGER_SCALEOUT_SEED={seed} replays the chaos schedule)")
+    rng = random.Random(seed)
+    db = new_database("scaleout", tmp_path)
+    args = ["--lease-seconds", str(LEASE_SECONDS)]
+    sidecars = {name: start_sidecar(f"outrigger-scale-{name}", db, args) for name in ("A", "B", "C")}
+    recorder = Recorder()
+    workers_of = {"A": "worker-A", "B": "worker-B"}  # sidecar -> the worker connected to it
+    workers = [start_worker(sidecars[s].address, w, recorder) for s, w in workers_of.items()]
+    client = TaskHubGrpcClient(host_address=sidecars["C"].address, logger=sdk_logger("scale-client"),
+                               channel_options=GrpcChannelOptions(raw_options=FAST_RECONNECT))
+    chaos = Chaos(sidecars, rng)
+
+    prefix = new_id("scale")
+    ids = [f"{prefix}-{n:03d}" for n in range(COUNT)]
+    uncertain_raises: dict[str, int] = {}  # raise attempts that failed after possibly being applied
+    try:
+        began = time.monotonic()
+        chaos.start()
+
+        for n, iid in enumerate(ids):
+            schedule(chaos, client, iid, n)
+
+        for n in rng.sample(range(COUNT), COUNT):
+            iid = ids[n]
+
+            def count_uncertain(iid: str = iid) -> None:
+                uncertain_raises[iid] = uncertain_raises.get(iid, 0) + 1
+            through(chaos, "C", lambda: client.raise_orchestration_event(iid, "go", data=event_data(n)),
+                    f"raise go on {iid}", on_retry=count_uncertain)
+
+        wrong: dict[str, Any] = {}
+        for n, iid in enumerate(ids):
+            state = wait_completed(chaos, client, iid, began + RUN_TIMEOUT)
+            if state is None:
+                wrong[iid] = f"not completed {RUN_TIMEOUT:.0f} s after the start"
+            elif state.runtime_status != OrchestrationStatus.COMPLETED or state.get_output() != expected_output(n):
+                wrong[iid] = (str(state.runtime_status), state.serialized_output, state.failure_details)
+        run_seconds = time.monotonic() - began
+        kills_during_run = len(chaos.kills)
+        chaos.finish()
+        assert chaos.errors == [], chaos.errors
+        assert wrong == {}, f"{len(wrong)} of {COUNT} orchestrations ended wrongly: {dict(list(wrong.items())[:5])}"
+
+        # Histories, read through sidecar C once every sidecar is back.
+        for n, iid in enumerate(ids):
+            events = through(chaos, "C", lambda: client.get_orchestration_history(iid), f"history of {iid}")
+            assert_history_complete(iid, events)
+            assert len(of_type(events, history.TaskScheduledEvent)) == 1, iid
+            assert len(of_type(events, history.TimerCreatedEvent)) == 1, iid
+            assert [e.instance_id for e in of_type(events, history.SubOrchestrationInstanceCreatedEvent)] \
+                == [f"{iid}-child"], iid
+            raised = [e for e in of_type(events, history.EventRaisedEvent) if e.name == "go"]
+            # Raised once, or again by a retry whose first attempt may have been applied.
+            assert 1 <= len(raised) <= 1 + uncertain_raises.get(iid, 0), (iid, len(raised))
+
+            child = f"{iid}-child"
+            child_events = through(chaos, "C", lambda: client.get_orchestration_history(child),
+                                   f"history of {child}")
+            assert_history_complete(child, child_events)
+            assert len(of_type(child_events, history.TaskScheduledEvent)) == 2, child
+
+        samples = takeover_samples(chaos.kills, recorder.snapshot(), workers_of)
+        report = takeover_report(seed, chaos.kills, began, samples, run_seconds)
+        write_report(report, tmp_path)
+
+        worker_kills = [k for k in chaos.kills if k.victim in workers_of]
+        assert kills_during_run >= 3 and worker_kills, (
+            f"the run ended after {kills_during_run} kills; too few to exercise takeover")
+        assert samples, "no activity in progress on a killed sidecar was ever taken over"
+    finally:
+        chaos.stop.set()
+        for w in workers:
+            w.stop()
+        client.close()
+        for sc in sidecars.values():
+            sc.kill()
+        db.drop()
+
+
+def takeover_report(seed: int, kills: list[Kill], began: float, samples: list[dict[str, Any]],
+                    run_seconds: float) -> dict[str, Any]:
+    first_per_kill = {}
+    for s in samples:
+        first_per_kill.setdefault(s["kill"], s["seconds"])
+    seconds = [s["seconds"] for s in samples]
+    firsts = list(first_per_kill.values())
+    return {
+        "seed": seed,
+        "orchestrations": COUNT,
+        "lease_seconds": LEASE_SECONDS,
+        "run_seconds": round(run_seconds, 2),
+        "kills": [{"victim": k.victim, "at_seconds": round(k.at - began, 3),
+                   "down_seconds": round(k.back_at - k.at, 3)} for k in kills],
+        "takeover_definition": "SIGKILL of a sidecar -> the same activity (instance id, task id) that had "
+                               "started on its worker starts again on a worker of a live sidecar",
+        "takeover_seconds": {
+            "samples": len(seconds),
+            "first_per_kill": firsts,
+            "min": min(seconds, default=None),
+            "median": statistics.median(seconds) if seconds else None,
+            "max": max(seconds, default=None),
+        },
+        "takeover_samples": samples,
+    }
+
+
+def write_report(report: dict[str, Any], tmp_path: Path) -> None:
+    text = json.dumps(report, indent=2)
+    (tmp_path / "scaleout.json").write_text(text)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / "scaleout.json").write_text(text)
+    t = report["takeover_seconds"]
+    line = (f"scale-out: {report['orchestrations']} orchestrations on 3 sidecars in {report['run_seconds']} s "
+            f"with {len(report['kills'])} SIGKILLs (seed {report['seed']}, lease {report['lease_seconds']} s); "
+            f"takeover after kill -9: min {t['min']} s, median {t['median']} s, max {t['max']} s "
+            f"over {t['samples']} activities; first per kill {t['first_per_kill']}; "
+            f"details in {RESULTS_DIR / 'scaleout.json'}")
+    print(line)
+    SUMMARY.append(line)

@@ -56,6 +56,15 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+# Modules that kill sidecars or stop Postgres run after everything else, so that an outage they
+# cause can never be what another test trips over.
+DISRUPTIVE = ("test_crash.py", "test_postgres_restart.py", "test_scaleout.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name in DISRUPTIVE)
+
+
 def pytest_report_header(config):
     return f"outrigger store: {store_kind()}"
 

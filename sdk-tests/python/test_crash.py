@@ -14,11 +14,13 @@ import pytest
 from durabletask import history, task
 from durabletask.client import OrchestrationStatus
 
-from database import new_database
+from database import new_database, on_postgres
 from harness import new_client, new_worker, start_sidecar
 from helpers import assert_history_consistent, new_id, of_type, poll_until, wait_done
 
 COUNT = 50
+# On Postgres the restarted sidecar waits for the killed one's leases to expire: keep them short.
+SIDECAR_ARGS = ["--lease-seconds", "3"] if on_postgres() else []
 
 
 def crash_step(ctx: task.ActivityContext, n: int) -> int:
@@ -53,7 +55,7 @@ def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path):
     ids = [f"{prefix}-{n:02d}" for n in range(COUNT)]
     cleanup = [db.drop]
     try:
-        first = start_sidecar("outrigger-crash-1", db)
+        first = start_sidecar("outrigger-crash-1", db, SIDECAR_ARGS)
         cleanup.append(first.kill)
         worker = start_worker(first.address, "crash-worker-1")
         cleanup.append(worker.stop)
@@ -77,7 +79,7 @@ def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path):
         worker.stop()
         client.close()
 
-        second = start_sidecar("outrigger-crash-2", db)
+        second = start_sidecar("outrigger-crash-2", db, SIDECAR_ARGS)
         cleanup.append(second.kill)
         worker = start_worker(second.address, "crash-worker-2")
         cleanup.append(worker.stop)

@@ -35,11 +35,10 @@ import grpc
 import pytest
 from durabletask import history, task
 from durabletask.client import OrchestrationStatus, TaskHubGrpcClient
-from durabletask.grpc_options import GrpcChannelOptions, GrpcWorkerResiliencyOptions
-from durabletask.worker import ConcurrencyOptions, TaskHubGrpcWorker
+from durabletask.worker import TaskHubGrpcWorker
 
 from database import new_database, postgres_only
-from harness import HERE, SUMMARY, sdk_logger, start_sidecar
+from harness import HERE, SUMMARY, new_client, new_worker, start_sidecar
 from helpers import assert_history_complete, new_id, of_type, rpc_code
 from sidecar import Sidecar, SidecarError
 
@@ -52,14 +51,6 @@ MAX_KILLS = 12
 RESULTS_DIR = HERE / ".results"
 
 T = TypeVar("T")
-
-# A sidecar that just died is back within a second or two: reconnect quickly rather than with the
-# SDK's default backoff (up to 30 s for workers, 120 s for gRPC channels).
-FAST_RECONNECT = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 
 
 # ---------------------------------------------------------------- workload
@@ -126,17 +117,7 @@ def start_worker(address: str, name: str, recorder: Recorder) -> TaskHubGrpcWork
         time.sleep(work_seconds(n))
         return step(n)
 
-    worker = TaskHubGrpcWorker(
-        host_address=address,
-        logger=sdk_logger(name),
-        channel_options=GrpcChannelOptions(raw_options=FAST_RECONNECT),
-        resiliency_options=GrpcWorkerResiliencyOptions(
-            reconnect_backoff_base_seconds=0.1, reconnect_backoff_cap_seconds=1.0),
-        concurrency_options=ConcurrencyOptions(
-            maximum_concurrent_activity_work_items=32,
-            maximum_concurrent_orchestration_work_items=32,
-            maximum_thread_pool_workers=32),
-    )
+    worker = new_worker(address, name, quick_reconnect=True, concurrency=32)
     worker.add_orchestrator(scale_flow)
     worker.add_orchestrator(scale_child)
     worker.add_activity(scale_step)
@@ -311,8 +292,7 @@ def test_three_sidecars_survive_sigkills(tmp_path: Path):
     recorder = Recorder()
     workers_of = {"A": "worker-A", "B": "worker-B"}  # sidecar -> the worker connected to it
     workers = [start_worker(sidecars[s].address, w, recorder) for s, w in workers_of.items()]
-    client = TaskHubGrpcClient(host_address=sidecars["C"].address, logger=sdk_logger("scale-client"),
-                               channel_options=GrpcChannelOptions(raw_options=FAST_RECONNECT))
+    client = new_client(sidecars["C"].address, "scale-client", quick_reconnect=True)
     chaos = Chaos(sidecars, rng)
 
     prefix = new_id("scale")

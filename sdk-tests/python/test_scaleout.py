@@ -168,7 +168,7 @@ class Chaos:
         names = list(self.sidecars)
         order: list[str] = []
         while len(self.kills) < MAX_KILLS:
-            if self.stop.wait(self.rng.uniform(1.5, 4.0)):
+            if self.stop.wait(self.rng.uniform(1.0, 3.0)):
                 return
             if not order:  # every sidecar is killed once per round, in a random order
                 order = self.rng.sample(names, len(names))
@@ -180,7 +180,7 @@ class Chaos:
             self.kills.append(kill)
             if sidecar.returncode != -signal.SIGKILL:
                 self.errors.append(f"{name} ended with {sidecar.returncode}, not by SIGKILL")
-            down_for = self.rng.uniform(0.3, 2.0)
+            down_for = self.rng.uniform(0.3, 1.5)
             self.stop.wait(down_for)  # restarted even when asked to stop: the checks need it
             try:
                 self._restart(sidecar)

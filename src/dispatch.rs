@@ -17,7 +17,7 @@ use crate::engine::{self, Prepared, events};
 use crate::model::Instance;
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
-use crate::store::{Lease, LockedActivity, LockedOrchestration, Store, StoreError};
+use crate::store::{Change, Lease, LockedActivity, LockedOrchestration, Store, StoreError};
 use crate::time::{self, Millis};
 
 /// Tunables of the dispatch loop.
@@ -39,7 +39,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             history_streaming_threshold: 1 << 20,
             abandon_delay: Duration::from_secs(1),
@@ -131,6 +131,12 @@ impl Watchers {
         }
     }
 
+    /// Wakes every waiter (they re-read the state), for when what changed is not known.
+    pub fn notify_all(&self) {
+        let mut senders = self.senders.lock().unwrap();
+        senders.retain(|_, tx| tx.send(()).is_ok());
+    }
+
     pub fn notify<'a>(&self, instance_ids: impl IntoIterator<Item = &'a String>) {
         let mut senders = self.senders.lock().unwrap();
         for id in instance_ids {
@@ -212,6 +218,23 @@ impl Dispatcher {
             })
         };
         let _renewer = AbortOnDrop(renewer);
+        // Other sidecars sharing the database: their commits wake our loop and our waiters.
+        let _remote = self.store.remote_changes().map(|mut changes| {
+            let this = self.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match changes.recv().await {
+                        Ok(Change::Instances(ids)) => this.changed(&ids),
+                        Ok(Change::Unknown) | Err(RecvError::Lagged(_)) => {
+                            this.watchers.notify_all();
+                            this.wake();
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }))
+        });
         loop {
             match self.dispatch_once().await {
                 Ok(true) => continue, // there may be more due work

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use outrigger::config::{self, Config, LogFormat};
+use outrigger::config::{self, Command, Config, LogFormat};
 use outrigger::{dispatch, server, store};
 
 /// Exit code for unusable configuration (BSD EX_USAGE), as sidecar supervisors expect.
@@ -26,7 +26,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(config))
+    match config.command {
+        Some(Command::Migrate) => runtime.block_on(migrate(config)),
+        None => runtime.block_on(serve(config)),
+    }
+}
+
+async fn migrate(config: Config) -> ExitCode {
+    let database_url = config.database_url();
+    match store::migrate(&database_url, &config.store_options()).await {
+        Ok(()) => {
+            info!(database_url = %config::redact(&database_url), "schema is up to date");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -45,6 +62,7 @@ async fn serve(config: Config) -> ExitCode {
         port = config.port,
         database_url = %config::redact(&database_url),
         log_format = ?config.log_format,
+        pool_size = config.pool_size,
         lease_seconds = config.lease_seconds,
         max_message_mib = config.max_message_mib,
         version = env!("CARGO_PKG_VERSION"),
@@ -64,7 +82,7 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    let store = match store::open(&database_url).await {
+    let store = match store::open(&database_url, &config.store_options()).await {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");

@@ -3,10 +3,13 @@
 //! instance is dropped, a lease token must match, only finished instances are purged).
 
 mod encoding;
+mod filters;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
 use tonic::async_trait;
 
 use crate::model::{ActivityTask, Commit, Instance, Message, NewInstance};
@@ -104,6 +107,17 @@ pub struct Lease<'a> {
     pub until: Millis,
 }
 
+/// A change another process sharing the database made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// These instances changed state or received work; an empty list means only that some
+    /// work (an activity, a released lease) became available.
+    Instances(Vec<String>),
+    /// Changes may have been missed (the notification channel was lost): assume anything
+    /// changed.
+    Unknown,
+}
+
 /// Durable state of a task hub. Every method is one transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -165,18 +179,48 @@ pub trait Store: Send + Sync + 'static {
     /// Releases every lease held by `owner`, or by anyone when `owner` is `None`.
     async fn release_all(&self, owner: Option<&str>) -> Result<()>;
 
-    /// The earliest future time at which some work becomes visible.
+    /// The earliest future time at which some work becomes visible (a timer, a scheduled
+    /// start, the end of a back-off, or a lease that will expire unless renewed).
     async fn next_due(&self, now: Millis) -> Result<Option<Millis>>;
+
+    /// Changes made by other processes sharing this store, for a store that can be shared.
+    fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {
+        None
+    }
 }
 
-/// Opens the store a database URL names.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>, String> {
+/// How to open a store, beyond its URL.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most database connections held at once (Postgres).
+    pub pool_size: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { pool_size: 10 }
+    }
+}
+
+/// Opens the store a database URL names, applying pending schema migrations first.
+pub async fn open(url: &str, options: &Options) -> Result<Arc<dyn Store>, String> {
+    let shown = crate::config::redact(url);
     if url.starts_with("sqlite:") {
-        let store = sqlite::SqliteStore::open(url).await.map_err(|e| format!("cannot open {url}: {e}"))?;
+        let store = sqlite::SqliteStore::open(url).await.map_err(|e| format!("cannot open {shown}: {e}"))?;
         return Ok(Arc::new(store));
     }
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        return Err("Postgres is not supported yet; use a sqlite:// URL".into());
+    if postgres::handles(url) {
+        let store = postgres::PostgresStore::open(url, options).await.map_err(|e| format!("cannot open {shown}: {e}"))?;
+        return Ok(Arc::new(store));
     }
-    Err(format!("unsupported database URL '{url}': expected sqlite://PATH or sqlite::memory:"))
+    Err(format!("unsupported database URL '{shown}': expected postgres://..., sqlite://PATH or sqlite::memory:"))
+}
+
+/// Applies pending schema migrations and returns (for operators who migrate separately).
+pub async fn migrate(url: &str, options: &Options) -> Result<(), String> {
+    let shown = crate::config::redact(url);
+    if postgres::handles(url) {
+        return postgres::migrate(url, options).await.map_err(|e| format!("cannot migrate {shown}: {e}"));
+    }
+    open(url, options).await.map(drop)
 }

@@ -49,7 +49,7 @@ impl Sidecar {
         adjust(&mut options);
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = outrigger::store::open(&url).await.expect("open store");
+        let store = outrigger::store::open(&url, &Default::default()).await.expect("open store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();

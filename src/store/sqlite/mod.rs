@@ -11,6 +11,7 @@ use tonic::async_trait;
 use tracing::{debug, info};
 
 use super::encoding::{decode, decode_tags, encode, encode_tags, status};
+use super::filters;
 use super::*;
 use crate::engine::events::kind_name;
 use crate::engine::wakes_suspended;
@@ -258,27 +259,6 @@ async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis)
     Ok(())
 }
 
-/// Adds "AND status IN (...)" unless the list is empty (meaning any status).
-fn push_status_filter(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, statuses: &[OrchestrationStatus]) {
-    if statuses.is_empty() {
-        return;
-    }
-    q.push(" AND status IN (");
-    let mut list = q.separated(", ");
-    for s in statuses {
-        list.push_bind(*s as i32);
-    }
-    q.push(")");
-}
-
-fn terminal_statuses() -> String {
-    [OrchestrationStatus::Completed, OrchestrationStatus::Failed, OrchestrationStatus::Terminated, OrchestrationStatus::Canceled]
-        .iter()
-        .map(|s| (*s as i32).to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
@@ -323,40 +303,12 @@ impl Store for SqliteStore {
     }
 
     async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
-        let mut q = sqlx::QueryBuilder::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"));
-        push_status_filter(&mut q, &f.statuses);
-        if let Some(from) = f.created_from {
-            q.push(" AND created_at >= ").push_bind(from);
-        }
-        if let Some(to) = f.created_to {
-            q.push(" AND created_at <= ").push_bind(to);
-        }
-        if let Some(prefix) = &f.id_prefix {
-            q.push(" AND substr(instance_id, 1, ").push_bind(prefix.chars().count() as i64).push(") = ").push_bind(prefix.clone());
-        }
-        if let Some((at, id)) = &f.after {
-            q.push(" AND (created_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
-        }
-        q.push(" ORDER BY created_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
-        let rows = q.build().fetch_all(&self.reader).await?;
+        let rows = filters::instances::<sqlx::Sqlite>(INSTANCE_COLUMNS, f).build().fetch_all(&self.reader).await?;
         rows.iter().map(instance_from_row).collect()
     }
 
     async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Millis, String)>> {
-        let mut q = sqlx::QueryBuilder::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
-        q.push(format!(" AND status IN ({})", terminal_statuses()));
-        push_status_filter(&mut q, &f.statuses);
-        if let Some(from) = f.completed_from {
-            q.push(" AND completed_at >= ").push_bind(from);
-        }
-        if let Some(to) = f.completed_to {
-            q.push(" AND completed_at <= ").push_bind(to);
-        }
-        if let Some((at, id)) = &f.after {
-            q.push(" AND (completed_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
-        }
-        q.push(" ORDER BY completed_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
-        let rows = q.build().fetch_all(&self.reader).await?;
+        let rows = filters::finished::<sqlx::Sqlite>(f).build().fetch_all(&self.reader).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 

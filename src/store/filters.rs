@@ -1,0 +1,81 @@
+//! The listing queries (`query`, `finished`), built once for both engines: their SQL is
+//! portable, only the placeholders differ, which the query builder handles.
+
+use sqlx::{Database, Encode, QueryBuilder, Type};
+
+use super::{FinishedFilter, InstanceFilter};
+use crate::proto::OrchestrationStatus;
+
+const TERMINAL: [OrchestrationStatus; 4] =
+    [OrchestrationStatus::Completed, OrchestrationStatus::Failed, OrchestrationStatus::Terminated, OrchestrationStatus::Canceled];
+
+/// `SELECT {columns} FROM instances` matching `f`, oldest first, one page.
+pub fn instances<DB>(columns: &str, f: &InstanceFilter) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::new(format!("SELECT {columns} FROM instances WHERE 1 = 1"));
+    push_statuses(&mut q, &f.statuses);
+    if let Some(from) = f.created_from {
+        q.push(" AND created_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.created_to {
+        q.push(" AND created_at <= ").push_bind(to);
+    }
+    if let Some(prefix) = &f.id_prefix {
+        q.push(" AND substr(instance_id, 1, ").push_bind(prefix.chars().count() as i32).push(") = ").push_bind(prefix.clone());
+    }
+    if let Some((at, id)) = &f.after {
+        q.push(" AND (created_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+    }
+    q.push(" ORDER BY created_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
+    q
+}
+
+/// `SELECT completed_at, instance_id FROM instances` for finished instances matching `f`,
+/// by completion time, one page.
+pub fn finished<DB>(f: &FinishedFilter) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
+    let terminal: Vec<_> = TERMINAL.iter().map(|s| (*s as i32).to_string()).collect();
+    q.push(format!(" AND status IN ({})", terminal.join(",")));
+    push_statuses(&mut q, &f.statuses);
+    if let Some(from) = f.completed_from {
+        q.push(" AND completed_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.completed_to {
+        q.push(" AND completed_at <= ").push_bind(to);
+    }
+    if let Some((at, id)) = &f.after {
+        q.push(" AND (completed_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+    }
+    q.push(" ORDER BY completed_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
+    q
+}
+
+/// Adds "AND status IN (...)" unless the list is empty (meaning any status).
+fn push_statuses<DB>(q: &mut QueryBuilder<DB>, statuses: &[OrchestrationStatus])
+where
+    DB: Database,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+{
+    if statuses.is_empty() {
+        return;
+    }
+    q.push(" AND status IN (");
+    let mut list = q.separated(", ");
+    for s in statuses {
+        list.push_bind(*s as i32);
+    }
+    q.push(")");
+}

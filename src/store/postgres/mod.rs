@@ -1,0 +1,530 @@
+//! Postgres store: for production, and for several sidecars sharing one database.
+//!
+//! Sharing is safe because every decision is made inside a transaction on the rows it
+//! concerns: work is picked with `FOR UPDATE SKIP LOCKED` (two sidecars never lease the same
+//! item), and a commit first releases its lease with `WHERE lock_token = $token`, which takes
+//! the row lock, so a sidecar whose lease was taken over finds the token gone and writes
+//! nothing. Each transaction that gives another sidecar something to do ends with a
+//! `NOTIFY`; every sidecar `LISTEN`s, so work created anywhere is dispatched at once.
+
+mod notify;
+mod queries;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Row};
+use tokio::sync::broadcast;
+use tonic::async_trait;
+use tracing::{debug, info};
+
+use super::encoding::{decode, decode_tags, encode, encode_tags, status};
+use super::*;
+use crate::engine::events::kind_name;
+use crate::engine::wakes_suspended;
+use crate::model::{ChildRewind, HistoryWrite, is_terminal};
+use crate::proto::ActivityRequest;
+use crate::proto::history_event::EventType;
+use queries::*;
+
+/// Whether a URL names a Postgres database.
+pub fn handles(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
+}
+
+pub struct PostgresStore {
+    pool: PgPool,
+    /// Tells other sidecars (and filters our own echoes) which instances a commit touched.
+    notifier: notify::Notifier,
+    changes: broadcast::Sender<Change>,
+    _listener: notify::ListenerTask,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+/// An RPC waits at most this long for a connection; when the database is gone it answers
+/// UNAVAILABLE instead of hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn pool(url: &str, options: &Options) -> Result<PgPool, sqlx::Error> {
+    let connect = url.parse::<PgConnectOptions>()?.application_name("outrigger");
+    // One direct connection first: its error says what is wrong (refused, bad password, no
+    // such database), where a pool would only report that it timed out.
+    PgConnection::connect_with(&connect).await?.close().await?;
+    Ok(PgPoolOptions::new().max_connections(options.pool_size).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(connect))
+}
+
+/// Applies pending migrations. Safe to run from several sidecars at once: the migrator holds
+/// an advisory lock while it works.
+pub async fn migrate(url: &str, options: &Options) -> Result<(), sqlx::Error> {
+    let pool = pool(url, options).await?;
+    run_migrations(&pool).await
+}
+
+async fn run_migrations(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::migrate!("src/store/postgres/migrations").run(pool).await?;
+    Ok(())
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations and starts listening for other sidecars' changes.
+    pub async fn open(url: &str, options: &Options) -> Result<Self, sqlx::Error> {
+        let pool = pool(url, options).await?;
+        run_migrations(&pool).await?;
+        let notifier = notify::Notifier::new();
+        let (changes, _) = broadcast::channel(1024);
+        let listener = notify::listen(url, notifier.clone(), changes.clone()).await?;
+        info!(pool_size = options.pool_size, "postgres store open");
+        Ok(PostgresStore { pool, notifier, changes, _listener: listener })
+    }
+}
+
+fn instance_from_row(row: &PgRow) -> Result<Instance> {
+    Ok(Instance {
+        instance_id: row.try_get("instance_id")?,
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        execution_id: row.try_get("execution_id")?,
+        status: status(row.try_get::<i32, _>("status")?.into())?,
+        input: row.try_get("input")?,
+        output: row.try_get("output")?,
+        custom_status: row.try_get("custom_status")?,
+        failure_details: row.try_get::<Option<Vec<u8>>, _>("failure_details")?.map(|b| decode(&b)).transpose()?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        completed_at: row.try_get("completed_at")?,
+        scheduled_start_at: row.try_get("scheduled_start_at")?,
+        parent_instance_id: row.try_get("parent_instance_id")?,
+        tags: decode_tags(row.try_get::<Option<Vec<u8>>, _>("tags")?.as_deref())?,
+        trace_context: row.try_get::<Option<Vec<u8>>, _>("trace_context")?.map(|b| decode(&b)).transpose()?,
+    })
+}
+
+async fn load_instance(conn: &mut PgConnection, id: &str) -> Result<Option<Instance>> {
+    let row = sqlx::query(SELECT_INSTANCE).bind(id).fetch_optional(&mut *conn).await?;
+    row.as_ref().map(instance_from_row).transpose()
+}
+
+async fn instance_status(conn: &mut PgConnection, id: &str) -> Result<Option<OrchestrationStatus>> {
+    let s: Option<i32> = sqlx::query_scalar(SELECT_STATUS).bind(id).fetch_optional(&mut *conn).await?;
+    s.map(|s| status(s.into())).transpose()
+}
+
+async fn load_history(conn: &mut PgConnection, id: &str) -> Result<Vec<HistoryEvent>> {
+    let rows = sqlx::query(SELECT_HISTORY).bind(id).fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
+}
+
+/// Writes every column of an instance row (lock columns excepted).
+async fn upsert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Millis) -> Result<()> {
+    sqlx::query(UPSERT_INSTANCE)
+        .bind(&i.instance_id)
+        .bind(&i.name)
+        .bind(&i.version)
+        .bind(&i.execution_id)
+        .bind(i.status as i32)
+        .bind(&i.input)
+        .bind(&i.output)
+        .bind(&i.custom_status)
+        .bind(i.failure_details.as_ref().map(encode))
+        .bind(i.created_at)
+        .bind(i.updated_at)
+        .bind(i.completed_at)
+        .bind(i.scheduled_start_at)
+        .bind(&i.parent_instance_id)
+        .bind(encode_tags(&i.tags))
+        .bind(i.trace_context.as_ref().map(encode))
+        .bind(ready_at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn insert_message(conn: &mut PgConnection, m: &Message) -> Result<()> {
+    sqlx::query(INSERT_MESSAGE)
+        .bind(&m.instance_id)
+        .bind(&m.execution_id)
+        .bind(m.priority)
+        .bind(i32::from(wakes_suspended(&m.event)))
+        .bind(m.visible_at)
+        .bind(encode(&m.event))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Queues a message if its target exists, is running and (for execution-bound messages) is
+/// still on that execution; otherwise drops it with a log line. A message that races with
+/// its target finishing on another sidecar may still be queued; the engine drops it when the
+/// finished instance is next looked at.
+async fn deliver(conn: &mut PgConnection, m: &Message) -> Result<Delivery> {
+    let row = sqlx::query(SELECT_STATUS_AND_EXECUTION).bind(&m.instance_id).fetch_optional(&mut *conn).await?;
+    let Some(row) = row else {
+        info!(instance_id = %m.instance_id, event = kind_name(&m.event), "dropping event for an unknown instance");
+        return Ok(Delivery::Unknown);
+    };
+    let target_status = status(row.get::<i32, _>(0).into())?;
+    let execution: String = row.get(1);
+    if is_terminal(target_status) {
+        info!(instance_id = %m.instance_id, event = kind_name(&m.event), status = target_status.as_str_name(), "dropping event for a finished instance");
+        return Ok(Delivery::Finished);
+    }
+    if m.execution_id.as_ref().is_some_and(|e| *e != execution) {
+        debug!(instance_id = %m.instance_id, event = kind_name(&m.event), "dropping event for a replaced execution");
+        return Ok(Delivery::Finished);
+    }
+    if matches!(m.event.event_type, Some(EventType::ExecutionTerminated(_))) && target_status == OrchestrationStatus::Pending {
+        sqlx::query(MAKE_PENDING_DUE).bind(m.visible_at).bind(&m.instance_id).execute(&mut *conn).await?;
+    }
+    insert_message(conn, m).await?;
+    Ok(Delivery::Queued)
+}
+
+/// Deletes an instance and everything that belongs to it.
+async fn delete_instance(conn: &mut PgConnection, id: &str) -> Result<()> {
+    for sql in DELETE_INSTANCE {
+        sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+async fn insert_new(conn: &mut PgConnection, new: &NewInstance) -> Result<()> {
+    delete_instance(conn, &new.instance.instance_id).await?;
+    upsert_instance(conn, &new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
+    insert_message(conn, &new.start).await
+}
+
+async fn write_history(conn: &mut PgConnection, id: &str, write: &HistoryWrite) -> Result<()> {
+    let (events, first) = match write {
+        HistoryWrite::Append(events) if events.is_empty() => return Ok(()),
+        HistoryWrite::Append(events) => {
+            let next: i32 = sqlx::query_scalar(NEXT_HISTORY_SEQ).bind(id).fetch_one(&mut *conn).await?;
+            (events, next)
+        }
+        HistoryWrite::Replace(events) => {
+            sqlx::query(DELETE_HISTORY).bind(id).execute(&mut *conn).await?;
+            (events, 0)
+        }
+    };
+    let encoded: Vec<Vec<u8>> = events.iter().map(encode).collect();
+    sqlx::query(INSERT_HISTORY).bind(id).bind(first).bind(encoded).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn rewind_in(conn: &mut PgConnection, id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+    let Some(instance) = load_instance(conn, id).await? else { return Ok(Rewind::Unknown) };
+    if instance.status != OrchestrationStatus::Failed {
+        return Ok(Rewind::NotFailed(instance.status));
+    }
+    sqlx::query(REWIND_INSTANCE).bind(OrchestrationStatus::Running as i32).bind(now).bind(id).execute(&mut *conn).await?;
+    let message = Message {
+        instance_id: id.to_string(),
+        execution_id: Some(instance.execution_id),
+        event,
+        visible_at: now,
+        priority: Message::NORMAL,
+    };
+    insert_message(conn, &message).await?;
+    Ok(Rewind::Rewound)
+}
+
+async fn rewind_child(conn: &mut PgConnection, r: &ChildRewind, now: Millis) -> Result<()> {
+    let event = crate::engine::events::rewound(now, r.reason.clone(), Some(r.parent_execution_id.clone()));
+    if rewind_in(conn, &r.instance_id, event, now).await? == Rewind::Unknown {
+        info!(instance_id = %r.instance_id, "recreating purged sub-orchestration for rewind");
+        insert_new(conn, &r.recreate).await?;
+    }
+    Ok(())
+}
+
+/// Maps a unique-key violation on an instance id to [`StoreError::AlreadyExists`]: two
+/// sidecars creating the same new id at once both see no row, and one insert loses.
+fn taken(id: &str, e: StoreError) -> StoreError {
+    match &e {
+        StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            StoreError::AlreadyExists(id.to_string(), OrchestrationStatus::Pending.as_str_name())
+        }
+        _ => e,
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
+        let id = new.instance.instance_id.clone();
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<i32> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE).bind(&id).fetch_optional(&mut *tx).await?;
+        if let Some(s) = existing.map(|s| status(s.into())).transpose()? {
+            if !replaceable.contains(&s) {
+                return Err(StoreError::AlreadyExists(id, s.as_str_name()));
+            }
+        }
+        insert_new(&mut tx, &new).await.map_err(|e| taken(&id, e))?;
+        self.notifier.send(&mut tx, [&id]).await?;
+        tx.commit().await.map_err(|e| taken(&id, e.into()))?;
+        Ok(())
+    }
+
+    async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>> {
+        let mut conn = self.pool.acquire().await?;
+        load_instance(&mut conn, instance_id).await
+    }
+
+    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>> {
+        let mut conn = self.pool.acquire().await?;
+        load_history(&mut conn, instance_id).await
+    }
+
+    async fn send(&self, message: Message) -> Result<Delivery> {
+        let mut tx = self.pool.begin().await?;
+        let delivery = deliver(&mut tx, &message).await?;
+        if delivery == Delivery::Queued {
+            self.notifier.send(&mut tx, [&message.instance_id]).await?;
+        }
+        tx.commit().await?;
+        Ok(delivery)
+    }
+
+    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = rewind_in(&mut tx, instance_id, event, now).await?;
+        if outcome == Rewind::Rewound {
+            self.notifier.send(&mut tx, [instance_id]).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
+        let rows = filters::instances::<sqlx::Postgres>(INSTANCE_COLUMNS, f).build().fetch_all(&self.pool).await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Millis, String)>> {
+        let rows = filters::finished::<sqlx::Postgres>(f).build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
+        let mut tx = self.pool.begin().await?;
+        let mut pending = vec![instance_id.to_string()];
+        let mut deleted = 0;
+        while let Some(id) = pending.pop() {
+            let Some(s) = instance_status(&mut tx, &id).await? else { continue };
+            if !is_terminal(s) {
+                if deleted == 0 && id == instance_id {
+                    return Ok(Purge::NotFinished(s));
+                }
+                continue; // a child still running is left alone
+            }
+            if recursive {
+                for e in load_history(&mut tx, &id).await? {
+                    if let Some(EventType::SubOrchestrationInstanceCreated(c)) = e.event_type {
+                        pending.push(c.instance_id);
+                    }
+                }
+            }
+            delete_instance(&mut tx, &id).await?;
+            deleted += 1;
+        }
+        tx.commit().await?;
+        Ok(Purge::Deleted(deleted))
+    }
+
+    async fn delete_all(&self) -> Result<()> {
+        sqlx::query(DELETE_ALL).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(LOCK_ORCHESTRATIONS)
+            .bind(lease.now)
+            .bind(lease.owner)
+            .bind(lease.until)
+            .bind(OrchestrationStatus::Suspended as i32)
+            .bind(i64::from(max))
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut picked = Vec::with_capacity(rows.len());
+        for row in &rows {
+            picked.push((row.try_get::<String, _>("lock_token")?, instance_from_row(row)?));
+        }
+        let ids: Vec<&str> = picked.iter().map(|(_, i)| i.instance_id.as_str()).collect();
+        let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
+        for r in sqlx::query(SELECT_HISTORIES).bind(&ids).fetch_all(&mut *tx).await? {
+            histories.entry(r.get(0)).or_default().push(decode(r.get::<&[u8], _>(1))?);
+        }
+        let mut inboxes: HashMap<String, Vec<(i64, Message)>> = HashMap::new();
+        for r in sqlx::query(SELECT_INBOXES).bind(&ids).bind(lease.now).fetch_all(&mut *tx).await? {
+            let instance_id: String = r.get(1);
+            let message = Message {
+                instance_id: instance_id.clone(),
+                execution_id: r.get(2),
+                priority: r.get(3),
+                visible_at: r.get(4),
+                event: decode(r.get::<&[u8], _>(5))?,
+            };
+            inboxes.entry(instance_id).or_default().push((r.get(0), message));
+        }
+        tx.commit().await?;
+        Ok(picked
+            .into_iter()
+            .map(|(token, instance)| LockedOrchestration {
+                token,
+                history: histories.remove(&instance.instance_id).unwrap_or_default(),
+                inbox: inboxes.remove(&instance.instance_id).unwrap_or_default(),
+                instance,
+            })
+            .collect())
+    }
+
+    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
+        let id = commit.instance.instance_id.clone();
+        let mut tx = self.pool.begin().await?;
+        // Releasing the lease first takes the row lock: a sidecar that took the instance over
+        // after our lease expired has changed the token, and we write nothing.
+        let held = sqlx::query(RELEASE_ORCHESTRATION).bind(0_i64).bind(&id).bind(token).execute(&mut *tx).await?;
+        if held.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        sqlx::query(DELETE_MESSAGES).bind(consumed).execute(&mut *tx).await?;
+        write_history(&mut tx, &id, &commit.history).await?;
+        upsert_instance(&mut tx, &commit.instance, 0).await?;
+        if commit.instance.is_terminal() {
+            // Nothing will consume these any more: pending events, timers, queued activities.
+            for sql in DELETE_LEFTOVERS {
+                sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
+            }
+        }
+        if !commit.activities.is_empty() {
+            let (mut ids, mut executions, mut task_ids, mut requests) = (vec![], vec![], vec![], vec![]);
+            for a in &commit.activities {
+                ids.push(a.instance_id.as_str());
+                executions.push(a.execution_id.as_str());
+                task_ids.push(a.request.task_id);
+                requests.push(encode(&a.request));
+            }
+            sqlx::query(INSERT_ACTIVITIES).bind(ids).bind(executions).bind(task_ids).bind(requests).bind(now).execute(&mut *tx).await?;
+        }
+        let mut changed = vec![id.clone()];
+        for c in &commit.children {
+            let child = &c.child.instance.instance_id;
+            match instance_status(&mut tx, child).await? {
+                Some(s) if !is_terminal(s) => {
+                    info!(parent = %id, %child, "sub-orchestration id is taken by a running instance; failing that child");
+                    deliver(&mut tx, &c.on_conflict).await?;
+                }
+                _ => {
+                    insert_new(&mut tx, &c.child).await?;
+                    changed.push(child.clone());
+                }
+            }
+        }
+        for m in &commit.messages {
+            deliver(&mut tx, m).await?;
+        }
+        for r in &commit.rewinds {
+            rewind_child(&mut tx, r, now).await?;
+            changed.push(r.instance_id.clone());
+        }
+        let targets = commit.messages.iter().map(|m| &m.instance_id).chain(commit.children.iter().map(|c| &c.on_conflict.instance_id));
+        self.notifier.send(&mut tx, changed.iter().chain(targets)).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(RELEASE_ORCHESTRATION).bind(ready_at).bind(instance_id).bind(token).execute(&mut *tx).await?;
+        if held.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        sqlx::query(DELETE_MESSAGES).bind(consumed).execute(&mut *tx).await?;
+        self.notifier.send(&mut tx, [instance_id]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn lock_activities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedActivity>> {
+        let rows = sqlx::query(LOCK_ACTIVITIES)
+            .bind(lease.now)
+            .bind(lease.owner)
+            .bind(lease.until)
+            .bind(i64::from(max))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut locked = Vec::with_capacity(rows.len());
+        for r in rows {
+            let request: ActivityRequest = decode(r.get::<&[u8], _>(4))?;
+            let task = ActivityTask { instance_id: r.get(2), execution_id: r.get(3), request };
+            locked.push(LockedActivity { id: r.get(0), token: r.get(1), task });
+        }
+        locked.sort_by_key(|a| a.id);
+        Ok(locked)
+    }
+
+    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(DELETE_LOCKED_ACTIVITY).bind(id).bind(token).fetch_optional(&mut *tx).await?;
+        let Some(row) = row else { return Err(StoreError::LeaseLost) };
+        let message = Message {
+            instance_id: row.get(0),
+            execution_id: Some(row.get(1)),
+            event: result,
+            visible_at: now,
+            priority: Message::NORMAL,
+        };
+        if deliver(&mut tx, &message).await? == Delivery::Queued {
+            self.notifier.send(&mut tx, [&message.instance_id]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(RELEASE_ACTIVITY).bind(visible_at).bind(id).bind(token).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        self.notifier.send(&mut tx, None::<&str>).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for sql in RENEW_LEASES {
+            sqlx::query(sql).bind(until).bind(tokens).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_all(&self, owner: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for sql in RELEASE_ALL {
+            sqlx::query(sql).bind(owner).execute(&mut *tx).await?;
+        }
+        self.notifier.send(&mut tx, None::<&str>).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(NEXT_DUE).bind(now).fetch_one(&self.pool).await?)
+    }
+
+    fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
+    }
+}

@@ -1,0 +1,133 @@
+//! Every statement the Postgres store runs, by name. Times are Unix milliseconds.
+
+pub const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution_id, status, input, output, custom_status, \
+     failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context";
+
+pub const SELECT_INSTANCE: &str = "SELECT instance_id, name, version, execution_id, status, input, output, custom_status, \
+     failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context \
+     FROM instances WHERE instance_id = $1";
+
+pub const SELECT_STATUS: &str = "SELECT status FROM instances WHERE instance_id = $1";
+
+/// Locks the row (when there is one) so a concurrent create of the same id waits for us.
+pub const SELECT_STATUS_FOR_UPDATE: &str = "SELECT status FROM instances WHERE instance_id = $1 FOR UPDATE";
+
+pub const SELECT_STATUS_AND_EXECUTION: &str = "SELECT status, execution_id FROM instances WHERE instance_id = $1";
+
+/// Every column but the lease; a new row starts unleased.
+pub const UPSERT_INSTANCE: &str = "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, \
+     custom_status, failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, \
+     trace_context, ready_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+     ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, version = excluded.version, \
+     execution_id = excluded.execution_id, status = excluded.status, input = excluded.input, output = excluded.output, \
+     custom_status = excluded.custom_status, failure_details = excluded.failure_details, created_at = excluded.created_at, \
+     updated_at = excluded.updated_at, completed_at = excluded.completed_at, scheduled_start_at = excluded.scheduled_start_at, \
+     parent_instance_id = excluded.parent_instance_id, tags = excluded.tags, trace_context = excluded.trace_context, \
+     ready_at = excluded.ready_at";
+
+pub const INSERT_MESSAGE: &str =
+    "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// A terminate for an instance whose start lies in the future runs it now.
+pub const MAKE_PENDING_DUE: &str = "WITH due AS (UPDATE inbox SET visible_at = $1 WHERE instance_id = $2 AND visible_at > $1) \
+     UPDATE instances SET ready_at = 0 WHERE instance_id = $2";
+
+pub const DELETE_INSTANCE: [&str; 4] = [
+    "DELETE FROM history WHERE instance_id = $1",
+    "DELETE FROM inbox WHERE instance_id = $1",
+    "DELETE FROM activities WHERE instance_id = $1",
+    "DELETE FROM instances WHERE instance_id = $1",
+];
+
+pub const DELETE_ALL: &str = "TRUNCATE history, inbox, activities, instances";
+
+pub const SELECT_HISTORY: &str = "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq";
+
+pub const SELECT_HISTORIES: &str = "SELECT instance_id, event FROM history WHERE instance_id = ANY($1) ORDER BY instance_id, seq";
+
+pub const NEXT_HISTORY_SEQ: &str = "SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE instance_id = $1";
+
+pub const DELETE_HISTORY: &str = "DELETE FROM history WHERE instance_id = $1";
+
+/// Appends events $3 numbered from $2, in one statement.
+pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) \
+     SELECT $1, $2 + e.n - 1, e.event FROM UNNEST($3::bytea[]) WITH ORDINALITY AS e(event, n)";
+
+pub const REWIND_INSTANCE: &str = "UPDATE instances SET status = $1, output = NULL, failure_details = NULL, completed_at = NULL, \
+     updated_at = $2, ready_at = 0 WHERE instance_id = $3";
+
+/// Leases up to $5 instances with visible inbox messages ($1 = now) that nobody holds, with a
+/// fresh token each. The candidates come from the inbox, so finished instances (which have
+/// none) cost nothing; a suspended instance is only picked for an event that wakes it.
+/// SKIP LOCKED lets sidecars lease side by side without waiting on each other.
+pub const LOCK_ORCHESTRATIONS: &str = "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
+     FROM ( \
+       SELECT c.instance_id AS picked FROM instances c \
+       WHERE c.instance_id IN (SELECT m.instance_id FROM inbox m WHERE m.visible_at <= $1) \
+         AND c.lock_expires <= $1 AND c.ready_at <= $1 \
+         AND (c.status <> $4 OR EXISTS ( \
+           SELECT 1 FROM inbox k WHERE k.instance_id = c.instance_id AND k.kind = 1 AND k.visible_at <= $1)) \
+       LIMIT $5 FOR UPDATE OF c SKIP LOCKED \
+     ) p \
+     WHERE i.instance_id = p.picked \
+     RETURNING i.lock_token, i.instance_id, i.name, i.version, i.execution_id, i.status, i.input, i.output, i.custom_status, \
+       i.failure_details, i.created_at, i.updated_at, i.completed_at, i.scheduled_start_at, i.parent_instance_id, i.tags, \
+       i.trace_context";
+
+pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
+     WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
+
+/// Ends a lease held with token $3 on instance $2; not dispatched again before $1.
+pub const RELEASE_ORCHESTRATION: &str = "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, ready_at = $1 \
+     WHERE instance_id = $2 AND lock_token = $3";
+
+pub const DELETE_MESSAGES: &str = "DELETE FROM inbox WHERE id = ANY($1)";
+
+/// What a finished instance leaves behind that nothing will consume: pending events and
+/// timers, activities not yet handed out.
+pub const DELETE_LEFTOVERS: [&str; 2] =
+    ["DELETE FROM inbox WHERE instance_id = $1", "DELETE FROM activities WHERE instance_id = $1 AND lock_token IS NULL"];
+
+pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) \
+     SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5 \
+     FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[]) AS a(instance_id, execution_id, task_id, request)";
+
+/// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first.
+pub const LOCK_ACTIVITIES: &str = "UPDATE activities a SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
+     FROM ( \
+       SELECT id AS picked FROM activities WHERE lock_expires <= $1 AND visible_at <= $1 \
+       ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED \
+     ) p \
+     WHERE a.id = p.picked \
+     RETURNING a.id, a.lock_token, a.instance_id, a.execution_id, a.request";
+
+pub const DELETE_LOCKED_ACTIVITY: &str =
+    "DELETE FROM activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id, execution_id";
+
+pub const RELEASE_ACTIVITY: &str = "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, visible_at = $1 \
+     WHERE id = $2 AND lock_token = $3";
+
+pub const RENEW_LEASES: [&str; 2] = [
+    "UPDATE instances SET lock_expires = $1 WHERE lock_token = ANY($2)",
+    "UPDATE activities SET lock_expires = $1 WHERE lock_token = ANY($2)",
+];
+
+/// Releases the leases of owner $1, or of everyone when $1 is NULL.
+pub const RELEASE_ALL: [&str; 2] = [
+    "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+     WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
+    "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+     WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
+];
+
+/// The earliest moment after $1 when work appears: a timer or other future message, a
+/// scheduled start or back-off ending, an activity's retry time, or a lease running out (a
+/// crashed sidecar's work is taken over right then, not at the next sweep).
+pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
+       SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > $1 \
+       UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > $1 \
+       UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > $1 \
+       UNION ALL SELECT MIN(lock_expires) FROM instances WHERE lock_token IS NOT NULL AND lock_expires > $1 \
+       UNION ALL SELECT MIN(lock_expires) FROM activities WHERE lock_token IS NOT NULL AND lock_expires > $1 \
+     ) due";

@@ -143,6 +143,7 @@ class Chaos:
     kills: list[Kill] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    client_retries: int = 0  # client RPCs that met a dead sidecar C and were tried again
     _up: dict[str, threading.Event] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -218,6 +219,7 @@ def through(chaos: Chaos, name: str, call: Callable[[], T], what: str, timeout: 
                 raise
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: sidecar {name} still unavailable after {timeout:.0f} s") from e
+            chaos.client_retries += 1
             if on_retry is not None:
                 on_retry()
             chaos.wait_up(name, max(0.0, deadline - time.monotonic()))
@@ -345,7 +347,7 @@ def test_three_sidecars_survive_sigkills(tmp_path: Path):
             assert len(of_type(child_events, history.TaskScheduledEvent)) == 2, child
 
         samples = takeover_samples(chaos.kills, recorder.snapshot(), workers_of)
-        report = takeover_report(seed, chaos.kills, began, samples, run_seconds)
+        report = takeover_report(seed, chaos, began, samples, run_seconds)
         write_report(report, tmp_path)
 
         worker_kills = [k for k in chaos.kills if k.victim in workers_of]
@@ -362,7 +364,7 @@ def test_three_sidecars_survive_sigkills(tmp_path: Path):
         db.drop()
 
 
-def takeover_report(seed: int, kills: list[Kill], began: float, samples: list[dict[str, Any]],
+def takeover_report(seed: int, chaos: Chaos, began: float, samples: list[dict[str, Any]],
                     run_seconds: float) -> dict[str, Any]:
     first_per_kill = {}
     for s in samples:
@@ -375,7 +377,8 @@ def takeover_report(seed: int, kills: list[Kill], began: float, samples: list[di
         "lease_seconds": LEASE_SECONDS,
         "run_seconds": round(run_seconds, 2),
         "kills": [{"victim": k.victim, "at_seconds": round(k.at - began, 3),
-                   "down_seconds": round(k.back_at - k.at, 3)} for k in kills],
+                   "down_seconds": round(k.back_at - k.at, 3)} for k in chaos.kills],
+        "client_retries": chaos.client_retries,
         "takeover_definition": "SIGKILL of a sidecar -> the same activity (instance id, task id) that had "
                                "started on its worker starts again on a worker of a live sidecar",
         "takeover_seconds": {
@@ -396,7 +399,8 @@ def write_report(report: dict[str, Any], tmp_path: Path) -> None:
     (RESULTS_DIR / "scaleout.json").write_text(text)
     t = report["takeover_seconds"]
     line = (f"scale-out: {report['orchestrations']} orchestrations on 3 sidecars in {report['run_seconds']} s "
-            f"with {len(report['kills'])} SIGKILLs (seed {report['seed']}, lease {report['lease_seconds']} s); "
+            f"with {len(report['kills'])} SIGKILLs and {report['client_retries']} client retries "
+            f"(seed {report['seed']}, lease {report['lease_seconds']} s); "
             f"takeover after kill -9: min {t['min']} s, median {t['median']} s, max {t['max']} s "
             f"over {t['samples']} activities; first per kill {t['first_per_kill']}; "
             f"details in {RESULTS_DIR / 'scaleout.json'}")

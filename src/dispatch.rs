@@ -17,7 +17,7 @@ use crate::engine::{self, Prepared, events};
 use crate::model::Instance;
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
-use crate::store::{Change, Lease, LockedActivity, LockedOrchestration, Store, StoreError};
+use crate::store::{Batcher, Change, Lease, LockedActivity, LockedOrchestration, Store, StoreError, Write};
 use crate::time::{self, Millis};
 
 /// Tunables of the dispatch loop.
@@ -152,6 +152,8 @@ impl Watchers {
 /// The work-item hub of one sidecar.
 pub struct Dispatcher {
     store: Arc<dyn Store>,
+    /// Worker answers are written through here, so concurrent answers share a commit.
+    batcher: Batcher,
     settings: Settings,
     /// Lease owner name of this sidecar process.
     owner: String,
@@ -177,7 +179,7 @@ fn stale(token: &str) -> Status {
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        Arc::new(Dispatcher { store, settings, owner, state: Mutex::default(), wake: Notify::new(), watchers: Watchers::default() })
+        Arc::new(Dispatcher { batcher: Batcher::new(store.clone()), store, settings, owner, state: Mutex::default(), wake: Notify::new(), watchers: Watchers::default() })
     }
 
     /// Tells the loop that new work may be due (after any commit).
@@ -494,7 +496,7 @@ impl Dispatcher {
         };
         let now = time::now();
         let commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || uuid::Uuid::new_v4().simple().to_string());
-        match self.store.commit_orchestration(&token, &held.consumed, commit, now).await {
+        match self.batcher.write(Write::Step { token: token.clone(), consumed: held.consumed, commit, now }).await {
             Ok(changed) => {
                 self.changed(&changed);
                 Ok(())
@@ -550,9 +552,9 @@ impl Dispatcher {
         };
         let now = time::now();
         let result = events::task_result(now, held.task_id, response.result, response.failure_details);
-        let outcome = self.store.complete_activity(held.id, &token, result, now).await;
+        let outcome = self.batcher.write(Write::ActivityResult { id: held.id, token, result, now }).await;
         self.wake();
-        outcome.map_err(crate::grpc::status)
+        outcome.map(drop).map_err(crate::grpc::status)
     }
 
     /// Returns an orchestration work item to the queue. Unknown tokens are fine (idempotent).

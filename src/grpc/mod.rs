@@ -39,7 +39,7 @@ pub(crate) fn status(e: StoreError) -> Status {
         StoreError::AlreadyExists(..) => Status::already_exists(e.to_string()),
         StoreError::LeaseLost => Status::failed_precondition(e.to_string()),
         // Retriable: the SDKs retry or surface it, and nothing was half-written.
-        StoreError::Database(_) => Status::unavailable(e.to_string()),
+        StoreError::Database(_) | StoreError::BatchFailed(_) => Status::unavailable(e.to_string()),
         StoreError::Corrupt(_) => Status::internal(e.to_string()),
     }
 }

@@ -2,6 +2,7 @@
 //! Durable Task rules beyond the mechanical ones each method documents (a message to a finished
 //! instance is dropped, a lease token must match, only finished instances are purged).
 
+mod batch;
 mod encoding;
 mod filters;
 pub mod postgres;
@@ -11,6 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 use tonic::async_trait;
+
+pub use batch::Batcher;
 
 use crate::model::{ActivityTask, Commit, Instance, Message, NewInstance};
 use crate::proto::{HistoryEvent, OrchestrationStatus};
@@ -27,6 +30,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another write in the same batch failed, so the whole batch was rolled back.
+    #[error("database error (batch rolled back): {0}")]
+    BatchFailed(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -99,6 +105,15 @@ pub struct FinishedFilter {
     pub limit: u32,
 }
 
+/// A write that ends a lease: what a worker's answer turns into.
+#[derive(Debug)]
+pub enum Write {
+    /// An orchestration step: apply `commit`, delete the `consumed` inbox rows, end the lease.
+    Step { token: String, consumed: Vec<i64>, commit: Commit, now: Millis },
+    /// An activity's result: delete the task, queue `result` for its orchestration.
+    ActivityResult { id: i64, token: String, result: HistoryEvent, now: Millis },
+}
+
 /// Lease parameters: who takes the lease and until when.
 #[derive(Debug, Clone)]
 pub struct Lease<'a> {
@@ -154,9 +169,22 @@ pub trait Store: Send + Sync + 'static {
     /// Leases up to `max` instances that have visible work.
     async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>>;
 
+    /// Applies several writes in one transaction (group commit: one flush to disk for all).
+    /// Each write either happens whole or, when its lease is gone, not at all
+    /// ([`StoreError::LeaseLost`] in its slot); a database failure fails the whole batch.
+    async fn write(&self, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>>;
+
+    /// How many batches may be written at once (one for a single-writer database).
+    fn write_concurrency(&self) -> usize {
+        1
+    }
+
     /// Applies a step's commit, deletes the consumed inbox rows and releases the lease, in one
     /// transaction. Returns the ids of the instances whose state changed.
-    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>>;
+    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
+        let step = Write::Step { token: token.to_string(), consumed: consumed.to_vec(), commit, now };
+        self.write(vec![step]).await?.pop().expect("one result per write")
+    }
 
     /// Releases an orchestration lease, deleting `consumed` inbox rows; the instance is not
     /// dispatched again before `ready_at`.
@@ -167,7 +195,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records an activity's result: deletes the task and queues `result` for its
     /// orchestration, unless that execution is gone (then the result is dropped).
-    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()>;
+    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
+        let done = Write::ActivityResult { id, token: token.to_string(), result, now };
+        self.write(vec![done]).await?.pop().expect("one result per write").map(drop)
+    }
 
     /// Releases an activity lease; it is not dispatched again before `visible_at`.
     async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()>;

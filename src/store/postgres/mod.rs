@@ -39,6 +39,7 @@ pub struct PostgresStore {
     notifier: notify::Notifier,
     changes: broadcast::Sender<Change>,
     _listener: notify::ListenerTask,
+    write_concurrency: usize,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -80,7 +81,10 @@ impl PostgresStore {
         let (changes, _) = broadcast::channel(1024);
         let listener = notify::listen(url, notifier.clone(), changes.clone()).await?;
         info!(pool_size = options.pool_size, "postgres store open");
-        Ok(PostgresStore { pool, notifier, changes, _listener: listener })
+        // Write batches run side by side on part of the pool, leaving the rest for leasing and
+        // client calls.
+        let write_concurrency = (options.pool_size as usize / 2).max(1);
+        Ok(PostgresStore { pool, notifier, changes, _listener: listener, write_concurrency })
     }
 }
 
@@ -253,6 +257,83 @@ fn taken(id: &str, e: StoreError) -> StoreError {
     }
 }
 
+/// One orchestration step inside a write batch; nothing is written when the lease is gone.
+/// The instances the step sends messages to are added to `touched`, to be notified.
+async fn step_in(
+    conn: &mut PgConnection,
+    token: &str,
+    consumed: &[i64],
+    commit: Commit,
+    now: Millis,
+    touched: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let id = commit.instance.instance_id.clone();
+    // Releasing the lease first takes the row lock: a sidecar that took the instance over
+    // after our lease expired has changed the token, and we write nothing.
+    let held = sqlx::query(RELEASE_ORCHESTRATION).bind(0_i64).bind(&id).bind(token).execute(&mut *conn).await?;
+    if held.rows_affected() == 0 {
+        return Err(StoreError::LeaseLost);
+    }
+    sqlx::query(DELETE_MESSAGES).bind(consumed).execute(&mut *conn).await?;
+    write_history(conn, &id, &commit.history).await?;
+    upsert_instance(conn, &commit.instance, 0).await?;
+    if commit.instance.is_terminal() {
+        // Nothing will consume these any more: pending events, timers, queued activities.
+        for sql in DELETE_LEFTOVERS {
+            sqlx::query(sql).bind(&id).execute(&mut *conn).await?;
+        }
+    }
+    if !commit.activities.is_empty() {
+        let (mut ids, mut executions, mut task_ids, mut requests) = (vec![], vec![], vec![], vec![]);
+        for a in &commit.activities {
+            ids.push(a.instance_id.as_str());
+            executions.push(a.execution_id.as_str());
+            task_ids.push(a.request.task_id);
+            requests.push(encode(&a.request));
+        }
+        sqlx::query(INSERT_ACTIVITIES).bind(ids).bind(executions).bind(task_ids).bind(requests).bind(now).execute(&mut *conn).await?;
+    }
+    let mut changed = vec![id.clone()];
+    for c in &commit.children {
+        let child = &c.child.instance.instance_id;
+        match instance_status(conn, child).await? {
+            Some(s) if !is_terminal(s) => {
+                info!(parent = %id, %child, "sub-orchestration id is taken by a running instance; failing that child");
+                deliver(conn, &c.on_conflict).await?;
+            }
+            _ => {
+                insert_new(conn, &c.child).await?;
+                changed.push(child.clone());
+            }
+        }
+    }
+    for m in &commit.messages {
+        deliver(conn, m).await?;
+    }
+    for r in &commit.rewinds {
+        rewind_child(conn, r, now).await?;
+        changed.push(r.instance_id.clone());
+    }
+    touched.extend(commit.messages.iter().map(|m| m.instance_id.clone()));
+    touched.extend(commit.children.iter().map(|c| c.on_conflict.instance_id.clone()));
+    Ok(changed)
+}
+
+/// One activity result inside a write batch; nothing is written when the lease is gone.
+async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<Vec<String>> {
+    let row = sqlx::query(DELETE_LOCKED_ACTIVITY).bind(id).bind(token).fetch_optional(&mut *conn).await?;
+    let Some(row) = row else { return Err(StoreError::LeaseLost) };
+    let message = Message {
+        instance_id: row.get(0),
+        execution_id: Some(row.get(1)),
+        event: result,
+        visible_at: now,
+        priority: Message::NORMAL,
+    };
+    deliver(conn, &message).await?;
+    Ok(vec![message.instance_id])
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
@@ -387,59 +468,33 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
-        let id = commit.instance.instance_id.clone();
+    async fn write(&self, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>> {
         let mut tx = self.pool.begin().await?;
-        // Releasing the lease first takes the row lock: a sidecar that took the instance over
-        // after our lease expired has changed the token, and we write nothing.
-        let held = sqlx::query(RELEASE_ORCHESTRATION).bind(0_i64).bind(&id).bind(token).execute(&mut *tx).await?;
-        if held.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost);
-        }
-        sqlx::query(DELETE_MESSAGES).bind(consumed).execute(&mut *tx).await?;
-        write_history(&mut tx, &id, &commit.history).await?;
-        upsert_instance(&mut tx, &commit.instance, 0).await?;
-        if commit.instance.is_terminal() {
-            // Nothing will consume these any more: pending events, timers, queued activities.
-            for sql in DELETE_LEFTOVERS {
-                sqlx::query(sql).bind(&id).execute(&mut *tx).await?;
-            }
-        }
-        if !commit.activities.is_empty() {
-            let (mut ids, mut executions, mut task_ids, mut requests) = (vec![], vec![], vec![], vec![]);
-            for a in &commit.activities {
-                ids.push(a.instance_id.as_str());
-                executions.push(a.execution_id.as_str());
-                task_ids.push(a.request.task_id);
-                requests.push(encode(&a.request));
-            }
-            sqlx::query(INSERT_ACTIVITIES).bind(ids).bind(executions).bind(task_ids).bind(requests).bind(now).execute(&mut *tx).await?;
-        }
-        let mut changed = vec![id.clone()];
-        for c in &commit.children {
-            let child = &c.child.instance.instance_id;
-            match instance_status(&mut tx, child).await? {
-                Some(s) if !is_terminal(s) => {
-                    info!(parent = %id, %child, "sub-orchestration id is taken by a running instance; failing that child");
-                    deliver(&mut tx, &c.on_conflict).await?;
-                }
-                _ => {
-                    insert_new(&mut tx, &c.child).await?;
-                    changed.push(child.clone());
+        let mut results = Vec::with_capacity(writes.len());
+        let mut touched = vec![];
+        for w in writes {
+            let result = match w {
+                Write::Step { token, consumed, commit, now } => step_in(&mut tx, &token, &consumed, commit, now, &mut touched).await,
+                Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, id, &token, result, now).await,
+            };
+            match result {
+                Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
+                Err(e) => return Err(e),
+                Ok(changed) => {
+                    touched.extend(changed.iter().cloned());
+                    results.push(Ok(changed));
                 }
             }
         }
-        for m in &commit.messages {
-            deliver(&mut tx, m).await?;
+        if !touched.is_empty() {
+            self.notifier.send(&mut tx, &touched).await?;
         }
-        for r in &commit.rewinds {
-            rewind_child(&mut tx, r, now).await?;
-            changed.push(r.instance_id.clone());
-        }
-        let targets = commit.messages.iter().map(|m| &m.instance_id).chain(commit.children.iter().map(|c| &c.on_conflict.instance_id));
-        self.notifier.send(&mut tx, changed.iter().chain(targets)).await?;
         tx.commit().await?;
-        Ok(changed)
+        Ok(results)
+    }
+
+    fn write_concurrency(&self) -> usize {
+        self.write_concurrency
     }
 
     async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
@@ -470,24 +525,6 @@ impl Store for PostgresStore {
         }
         locked.sort_by_key(|a| a.id);
         Ok(locked)
-    }
-
-    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(DELETE_LOCKED_ACTIVITY).bind(id).bind(token).fetch_optional(&mut *tx).await?;
-        let Some(row) = row else { return Err(StoreError::LeaseLost) };
-        let message = Message {
-            instance_id: row.get(0),
-            execution_id: Some(row.get(1)),
-            event: result,
-            visible_at: now,
-            priority: Message::NORMAL,
-        };
-        if deliver(&mut tx, &message).await? == Delivery::Queued {
-            self.notifier.send(&mut tx, [&message.instance_id]).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()> {

@@ -259,6 +259,85 @@ async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis)
     Ok(())
 }
 
+/// One orchestration step inside a write batch; nothing is written when the lease is gone.
+async fn step_in(conn: &mut SqliteConnection, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
+    let id = commit.instance.instance_id.clone();
+    let held: Option<Option<String>> =
+        sqlx::query_scalar("SELECT lock_token FROM instances WHERE instance_id = ?").bind(&id).fetch_optional(&mut *conn).await?;
+    if held.flatten().as_deref() != Some(token) {
+        return Err(StoreError::LeaseLost);
+    }
+    for row in consumed {
+        sqlx::query("DELETE FROM inbox WHERE id = ?").bind(row).execute(&mut *conn).await?;
+    }
+    write_history(conn, &id, &commit.history).await?;
+    upsert_instance(conn, &commit.instance, 0).await?;
+    sqlx::query("UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE instance_id = ?")
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+    if commit.instance.is_terminal() {
+        // Nothing will consume these any more: pending events, timers, queued activities.
+        sqlx::query("DELETE FROM inbox WHERE instance_id = ?").bind(&id).execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL").bind(&id).execute(&mut *conn).await?;
+    }
+    for a in &commit.activities {
+        sqlx::query("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&a.instance_id)
+            .bind(&a.execution_id)
+            .bind(a.request.task_id)
+            .bind(encode(&a.request))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let mut changed = vec![id.clone()];
+    for c in &commit.children {
+        let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
+            .bind(&c.child.instance.instance_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match existing.map(status).transpose()? {
+            Some(s) if !is_terminal(s) => {
+                info!(parent = %id, child = %c.child.instance.instance_id, "sub-orchestration id is taken by a running instance; failing that child");
+                deliver(conn, &c.on_conflict).await?;
+            }
+            _ => {
+                insert_new(conn, &c.child).await?;
+                changed.push(c.child.instance.instance_id.clone());
+            }
+        }
+    }
+    for m in &commit.messages {
+        deliver(conn, m).await?;
+    }
+    for r in &commit.rewinds {
+        rewind_child(conn, r, now).await?;
+        changed.push(r.instance_id.clone());
+    }
+    Ok(changed)
+}
+
+/// One activity result inside a write batch; nothing is written when the lease is gone.
+async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<Vec<String>> {
+    let row = sqlx::query("SELECT instance_id, execution_id FROM activities WHERE id = ? AND lock_token = ?")
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Err(StoreError::LeaseLost) };
+    sqlx::query("DELETE FROM activities WHERE id = ?").bind(id).execute(&mut *conn).await?;
+    let message = Message {
+        instance_id: row.get(0),
+        execution_id: Some(row.get(1)),
+        event: result,
+        visible_at: now,
+        priority: Message::NORMAL,
+    };
+    deliver(conn, &message).await?;
+    Ok(vec![message.instance_id])
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
@@ -401,64 +480,22 @@ impl Store for SqliteStore {
         Ok(locked)
     }
 
-    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
-        let id = commit.instance.instance_id.clone();
+    async fn write(&self, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>> {
         let mut tx = self.writer.begin().await?;
-        let held: Option<Option<String>> =
-            sqlx::query_scalar("SELECT lock_token FROM instances WHERE instance_id = ?").bind(&id).fetch_optional(&mut *tx).await?;
-        if held.flatten().as_deref() != Some(token) {
-            return Err(StoreError::LeaseLost);
-        }
-        for row in consumed {
-            sqlx::query("DELETE FROM inbox WHERE id = ?").bind(row).execute(&mut *tx).await?;
-        }
-        write_history(&mut tx, &id, &commit.history).await?;
-        upsert_instance(&mut tx, &commit.instance, 0).await?;
-        sqlx::query("UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE instance_id = ?")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-        if commit.instance.is_terminal() {
-            // Nothing will consume these any more: pending events, timers, queued activities.
-            sqlx::query("DELETE FROM inbox WHERE instance_id = ?").bind(&id).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL").bind(&id).execute(&mut *tx).await?;
-        }
-        for a in &commit.activities {
-            sqlx::query("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) VALUES (?, ?, ?, ?, ?)")
-                .bind(&a.instance_id)
-                .bind(&a.execution_id)
-                .bind(a.request.task_id)
-                .bind(encode(&a.request))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let mut changed = vec![id.clone()];
-        for c in &commit.children {
-            let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
-                .bind(&c.child.instance.instance_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match existing.map(status).transpose()? {
-                Some(s) if !is_terminal(s) => {
-                    info!(parent = %id, child = %c.child.instance.instance_id, "sub-orchestration id is taken by a running instance; failing that child");
-                    deliver(&mut tx, &c.on_conflict).await?;
-                }
-                _ => {
-                    insert_new(&mut tx, &c.child).await?;
-                    changed.push(c.child.instance.instance_id.clone());
-                }
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes {
+            let result = match w {
+                Write::Step { token, consumed, commit, now } => step_in(&mut tx, &token, &consumed, commit, now).await,
+                Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, id, &token, result, now).await,
+            };
+            match result {
+                Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
+                Err(e) => return Err(e),
+                Ok(changed) => results.push(Ok(changed)),
             }
         }
-        for m in &commit.messages {
-            deliver(&mut tx, m).await?;
-        }
-        for r in &commit.rewinds {
-            rewind_child(&mut tx, r, now).await?;
-            changed.push(r.instance_id.clone());
-        }
         tx.commit().await?;
-        Ok(changed)
+        Ok(results)
     }
 
     async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
@@ -508,27 +545,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(locked)
-    }
-
-    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query("SELECT instance_id, execution_id FROM activities WHERE id = ? AND lock_token = ?")
-            .bind(id)
-            .bind(token)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else { return Err(StoreError::LeaseLost) };
-        sqlx::query("DELETE FROM activities WHERE id = ?").bind(id).execute(&mut *tx).await?;
-        let message = Message {
-            instance_id: row.get(0),
-            execution_id: Some(row.get(1)),
-            event: result,
-            visible_at: now,
-            priority: Message::NORMAL,
-        };
-        deliver(&mut tx, &message).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()> {

@@ -1,0 +1,75 @@
+//! Group commit. Every worker answer ends in a durable write, and a durable commit costs a
+//! flush to disk, so answers that arrive while a commit is under way are gathered and written
+//! together in the next transaction: one flush for all of them. Nothing waits on purpose: an
+//! answer that finds the writer idle is written at once, alone.
+
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::warn;
+
+use super::{Result, Store, StoreError, Write};
+
+/// Most writes in one transaction: enough to amortise a flush, few enough that a batch never
+/// holds the database for long.
+const MAX_BATCH: usize = 256;
+
+type Pending = (Write, oneshot::Sender<Result<Vec<String>>>);
+
+/// Queues writes for the store's batch writers.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Batcher {
+    /// Starts `store.write_concurrency()` writers, which run until every `Batcher` clone is
+    /// dropped.
+    pub fn new(store: Arc<dyn Store>) -> Batcher {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..store.write_concurrency().max(1) {
+            tokio::spawn(writer(store.clone(), rx.clone()));
+        }
+        Batcher { queue }
+    }
+
+    /// Writes durably (in some batch) and returns what the store returned for this write.
+    pub async fn write(&self, write: Write) -> Result<Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.send((write, tx)).map_err(|_| StoreError::BatchFailed("the writer has stopped".into()))?;
+        rx.await.map_err(|_| StoreError::BatchFailed("the writer has stopped".into()))?
+    }
+}
+
+async fn writer(store: Arc<dyn Store>, queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        match store.write(writes).await {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, writes = replies.len(), "write batch failed; nothing in it was written");
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+                }
+            }
+        }
+    }
+}

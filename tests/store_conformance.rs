@@ -1,0 +1,572 @@
+//! One suite for the `Store` trait, run against SQLite and Postgres alike. Time is passed in
+//! explicitly, so leases expire and timers fall due without any waiting.
+//!
+//! The Postgres half needs a server: `OUTRIGGER_TEST_POSTGRES_URL` names a database whose
+//! user may create databases (the README's test command provisions one); every test gets a
+//! database of its own, dropped when it passes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use outrigger::engine::{self, Prepared, Response, StartSpec};
+use outrigger::model::{Commit, Message};
+use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
+use outrigger::proto::*;
+use outrigger::store::{self, Change, Delivery, Write, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, Store, StoreError};
+use outrigger::time::{Millis, to_timestamp};
+use sqlx::Connection;
+
+const T0: Millis = 1_700_000_000_000;
+const LEASE: Millis = 10_000;
+
+// ---------------------------------------------------------------------------------------------
+// Harness: a fresh store per test, and a second handle on the same data ("another sidecar").
+
+enum Engine {
+    /// The directory lives as long as the test.
+    Sqlite { _dir: tempfile::TempDir },
+    Postgres { admin: String, database: String },
+}
+
+struct Harness {
+    engine: Engine,
+    url: String,
+    store: Arc<dyn Store>,
+}
+
+fn options() -> store::Options {
+    store::Options { pool_size: 4 }
+}
+
+impl Harness {
+    async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
+        let store = store::open(&url, &options()).await.unwrap();
+        Harness { engine: Engine::Sqlite { _dir: dir }, url, store }
+    }
+
+    async fn postgres() -> Harness {
+        let admin = std::env::var("OUTRIGGER_TEST_POSTGRES_URL").expect(
+            "OUTRIGGER_TEST_POSTGRES_URL is not set: run the tests with ./test.sh, which provisions Postgres, \
+             or point it at a database whose user may create databases",
+        );
+        let database = format!("conformance_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut conn).await.unwrap();
+        let url = with_database(&admin, &database);
+        let store = store::open(&url, &options()).await.unwrap();
+        Harness { engine: Engine::Postgres { admin, database }, url, store }
+    }
+
+    /// Another handle on the same data, as a second sidecar would have. SQLite files belong
+    /// to one sidecar, so there it is the same store.
+    async fn peer(&self) -> Arc<dyn Store> {
+        match self.engine {
+            Engine::Sqlite { .. } => self.store.clone(),
+            Engine::Postgres { .. } => store::open(&self.url, &options()).await.unwrap(),
+        }
+    }
+
+    async fn finish(self) {
+        if let Engine::Postgres { admin, database } = self.engine {
+            drop(self.store);
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)"))).execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
+/// The same server URL naming another database (query parameters kept).
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let h = super::Harness::sqlite().await;
+                    super::$test(&h).await;
+                    h.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let h = super::Harness::postgres().await;
+                    super::$test(&h).await;
+                    h.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    created_instances_read_back,
+    a_live_id_is_not_taken_twice,
+    a_leased_instance_is_not_leased_again_until_its_lease_expires,
+    a_stale_token_is_refused_without_harm,
+    a_step_commits_everything_or_nothing_visible,
+    activities_are_leased_completed_and_expire,
+    renewed_leases_do_not_expire,
+    releasing_an_owner_frees_only_its_leases,
+    timers_become_visible_at_their_time,
+    a_release_can_delay_the_next_dispatch,
+    concurrent_lockers_never_share_an_instance,
+    messages_reach_only_live_instances,
+    purge_removes_finished_instances_only,
+    queries_page_in_creation_order,
+    finished_instances_page_in_completion_order,
+    delete_all_empties_the_hub,
+    a_batch_refuses_a_stale_write_alone,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Builders
+
+fn lease(owner: &str, now: Millis) -> Lease<'_> {
+    Lease { owner, now, until: now + LEASE }
+}
+
+async fn create(store: &dyn Store, id: &str, at: Millis) {
+    let spec = StartSpec {
+        instance_id: id.into(),
+        name: "Orchestration".into(),
+        version: None,
+        input: Some("\"in\"".into()),
+        execution_id: format!("{id}-e1"),
+        scheduled_start: None,
+        tags: BTreeMap::from([("team".to_string(), "blue".to_string())]),
+        parent: None,
+        parent_trace_context: None,
+    };
+    store.create_instance(engine::new_instance(spec, at), &[]).await.unwrap();
+}
+
+fn action(id: i32, a: Action) -> OrchestratorAction {
+    OrchestratorAction { id, orchestrator_action_type: Some(a) }
+}
+
+fn schedule_task(id: i32) -> OrchestratorAction {
+    action(id, Action::ScheduleTask(ScheduleTaskAction { name: "Work".into(), input: Some(format!("{id}")), ..Default::default() }))
+}
+
+fn create_timer(id: i32, fire_at: Millis) -> OrchestratorAction {
+    action(id, Action::CreateTimer(CreateTimerAction { fire_at: Some(to_timestamp(fire_at)) }))
+}
+
+fn complete(id: i32, output: &str) -> OrchestratorAction {
+    action(
+        id,
+        Action::CompleteOrchestration(CompleteOrchestrationAction {
+            orchestration_status: OrchestrationStatus::Completed as i32,
+            result: Some(output.into()),
+            ..Default::default()
+        }),
+    )
+}
+
+/// Runs one orchestration step the way the dispatcher does: prepare, apply the actions, commit.
+async fn step(store: &dyn Store, item: LockedOrchestration, actions: Vec<OrchestratorAction>, now: Millis) -> Result<Vec<String>, StoreError> {
+    let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, now) else {
+        panic!("{} has nothing to run", item.instance.instance_id);
+    };
+    let mut n = 0;
+    let commit: Commit =
+        engine::apply(&item.instance, &item.history, &new_events, Response { actions, ..Default::default() }, now, &mut || {
+            n += 1;
+            format!("new-{n}")
+        });
+    store.commit_orchestration(&item.token, &consumed, commit, now).await
+}
+
+async fn lock_one(store: &dyn Store, owner: &str, now: Millis) -> LockedOrchestration {
+    let mut items = store.lock_orchestrations(&lease(owner, now), 10).await.unwrap();
+    assert_eq!(items.len(), 1, "expected exactly one orchestration work item");
+    items.pop().unwrap()
+}
+
+async fn lock_ids(store: &dyn Store, owner: &str, now: Millis) -> Vec<String> {
+    let items = store.lock_orchestrations(&lease(owner, now), 100).await.unwrap();
+    let mut ids: Vec<String> = items.into_iter().map(|i| i.instance.instance_id).collect();
+    ids.sort();
+    ids
+}
+
+fn kinds(history: &[HistoryEvent]) -> Vec<&'static str> {
+    history.iter().map(outrigger::engine::events::kind_name).collect()
+}
+
+/// Runs an instance to completion in one step.
+async fn run_to_completion(store: &dyn Store, id: &str, at: Millis) {
+    create(store, id, at).await;
+    let item = lock_one(store, "w", at).await;
+    step(store, item, vec![complete(0, "\"done\"")], at).await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+async fn created_instances_read_back(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let got = s.get_instance("a").await.unwrap().expect("instance a");
+    assert_eq!(got.status, OrchestrationStatus::Pending);
+    assert_eq!(got.name, "Orchestration");
+    assert_eq!(got.input.as_deref(), Some("\"in\""));
+    assert_eq!(got.tags.get("team").map(String::as_str), Some("blue"));
+    assert_eq!(got.created_at, T0);
+    assert!(s.history("a").await.unwrap().is_empty());
+    assert!(s.get_instance("missing").await.unwrap().is_none());
+
+    let item = lock_one(s, "w", T0).await;
+    assert_eq!(item.instance, got);
+    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["ExecutionStarted"]);
+}
+
+async fn a_live_id_is_not_taken_twice(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let spec = |input: &str| StartSpec {
+        instance_id: "a".into(),
+        name: "Other".into(),
+        version: None,
+        input: Some(input.into()),
+        execution_id: "e2".into(),
+        scheduled_start: None,
+        tags: BTreeMap::new(),
+        parent: None,
+        parent_trace_context: None,
+    };
+    let again = s.create_instance(engine::new_instance(spec("1"), T0), &[OrchestrationStatus::Completed]).await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(..))), "{again:?}");
+    assert_eq!(s.get_instance("a").await.unwrap().unwrap().name, "Orchestration");
+
+    // A status the caller allows replacing is replaced, history, inbox and all.
+    s.create_instance(engine::new_instance(spec("2"), T0 + 1), &[OrchestrationStatus::Pending]).await.unwrap();
+    let got = s.get_instance("a").await.unwrap().unwrap();
+    assert_eq!((got.name.as_str(), got.execution_id.as_str()), ("Other", "e2"));
+    let item = lock_one(s, "w", T0 + 1).await;
+    assert_eq!(item.inbox.len(), 1, "the replaced instance's start message is gone");
+}
+
+async fn a_leased_instance_is_not_leased_again_until_its_lease_expires(h: &Harness) {
+    let (s, peer) = (&*h.store, h.peer().await);
+    create(s, "a", T0).await;
+    let first = lock_one(s, "one", T0).await;
+    assert!(lock_ids(&*peer, "two", T0 + 1).await.is_empty(), "held by 'one'");
+    assert!(lock_ids(&*peer, "two", T0 + LEASE - 1).await.is_empty(), "still held just before expiry");
+
+    // Expired: another sidecar takes it over with a fresh token.
+    let second = lock_one(&*peer, "two", T0 + LEASE).await;
+    assert_ne!(first.token, second.token);
+    let late = step(s, first, vec![complete(0, "\"one\"")], T0 + LEASE + 1).await;
+    assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
+    step(&*peer, second, vec![complete(0, "\"two\"")], T0 + LEASE + 2).await.unwrap();
+    let got = s.get_instance("a").await.unwrap().unwrap();
+    assert_eq!((got.status, got.output.as_deref()), (OrchestrationStatus::Completed, Some("\"two\"")));
+    assert_eq!(kinds(&s.history("a").await.unwrap()).iter().filter(|k| **k == "ExecutionStarted").count(), 1);
+}
+
+async fn a_stale_token_is_refused_without_harm(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let mut item = lock_one(s, "w", T0).await;
+    let real = std::mem::replace(&mut item.token, "not-a-token".into());
+    let refused = step(s, item, vec![schedule_task(0)], T0).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    assert!(s.history("a").await.unwrap().is_empty(), "nothing written");
+    assert!(s.lock_activities(&lease("w", T0), 10).await.unwrap().is_empty(), "no activity queued");
+    assert!(matches!(s.release_orchestration("a", "not-a-token", &[], 0).await, Err(StoreError::LeaseLost)));
+
+    // The real token still works, and finds its inbox intact.
+    s.release_orchestration("a", &real, &[], 0).await.unwrap();
+    let item = lock_one(s, "w", T0 + 1).await;
+    assert_eq!(item.inbox.len(), 1);
+}
+
+async fn a_step_commits_everything_or_nothing_visible(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let item = lock_one(s, "w", T0).await;
+    let changed = step(s, item, vec![schedule_task(0), schedule_task(1)], T0 + 1).await.unwrap();
+    assert_eq!(changed, ["a"]);
+    assert_eq!(kinds(&s.history("a").await.unwrap()), ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "TaskScheduled", "OrchestratorCompleted"]);
+    assert_eq!(s.get_instance("a").await.unwrap().unwrap().status, OrchestrationStatus::Running);
+    assert!(lock_ids(s, "w", T0 + 2).await.is_empty(), "the start message was consumed");
+
+    let activities = s.lock_activities(&lease("w", T0 + 2), 10).await.unwrap();
+    let task_ids: Vec<i32> = activities.iter().map(|a| a.task.request.task_id).collect();
+    assert_eq!(task_ids, [0, 1]);
+    for a in activities {
+        let result = engine::events::task_result(T0 + 3, a.task.request.task_id, Some("\"ok\"".into()), None);
+        s.complete_activity(a.id, &a.token, result, T0 + 3).await.unwrap();
+    }
+    let item = lock_one(s, "w", T0 + 4).await;
+    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["TaskCompleted", "TaskCompleted"]);
+    assert_eq!(item.history.len(), 5);
+    step(s, item, vec![complete(2, "\"all\"")], T0 + 5).await.unwrap();
+    let got = s.get_instance("a").await.unwrap().unwrap();
+    assert_eq!((got.status, got.completed_at), (OrchestrationStatus::Completed, Some(T0 + 5)));
+    assert!(lock_ids(s, "w", T0 + 6).await.is_empty());
+}
+
+async fn activities_are_leased_completed_and_expire(h: &Harness) {
+    let (s, peer) = (&*h.store, h.peer().await);
+    create(s, "a", T0).await;
+    let item = lock_one(s, "w", T0).await;
+    step(s, item, vec![schedule_task(0)], T0).await.unwrap();
+
+    let first = s.lock_activities(&lease("one", T0), 10).await.unwrap().pop().expect("one activity");
+    assert!(peer.lock_activities(&lease("two", T0 + LEASE - 1), 10).await.unwrap().is_empty());
+    let second = peer.lock_activities(&lease("two", T0 + LEASE), 10).await.unwrap().pop().expect("expired lease taken over");
+    assert_eq!(first.id, second.id);
+    let result = |at| engine::events::task_result(at, 0, Some("\"ok\"".into()), None);
+    assert!(matches!(s.complete_activity(first.id, &first.token, result(T0), T0 + LEASE).await, Err(StoreError::LeaseLost)));
+    assert!(matches!(s.release_activity(first.id, &first.token, T0).await, Err(StoreError::LeaseLost)));
+
+    // Released with a back-off: invisible until then.
+    peer.release_activity(second.id, &second.token, T0 + LEASE + 500).await.unwrap();
+    assert!(s.lock_activities(&lease("one", T0 + LEASE + 499), 10).await.unwrap().is_empty());
+    assert_eq!(s.next_due(T0 + LEASE).await.unwrap(), Some(T0 + LEASE + 500));
+    let third = s.lock_activities(&lease("one", T0 + LEASE + 500), 10).await.unwrap().pop().expect("visible again");
+    s.complete_activity(third.id, &third.token, result(T0 + LEASE + 501), T0 + LEASE + 501).await.unwrap();
+    assert!(matches!(s.complete_activity(third.id, &third.token, result(T0), T0).await, Err(StoreError::LeaseLost)), "completes once");
+    let item = lock_one(s, "w", T0 + LEASE + 502).await;
+    assert_eq!(item.inbox.len(), 1, "exactly one result queued");
+}
+
+async fn renewed_leases_do_not_expire(h: &Harness) {
+    let (s, peer) = (&*h.store, h.peer().await);
+    create(s, "a", T0).await;
+    create(s, "b", T0).await;
+    let items = s.lock_orchestrations(&lease("one", T0), 10).await.unwrap();
+    let a = items.iter().find(|i| i.instance.instance_id == "a").unwrap();
+    s.renew_leases(std::slice::from_ref(&a.token), T0 + 3 * LEASE).await.unwrap();
+    assert_eq!(lock_ids(&*peer, "two", T0 + LEASE).await, ["b"], "only the lease that was not renewed expired");
+    assert_eq!(lock_ids(&*peer, "two", T0 + 3 * LEASE - 1).await, ["b"], "'a' is held until its renewed expiry");
+    assert_eq!(lock_ids(&*peer, "two", T0 + 3 * LEASE).await, ["a"]);
+}
+
+async fn releasing_an_owner_frees_only_its_leases(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    create(s, "b", T0).await;
+    let _a = s.lock_orchestrations(&lease("one", T0), 1).await.unwrap();
+    let _b = s.lock_orchestrations(&lease("two", T0), 1).await.unwrap();
+    assert!(lock_ids(s, "three", T0).await.is_empty());
+    s.release_all(Some("one")).await.unwrap();
+    let freed = lock_ids(s, "three", T0 + 1).await;
+    assert_eq!(freed.len(), 1);
+    assert!(lock_ids(s, "three", T0 + 2).await.is_empty(), "'two' still holds the other");
+}
+
+async fn timers_become_visible_at_their_time(h: &Harness) {
+    let (s, peer) = (&*h.store, h.peer().await);
+    create(s, "a", T0).await;
+    let item = lock_one(s, "w", T0).await;
+    step(s, item, vec![create_timer(0, T0 + 5_000)], T0).await.unwrap();
+    assert_eq!(peer.next_due(T0).await.unwrap(), Some(T0 + 5_000));
+    assert!(lock_ids(&*peer, "w", T0 + 4_999).await.is_empty(), "not before its time");
+    let item = lock_one(&*peer, "w", T0 + 5_000).await;
+    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["TimerFired"]);
+    step(&*peer, item, vec![complete(1, "\"late\"")], T0 + 5_001).await.unwrap();
+    assert!(lock_ids(s, "w", T0 + 10_000).await.is_empty(), "fired once");
+    assert_eq!(s.next_due(T0 + 5_001).await.unwrap(), None);
+}
+
+async fn a_release_can_delay_the_next_dispatch(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let item = lock_one(s, "w", T0).await;
+    s.release_orchestration("a", &item.token, &[], T0 + 1_000).await.unwrap();
+    assert!(lock_ids(s, "w", T0 + 999).await.is_empty());
+    assert_eq!(s.next_due(T0).await.unwrap(), Some(T0 + 1_000));
+    let item = lock_one(s, "w", T0 + 1_000).await;
+    let consumed: Vec<i64> = item.inbox.iter().map(|(id, _)| *id).collect();
+    s.release_orchestration("a", &item.token, &consumed, 0).await.unwrap();
+    assert!(lock_ids(s, "w", T0 + 2_000).await.is_empty(), "consumed messages are gone");
+}
+
+async fn concurrent_lockers_never_share_an_instance(h: &Harness) {
+    let ids: Vec<String> = (0..60).map(|i| format!("i{i:02}")).collect();
+    for id in &ids {
+        create(&*h.store, id, T0).await;
+    }
+    let mut lockers = vec![];
+    for n in 0..6 {
+        let store = if n % 2 == 0 { h.store.clone() } else { h.peer().await };
+        lockers.push(tokio::spawn(async move {
+            let owner = format!("locker-{n}");
+            let mut mine = vec![];
+            loop {
+                let items = store.lock_orchestrations(&lease(&owner, T0), 7).await.unwrap();
+                if items.is_empty() {
+                    return mine;
+                }
+                mine.extend(items.into_iter().map(|i| i.instance.instance_id));
+            }
+        }));
+    }
+    let mut all = vec![];
+    for l in lockers {
+        all.extend(l.await.unwrap());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an instance was leased twice: {all:?}");
+    assert_eq!(all.len(), ids.len(), "every instance was leased");
+}
+
+async fn messages_reach_only_live_instances(h: &Harness) {
+    let s = &*h.store;
+    let raised = |to: &str, execution: Option<&str>| Message {
+        instance_id: to.into(),
+        execution_id: execution.map(str::to_string),
+        event: engine::events::event_raised(T0, "Approval".into(), Some("true".into())),
+        visible_at: T0,
+        priority: Message::NORMAL,
+    };
+    assert_eq!(s.send(raised("nobody", None)).await.unwrap(), Delivery::Unknown);
+    run_to_completion(s, "done", T0).await;
+    assert_eq!(s.send(raised("done", None)).await.unwrap(), Delivery::Finished);
+    create(s, "live", T0).await;
+    assert_eq!(s.send(raised("live", Some("old-execution"))).await.unwrap(), Delivery::Finished);
+    assert_eq!(s.send(raised("live", None)).await.unwrap(), Delivery::Queued);
+    let item = lock_one(s, "w", T0 + 1).await;
+    assert_eq!(item.instance.instance_id, "live");
+    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["ExecutionStarted", "EventRaised"]);
+}
+
+async fn purge_removes_finished_instances_only(h: &Harness) {
+    let s = &*h.store;
+    run_to_completion(s, "done", T0).await;
+    create(s, "live", T0).await;
+    assert_eq!(s.purge("live", false).await.unwrap(), Purge::NotFinished(OrchestrationStatus::Pending));
+    assert_eq!(s.purge("done", false).await.unwrap(), Purge::Deleted(1));
+    assert!(s.get_instance("done").await.unwrap().is_none());
+    assert!(s.history("done").await.unwrap().is_empty());
+    assert_eq!(s.purge("done", false).await.unwrap(), Purge::Deleted(0));
+    assert!(s.get_instance("live").await.unwrap().is_some());
+}
+
+async fn queries_page_in_creation_order(h: &Harness) {
+    let s = &*h.store;
+    for i in 0..25 {
+        create(s, &format!("order-{i:02}"), T0 + i).await;
+    }
+    create(s, "other", T0 + 100).await;
+    let mut seen = vec![];
+    let mut after = None;
+    loop {
+        let filter = InstanceFilter { id_prefix: Some("order-".into()), after: after.clone(), limit: 10, ..Default::default() };
+        let page = s.query(&filter).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        after = page.last().map(|i| (i.created_at, i.instance_id.clone()));
+        seen.extend(page.into_iter().map(|i| i.instance_id));
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("order-{i:02}")).collect();
+    assert_eq!(seen, expected);
+
+    let window = InstanceFilter { created_from: Some(T0 + 5), created_to: Some(T0 + 7), limit: 100, ..Default::default() };
+    assert_eq!(s.query(&window).await.unwrap().len(), 3);
+    let running = InstanceFilter { statuses: vec![OrchestrationStatus::Running], limit: 100, ..Default::default() };
+    assert!(s.query(&running).await.unwrap().is_empty());
+    let pending = InstanceFilter { statuses: vec![OrchestrationStatus::Pending], limit: 100, ..Default::default() };
+    assert_eq!(s.query(&pending).await.unwrap().len(), 26);
+}
+
+async fn finished_instances_page_in_completion_order(h: &Harness) {
+    let s = &*h.store;
+    for i in 0..5 {
+        run_to_completion(s, &format!("f{i}"), T0 + 10 - i).await;
+    }
+    create(s, "live", T0).await;
+    let all = s.finished(&FinishedFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids, ["f4", "f3", "f2", "f1", "f0"], "by completion time, live ones left out");
+    let page = s.finished(&FinishedFilter { after: Some(all[1].clone()), limit: 2, ..Default::default() }).await.unwrap();
+    assert_eq!(page.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), ["f2", "f1"]);
+    let none = FinishedFilter { statuses: vec![OrchestrationStatus::Failed], limit: 100, ..Default::default() };
+    assert!(s.finished(&none).await.unwrap().is_empty());
+}
+
+async fn delete_all_empties_the_hub(h: &Harness) {
+    let s = &*h.store;
+    run_to_completion(s, "done", T0).await;
+    create(s, "live", T0).await;
+    s.delete_all().await.unwrap();
+    assert!(s.query(&InstanceFilter { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+    assert!(lock_ids(s, "w", T0).await.is_empty());
+    assert!(s.history("done").await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Postgres only: what makes several sidecars on one database work.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commits_notify_other_sidecars() {
+    let h = Harness::postgres().await;
+    let peer = h.peer().await;
+    let mut changes = peer.remote_changes().expect("a shared store reports remote changes");
+    let mut own = h.store.remote_changes().unwrap();
+    create(&*h.store, "a", T0).await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv()).await.expect("a notification").unwrap();
+    assert_eq!(got, Change::Instances(vec!["a".into()]));
+    let item = lock_one(&*peer, "w", T0).await;
+    step(&*peer, item, vec![schedule_task(0)], T0).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), own.recv()).await.expect("a notification").unwrap();
+    assert_eq!(got, Change::Instances(vec!["a".into()]), "the first store hears the peer's commit, not its own create");
+    drop(peer);
+    h.finish().await;
+}
+
+#[test]
+fn database_urls_swap_only_the_database() {
+    assert_eq!(with_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
+    assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
+    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+}
+
+async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
+    let s = &*h.store;
+    for id in ["a", "b"] {
+        create(s, id, T0).await;
+    }
+    let mut writes = vec![];
+    for item in s.lock_orchestrations(&lease("w", T0), 10).await.unwrap() {
+        let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, T0) else { panic!() };
+        let response = Response { actions: vec![schedule_task(0)], ..Default::default() };
+        let commit = engine::apply(&item.instance, &item.history, &new_events, response, T0, &mut || "x".into());
+        let token = if item.instance.instance_id == "a" { "stale".to_string() } else { item.token };
+        writes.push(Write::Step { token, consumed, commit, now: T0 });
+    }
+    writes.sort_by_key(|w| match w {
+        Write::Step { commit, .. } => commit.instance.instance_id.clone(),
+        Write::ActivityResult { .. } => unreachable!(),
+    });
+    let results = s.write(writes).await.unwrap();
+    assert!(matches!(results[0], Err(StoreError::LeaseLost)), "{:?}", results[0]);
+    assert_eq!(results[1].as_ref().unwrap(), &["b"]);
+    assert!(s.history("a").await.unwrap().is_empty(), "the stale write wrote nothing");
+    assert_eq!(s.history("b").await.unwrap().len(), 4);
+    let activities = s.lock_activities(&lease("w", T0), 10).await.unwrap();
+    assert_eq!(activities.iter().map(|a| a.task.instance_id.as_str()).collect::<Vec<_>>(), ["b"]);
+}

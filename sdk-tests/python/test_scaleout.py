@@ -10,10 +10,10 @@ orchestrations run through them: nothing is lost, nothing is recorded twice.
 - afterwards every instance's output is checked and its history read back: each task, timer and
   sub-orchestration has exactly one result, ExecutionStarted and the completion appear once.
 
-Takeover time, as measured here: an activity that had started on the worker of a sidecar that is
-then killed cannot report its result (the sidecar is gone), and its lease keeps it from everyone
-else until it expires. The time from the SIGKILL to the moment the same activity (instance id,
-task id) starts again on a worker of a live sidecar is the takeover time. It is printed at the end
+Takeover time, as measured here: an activity still running on the worker of a sidecar when that
+sidecar is killed cannot report its result (the sidecar is gone), and its lease keeps it from
+everyone else until it expires. The time from the SIGKILL to the moment the same activity
+(instance id, task id) starts again on a worker of a live sidecar is the takeover time. It is printed at the end
 of the run and written to .results/scaleout.json (and to the test's tmp dir).
 """
 
@@ -91,7 +91,8 @@ class Execution:
     worker: str
     instance_id: str
     task_id: int
-    started: float  # time.monotonic()
+    started: float                 # time.monotonic()
+    finished: float | None = None  # when the function returned; its result is reported after
 
 
 class Recorder:
@@ -101,20 +102,27 @@ class Recorder:
         self._lock = threading.Lock()
         self.executions: list[Execution] = []
 
-    def started(self, worker: str, ctx: task.ActivityContext) -> None:
+    def started(self, worker: str, ctx: task.ActivityContext) -> Execution:
+        execution = Execution(worker, ctx.orchestration_id, ctx.task_id, time.monotonic())
         with self._lock:
-            self.executions.append(Execution(worker, ctx.orchestration_id, ctx.task_id, time.monotonic()))
+            self.executions.append(execution)
+        return execution
+
+    def finished(self, execution: Execution) -> None:
+        with self._lock:
+            execution.finished = time.monotonic()
 
     def snapshot(self) -> list[Execution]:
         with self._lock:
-            return list(self.executions)
+            return [Execution(**vars(e)) for e in self.executions]
 
 
 def start_worker(address: str, name: str, recorder: Recorder) -> TaskHubGrpcWorker:
     # One activity function per worker, so that each execution is recorded with where it ran.
     def scale_step(ctx: task.ActivityContext, n: int) -> int:
-        recorder.started(name, ctx)
+        execution = recorder.started(name, ctx)
         time.sleep(work_seconds(n))
+        recorder.finished(execution)
         return step(n)
 
     worker = new_worker(address, name, quick_reconnect=True, concurrency=32)
@@ -203,6 +211,7 @@ class Chaos:
             except SidecarError:
                 if time.monotonic() > deadline:
                     raise
+                time.sleep(0.2)  # retry interval
 
 
 # ---------------------------------------------------------------- client calls through sidecar C
@@ -260,8 +269,12 @@ def wait_completed(chaos: Chaos, client: TaskHubGrpcClient, iid: str, deadline: 
 
 def takeover_samples(kills: list[Kill], executions: list[Execution], workers: dict[str, str]
                      ) -> list[dict[str, Any]]:
-    """For each kill of a worker's sidecar: the activities that had started on that worker since
-    the sidecar last came up and ran again after the kill; seconds from the kill to the rerun."""
+    """For each kill of a worker's sidecar: the activities running on that worker at the kill
+    (started since the sidecar last came up, returned after the kill, so their result went to
+    a dead sidecar) that ran again; seconds from the kill to the rerun's start.
+
+    Activities that returned before the kill are left out even when they ran again: their
+    result may have been refused for another reason, which is no takeover."""
     samples = []
     for i, kill in enumerate(kills):
         worker = workers.get(kill.victim)
@@ -269,7 +282,8 @@ def takeover_samples(kills: list[Kill], executions: list[Execution], workers: di
             continue  # the client's sidecar holds no work items
         since = max((k.back_at for k in kills[:i] if k.victim == kill.victim), default=0.0)
         before = {(e.instance_id, e.task_id) for e in executions
-                  if e.worker == worker and since <= e.started < kill.at}
+                  if e.worker == worker and since <= e.started < kill.at
+                  and e.finished is not None and e.finished >= kill.at}
         reruns: dict[tuple[str, int], Execution] = {}
         for e in executions:
             key = (e.instance_id, e.task_id)
@@ -373,7 +387,8 @@ def takeover_report(seed: int, chaos: Chaos, began: float, samples: list[dict[st
 
     def stats(seconds: list[float]) -> dict[str, Any]:
         return {"samples": len(seconds), "min": min(seconds, default=None),
-                "median": statistics.median(seconds) if seconds else None, "max": max(seconds, default=None)}
+                "median": round(statistics.median(seconds), 3) if seconds else None,
+                "max": max(seconds, default=None)}
 
     return {
         "seed": seed,
@@ -383,8 +398,8 @@ def takeover_report(seed: int, chaos: Chaos, began: float, samples: list[dict[st
         "kills": [{"victim": k.victim, "at_seconds": round(k.at - began, 3),
                    "down_seconds": round(k.back_at - k.at, 3)} for k in chaos.kills],
         "client_retries": chaos.client_retries,
-        "takeover_definition": "SIGKILL of a sidecar -> the same activity (instance id, task id) that had "
-                               "started on its worker starts again on a worker of a live sidecar",
+        "takeover_definition": "SIGKILL of a sidecar -> an activity that was running on its worker at the "
+                               "kill (same instance id, task id) starts again on a worker of a live sidecar",
         "takeover_seconds": {
             **stats([s["seconds"] for s in samples]),
             "first_per_kill": list(first_per_kill.values()),

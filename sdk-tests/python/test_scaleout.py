@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import threading
@@ -363,6 +364,7 @@ def test_three_sidecars_survive_sigkills(tmp_path: Path):
 
         samples = takeover_samples(chaos.kills, recorder.snapshot(), workers_of)
         report = takeover_report(seed, chaos, began, samples, run_seconds)
+        report["sidecar_warnings"] = warnings_in([sc.log_path for sc in sidecars.values()])
         write_report(report, tmp_path)
 
         worker_kills = [k for k in chaos.kills if k.victim in workers_of]
@@ -410,6 +412,22 @@ def takeover_report(seed: int, chaos: Chaos, began: float, samples: list[dict[st
     }
 
 
+def warnings_in(logs: list[Path]) -> dict[str, int]:
+    """WARN and ERROR lines the sidecars logged, by message: expected ones (a worker's answer
+    to a killed sidecar) and any that deserve a look, for the report."""
+    counts: dict[str, int] = {}
+    for log in logs:
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split(maxsplit=3)
+            if len(parts) == 4 and parts[1] in ("WARN", "ERROR"):
+                message = re.split(r" (?:error|instance_id|db\.statement)=", parts[3])[0][:120]
+                key = f"{parts[1]} {parts[2]} {message}"
+                if "deadlock detected" in line:
+                    key += " (deadlock detected)"
+                counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def write_report(report: dict[str, Any], tmp_path: Path) -> None:
     text = json.dumps(report, indent=2)
     (tmp_path / "scaleout.json").write_text(text)
@@ -422,6 +440,7 @@ def write_report(report: dict[str, Any], tmp_path: Path) -> None:
             f"takeover after kill -9: min {t['min']} s, median {t['median']} s, max {t['max']} s "
             f"over {t['samples']} activities ({t['by_survivor']['samples']} rerun by the surviving sidecar: "
             f"median {t['by_survivor']['median']} s); first per kill {t['first_per_kill']}; "
+            f"{sum(report['sidecar_warnings'].values())} sidecar WARN/ERROR lines; "
             f"details in {RESULTS_DIR / 'scaleout.json'}")
     print(line)
     SUMMARY.append(line)

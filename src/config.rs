@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::telemetry::{self, Protocol, SamplerKind};
+
 /// Outrigger: a Durable Task sidecar. Point any Durable Task SDK's client and worker at it
 /// (their default address, localhost:4001, works out of the box).
 #[derive(Debug, Clone, Parser)]
@@ -43,6 +45,68 @@ pub struct Config {
     /// Largest gRPC message accepted or sent, in MiB.
     #[arg(long, env = "OUTRIGGER_MAX_MESSAGE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_message_mib: u64,
+
+    /// OTLP collector to export traces to, e.g. http://localhost:4318 (HTTP) or
+    /// http://localhost:4317 (gRPC). No traces are exported when neither endpoint is set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", help_heading = "Tracing")]
+    pub otel_endpoint: Option<String>,
+
+    /// Full URL for traces, used as is (over HTTP, --otel-endpoint gets /v1/traces appended).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", help_heading = "Tracing")]
+    pub otel_traces_endpoint: Option<String>,
+
+    /// OTLP transport.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf, help_heading = "Tracing")]
+    pub otel_protocol: OtlpProtocol,
+
+    /// service.name of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "outrigger", help_heading = "Tracing")]
+    pub otel_service_name: String,
+
+    /// Which traces are recorded.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_enum, default_value_t = TraceSampler::ParentbasedAlwaysOn, help_heading = "Tracing")]
+    pub otel_traces_sampler: TraceSampler,
+
+    /// The ratio for the traceidratio samplers, 0.0 to 1.0.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0, value_parser = ratio, help_heading = "Tracing")]
+    pub otel_traces_sampler_arg: f64,
+
+    /// Extra resource attributes of the exported spans: key=value,key=value.
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", value_parser = resource_attributes, help_heading = "Tracing")]
+    pub otel_resource_attributes: Option<String>,
+
+    /// A server span for each client RPC (StartInstance, RaiseEvent, ...).
+    #[arg(long, env = "OUTRIGGER_OTEL_RPC_SPANS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Tracing")]
+    pub otel_rpc_spans: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum TraceSampler {
+    AlwaysOn,
+    AlwaysOff,
+    Traceidratio,
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
+    ParentbasedTraceidratio,
+}
+
+fn ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("'{text}' is not a ratio between 0.0 and 1.0")),
+    }
+}
+
+fn resource_attributes(text: &str) -> Result<String, String> {
+    telemetry::parse_attributes(text).map(|_| text.to_string())
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -78,6 +142,36 @@ impl Config {
     pub fn max_message_bytes(&self) -> usize {
         (self.max_message_mib as usize) << 20
     }
+
+    /// Trace export settings, or `None` when no endpoint is configured.
+    pub fn telemetry(&self) -> Option<telemetry::Settings> {
+        let endpoint = self.otel_endpoint.clone().filter(|e| !e.is_empty());
+        let traces_endpoint = self.otel_traces_endpoint.clone().filter(|e| !e.is_empty());
+        if endpoint.is_none() && traces_endpoint.is_none() {
+            return None;
+        }
+        let protocol = match self.otel_protocol {
+            OtlpProtocol::Grpc => Protocol::Grpc,
+            OtlpProtocol::HttpProtobuf => Protocol::HttpProtobuf,
+        };
+        let r = self.otel_traces_sampler_arg;
+        let sampler = match self.otel_traces_sampler {
+            TraceSampler::AlwaysOn => SamplerKind::AlwaysOn,
+            TraceSampler::AlwaysOff => SamplerKind::AlwaysOff,
+            TraceSampler::Traceidratio => SamplerKind::TraceIdRatio(r),
+            TraceSampler::ParentbasedAlwaysOn => SamplerKind::ParentBasedAlwaysOn,
+            TraceSampler::ParentbasedAlwaysOff => SamplerKind::ParentBasedAlwaysOff,
+            TraceSampler::ParentbasedTraceidratio => SamplerKind::ParentBasedTraceIdRatio(r),
+        };
+        Some(telemetry::Settings {
+            traces_endpoint,
+            service_name: self.otel_service_name.clone(),
+            sampler,
+            resource_attributes: self.otel_resource_attributes.clone(),
+            rpc_spans: self.otel_rpc_spans,
+            ..telemetry::Settings::new(endpoint.unwrap_or_default(), protocol)
+        })
+    }
 }
 
 /// A database URL safe to log: any password is masked.
@@ -97,6 +191,28 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_and_reads_the_standard_names() {
+        let config = Config::try_parse_from(["outrigger"]).unwrap();
+        assert!(config.telemetry().is_none());
+        let config = Config::try_parse_from([
+            "outrigger",
+            "--otel-endpoint=http://collector:4317",
+            "--otel-protocol=grpc",
+            "--otel-traces-sampler=parentbased_traceidratio",
+            "--otel-traces-sampler-arg=0.25",
+            "--otel-rpc-spans=false",
+        ])
+        .unwrap();
+        let settings = config.telemetry().expect("enabled");
+        assert_eq!(settings.endpoint, "http://collector:4317");
+        assert_eq!(settings.protocol, Protocol::Grpc);
+        assert_eq!(settings.sampler, SamplerKind::ParentBasedTraceIdRatio(0.25));
+        assert!(!settings.rpc_spans);
+        assert!(Config::try_parse_from(["outrigger", "--otel-protocol=http/json"]).is_err());
+        assert!(Config::try_parse_from(["outrigger", "--otel-traces-sampler-arg=2"]).is_err());
+    }
 
     #[test]
     fn redacts_passwords_only() {

@@ -18,6 +18,7 @@ use crate::model::Instance;
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
 use crate::store::{Batcher, Change, Lease, LockedActivity, LockedOrchestration, Store, StoreError, Write};
+use crate::telemetry::Telemetry;
 use crate::time::{self, Millis};
 
 /// Tunables of the dispatch loop.
@@ -160,6 +161,7 @@ pub struct Dispatcher {
     state: Mutex<State>,
     wake: Notify,
     pub watchers: Watchers,
+    pub telemetry: Telemetry,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -177,9 +179,18 @@ fn stale(token: &str) -> Status {
 
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, settings: Settings) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, settings: Settings, telemetry: Telemetry) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        Arc::new(Dispatcher { batcher: Batcher::new(store.clone()), store, settings, owner, state: Mutex::default(), wake: Notify::new(), watchers: Watchers::default() })
+        Arc::new(Dispatcher {
+            batcher: Batcher::new(store.clone()),
+            store,
+            settings,
+            owner,
+            state: Mutex::default(),
+            wake: Notify::new(),
+            watchers: Watchers::default(),
+            telemetry,
+        })
     }
 
     /// Tells the loop that new work may be due (after any commit).
@@ -495,13 +506,17 @@ impl Dispatcher {
             trace_context: response.orchestration_trace_context,
         };
         let now = time::now();
-        let commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || uuid::Uuid::new_v4().simple().to_string());
+        let mut commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || uuid::Uuid::new_v4().simple().to_string());
+        // Tracing: marks trace contexts in the commit, emits the step's spans once it is stored.
+        let spans = self.telemetry.step(&held.instance, &held.history, &held.new_events, &mut commit, now);
         match self.batcher.write(Write::Step { token: token.clone(), consumed: held.consumed, commit, now }).await {
             Ok(changed) => {
+                spans.committed();
                 self.changed(&changed);
                 Ok(())
             }
             Err(e) => {
+                spans.failed(&e);
                 warn!(instance_id = %id, error = %e, "orchestration step not committed");
                 if !matches!(e, StoreError::LeaseLost) {
                     self.release(&id, &token).await;

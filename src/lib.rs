@@ -6,6 +6,7 @@
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`store`]: durable state behind one trait (SQLite).
+//! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
 //! - [`server`]: wires the pieces together and serves until shutdown.
 
 pub mod config;
@@ -15,6 +16,7 @@ pub mod grpc;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 
 /// Types generated from `proto/orchestrator_service.proto`.

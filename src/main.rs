@@ -9,6 +9,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use outrigger::config::{self, Command, Config, LogFormat};
+use outrigger::telemetry::Telemetry;
 use outrigger::{dispatch, server, store};
 
 /// Exit code for unusable configuration (BSD EX_USAGE), as sidecar supervisors expect.
@@ -94,11 +95,28 @@ async fn serve(config: Config) -> ExitCode {
             info!("listening addr={addr}");
         }
     }
+    let telemetry = match config.telemetry() {
+        None => Telemetry::disabled(),
+        Some(settings) => match Telemetry::start(&settings) {
+            Ok(t) => {
+                info!(endpoint = %settings.traces_endpoint.as_deref().unwrap_or(&settings.endpoint), protocol = ?settings.protocol, "exporting traces");
+                t
+            }
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+    };
     let options = server::Options {
         dispatch: dispatch::Settings { lease: config.lease(), ..Default::default() },
         max_message_bytes: config.max_message_bytes(),
+        telemetry: telemetry.clone(),
     };
-    match server::run(listeners, store, options, shutdown_signal()).await {
+    let outcome = server::run(listeners, store, options, shutdown_signal()).await;
+    // The last spans are exported before exit; this blocks on the network, so off the runtime.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match outcome {
         Ok(()) => {
             info!("stopped");
             ExitCode::SUCCESS

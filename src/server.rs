@@ -15,6 +15,7 @@ use crate::dispatch::{self, AbortOnDrop, Dispatcher};
 use crate::grpc::Service;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
 use crate::store::Store;
+use crate::telemetry::{RpcLayer, Telemetry};
 
 /// How long in-flight calls may take to finish after shutdown begins.
 const GRACE: Duration = Duration::from_secs(5);
@@ -24,11 +25,12 @@ const GRACE: Duration = Duration::from_secs(5);
 pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
+    pub telemetry: Telemetry,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { dispatch: dispatch::Settings::default(), max_message_bytes: 32 << 20 }
+        Options { dispatch: dispatch::Settings::default(), max_message_bytes: 32 << 20, telemetry: Telemetry::disabled() }
     }
 }
 
@@ -38,7 +40,7 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone());
+    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
     let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone()))
@@ -67,6 +69,7 @@ pub async fn run(
     };
     let serve = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted::<tonic::body::Body>))
+        .layer(RpcLayer::new(options.telemetry.clone()))
         .add_service(health_service)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, graceful);

@@ -50,9 +50,11 @@ def sdk_logger(name: str) -> logging.Logger:
     return logger
 
 
-def start_sidecar(name: str, database: Database, extra_args: Sequence[str] = ()) -> Sidecar:
-    """Start outrigger on a free port, logging to LOG_DIR/<name>.log."""
-    sidecar = Sidecar(database.url, log_path=LOG_DIR / f"{name}.log", extra_args=extra_args)
+def start_sidecar(name: str, database: Database, extra_args: Sequence[str] = (),
+                  env: dict[str, str] | None = None) -> Sidecar:
+    """Start outrigger on a free port, logging to LOG_DIR/<name>.log; `extra_args` are added to
+    its command line, `env` to its environment."""
+    sidecar = Sidecar(database.url, log_path=LOG_DIR / f"{name}.log", extra_args=extra_args, env=env)
     _live_sidecars.append(sidecar)
     return sidecar.start()
 

@@ -49,15 +49,17 @@ def outrigger_binary() -> Path:
 class Sidecar:
     """One outrigger process serving one database (a `sqlite://` or `postgres://` URL).
 
-    `extra_args` are appended to the command line, e.g. ["--lease-seconds", "3"].
+    `extra_args` are appended to the command line, e.g. ["--lease-seconds", "3"]; `env` adds
+    environment variables.
     """
 
     def __init__(self, database_url: str, log_path: Path, binary: Path | None = None,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
         self.database_url = database_url
         self.log_path = Path(log_path)
         self.binary = binary or outrigger_binary()
         self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
         self.address: str | None = None
         self.last_port: int | None = None  # kept across stops, for restarting on the same port
         self.returncode: int | None = None  # of the last process, once it has ended
@@ -88,6 +90,7 @@ class Sidecar:
         ]
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
+        env.update(self.extra_env)
         self._proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,

@@ -7,7 +7,7 @@ use tonic::metadata::MetadataMap;
 
 use super::{Service, status};
 use crate::engine::{self, StartSpec, events};
-use crate::model::{Instance, Message, is_terminal};
+use crate::model::{Instance, Message, NewInstance, is_terminal};
 use crate::proto::*;
 use crate::store::{Delivery, FinishedFilter, InstanceFilter, Purge, Rewind};
 use crate::time::{self, Millis};
@@ -154,9 +154,21 @@ impl Service {
             parent: None,
             parent_trace_context: r.parent_trace_context,
         };
-        self.store.create_instance(engine::new_instance(spec, now), &replaceable).await.map_err(status)?;
-        self.dispatcher.changed([&id]);
+        self.create(engine::new_instance(spec, now), &replaceable, now).await?;
         Ok(CreateInstanceResponse { instance_id: id })
+    }
+
+    /// Stores a new instance, inside its create span when tracing.
+    async fn create(&self, mut new: NewInstance, replaceable: &[OrchestrationStatus], now: Millis) -> Result<(), Status> {
+        let creation = self.dispatcher.telemetry.creating(&mut new, now);
+        let id = new.instance.instance_id.clone();
+        if let Err(e) = self.store.create_instance(new, replaceable).await {
+            creation.failed(&e);
+            return Err(status(e));
+        }
+        drop(creation); // ends the create span: the instance exists
+        self.dispatcher.changed([&id]);
+        Ok(())
     }
 
     pub(super) async fn get(&self, r: GetInstanceRequest) -> Result<GetInstanceResponse, Status> {
@@ -386,8 +398,8 @@ impl Service {
             ..Default::default()
         };
         let replaceable: &[OrchestrationStatus] = if r.restart_with_new_instance_id { &[] } else { &TERMINAL };
-        self.store.create_instance(engine::new_instance(spec, time::now()), replaceable).await.map_err(status)?;
-        self.dispatcher.changed([&new_id]);
+        let now = time::now();
+        self.create(engine::new_instance(spec, now), replaceable, now).await?;
         Ok(RestartInstanceResponse { instance_id: new_id })
     }
 

@@ -2,6 +2,7 @@
 //! time anyway, and a single connection avoids SQLITE_BUSY between our own transactions) and a
 //! small pool of readers, which WAL mode lets run beside the writer.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -180,6 +181,30 @@ async fn deliver(conn: &mut SqliteConnection, m: &Message) -> Result<Delivery> {
     Ok(Delivery::Queued)
 }
 
+/// Adds "{column} IN (?, ?, ...)" binding each of `values`.
+fn push_in<'a>(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, column: &str, values: impl IntoIterator<Item = &'a String>) {
+    q.push(column).push(" IN (");
+    let mut list = q.separated(", ");
+    for v in values {
+        list.push_bind(v.clone());
+    }
+    q.push(")");
+}
+
+async fn delete_messages(conn: &mut SqliteConnection, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::QueryBuilder::new("DELETE FROM inbox WHERE id IN (");
+    let mut list = q.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    q.push(")");
+    q.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Deletes an instance and everything that belongs to it.
 async fn delete_instance(conn: &mut SqliteConnection, id: &str) -> Result<()> {
     for sql in [
@@ -213,15 +238,15 @@ async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWri
             (events, 0)
         }
     };
-    for e in events {
-        sqlx::query("INSERT INTO history (instance_id, seq, event) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(seq)
-            .bind(encode(e))
-            .execute(&mut *conn)
-            .await?;
-        seq += 1;
+    if events.is_empty() {
+        return Ok(());
     }
+    let mut q = sqlx::QueryBuilder::new("INSERT INTO history (instance_id, seq, event) ");
+    q.push_values(events, |mut row, e| {
+        row.push_bind(id.to_string()).push_bind(seq).push_bind(encode(e));
+        seq += 1;
+    });
+    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -262,34 +287,30 @@ async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis)
 /// One orchestration step inside a write batch; nothing is written when the lease is gone.
 async fn step_in(conn: &mut SqliteConnection, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
     let id = commit.instance.instance_id.clone();
-    let held: Option<Option<String>> =
-        sqlx::query_scalar("SELECT lock_token FROM instances WHERE instance_id = ?").bind(&id).fetch_optional(&mut *conn).await?;
-    if held.flatten().as_deref() != Some(token) {
+    let held = sqlx::query(
+        "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE instance_id = ? AND lock_token = ?",
+    )
+    .bind(&id)
+    .bind(token)
+    .execute(&mut *conn)
+    .await?;
+    if held.rows_affected() == 0 {
         return Err(StoreError::LeaseLost);
     }
-    for row in consumed {
-        sqlx::query("DELETE FROM inbox WHERE id = ?").bind(row).execute(&mut *conn).await?;
-    }
+    delete_messages(conn, consumed).await?;
     write_history(conn, &id, &commit.history).await?;
     upsert_instance(conn, &commit.instance, 0).await?;
-    sqlx::query("UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE instance_id = ?")
-        .bind(&id)
-        .execute(&mut *conn)
-        .await?;
     if commit.instance.is_terminal() {
         // Nothing will consume these any more: pending events, timers, queued activities.
         sqlx::query("DELETE FROM inbox WHERE instance_id = ?").bind(&id).execute(&mut *conn).await?;
         sqlx::query("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL").bind(&id).execute(&mut *conn).await?;
     }
-    for a in &commit.activities {
-        sqlx::query("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(&a.instance_id)
-            .bind(&a.execution_id)
-            .bind(a.request.task_id)
-            .bind(encode(&a.request))
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+    if !commit.activities.is_empty() {
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) ");
+        q.push_values(&commit.activities, |mut row, a| {
+            row.push_bind(a.instance_id.clone()).push_bind(a.execution_id.clone()).push_bind(a.request.task_id).push_bind(encode(&a.request)).push_bind(now);
+        });
+        q.build().execute(&mut *conn).await?;
     }
     let mut changed = vec![id.clone()];
     for c in &commit.children {
@@ -320,13 +341,12 @@ async fn step_in(conn: &mut SqliteConnection, token: &str, consumed: &[i64], com
 
 /// One activity result inside a write batch; nothing is written when the lease is gone.
 async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<Vec<String>> {
-    let row = sqlx::query("SELECT instance_id, execution_id FROM activities WHERE id = ? AND lock_token = ?")
+    let row = sqlx::query("DELETE FROM activities WHERE id = ? AND lock_token = ? RETURNING instance_id, execution_id")
         .bind(id)
         .bind(token)
         .fetch_optional(&mut *conn)
         .await?;
     let Some(row) = row else { return Err(StoreError::LeaseLost) };
-    sqlx::query("DELETE FROM activities WHERE id = ?").bind(id).execute(&mut *conn).await?;
     let message = Message {
         instance_id: row.get(0),
         execution_id: Some(row.get(1)),
@@ -441,43 +461,50 @@ impl Store for SqliteStore {
         .bind(i64::from(max))
         .fetch_all(&mut *tx)
         .await?;
-        let mut locked = Vec::with_capacity(ids.len());
-        for id in ids {
-            let token = uuid::Uuid::new_v4().to_string();
-            sqlx::query("UPDATE instances SET lock_token = ?, lock_owner = ?, lock_expires = ? WHERE instance_id = ?")
-                .bind(&token)
-                .bind(lease.owner)
-                .bind(lease.until)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            let instance = load_instance(&mut tx, &id).await?.ok_or_else(|| StoreError::Corrupt(format!("instance {id} vanished")))?;
-            let history = load_history(&mut tx, &id).await?;
-            let rows = sqlx::query(
-                "SELECT id, execution_id, priority, visible_at, event FROM inbox WHERE instance_id = ? AND visible_at <= ? \
-                 ORDER BY priority, id",
-            )
-            .bind(&id)
-            .bind(lease.now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut inbox = Vec::with_capacity(rows.len());
-            for r in rows {
-                inbox.push((
-                    r.get(0),
-                    Message {
-                        instance_id: id.clone(),
-                        execution_id: r.get(1),
-                        priority: r.get(2),
-                        visible_at: r.get(3),
-                        event: decode(r.get::<&[u8], _>(4))?,
-                    },
-                ));
-            }
-            locked.push(LockedOrchestration { token, instance, history, inbox });
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        // The whole batch in four statements: lease (returning the rows), histories, inboxes.
+        let mut q = sqlx::QueryBuilder::new("UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ");
+        q.push_bind(lease.owner).push(", lock_expires = ").push_bind(lease.until);
+        push_in(&mut q, " WHERE instance_id", &ids);
+        q.push(format!(" RETURNING lock_token, {INSTANCE_COLUMNS}"));
+        let mut picked = vec![];
+        for row in q.build().fetch_all(&mut *tx).await? {
+            picked.push((row.try_get::<String, _>("lock_token")?, instance_from_row(&row)?));
+        }
+        let mut q = sqlx::QueryBuilder::new("SELECT instance_id, event FROM history");
+        push_in(&mut q, " WHERE instance_id", &ids);
+        q.push(" ORDER BY instance_id, seq");
+        let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
+        for r in q.build().fetch_all(&mut *tx).await? {
+            histories.entry(r.get(0)).or_default().push(decode(r.get::<&[u8], _>(1))?);
+        }
+        let mut q = sqlx::QueryBuilder::new("SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox");
+        push_in(&mut q, " WHERE instance_id", &ids);
+        q.push(" AND visible_at <= ").push_bind(lease.now).push(" ORDER BY priority, id");
+        let mut inboxes: HashMap<String, Vec<(i64, Message)>> = HashMap::new();
+        for r in q.build().fetch_all(&mut *tx).await? {
+            let instance_id: String = r.get(1);
+            let message = Message {
+                instance_id: instance_id.clone(),
+                execution_id: r.get(2),
+                priority: r.get(3),
+                visible_at: r.get(4),
+                event: decode(r.get::<&[u8], _>(5))?,
+            };
+            inboxes.entry(instance_id).or_default().push((r.get(0), message));
         }
         tx.commit().await?;
-        Ok(locked)
+        Ok(picked
+            .into_iter()
+            .map(|(token, instance)| LockedOrchestration {
+                token,
+                history: histories.remove(&instance.instance_id).unwrap_or_default(),
+                inbox: inboxes.remove(&instance.instance_id).unwrap_or_default(),
+                instance,
+            })
+            .collect())
     }
 
     async fn write(&self, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>> {
@@ -512,38 +539,30 @@ impl Store for SqliteStore {
         if held.rows_affected() == 0 {
             return Err(StoreError::LeaseLost);
         }
-        for row in consumed {
-            sqlx::query("DELETE FROM inbox WHERE id = ?").bind(row).execute(&mut *tx).await?;
-        }
+        delete_messages(&mut tx, consumed).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn lock_activities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedActivity>> {
-        let mut tx = self.writer.begin().await?;
         let rows = sqlx::query(
-            "SELECT id, instance_id, execution_id, request FROM activities WHERE lock_expires <= ?1 AND visible_at <= ?1 \
-             ORDER BY id LIMIT ?2",
+            "UPDATE activities SET lock_token = lower(hex(randomblob(16))), lock_owner = ?1, lock_expires = ?2 \
+             WHERE id IN (SELECT id FROM activities WHERE lock_expires <= ?3 AND visible_at <= ?3 ORDER BY id LIMIT ?4) \
+             RETURNING id, lock_token, instance_id, execution_id, request",
         )
+        .bind(lease.owner)
+        .bind(lease.until)
         .bind(lease.now)
         .bind(i64::from(max))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.writer)
         .await?;
         let mut locked = Vec::with_capacity(rows.len());
         for r in rows {
-            let id: i64 = r.get(0);
-            let token = uuid::Uuid::new_v4().to_string();
-            sqlx::query("UPDATE activities SET lock_token = ?, lock_owner = ?, lock_expires = ? WHERE id = ?")
-                .bind(&token)
-                .bind(lease.owner)
-                .bind(lease.until)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            let request: ActivityRequest = decode(r.get::<&[u8], _>(3))?;
-            locked.push(LockedActivity { id, token, task: ActivityTask { instance_id: r.get(1), execution_id: r.get(2), request } });
+            let request: ActivityRequest = decode(r.get::<&[u8], _>(4))?;
+            let task = ActivityTask { instance_id: r.get(2), execution_id: r.get(3), request };
+            locked.push(LockedActivity { id: r.get(0), token: r.get(1), task });
         }
-        tx.commit().await?;
+        locked.sort_by_key(|a| a.id);
         Ok(locked)
     }
 

@@ -1,0 +1,342 @@
+//! `outrigger-bench`: a load generator for any server speaking TaskHubSidecarService.
+//!
+//! It starts orchestrations with the generated client and runs them with its own raw worker
+//! (see worker.rs), then reports throughput, end-to-end latency, timer lateness and the
+//! sidecar's CPU time and peak memory, as a markdown table on stdout and JSON in a file.
+//! Either point it at a running server (`--address`, plus `--sidecar-pid` for CPU and memory)
+//! or let it start an outrigger binary itself (`--sidecar`).
+
+mod driver;
+mod report;
+mod sdk;
+mod sidecar;
+mod stats;
+mod worker;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tonic::transport::Endpoint;
+
+use report::Report;
+use sidecar::{Probe, Spawned};
+use stats::Summary;
+use worker::{Client, Worker};
+use workload::{STANDARD, Workload};
+
+/// Benchmarks a Durable Task sidecar with a raw-protocol worker.
+///
+/// Workloads: hello5, latency1, fanout, timers, long, starts (the standard set, also named
+/// "standard"), fill (1,000,000 single-step orchestrations, for the memory target) and
+/// sdk-hello5 (hello5 through the Python SDK).
+#[derive(Debug, Parser)]
+#[command(name = "outrigger-bench", version, about, long_about = None)]
+struct Args {
+    /// Server to benchmark, when not started with --sidecar.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    address: String,
+
+    /// Process id of the server at --address, to report its CPU time and peak RSS.
+    #[arg(long)]
+    sidecar_pid: Option<u32>,
+
+    /// Start this outrigger binary on a free port and benchmark it (killed at the end).
+    #[arg(long, conflicts_with_all = ["address", "sidecar_pid"])]
+    sidecar: Option<PathBuf>,
+
+    /// Database URL for the outrigger started by --sidecar [default: a new temporary SQLite file].
+    #[arg(long, requires = "sidecar")]
+    database_url: Option<String>,
+
+    /// Comma-separated workloads, or "standard".
+    #[arg(long, default_value = "standard")]
+    workload: String,
+
+    /// Orchestrations per workload (default: each workload's own).
+    #[arg(long)]
+    count: Option<usize>,
+
+    /// Orchestrations in flight at once (default: each workload's own).
+    #[arg(long)]
+    concurrency: Option<usize>,
+
+    /// Activities in the fan-out, or steps of the long sequence [default: 1000].
+    #[arg(long)]
+    width: Option<u32>,
+
+    /// Label of the store in the table [default: from --database-url, else "external"].
+    #[arg(long)]
+    backend: Option<String>,
+
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/results.json")]
+    results: PathBuf,
+
+    /// Give up on a workload after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+
+    /// Python with durabletask installed, for sdk-hello5.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/sdk-tests/python/.venv/bin/python"))]
+    python: PathBuf,
+
+    /// The Python SDK driver, for sdk-hello5.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sdk_hello5.py"))]
+    sdk_driver: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("outrigger-bench: {e}");
+            // 69 (EX_UNAVAILABLE): the server could not be started or reached, so nothing ran.
+            ExitCode::from(69)
+        }
+    }
+}
+
+/// Runs every workload asked for; Ok(false) when any of them had failures.
+async fn run(args: Args) -> Result<bool, String> {
+    let workloads = parse_workloads(&args.workload)?;
+    let temp_dir = std::env::temp_dir().join(format!("outrigger-bench-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(temp_dir.clone());
+    let (spawned, address, probe) = match &args.sidecar {
+        Some(binary) => {
+            std::fs::create_dir_all(&temp_dir).map_err(|e| e.to_string())?;
+            let url = args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", temp_dir.join("bench.db").display()));
+            let spawned = Spawned::start(binary, &url, &temp_dir.join("sidecar.log"))?;
+            let (address, probe) = (spawned.address.clone(), Some(Probe::new(spawned.pid())));
+            (Some(spawned), address, probe)
+        }
+        None => (None, args.address.clone(), args.sidecar_pid.map(Probe::new)),
+    };
+    let backend = args.backend.clone().unwrap_or_else(|| match &args.database_url {
+        Some(url) => url.split(':').next().unwrap_or("external").to_string(),
+        None if spawned.is_some() => "sqlite".into(),
+        None => "external".into(),
+    });
+    let context = Context { args: &args, address: address.clone(), probe, backend };
+
+    let mut reports = vec![];
+    for workload in workloads {
+        eprintln!("== {} on {} ({address})", workload.name(), context.backend);
+        let report = context.run(workload).await?;
+        for e in &report.errors {
+            eprintln!("  error: {e}");
+        }
+        eprint!("{}", report::markdown(std::slice::from_ref(&report)).lines().nth(2).map(|l| format!("  {l}\n")).unwrap_or_default());
+        reports.push(report);
+    }
+    drop(spawned);
+
+    println!("{}", report::markdown(&reports));
+    let document = json!({
+        "date": command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "commit": command_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
+        "machine": machine(),
+        "address": address,
+        "runs": reports.iter().map(Report::to_json).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&document).map_err(|e| e.to_string())?;
+    if let Some(dir) = args.results.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&args.results, text + "\n").map_err(|e| format!("cannot write {}: {e}", args.results.display()))?;
+    eprintln!("results written to {}", args.results.display());
+    Ok(reports.iter().all(|r| r.failed == 0 && r.errors.is_empty() && r.completed == r.count))
+}
+
+fn parse_workloads(list: &str) -> Result<Vec<Workload>, String> {
+    let mut out = vec![];
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if name == "standard" {
+            out.extend(STANDARD);
+        } else {
+            out.push(Workload::parse(name).ok_or_else(|| format!("unknown workload '{name}'"))?);
+        }
+    }
+    if out.is_empty() {
+        return Err("no workload given".into());
+    }
+    Ok(out)
+}
+
+/// What every workload run shares.
+struct Context<'a> {
+    args: &'a Args,
+    address: String,
+    probe: Option<Probe>,
+    backend: String,
+}
+
+impl Context<'_> {
+    async fn connect(&self) -> Result<Client, String> {
+        let channel = Endpoint::from_shared(self.address.clone())
+            .map_err(|e| format!("bad --address '{}': {e}", self.address))?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
+        Ok(Client::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    }
+
+    async fn run(&self, workload: Workload) -> Result<Report, String> {
+        let args = self.args;
+        let script = Arc::new(workload.script(args.width));
+        let count = args.count.unwrap_or(workload.default_count());
+        let concurrency = args.concurrency.unwrap_or(workload.default_concurrency());
+        let deadline = Duration::from_secs(if workload == Workload::Fill { args.timeout.max(3 * 3600) } else { args.timeout });
+        let prefix = driver::instance_prefix(workload.name());
+        let client = self.connect().await?;
+        let mut report = Report {
+            workload: workload.name().into(),
+            backend: self.backend.clone(),
+            count,
+            concurrency,
+            ..Default::default()
+        };
+        // Other processes' load skews every figure; keep it with the results.
+        if let Some(load) = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split(' ').next()?.parse::<f64>().ok()) {
+            report.extra.insert("load_average_1m_before".into(), json!(load));
+        }
+        let peak_reset = self.probe.as_ref().is_some_and(Probe::reset_peak);
+        let cpu_before = self.probe.as_ref().and_then(Probe::cpu_seconds);
+
+        let mut worker = None;
+        let (outcome, activities) = match workload {
+            Workload::SdkHello5 => sdk::run(&args.python, &args.sdk_driver, &self.address, count, concurrency).await?,
+            Workload::Starts => {
+                let outcome = driver::start_only(&client, &script.name, &prefix, count, concurrency).await;
+                report.notes.push("StartInstance only: rate and latency of the start call, no worker attached".into());
+                (outcome, 0)
+            }
+            _ => {
+                let (completed_tx, completed_rx) = mpsc::unbounded_channel();
+                let w = Worker::connect(self.connect().await?, Arc::clone(&script), workload == Workload::Long, completed_tx)
+                    .await
+                    .map_err(|s| format!("GetWorkItems: {s}"))?;
+                worker = Some(w);
+                let outcome = driver::run(&client, &script.name, &prefix, count, concurrency, completed_rx, deadline).await;
+                let activities = outcome.completed as u64 * script.activities();
+                (outcome, activities)
+            }
+        };
+        let cpu_after = self.probe.as_ref().and_then(Probe::cpu_seconds);
+
+        let secs = outcome.elapsed.as_secs_f64();
+        report.completed = outcome.completed;
+        report.failed = outcome.failed;
+        report.elapsed_s = secs;
+        report.orchestrations_per_s = (secs > 0.0).then(|| outcome.completed as f64 / secs);
+        report.activities_per_s = (secs > 0.0 && activities > 0).then(|| activities as f64 / secs);
+        report.latency_ms = Summary::of(&outcome.latencies_ms);
+        report.errors = outcome.errors.first.clone();
+        if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+            report.sidecar_cpu_s = Some(after - before);
+            if outcome.completed > 0 {
+                report.cpu_s_per_1k = Some((after - before) / outcome.completed as f64 * 1000.0);
+            }
+            if activities > 0 {
+                let per_activity_us = (after - before) / activities as f64 * 1e6;
+                report.extra.insert("sidecar_cpu_us_per_activity".into(), json!(per_activity_us));
+                if matches!(workload, Workload::Fanout | Workload::Long) {
+                    report.notes.push(format!("sidecar CPU {per_activity_us:.0} µs/activity"));
+                }
+            }
+        }
+        if let Some(probe) = &self.probe {
+            report.peak_rss_mib = probe.peak_rss_mib();
+            report.rss_after_mib = probe.rss_mib();
+            if !peak_reset {
+                report.notes.push("peak RSS is since the sidecar started (could not reset it)".into());
+            }
+        }
+
+        if let Some(w) = &worker {
+            let observed = w.observed.lock().unwrap();
+            report.timer_lateness_ms = Summary::of(&observed.timer_lateness_ms);
+            report.errors.extend(observed.errors.first.iter().cloned());
+            if workload == Workload::Long {
+                add_step_costs(&mut report, &observed.episodes);
+            }
+        }
+        drop(worker);
+
+        match workload {
+            Workload::Starts => {
+                // Leave no pending instances behind for later workloads: run them to completion.
+                let (completed_tx, completed_rx) = mpsc::unbounded_channel();
+                let _drainer = Worker::connect(self.connect().await?, Arc::clone(&script), false, completed_tx)
+                    .await
+                    .map_err(|s| format!("GetWorkItems: {s}"))?;
+                let drained = driver::drain(&client, outcome.completed, completed_rx, deadline).await;
+                report.notes.push(format!("{drained} drained after"));
+            }
+            Workload::Fill => {
+                if let Some(rss) = report.rss_after_mib {
+                    report.notes.push(format!("RSS after the fill {rss:.1} MiB"));
+                }
+            }
+            Workload::SdkHello5 => report.notes.push("Python SDK client and worker in one process".into()),
+            _ => {}
+        }
+        Ok(report)
+    }
+}
+
+/// For `long`: the mean time of steps 6-15 against the last ten, where a step is the time
+/// between two orchestrator work items of the instance (one activity's full round trip).
+fn add_step_costs(report: &mut Report, episodes: &std::collections::HashMap<String, Vec<std::time::Instant>>) {
+    let mut early = vec![];
+    let mut late = vec![];
+    for arrivals in episodes.values() {
+        let steps: Vec<f64> = arrivals.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0).collect();
+        if steps.len() < 30 {
+            continue;
+        }
+        early.extend_from_slice(&steps[5..15]);
+        late.extend_from_slice(&steps[steps.len() - 10..]);
+    }
+    if let (Some(early), Some(late)) = (stats::mean(&early), stats::mean(&late)) {
+        report.extra.insert("early_step_ms".into(), json!(early));
+        report.extra.insert("late_step_ms".into(), json!(late));
+        report.extra.insert("late_over_early".into(), json!(late / early));
+        report.notes.push(format!("step ~10 {early:.2} ms, last steps {late:.2} ms ({:.2}x)", late / early));
+    }
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).map(|l| l.trim().to_string());
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "memory": memory,
+        "kernel": command_output("uname", &["-sr"]),
+    })
+}
+
+/// Removes a directory when dropped (the temporary store of a spawned sidecar).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

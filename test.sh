@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test Outrigger has: the Rust unit and service tests, then the SDK suites against
-# a freshly built binary. Installs what the suites need (a Python venv with the pinned SDK).
+# a freshly built binary, once on SQLite and once on Postgres. Installs what the suites need: a
+# Postgres server (tests/postgres.sh: Debian's package when none is reachable) and a Python venv
+# with the pinned SDK.
 # Ends with one line "N passed, N failed" over all suites; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -25,11 +27,11 @@ run_cargo_tests() {
   rm -f "$log"
 }
 
-# Adds the closing "N passed, N failed" line of an SDK suite.
+# Adds the closing "N passed, N failed" line of an SDK suite run on one store.
 run_sdk_suite() {
   local log
   log=$(mktemp)
-  sdk-tests/run.sh "$1" 2>&1 | tee "$log"
+  OUTRIGGER_TEST_STORE="$2" sdk-tests/run.sh "$1" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local line p f
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
@@ -41,14 +43,32 @@ run_sdk_suite() {
   rm -f "$log"
 }
 
+# The Postgres store tests read OUTRIGGER_TEST_POSTGRES_URL (and the restart test
+# OUTRIGGER_TEST_POSTGRES_CLUSTER); without a server they cannot run, which counts as a failure.
+echo "== Postgres server for the tests"
+have_postgres=0
+if pg_env=$(tests/postgres.sh); then
+  while IFS= read -r line; do
+    if [ -n "$line" ]; then export "$line"; echo "$line"; fi
+  done <<<"$pg_env"
+  have_postgres=1
+else
+  echo "test.sh: no Postgres server could be had; the Postgres tests cannot run"
+  failed=$((failed + 1)); status=1
+fi
+
 echo "== Rust unit and service tests"
 run_cargo_tests
 
 echo "== Building the release binary for the SDK suites"
 if cargo build --locked --release; then
   export OUTRIGGER_BIN="$PWD/target/release/outrigger"
-  echo "== Python SDK suite"
-  run_sdk_suite python
+  echo "== Python SDK suite on SQLite"
+  run_sdk_suite python sqlite
+  if [ "$have_postgres" -eq 1 ]; then
+    echo "== Python SDK suite on Postgres (with the multi-sidecar and Postgres restart tests)"
+    run_sdk_suite python postgres
+  fi
 else
   failed=$((failed + 1)); status=1
 fi

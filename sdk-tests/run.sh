@@ -4,6 +4,8 @@
 #   sdk-tests/run.sh [python]          (no argument: every suite)
 #
 # Builds target/release/outrigger with cargo unless OUTRIGGER_BIN names a binary.
+# OUTRIGGER_TEST_STORE=postgres runs the suites with Postgres as the sidecars' store
+# (default: sqlite); without OUTRIGGER_TEST_POSTGRES_URL it calls tests/postgres.sh to get one.
 # Extra pytest options can be passed through PYTEST_ADDOPTS, e.g.
 #   PYTEST_ADDOPTS="-k timers -x" sdk-tests/run.sh python
 # The last line printed is always "N passed, N failed"; the exit status is
@@ -15,6 +17,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 
 passed=0
 failed=0
+store=${OUTRIGGER_TEST_STORE:-sqlite}
 
 finish() {
     echo "$passed passed, $failed failed"
@@ -32,7 +35,7 @@ run_python() {
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$dir/requirements.txt" || return 1
 
     local results="$dir/.results"
-    local xml="$results/junit.xml"
+    local xml="$results/junit-$store.xml"
     mkdir -p "$results"
     rm -f "$xml"
     (cd "$dir" && "$venv/bin/python" -m pytest -q --junitxml="$xml")
@@ -64,8 +67,8 @@ EOF
     read -r p f s <<<"$counts"
     # pytest failing without a failed test case (internal error, no tests) still fails.
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-    if [ "$s" -gt 0 ]; then echo "python: $s skipped"; fi
-    echo "python: $p passed, $f failed"
+    if [ "$s" -gt 0 ]; then echo "python ($store): $s skipped"; fi
+    echo "python ($store): $p passed, $f failed"
     passed=$((passed + p))
     failed=$((failed + f))
     return 0
@@ -79,6 +82,24 @@ for suite in "${suites[@]}"; do
         *) echo "sdk-tests: unknown suite '$suite' (known: python)" >&2; failed=$((failed + 1)); finish ;;
     esac
 done
+
+case "$store" in
+    sqlite) ;;
+    postgres)
+        if [ -z "${OUTRIGGER_TEST_POSTGRES_URL:-}" ]; then
+            if ! pg_env=$("$ROOT/tests/postgres.sh"); then
+                echo "sdk-tests: no Postgres server for OUTRIGGER_TEST_STORE=postgres" >&2
+                failed=$((failed + 1))
+                finish
+            fi
+            while IFS= read -r line; do
+                if [ -n "$line" ]; then export "$line"; fi
+            done <<<"$pg_env"
+        fi
+        ;;
+    *) echo "sdk-tests: unknown OUTRIGGER_TEST_STORE '$store' (known: sqlite, postgres)" >&2; failed=$((failed + 1)); finish ;;
+esac
+export OUTRIGGER_TEST_STORE="$store"
 
 if [ -z "${OUTRIGGER_BIN:-}" ]; then
     if ! (cd "$ROOT" && cargo build --release); then

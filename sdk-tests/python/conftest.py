@@ -1,7 +1,10 @@
 """Session fixtures: one outrigger, one SDK worker and one SDK client for the suite.
 
 Every test uses its own instance ids, so tests share the sidecar without
-seeing each other. test_crash.py starts its own sidecar and worker.
+seeing each other. The sidecar's store is SQLite, or Postgres with
+OUTRIGGER_TEST_STORE=postgres (see database.py). test_crash.py,
+test_scaleout.py and test_postgres_restart.py start their own sidecars and
+workers.
 """
 
 from __future__ import annotations
@@ -10,16 +13,18 @@ import pytest
 from durabletask.worker import TaskHubGrpcWorker
 
 import registry
-from harness import LOG_DIR, live_sidecars, new_client, new_worker, start_sidecar
+from database import new_database, store_kind
+from harness import LOG_DIR, SUMMARY, live_sidecars, new_client, new_worker, start_sidecar
 from sidecar import Sidecar
 
 
 @pytest.fixture(scope="session")
 def sidecar(tmp_path_factory: pytest.TempPathFactory):
-    db_path = tmp_path_factory.mktemp("outrigger") / "suite.db"
-    sc = start_sidecar("outrigger", db_path)
+    db = new_database("suite", tmp_path_factory.mktemp("outrigger"))
+    sc = start_sidecar("outrigger", db)
     yield sc
     sc.stop()
+    db.drop()
 
 
 @pytest.fixture(scope="session")
@@ -51,5 +56,20 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+# Modules that kill sidecars or stop Postgres run after everything else, so that an outage they
+# cause can never be what another test trips over.
+DISRUPTIVE = ("test_crash.py", "test_postgres_restart.py", "test_scaleout.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name in DISRUPTIVE)
+
+
+def pytest_report_header(config):
+    return f"outrigger store: {store_kind()}"
+
+
 def pytest_terminal_summary(terminalreporter):
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
     terminalreporter.write_line(f"sidecar and SDK logs: {LOG_DIR}")

@@ -129,3 +129,30 @@ def assert_history_consistent(instance_id: str, events: list[history.HistoryEven
         + [e.task_scheduled_id for e in of_type(events, history.SubOrchestrationInstanceFailedEvent)])
     assert not duplicates(sub_results), f"sub-orchestration results repeated; {where}"
     assert set(sub_results) <= set(subs), f"results for unknown sub-orchestrations; {where}"
+
+
+def assert_history_complete(instance_id: str, events: list[history.HistoryEvent]) -> None:
+    """`assert_history_consistent`, and nothing missing: every scheduled task, timer and
+    sub-orchestration has exactly one result, and the one terminal event is a completion.
+
+    For instances that ran to completion without retries, terminations or abandoned timers
+    (a wait with a timeout leaves a timer that never fires).
+    """
+    assert_history_consistent(instance_id, events)
+    where = f"history of {instance_id}: {event_kinds(events)}"
+    assert not of_type(events, history.ExecutionTerminatedEvent), where
+
+    scheduled = {e.event_id for e in of_type(events, history.TaskScheduledEvent)}
+    results = ({e.task_scheduled_id for e in of_type(events, history.TaskCompletedEvent)}
+               | {e.task_scheduled_id for e in of_type(events, history.TaskFailedEvent)})
+    assert results == scheduled, f"tasks without a result: {sorted(scheduled - results)}; {where}"
+
+    timers = {e.event_id for e in of_type(events, history.TimerCreatedEvent)}
+    fired = {e.timer_id for e in of_type(events, history.TimerFiredEvent)}
+    assert fired == timers, f"timers that never fired: {sorted(timers - fired)}; {where}"
+
+    subs = {e.event_id for e in of_type(events, history.SubOrchestrationInstanceCreatedEvent)}
+    sub_results = (
+        {e.task_scheduled_id for e in of_type(events, history.SubOrchestrationInstanceCompletedEvent)}
+        | {e.task_scheduled_id for e in of_type(events, history.SubOrchestrationInstanceFailedEvent)})
+    assert sub_results == subs, f"sub-orchestrations without a result: {sorted(subs - sub_results)}; {where}"

@@ -1,6 +1,7 @@
 """Starting and stopping an outrigger process for the SDK tests.
 
-The sidecar is started on port 0; it prints one log line containing
+The sidecar is started on port 0 (or on the port it had before, to restart it
+where its clients expect it); it prints one log line containing
 ``listening addr=<ip:port>`` once it is serving, and that line is the only
 readiness signal we use. Its combined stdout/stderr is drained by a thread
 into a log file for the whole life of the process, so the pipe never fills.
@@ -14,6 +15,9 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Sequence
+
+from database import redact
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,15 +47,21 @@ def outrigger_binary() -> Path:
 
 
 class Sidecar:
-    """One outrigger process serving one SQLite database file."""
+    """One outrigger process serving one database (a `sqlite://` or `postgres://` URL).
 
-    def __init__(self, db_path: Path, log_path: Path, binary: Path | None = None,
-                 env: dict[str, str] | None = None):
-        self.db_path = Path(db_path)
+    `extra_args` are appended to the command line, e.g. ["--lease-seconds", "3"]; `env` adds
+    environment variables.
+    """
+
+    def __init__(self, database_url: str, log_path: Path, binary: Path | None = None,
+                 extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
+        self.database_url = database_url
         self.log_path = Path(log_path)
         self.binary = binary or outrigger_binary()
+        self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.address: str | None = None
+        self.last_port: int | None = None  # kept across stops, for restarting on the same port
         self.returncode: int | None = None  # of the last process, once it has ended
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
@@ -63,7 +73,7 @@ class Sidecar:
         assert self._proc is not None
         return self._proc.pid
 
-    def start(self, timeout: float = 30.0) -> "Sidecar":
+    def start(self, timeout: float = 30.0, port: int = 0) -> "Sidecar":
         """Spawn the process and block until it logs its listening address."""
         if self._proc is not None:
             raise SidecarError("sidecar already started")
@@ -74,8 +84,9 @@ class Sidecar:
         args = [
             str(self.binary),
             "--host", "127.0.0.1",
-            "--port", "0",
-            "--database-url", f"sqlite://{self.db_path}",
+            "--port", str(port),
+            "--database-url", self.database_url,
+            *self.extra_args,
         ]
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
@@ -99,7 +110,7 @@ class Sidecar:
                    else f"did not log 'listening addr=' within {timeout:.0f}s")
             output = "".join(self._captured) or "<no output>\n"
             raise SidecarError(
-                f"outrigger {why}.\ncommand: {' '.join(args)}\n"
+                f"outrigger {why}.\ncommand: {redact(' '.join(args))}\n"
                 f"log file: {self.log_path}\ncaptured output:\n{output}")
         return self
 
@@ -107,7 +118,7 @@ class Sidecar:
         proc = self._proc
         assert proc is not None and proc.stdout is not None
         with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"=== outrigger pid {proc.pid} db {self.db_path} ===\n")
+            log.write(f"=== outrigger pid {proc.pid} db {redact(self.database_url)} ===\n")
             log.flush()
             for raw in proc.stdout:
                 line = _ANSI.sub("", raw.decode("utf-8", errors="replace"))
@@ -118,6 +129,7 @@ class Sidecar:
                     match = _LISTENING.search(line)
                     if match:
                         self.address = match.group(1).strip('",')
+                        self.last_port = self.port
                         self._ready.set()
             log.write(f"=== outrigger pid {proc.pid} closed its output ===\n")
         self._ready.set()
@@ -126,6 +138,11 @@ class Sidecar:
     def port(self) -> int:
         assert self.address is not None
         return int(self.address.rsplit(":", 1)[1])
+
+    def restart(self, timeout: float = 30.0) -> "Sidecar":
+        """Start again on the port of the previous run, after a stop or a kill."""
+        assert self.last_port is not None, "restart() needs an earlier start()"
+        return self.start(timeout=timeout, port=self.last_port)
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

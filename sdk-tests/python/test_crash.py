@@ -1,7 +1,8 @@
 """SIGKILL the sidecar mid-flight, restart it on the same database, and check nothing is lost
 or recorded twice.
 
-Uses its own outrigger process and worker, not the session ones.
+Uses its own outrigger process and worker, not the session ones. On Postgres the restarted
+sidecar is a new lease owner: it takes the killed one's work over once the leases expire.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import pytest
 from durabletask import history, task
 from durabletask.client import OrchestrationStatus
 
+from database import new_database, on_postgres
 from harness import new_client, new_worker, start_sidecar
 from helpers import assert_history_consistent, new_id, of_type, poll_until, wait_done
 
 COUNT = 50
+# On Postgres the restarted sidecar waits for the killed one's leases to expire: keep them short.
+SIDECAR_ARGS = ["--lease-seconds", "3"] if on_postgres() else []
 
 
 def crash_step(ctx: task.ActivityContext, n: int) -> int:
@@ -46,12 +50,12 @@ def start_worker(address: str, name: str):
 
 @pytest.mark.timeout(240)
 def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path):
-    db_path = tmp_path / "crash.db"
+    db = new_database("crash", tmp_path)
     prefix = new_id("crash")
     ids = [f"{prefix}-{n:02d}" for n in range(COUNT)]
-    cleanup = []
+    cleanup = [db.drop]
     try:
-        first = start_sidecar("outrigger-crash-1", db_path)
+        first = start_sidecar("outrigger-crash-1", db, SIDECAR_ARGS)
         cleanup.append(first.kill)
         worker = start_worker(first.address, "crash-worker-1")
         cleanup.append(worker.stop)
@@ -75,7 +79,7 @@ def test_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path):
         worker.stop()
         client.close()
 
-        second = start_sidecar("outrigger-crash-2", db_path)
+        second = start_sidecar("outrigger-crash-2", db, SIDECAR_ARGS)
         cleanup.append(second.kill)
         worker = start_worker(second.address, "crash-worker-2")
         cleanup.append(worker.stop)

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from database import new_database
 from harness import new_client, new_worker, start_sidecar
 from helpers import COMPLETION_TIMEOUT, assert_completed, new_id, wait_done
 
@@ -94,7 +95,7 @@ def test_sdk_spans_join_the_orchestration_trace(tmp_path, sdk_spans):
     receiver = Receiver()
     cleanup = [receiver.close]
     try:
-        sidecar = start_sidecar("outrigger-tracing", tmp_path / "tracing.db", env={
+        sidecar = start_sidecar("outrigger-tracing", new_database("tracing", tmp_path), env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_BSP_SCHEDULE_DELAY": "50",

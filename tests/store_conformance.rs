@@ -134,6 +134,7 @@ conformance!(
     finished_instances_page_in_completion_order,
     delete_all_empties_the_hub,
     a_batch_refuses_a_stale_write_alone,
+    a_result_for_a_finished_execution_is_dropped,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -569,4 +570,30 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
     assert_eq!(s.history("b").await.unwrap().len(), 4);
     let activities = s.lock_activities(&lease("w", T0), 10).await.unwrap();
     assert_eq!(activities.iter().map(|a| a.task.instance_id.as_str()).collect::<Vec<_>>(), ["b"]);
+}
+
+async fn a_result_for_a_finished_execution_is_dropped(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let item = lock_one(s, "w", T0).await;
+    step(s, item, vec![schedule_task(0)], T0).await.unwrap();
+    let activity = s.lock_activities(&lease("w", T0), 10).await.unwrap().pop().expect("one activity");
+    // The orchestration finishes (say, terminated) while its activity is still running.
+    s.send(Message {
+        instance_id: "a".into(),
+        execution_id: None,
+        event: engine::events::terminated(T0, None, false),
+        visible_at: T0,
+        priority: Message::NORMAL,
+    })
+    .await
+    .unwrap();
+    let item = lock_one(s, "w", T0 + 1).await;
+    step(s, item, vec![], T0 + 1).await.unwrap();
+    assert_eq!(s.get_instance("a").await.unwrap().unwrap().status, OrchestrationStatus::Terminated);
+
+    let result = engine::events::task_result(T0 + 2, 0, Some("\"late\"".into()), None);
+    s.complete_activity(activity.id, &activity.token, result, T0 + 2).await.unwrap();
+    assert!(lock_ids(s, "w", T0 + 3).await.is_empty(), "nothing queued for the finished execution");
+    assert!(s.lock_activities(&lease("w", T0 + LEASE), 10).await.unwrap().is_empty(), "the activity is done");
 }

@@ -47,8 +47,7 @@ where
     for<'t> String: Encode<'t, DB> + Type<DB>,
 {
     let mut q = QueryBuilder::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
-    let terminal: Vec<_> = TERMINAL.iter().map(|s| (*s as i32).to_string()).collect();
-    q.push(format!(" AND status IN ({})", terminal.join(",")));
+    q.push(format!(" AND status IN ({})", terminal_statuses()));
     push_statuses(&mut q, &f.statuses);
     if let Some(from) = f.completed_from {
         q.push(" AND completed_at >= ").push_bind(from);
@@ -61,6 +60,11 @@ where
     }
     q.push(" ORDER BY completed_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
     q
+}
+
+/// The final statuses as an SQL list, e.g. "1,3,5,6".
+pub fn terminal_statuses() -> String {
+    TERMINAL.iter().map(|s| (*s as i32).to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// Adds "AND status IN (...)" unless the list is empty (meaning any status).

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection, Row};
+use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::broadcast;
 use tonic::async_trait;
 use tracing::{debug, info};
@@ -124,11 +124,9 @@ async fn load_history(conn: &mut PgConnection, id: &str) -> Result<Vec<HistoryEv
     rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
 }
 
-/// Writes every column of an instance row (lock columns excepted).
-async fn upsert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Millis) -> Result<()> {
-    sqlx::query(UPSERT_INSTANCE)
-        .bind(&i.instance_id)
-        .bind(&i.name)
+/// Binds the instance's columns after `instance_id`, in table order.
+fn bind_fields<'q>(q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, i: &'q Instance) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(&i.name)
         .bind(&i.version)
         .bind(&i.execution_id)
         .bind(i.status as i32)
@@ -143,10 +141,20 @@ async fn upsert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Millis
         .bind(&i.parent_instance_id)
         .bind(encode_tags(&i.tags))
         .bind(i.trace_context.as_ref().map(encode))
-        .bind(ready_at)
-        .execute(&mut *conn)
-        .await?;
+}
+
+/// Inserts a new, unleased instance row.
+async fn insert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Millis) -> Result<()> {
+    bind_fields(sqlx::query(INSERT_INSTANCE).bind(&i.instance_id), i).bind(ready_at).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Writes a step's instance row and ends its lease, in one statement that matches only while
+/// `token` still holds the lease (the row lock it takes also fences a sidecar that took over).
+/// False when the lease is gone; then nothing was written.
+async fn update_held_instance(conn: &mut PgConnection, i: &Instance, token: &str) -> Result<bool> {
+    let done = bind_fields(sqlx::query(UPDATE_HELD_INSTANCE), i).bind(&i.instance_id).bind(token).execute(&mut *conn).await?;
+    Ok(done.rows_affected() > 0)
 }
 
 async fn insert_message(conn: &mut PgConnection, m: &Message) -> Result<()> {
@@ -197,9 +205,12 @@ async fn delete_instance(conn: &mut PgConnection, id: &str) -> Result<()> {
     Ok(())
 }
 
-async fn insert_new(conn: &mut PgConnection, new: &NewInstance) -> Result<()> {
-    delete_instance(conn, &new.instance.instance_id).await?;
-    upsert_instance(conn, &new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
+/// Creates an instance; `replacing` says a finished one with the same id is there to go first.
+async fn insert_new(conn: &mut PgConnection, new: &NewInstance, replacing: bool) -> Result<()> {
+    if replacing {
+        delete_instance(conn, &new.instance.instance_id).await?;
+    }
+    insert_instance(conn, &new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
     insert_message(conn, &new.start).await
 }
 
@@ -241,7 +252,7 @@ async fn rewind_child(conn: &mut PgConnection, r: &ChildRewind, now: Millis) -> 
     let event = crate::engine::events::rewound(now, r.reason.clone(), Some(r.parent_execution_id.clone()));
     if rewind_in(conn, &r.instance_id, event, now).await? == Rewind::Unknown {
         info!(instance_id = %r.instance_id, "recreating purged sub-orchestration for rewind");
-        insert_new(conn, &r.recreate).await?;
+        insert_new(conn, &r.recreate, false).await?;
     }
     Ok(())
 }
@@ -268,15 +279,13 @@ async fn step_in(
     touched: &mut Vec<String>,
 ) -> Result<Vec<String>> {
     let id = commit.instance.instance_id.clone();
-    // Releasing the lease first takes the row lock: a sidecar that took the instance over
-    // after our lease expired has changed the token, and we write nothing.
-    let held = sqlx::query(RELEASE_ORCHESTRATION).bind(0_i64).bind(&id).bind(token).execute(&mut *conn).await?;
-    if held.rows_affected() == 0 {
+    // Checked first: a sidecar that took the instance over after our lease expired has
+    // changed the token, and we write nothing.
+    if !update_held_instance(conn, &commit.instance, token).await? {
         return Err(StoreError::LeaseLost);
     }
     sqlx::query(DELETE_MESSAGES).bind(consumed).execute(&mut *conn).await?;
     write_history(conn, &id, &commit.history).await?;
-    upsert_instance(conn, &commit.instance, 0).await?;
     if commit.instance.is_terminal() {
         // Nothing will consume these any more: pending events, timers, queued activities.
         for sql in DELETE_LEFTOVERS {
@@ -301,8 +310,8 @@ async fn step_in(
                 info!(parent = %id, %child, "sub-orchestration id is taken by a running instance; failing that child");
                 deliver(conn, &c.on_conflict).await?;
             }
-            _ => {
-                insert_new(conn, &c.child).await?;
+            existing => {
+                insert_new(conn, &c.child, existing.is_some()).await?;
                 changed.push(child.clone());
             }
         }
@@ -330,7 +339,21 @@ async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, resul
         visible_at: now,
         priority: Message::NORMAL,
     };
-    deliver(conn, &message).await?;
+    // One statement: queued only while that execution is still running (a result for a
+    // finished or replaced execution is dropped, as `deliver` would).
+    let queued = sqlx::query(AssertSqlSafe(queue_result()))
+        .bind(&message.instance_id)
+        .bind(&message.execution_id)
+        .bind(message.priority)
+        .bind(message.visible_at)
+        .bind(encode(&message.event))
+        .bind(&message.instance_id)
+        .bind(&message.execution_id)
+        .execute(&mut *conn)
+        .await?;
+    if queued.rows_affected() == 0 {
+        debug!(instance_id = %message.instance_id, "dropping an activity result for a finished or replaced execution");
+    }
     Ok(vec![message.instance_id])
 }
 
@@ -345,7 +368,7 @@ impl Store for PostgresStore {
         {
             return Err(StoreError::AlreadyExists(id, s.as_str_name()));
         }
-        insert_new(&mut tx, &new).await.map_err(|e| taken(&id, e))?;
+        insert_new(&mut tx, &new, existing.is_some()).await.map_err(|e| taken(&id, e))?;
         self.notifier.send(&mut tx, [&id]).await?;
         tx.commit().await.map_err(|e| taken(&id, e.into()))?;
         Ok(())

@@ -14,17 +14,19 @@ pub const SELECT_STATUS_FOR_UPDATE: &str = "SELECT status FROM instances WHERE i
 
 pub const SELECT_STATUS_AND_EXECUTION: &str = "SELECT status, execution_id FROM instances WHERE instance_id = $1";
 
-/// Every column but the lease; a new row starts unleased.
-pub const UPSERT_INSTANCE: &str = "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, \
+/// A new row, unleased.
+pub const INSERT_INSTANCE: &str = "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, \
      custom_status, failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, \
      trace_context, ready_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-     ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, version = excluded.version, \
-     execution_id = excluded.execution_id, status = excluded.status, input = excluded.input, output = excluded.output, \
-     custom_status = excluded.custom_status, failure_details = excluded.failure_details, created_at = excluded.created_at, \
-     updated_at = excluded.updated_at, completed_at = excluded.completed_at, scheduled_start_at = excluded.scheduled_start_at, \
-     parent_instance_id = excluded.parent_instance_id, tags = excluded.tags, trace_context = excluded.trace_context, \
-     ready_at = excluded.ready_at";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+
+/// A step's instance row, written only while token $17 holds the lease on instance $16, which
+/// the same statement ends.
+pub const UPDATE_HELD_INSTANCE: &str = "UPDATE instances SET name = $1, version = $2, execution_id = $3, status = $4, \
+     input = $5, output = $6, custom_status = $7, failure_details = $8, created_at = $9, updated_at = $10, \
+     completed_at = $11, scheduled_start_at = $12, parent_instance_id = $13, tags = $14, trace_context = $15, \
+     ready_at = 0, lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+     WHERE instance_id = $16 AND lock_token = $17";
 
 pub const INSERT_MESSAGE: &str =
     "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES ($1, $2, $3, $4, $5, $6)";
@@ -101,6 +103,16 @@ pub const LOCK_ACTIVITIES: &str = "UPDATE activities a SET lock_token = gen_rand
      ) p \
      WHERE a.id = p.picked \
      RETURNING a.id, a.lock_token, a.instance_id, a.execution_id, a.request";
+
+/// Queues an activity result ($1..$5: instance, execution, priority, visible_at, event) only
+/// while that execution ($6, $7) is still running.
+pub fn queue_result() -> String {
+    format!(
+        "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT $1, $2, $3, 0, $4, $5 \
+         WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = $6 AND execution_id = $7 AND status NOT IN ({}))",
+        crate::store::filters::terminal_statuses()
+    )
+}
 
 pub const DELETE_LOCKED_ACTIVITY: &str =
     "DELETE FROM activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id, execution_id";

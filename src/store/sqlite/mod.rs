@@ -103,39 +103,42 @@ async fn load_history(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Histo
     rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
 }
 
-/// Writes every column of an instance row (lock columns excepted).
-async fn upsert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Millis) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, custom_status, \
+/// Binds the instance's columns after `instance_id`, in table order.
+fn bind_fields<'q>(q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, i: &'q Instance) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    q.bind(&i.name)
+        .bind(&i.version)
+        .bind(&i.execution_id)
+        .bind(i.status as i32)
+        .bind(&i.input)
+        .bind(&i.output)
+        .bind(&i.custom_status)
+        .bind(i.failure_details.as_ref().map(encode))
+        .bind(i.created_at)
+        .bind(i.updated_at)
+        .bind(i.completed_at)
+        .bind(i.scheduled_start_at)
+        .bind(&i.parent_instance_id)
+        .bind(encode_tags(&i.tags))
+        .bind(i.trace_context.as_ref().map(encode))
+}
+
+/// Inserts a new, unleased instance row.
+async fn insert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Millis) -> Result<()> {
+    bind_fields(sqlx::query("INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, custom_status, \
          failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context, ready_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (instance_id) DO UPDATE SET name = excluded.name, version = excluded.version, \
-         execution_id = excluded.execution_id, status = excluded.status, input = excluded.input, output = excluded.output, \
-         custom_status = excluded.custom_status, failure_details = excluded.failure_details, created_at = excluded.created_at, \
-         updated_at = excluded.updated_at, completed_at = excluded.completed_at, scheduled_start_at = excluded.scheduled_start_at, \
-         parent_instance_id = excluded.parent_instance_id, tags = excluded.tags, trace_context = excluded.trace_context, \
-         ready_at = excluded.ready_at",
-    )
-    .bind(&i.instance_id)
-    .bind(&i.name)
-    .bind(&i.version)
-    .bind(&i.execution_id)
-    .bind(i.status as i32)
-    .bind(&i.input)
-    .bind(&i.output)
-    .bind(&i.custom_status)
-    .bind(i.failure_details.as_ref().map(encode))
-    .bind(i.created_at)
-    .bind(i.updated_at)
-    .bind(i.completed_at)
-    .bind(i.scheduled_start_at)
-    .bind(&i.parent_instance_id)
-    .bind(encode_tags(&i.tags))
-    .bind(i.trace_context.as_ref().map(encode))
-    .bind(ready_at)
-    .execute(&mut *conn)
-    .await?;
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)").bind(&i.instance_id), i).bind(ready_at).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Writes a step's instance row and ends its lease, in one statement that matches only while
+/// `token` still holds the lease (the row lock it takes also fences a sidecar that took over).
+/// False when the lease is gone; then nothing was written.
+async fn update_held_instance(conn: &mut SqliteConnection, i: &Instance, token: &str) -> Result<bool> {
+    let done = bind_fields(sqlx::query("UPDATE instances SET name = ?, version = ?, execution_id = ?, status = ?, input = ?, output = ?, custom_status = ?, \
+         failure_details = ?, created_at = ?, updated_at = ?, completed_at = ?, scheduled_start_at = ?, parent_instance_id = ?, \
+         tags = ?, trace_context = ?, ready_at = 0, lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+         WHERE instance_id = ? AND lock_token = ?"), i).bind(&i.instance_id).bind(token).execute(&mut *conn).await?;
+    Ok(done.rows_affected() > 0)
 }
 
 async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> Result<()> {
@@ -222,9 +225,12 @@ async fn delete_instance(conn: &mut SqliteConnection, id: &str) -> Result<()> {
     Ok(())
 }
 
-async fn insert_new(conn: &mut SqliteConnection, new: &NewInstance) -> Result<()> {
-    delete_instance(conn, &new.instance.instance_id).await?;
-    upsert_instance(conn, &new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
+/// Creates an instance; `replacing` says a finished one with the same id is there to go first.
+async fn insert_new(conn: &mut SqliteConnection, new: &NewInstance, replacing: bool) -> Result<()> {
+    if replacing {
+        delete_instance(conn, &new.instance.instance_id).await?;
+    }
+    insert_instance(conn, &new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
     insert_message(conn, &new.start).await
 }
 
@@ -288,7 +294,7 @@ async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis)
     let event = crate::engine::events::rewound(now, r.reason.clone(), Some(r.parent_execution_id.clone()));
     if rewind_in(conn, &r.instance_id, event, now).await? == Rewind::Unknown {
         info!(instance_id = %r.instance_id, "recreating purged sub-orchestration for rewind");
-        insert_new(conn, &r.recreate).await?;
+        insert_new(conn, &r.recreate, false).await?;
     }
     Ok(())
 }
@@ -312,20 +318,12 @@ async fn step_in(
     changes: &mut Vec<HistoryChange>,
 ) -> Result<Vec<String>> {
     let id = commit.instance.instance_id.clone();
-    let held = sqlx::query(
-        "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE instance_id = ? AND lock_token = ?",
-    )
-    .bind(&id)
-    .bind(token)
-    .execute(&mut *conn)
-    .await?;
-    if held.rows_affected() == 0 {
+    if !update_held_instance(conn, &commit.instance, token).await? {
         return Err(StoreError::LeaseLost);
     }
     delete_messages(conn, consumed).await?;
     let execution_id = &commit.instance.execution_id;
     write_history(conn, &id, &commit.history, cache.len(&id, execution_id)).await?;
-    upsert_instance(conn, &commit.instance, 0).await?;
     if commit.instance.is_terminal() {
         // Nothing will consume these any more: pending events, timers, queued activities.
         sqlx::query("DELETE FROM inbox WHERE instance_id = ?").bind(&id).execute(&mut *conn).await?;
@@ -349,8 +347,8 @@ async fn step_in(
                 info!(parent = %id, child = %c.child.instance.instance_id, "sub-orchestration id is taken by a running instance; failing that child");
                 deliver(conn, &c.on_conflict).await?;
             }
-            _ => {
-                insert_new(conn, &c.child).await?;
+            existing => {
+                insert_new(conn, &c.child, existing.is_some()).await?;
                 changed.push(c.child.instance.instance_id.clone());
             }
         }
@@ -386,7 +384,26 @@ async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, r
         visible_at: now,
         priority: Message::NORMAL,
     };
-    deliver(conn, &message).await?;
+    // One statement: queued only while that execution is still running (a result for a
+    // finished or replaced execution is dropped, as `deliver` would).
+    let sql = format!(
+        "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT ?, ?, ?, 0, ?, ? \
+         WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = ? AND execution_id = ? AND status NOT IN ({}))",
+        filters::terminal_statuses()
+    );
+    let queued = sqlx::query(AssertSqlSafe(sql))
+        .bind(&message.instance_id)
+        .bind(&message.execution_id)
+        .bind(message.priority)
+        .bind(message.visible_at)
+        .bind(encode(&message.event))
+        .bind(&message.instance_id)
+        .bind(&message.execution_id)
+        .execute(&mut *conn)
+        .await?;
+    if queued.rows_affected() == 0 {
+        debug!(instance_id = %message.instance_id, "dropping an activity result for a finished or replaced execution");
+    }
     Ok(vec![message.instance_id])
 }
 
@@ -404,7 +421,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::AlreadyExists(new.instance.instance_id, s.as_str_name()));
             }
         }
-        insert_new(&mut tx, &new).await?;
+        insert_new(&mut tx, &new, existing.is_some()).await?;
         tx.commit().await?;
         Ok(())
     }

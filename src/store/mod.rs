@@ -8,6 +8,7 @@ mod filters;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -80,6 +81,26 @@ pub struct LockedOrchestration {
     pub history: Vec<HistoryEvent>,
     /// Visible inbox messages, in delivery order, with their row ids.
     pub inbox: Vec<(i64, Message)>,
+}
+
+impl LockedOrchestration {
+    /// Joins freshly leased instances (with their tokens) to their histories and inboxes,
+    /// loaded for the whole batch at once.
+    pub(crate) fn assemble(
+        picked: Vec<(String, Instance)>,
+        mut histories: HashMap<String, Vec<HistoryEvent>>,
+        mut inboxes: HashMap<String, Vec<(i64, Message)>>,
+    ) -> Vec<LockedOrchestration> {
+        picked
+            .into_iter()
+            .map(|(token, instance)| LockedOrchestration {
+                token,
+                history: histories.remove(&instance.instance_id).unwrap_or_default(),
+                inbox: inboxes.remove(&instance.instance_id).unwrap_or_default(),
+                instance,
+            })
+            .collect()
+    }
 }
 
 /// An activity work item the store has leased to this sidecar.

@@ -565,15 +565,7 @@ impl Store for SqliteStore {
             };
             inboxes.entry(instance_id).or_default().push((r.get(0), message));
         }
-        Ok(picked
-            .into_iter()
-            .map(|(token, instance)| LockedOrchestration {
-                token,
-                history: histories.remove(&instance.instance_id).unwrap_or_default(),
-                inbox: inboxes.remove(&instance.instance_id).unwrap_or_default(),
-                instance,
-            })
-            .collect())
+        Ok(LockedOrchestration::assemble(picked, histories, inboxes))
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {

@@ -52,8 +52,7 @@ impl Harness {
              or point it at a database whose user may create databases",
         );
         let database = format!("conformance_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut conn).await.unwrap();
+        create_database(&admin, &database).await;
         let url = with_database(&admin, &database);
         let store = store::open(&url, &options()).await.unwrap();
         Harness { engine: Engine::Postgres { admin, database }, url, store }
@@ -71,8 +70,37 @@ impl Harness {
     async fn finish(self) {
         if let Engine::Postgres { admin, database } = self.engine {
             drop(self.store);
+            // Best effort: a test that passed does not fail over cleanup. An autovacuum worker
+            // in the database can make the drop fail for a moment (it is not ours to end).
             let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)"))).execute(&mut conn).await.unwrap();
+            let drop = format!("DROP DATABASE {database} WITH (FORCE)");
+            for attempt in 1..=10 {
+                match sqlx::query(sqlx::AssertSqlSafe(drop.clone())).execute(&mut conn).await {
+                    Ok(_) => return,
+                    Err(e) if attempt == 10 => eprintln!("left database {database} behind: {e}"),
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                }
+            }
+        }
+    }
+}
+
+/// Creates a database. Postgres refuses to copy its template while another CREATE DATABASE
+/// uses it ("source database is being accessed by other users"), so creations in this process
+/// take turns, and one that still collides (with another process) is tried again.
+async fn create_database(admin: &str, database: &str) {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = TURN.lock().await;
+    let mut conn = sqlx::PgConnection::connect(admin).await.expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
+    let mut attempts = 0;
+    loop {
+        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut conn).await {
+            Ok(_) => return,
+            Err(e) if attempts < 20 && e.to_string().contains("being accessed by other users") => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("CREATE DATABASE {database}: {e}"),
         }
     }
 }

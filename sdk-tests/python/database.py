@@ -75,8 +75,13 @@ class PostgresDatabase:
     def drop(self) -> None:
         if self._dropped:
             return
-        # FORCE ends the sessions of a sidecar that was killed rather than stopped.
-        psql(self.admin_url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        # FORCE ends the sessions of a sidecar that was killed rather than stopped. Best
+        # effort: an autovacuum worker in the database can refuse to be ended for a moment,
+        # and a leftover test database is not a test failure.
+        try:
+            psql(self.admin_url, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        except RuntimeError as e:
+            print(f"left database {self.name} behind: {e}")
         self._dropped = True
 
 

@@ -2,9 +2,9 @@
 //!
 //! Sharing is safe because every decision is made inside a transaction on the rows it
 //! concerns: work is picked with `FOR UPDATE SKIP LOCKED` (two sidecars never lease the same
-//! item), and a commit first releases its lease with `WHERE lock_token = $token`, which takes
-//! the row lock, so a sidecar whose lease was taken over finds the token gone and writes
-//! nothing. Each transaction that gives another sidecar something to do ends with a
+//! item), and a commit first writes its instance row, ending the lease, `WHERE lock_token =
+//! $token`, which takes the row lock, so a sidecar whose lease was taken over finds the token
+//! gone and writes nothing. Each transaction that gives another sidecar something to do ends with a
 //! `NOTIFY`; every sidecar `LISTEN`s, so work created anywhere is dispatched at once.
 
 mod notify;
@@ -125,7 +125,9 @@ async fn load_history(conn: &mut PgConnection, id: &str) -> Result<Vec<HistoryEv
 }
 
 /// Binds the instance's columns after `instance_id`, in table order.
-fn bind_fields<'q>(q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, i: &'q Instance) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_fields<'q>(q: Query<'q>, i: &'q Instance) -> Query<'q> {
     q.bind(&i.name)
         .bind(&i.version)
         .bind(&i.execution_id)

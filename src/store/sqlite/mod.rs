@@ -104,7 +104,9 @@ async fn load_history(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Histo
 }
 
 /// Binds the instance's columns after `instance_id`, in table order.
-fn bind_fields<'q>(q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, i: &'q Instance) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+fn bind_fields<'q>(q: Query<'q>, i: &'q Instance) -> Query<'q> {
     q.bind(&i.name)
         .bind(&i.version)
         .bind(&i.execution_id)

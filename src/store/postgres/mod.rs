@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Connection, Row};
+use sqlx::{Connection, Row};
 use tokio::sync::broadcast;
 use tonic::async_trait;
 use tracing::{debug, info};
 
-use super::encoding::{decode, decode_tags, encode, encode_tags, status};
+use super::encoding::{bind_fields, decode, decode_tags, encode, status};
 use super::*;
 use crate::engine::events::kind_name;
 use crate::engine::wakes_suspended;
@@ -122,27 +122,6 @@ async fn instance_status(conn: &mut PgConnection, id: &str) -> Result<Option<Orc
 async fn load_history(conn: &mut PgConnection, id: &str) -> Result<Vec<HistoryEvent>> {
     let rows = sqlx::query(SELECT_HISTORY).bind(id).fetch_all(&mut *conn).await?;
     rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
-}
-
-/// Binds the instance's columns after `instance_id`, in table order.
-type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-fn bind_fields<'q>(q: Query<'q>, i: &'q Instance) -> Query<'q> {
-    q.bind(&i.name)
-        .bind(&i.version)
-        .bind(&i.execution_id)
-        .bind(i.status as i32)
-        .bind(&i.input)
-        .bind(&i.output)
-        .bind(&i.custom_status)
-        .bind(i.failure_details.as_ref().map(encode))
-        .bind(i.created_at)
-        .bind(i.updated_at)
-        .bind(i.completed_at)
-        .bind(i.scheduled_start_at)
-        .bind(&i.parent_instance_id)
-        .bind(encode_tags(&i.tags))
-        .bind(i.trace_context.as_ref().map(encode))
 }
 
 /// Inserts a new, unleased instance row.
@@ -343,7 +322,7 @@ async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, resul
     };
     // One statement: queued only while that execution is still running (a result for a
     // finished or replaced execution is dropped, as `deliver` would).
-    let queued = sqlx::query(AssertSqlSafe(queue_result()))
+    let queued = sqlx::query(QUEUE_RESULT.as_str())
         .bind(&message.instance_id)
         .bind(&message.execution_id)
         .bind(message.priority)

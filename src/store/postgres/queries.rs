@@ -106,13 +106,13 @@ pub const LOCK_ACTIVITIES: &str = "UPDATE activities a SET lock_token = gen_rand
 
 /// Queues an activity result ($1..$5: instance, execution, priority, visible_at, event) only
 /// while that execution ($6, $7) is still running.
-pub fn queue_result() -> String {
+pub static QUEUE_RESULT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT $1, $2, $3, 0, $4, $5 \
          WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = $6 AND execution_id = $7 AND status NOT IN ({}))",
         crate::store::filters::terminal_statuses()
     )
-}
+});
 
 pub const DELETE_LOCKED_ACTIVITY: &str =
     "DELETE FROM activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id, execution_id";

@@ -74,11 +74,12 @@ impl HistoryCache {
     /// execution: the next step reads it).
     pub fn append(&self, id: &str, execution_id: &str, events: &[HistoryEvent]) {
         let mut inner = self.inner.lock().unwrap();
-        if !inner.entries.get(id).is_some_and(|e| e.execution_id == execution_id) {
+        if inner.entries.get(id).is_none_or(|e| e.execution_id != execution_id) {
             inner.remove(id);
             return;
         }
         inner.make_room(events.len());
+        // Starting over may have dropped this entry too.
         if let Some(entry) = inner.entries.get_mut(id) {
             entry.events.extend_from_slice(events);
             inner.events += events.len();

@@ -6,6 +6,7 @@ mod cache;
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -13,7 +14,7 @@ use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
 use tonic::async_trait;
 use tracing::{debug, info};
 
-use super::encoding::{decode, decode_tags, encode, encode_tags, status};
+use super::encoding::{bind_fields, decode, decode_tags, encode, status};
 use super::filters;
 use cache::HistoryCache;
 use super::*;
@@ -101,27 +102,6 @@ async fn load_instance(conn: &mut SqliteConnection, id: &str) -> Result<Option<I
 async fn load_history(conn: &mut SqliteConnection, id: &str) -> Result<Vec<HistoryEvent>> {
     let rows = sqlx::query("SELECT event FROM history WHERE instance_id = ? ORDER BY seq").bind(id).fetch_all(&mut *conn).await?;
     rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
-}
-
-/// Binds the instance's columns after `instance_id`, in table order.
-type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-fn bind_fields<'q>(q: Query<'q>, i: &'q Instance) -> Query<'q> {
-    q.bind(&i.name)
-        .bind(&i.version)
-        .bind(&i.execution_id)
-        .bind(i.status as i32)
-        .bind(&i.input)
-        .bind(&i.output)
-        .bind(&i.custom_status)
-        .bind(i.failure_details.as_ref().map(encode))
-        .bind(i.created_at)
-        .bind(i.updated_at)
-        .bind(i.completed_at)
-        .bind(i.scheduled_start_at)
-        .bind(&i.parent_instance_id)
-        .bind(encode_tags(&i.tags))
-        .bind(i.trace_context.as_ref().map(encode))
 }
 
 /// Inserts a new, unleased instance row.
@@ -388,12 +368,14 @@ async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, r
     };
     // One statement: queued only while that execution is still running (a result for a
     // finished or replaced execution is dropped, as `deliver` would).
-    let sql = format!(
-        "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT ?, ?, ?, 0, ?, ? \
-         WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = ? AND execution_id = ? AND status NOT IN ({}))",
-        filters::terminal_statuses()
-    );
-    let queued = sqlx::query(AssertSqlSafe(sql))
+    static QUEUE_RESULT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT ?, ?, ?, 0, ?, ? \
+             WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = ? AND execution_id = ? AND status NOT IN ({}))",
+            filters::terminal_statuses()
+        )
+    });
+    let queued = sqlx::query(QUEUE_RESULT.as_str())
         .bind(&message.instance_id)
         .bind(&message.execution_id)
         .bind(message.priority)
@@ -505,14 +487,17 @@ impl Store for SqliteStore {
     async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>> {
         // One statement leases the batch and returns the rows (nothing to do costs one query).
         // History and inbox are then read beside the writer: the lease keeps them ours.
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?1, lock_expires = ?2 \
-             WHERE instance_id IN ( \
-               SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
-               WHERE m.visible_at <= ?3 AND i.lock_expires <= ?3 AND i.ready_at <= ?3 AND (i.status != ?4 OR m.kind = 1) \
-               LIMIT ?5) \
-             RETURNING lock_token, {INSTANCE_COLUMNS}"
-        )))
+        static LOCK: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?1, lock_expires = ?2 \
+                 WHERE instance_id IN ( \
+                   SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+                   WHERE m.visible_at <= ?3 AND i.lock_expires <= ?3 AND i.ready_at <= ?3 AND (i.status != ?4 OR m.kind = 1) \
+                   LIMIT ?5) \
+                 RETURNING lock_token, {INSTANCE_COLUMNS}"
+            )
+        });
+        let rows = sqlx::query(LOCK.as_str())
         .bind(lease.owner)
         .bind(lease.until)
         .bind(lease.now)

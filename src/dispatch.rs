@@ -121,7 +121,10 @@ impl Watchers {
     /// Subscribes before the caller reads the state, so no change can slip in between.
     pub fn subscribe(&self, instance_id: &str) -> watch::Receiver<()> {
         let mut senders = self.senders.lock().unwrap();
-        senders.entry(instance_id.to_string()).or_insert_with(|| watch::channel(()).0).subscribe()
+        senders
+            .entry(instance_id.to_string())
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
     }
 
     /// Forgets an instance's channel once nobody waits on it any more.
@@ -141,10 +144,10 @@ impl Watchers {
     pub fn notify<'a>(&self, instance_ids: impl IntoIterator<Item = &'a String>) {
         let mut senders = self.senders.lock().unwrap();
         for id in instance_ids {
-            if let Some(tx) = senders.get(id) {
-                if tx.send(()).is_err() {
-                    senders.remove(id); // nobody is waiting any more
-                }
+            if let Some(tx) = senders.get(id)
+                && tx.send(()).is_err()
+            {
+                senders.remove(id); // nobody is waiting any more
             }
         }
     }
@@ -177,7 +180,6 @@ fn stale(token: &str) -> Status {
     ))
 }
 
-
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, settings: Settings, telemetry: Telemetry) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
@@ -205,7 +207,11 @@ impl Dispatcher {
     }
 
     fn lease(&self, now: Millis) -> Lease<'_> {
-        Lease { owner: &self.owner, now, until: now + self.settings.lease.as_millis() as Millis }
+        Lease {
+            owner: &self.owner,
+            now,
+            until: now + self.settings.lease.as_millis() as Millis,
+        }
     }
 
     /// Runs the dispatch loop and the lease renewer until the task is dropped.
@@ -256,7 +262,9 @@ impl Dispatcher {
             }
             let now = time::now();
             let due = self.store.next_due(now).await.ok().flatten();
-            let until_due = due.map(|d| Duration::from_millis((d - now).max(0) as u64)).unwrap_or(self.settings.sweep_interval);
+            let until_due = due
+                .map(|d| Duration::from_millis((d - now).max(0) as u64))
+                .unwrap_or(self.settings.sweep_interval);
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(until_due.min(self.settings.sweep_interval)) => {}
@@ -301,7 +309,12 @@ impl Dispatcher {
     }
 
     async fn hand_orchestration(&self, item: LockedOrchestration, now: Millis) -> Result<(), StoreError> {
-        let LockedOrchestration { token, instance, history, inbox } = item;
+        let LockedOrchestration {
+            token,
+            instance,
+            history,
+            inbox,
+        } = item;
         let id = instance.instance_id.clone();
         let (new_events, consumed) = match engine::prepare(&instance, &history, &inbox, now) {
             Prepared::Run { new_events, consumed } => (new_events, consumed),
@@ -332,12 +345,23 @@ impl Dispatcher {
                     orchestration_trace_context: instance.trace_context.clone(),
                     ..Default::default()
                 };
-                let work = WorkItem { request: Some(Item::OrchestratorRequest(request)), completion_token: token.clone() };
+                let work = WorkItem {
+                    request: Some(Item::OrchestratorRequest(request)),
+                    completion_token: token.clone(),
+                };
                 worker.tx.send(Ok(work)).ok()?;
                 worker.orchestrations += 1;
                 state.orchestrations.insert(
                     token.clone(),
-                    HeldOrchestration { worker: worker_id, instance, history, new_events, consumed, chunks: vec![], next_chunk: 0 },
+                    HeldOrchestration {
+                        worker: worker_id,
+                        instance,
+                        history,
+                        new_events,
+                        consumed,
+                        chunks: vec![],
+                        next_chunk: 0,
+                    },
                 );
                 Some(worker_id)
             })
@@ -357,10 +381,21 @@ impl Dispatcher {
             chosen.and_then(|worker_id| {
                 let worker = state.workers.get_mut(&worker_id)?;
                 let task_id = task.request.task_id;
-                let work = WorkItem { request: Some(Item::ActivityRequest(task.request)), completion_token: token.clone() };
+                let work = WorkItem {
+                    request: Some(Item::ActivityRequest(task.request)),
+                    completion_token: token.clone(),
+                };
                 worker.tx.send(Ok(work)).ok()?;
                 worker.activities += 1;
-                state.activities.insert(token.clone(), HeldActivity { worker: worker_id, id, instance_id: task.instance_id, task_id });
+                state.activities.insert(
+                    token.clone(),
+                    HeldActivity {
+                        worker: worker_id,
+                        id,
+                        instance_id: task.instance_id,
+                        task_id,
+                    },
+                );
                 Some(())
             })
         };
@@ -382,7 +417,10 @@ impl Dispatcher {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             loop {
                 tick.tick().await;
-                let ping = WorkItem { request: Some(Item::HealthPing(HealthPing {})), completion_token: String::new() };
+                let ping = WorkItem {
+                    request: Some(Item::HealthPing(HealthPing {})),
+                    completion_token: String::new(),
+                };
                 if ping_tx.send(Ok(ping)).is_err() {
                     break;
                 }
@@ -404,10 +442,20 @@ impl Dispatcher {
             state.workers.insert(id, worker);
             id
         };
-        info!(worker = id, max_orchestrations = request.max_concurrent_orchestration_work_items,
-              max_activities = request.max_concurrent_activity_work_items, "worker connected");
+        info!(
+            worker = id,
+            max_orchestrations = request.max_concurrent_orchestration_work_items,
+            max_activities = request.max_concurrent_activity_work_items,
+            "worker connected"
+        );
         self.wake();
-        (rx, WorkerGuard { dispatcher: self.clone(), worker: id })
+        (
+            rx,
+            WorkerGuard {
+                dispatcher: self.clone(),
+                worker: id,
+            },
+        )
     }
 
     /// Ends every worker stream cleanly (OK trailers), so workers reconnect elsewhere; used
@@ -430,7 +478,12 @@ impl Dispatcher {
             let activities: Vec<_> = state.activities.extract_if(|_, h| h.worker == worker).collect();
             (orchestrations, activities)
         };
-        info!(worker, orchestrations = orchestrations.len(), activities = activities.len(), "worker disconnected; releasing its work items");
+        info!(
+            worker,
+            orchestrations = orchestrations.len(),
+            activities = activities.len(),
+            "worker disconnected; releasing its work items"
+        );
         let this = self.clone();
         tokio::spawn(async move {
             let now = time::now();
@@ -465,7 +518,12 @@ impl Dispatcher {
                     .iter()
                     .find(|(_, h)| h.instance.instance_id == response.instance_id)
                     .map(|(t, _)| t.clone())
-                    .ok_or_else(|| Status::failed_precondition(format!("no orchestration work item for instance '{}' is outstanding", response.instance_id)))?
+                    .ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "no orchestration work item for instance '{}' is outstanding",
+                            response.instance_id
+                        ))
+                    })?
             } else {
                 response.completion_token.clone()
             };
@@ -480,7 +538,10 @@ impl Dispatcher {
             if chunked {
                 let index = response.chunk_index.unwrap_or(held.next_chunk);
                 if index != held.next_chunk {
-                    return Err(Status::invalid_argument(format!("expected chunk {}, got chunk {index}", held.next_chunk)));
+                    return Err(Status::invalid_argument(format!(
+                        "expected chunk {}, got chunk {index}",
+                        held.next_chunk
+                    )));
                 }
                 held.next_chunk += 1;
                 held.chunks.extend(response.actions.iter().cloned());
@@ -509,10 +570,23 @@ impl Dispatcher {
             trace_context: response.orchestration_trace_context,
         };
         let now = time::now();
-        let mut commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || uuid::Uuid::new_v4().simple().to_string());
+        let mut commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || {
+            uuid::Uuid::new_v4().simple().to_string()
+        });
         // Tracing: marks trace contexts in the commit, emits the step's spans once it is stored.
-        let spans = self.telemetry.step(&held.instance, &held.history, &held.new_events, &mut commit, now);
-        match self.batcher.write(Write::Step { token: token.clone(), consumed: held.consumed, commit, now }).await {
+        let spans = self
+            .telemetry
+            .step(&held.instance, &held.history, &held.new_events, &mut commit, now);
+        match self
+            .batcher
+            .write(Write::Step {
+                token: token.clone(),
+                consumed: held.consumed,
+                commit,
+                now,
+            })
+            .await
+        {
             Ok(changed) => {
                 spans.committed();
                 self.changed(&changed);
@@ -570,7 +644,15 @@ impl Dispatcher {
         };
         let now = time::now();
         let result = events::task_result(now, held.task_id, response.result, response.failure_details);
-        let outcome = self.batcher.write(Write::ActivityResult { id: held.id, token, result, now }).await;
+        let outcome = self
+            .batcher
+            .write(Write::ActivityResult {
+                id: held.id,
+                token,
+                result,
+                now,
+            })
+            .await;
         self.wake();
         outcome.map(drop).map_err(crate::grpc::status)
     }
@@ -587,7 +669,11 @@ impl Dispatcher {
         };
         if let Some(held) = held {
             let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
-            if let Err(e) = self.store.release_orchestration(&held.instance.instance_id, token, &[], later).await {
+            if let Err(e) = self
+                .store
+                .release_orchestration(&held.instance.instance_id, token, &[], later)
+                .await
+            {
                 debug!(error = %e, "abandoning orchestration");
             }
             self.wake();

@@ -109,7 +109,10 @@ async fn serve(config: Config) -> ExitCode {
         },
     };
     let options = server::Options {
-        dispatch: dispatch::Settings { lease: config.lease(), ..Default::default() },
+        dispatch: dispatch::Settings {
+            lease: config.lease(),
+            ..Default::default()
+        },
         max_message_bytes: config.max_message_bytes(),
         telemetry: telemetry.clone(),
     };
@@ -132,12 +135,18 @@ async fn serve(config: Config) -> ExitCode {
 /// resolving it may try either.
 async fn addresses(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     if host == "localhost" {
-        return Ok(vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)]);
+        return Ok(vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+        ]);
     }
     if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let found: Vec<_> = tokio::net::lookup_host((host, port)).await.map_err(|e| format!("cannot resolve --host '{host}': {e}"))?.collect();
+    let found: Vec<_> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve --host '{host}': {e}"))?
+        .collect();
     if found.is_empty() {
         return Err(format!("--host '{host}' resolves to no address"));
     }
@@ -149,15 +158,19 @@ async fn addresses(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
 async fn bind(addresses: Vec<SocketAddr>) -> Result<Vec<TcpListener>, String> {
     let mut listeners: Vec<TcpListener> = vec![];
     for mut addr in addresses {
-        if let Some(first) = listeners.first() {
-            if addr.port() == 0 {
-                addr.set_port(first.local_addr().map(|a| a.port()).unwrap_or(0));
-            }
+        if let Some(first) = listeners.first()
+            && addr.port() == 0
+        {
+            addr.set_port(first.local_addr().map(|a| a.port()).unwrap_or(0));
         }
         match TcpListener::bind(addr).await {
             Ok(l) => listeners.push(l),
             Err(e) if listeners.is_empty() => {
-                let hint = if e.kind() == std::io::ErrorKind::AddrInUse { " (is another outrigger already running? choose another --port)" } else { "" };
+                let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                    " (is another outrigger already running? choose another --port)"
+                } else {
+                    ""
+                };
                 return Err(format!("cannot listen on {addr}: {e}{hint}"));
             }
             Err(e) => warn!("not listening on {addr}: {e}"),

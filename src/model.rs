@@ -4,10 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::proto::{
-    ActivityRequest, HistoryEvent, OrchestrationStatus, OrchestrationTraceContext,
-    TaskFailureDetails,
-};
+use crate::proto::{ActivityRequest, HistoryEvent, OrchestrationStatus, OrchestrationTraceContext, TaskFailureDetails};
 use crate::time::Millis;
 
 /// One orchestration instance, as kept in the `instances` table.
@@ -44,10 +41,7 @@ impl Instance {
 pub fn is_terminal(status: OrchestrationStatus) -> bool {
     matches!(
         status,
-        OrchestrationStatus::Completed
-            | OrchestrationStatus::Failed
-            | OrchestrationStatus::Terminated
-            | OrchestrationStatus::Canceled
+        OrchestrationStatus::Completed | OrchestrationStatus::Failed | OrchestrationStatus::Terminated | OrchestrationStatus::Canceled
     )
 }
 

@@ -30,7 +30,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { dispatch: dispatch::Settings::default(), max_message_bytes: 32 << 20, telemetry: Telemetry::disabled() }
+        Options {
+            dispatch: dispatch::Settings::default(),
+            max_message_bytes: 32 << 20,
+            telemetry: Telemetry::disabled(),
+        }
     }
 }
 
@@ -68,7 +72,9 @@ pub async fn run(
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted::<tonic::body::Body>))
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted::<tonic::body::Body>,
+        ))
         .layer(RpcLayer::new(options.telemetry.clone()))
         .add_service(health_service)
         .add_service(service)

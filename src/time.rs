@@ -31,7 +31,10 @@ pub fn from_timestamp(ts: &Timestamp) -> Result<Millis, String> {
 
 /// Builds a wire timestamp.
 pub fn to_timestamp(ms: Millis) -> Timestamp {
-    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 #[cfg(test)]
@@ -44,7 +47,19 @@ mod tests {
             assert_eq!(from_timestamp(&to_timestamp(ms)), Ok(ms));
         }
         assert!(from_timestamp(&Timestamp { seconds: 0, nanos: -1 }).is_err());
-        assert!(from_timestamp(&Timestamp { seconds: 0, nanos: 1_000_000_000 }).is_err());
-        assert!(from_timestamp(&Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
+        assert!(
+            from_timestamp(&Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000
+            })
+            .is_err()
+        );
+        assert!(
+            from_timestamp(&Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
     }
 }

@@ -18,13 +18,30 @@ async fn tiny_runs_complete_and_write_results() {
     // The sidecar runs inside this test process, so its pid is ours.
     let pid = std::process::id().to_string();
     let mut command = Command::new(env!("CARGO_BIN_EXE_outrigger-bench"));
-    command.args(["--address", &address, "--sidecar-pid", &pid, "--workload", "hello5,fanout,timers,starts"]);
+    command.args([
+        "--address",
+        &address,
+        "--sidecar-pid",
+        &pid,
+        "--workload",
+        "hello5,fanout,timers,starts",
+    ]);
     command.args(["--count", "4", "--concurrency", "2", "--width", "10", "--timeout", "30"]);
     command.arg("--results").arg(&results);
-    let output = tokio::task::spawn_blocking(move || command.output()).await.expect("join").expect("run outrigger-bench");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run outrigger-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("| workload |") && stdout.contains("| hello5 |"), "no table on stdout:\n{stdout}");
+    assert!(
+        output.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("| workload |") && stdout.contains("| hello5 |"),
+        "no table on stdout:\n{stdout}"
+    );
 
     let document: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
     let runs = document["runs"].as_array().expect("runs");
@@ -38,18 +55,34 @@ async fn tiny_runs_complete_and_write_results() {
         let p50 = run["latency_ms"]["p50"].as_f64().expect("p50");
         let max = run["latency_ms"]["max"].as_f64().expect("max");
         assert!(0.0 < p50 && p50 <= max, "{name}: {run}");
-        assert!(run["sidecar_cpu_s"].as_f64().is_some() && run["sidecar_peak_rss_mib"].as_f64().is_some(), "{name}: {run}");
+        assert!(
+            run["sidecar_cpu_s"].as_f64().is_some() && run["sidecar_peak_rss_mib"].as_f64().is_some(),
+            "{name}: {run}"
+        );
     }
     let by_name = |n: &str| runs.iter().find(|r| r["workload"] == n).expect("run");
     // 4 orchestrations of five activities, and of a fan-out of ten.
     let hello5 = by_name("hello5");
     let rate = |r: &Value, k: &str| r[k].as_f64().expect(k);
-    assert!((rate(hello5, "activities_per_s") - 5.0 * rate(hello5, "orchestrations_per_s")).abs() < 1e-6, "{hello5}");
+    assert!(
+        (rate(hello5, "activities_per_s") - 5.0 * rate(hello5, "orchestrations_per_s")).abs() < 1e-6,
+        "{hello5}"
+    );
     let fanout = by_name("fanout");
-    assert!((rate(fanout, "activities_per_s") - 10.0 * rate(fanout, "orchestrations_per_s")).abs() < 1e-6, "{fanout}");
+    assert!(
+        (rate(fanout, "activities_per_s") - 10.0 * rate(fanout, "orchestrations_per_s")).abs() < 1e-6,
+        "{fanout}"
+    );
     // The worker saw the timers fire, so lateness figures exist (their size is not a test matter).
     let lateness = &by_name("timers")["timer_lateness_ms"];
-    assert!(lateness["p50"].as_f64().is_some() && lateness["p99"].as_f64().is_some(), "{lateness}");
+    assert!(
+        lateness["p50"].as_f64().is_some() && lateness["p99"].as_f64().is_some(),
+        "{lateness}"
+    );
     assert!(hello5["timer_lateness_ms"]["p50"].is_null(), "hello5 has no timers: {hello5}");
-    assert!(by_name("starts")["notes"].to_string().contains("4 drained after"), "{}", by_name("starts"));
+    assert!(
+        by_name("starts")["notes"].to_string().contains("4 drained after"),
+        "{}",
+        by_name("starts")
+    );
 }

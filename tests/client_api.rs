@@ -44,7 +44,11 @@ async fn query_instances_pages_through_a_prefix() {
     let mut pages = vec![];
     let mut token = None;
     loop {
-        let response = client.query_instances(query("page-", 2, token.clone())).await.expect("QueryInstances").into_inner();
+        let response = client
+            .query_instances(query("page-", 2, token.clone()))
+            .await
+            .expect("QueryInstances")
+            .into_inner();
         pages.push(ids(&response.orchestration_state));
         assert!(pages.len() <= 3, "paging does not end: {pages:?}");
         match response.continuation_token {
@@ -55,10 +59,18 @@ async fn query_instances_pages_through_a_prefix() {
             None => break,
         }
     }
-    assert_eq!(pages, [vec!["page-0", "page-1"], vec!["page-2", "page-3"], vec!["page-4"]], "oldest first, two at a time");
+    assert_eq!(
+        pages,
+        [vec!["page-0", "page-1"], vec!["page-2", "page-3"], vec!["page-4"]],
+        "oldest first, two at a time"
+    );
 
     // Payloads only when asked for.
-    let response = client.query_instances(query("page-0", 0, None)).await.expect("QueryInstances").into_inner();
+    let response = client
+        .query_instances(query("page-0", 0, None))
+        .await
+        .expect("QueryInstances")
+        .into_inner();
     assert_eq!(ids(&response.orchestration_state), ["page-0"]);
     assert_eq!(response.orchestration_state[0].input, None);
     assert_eq!(response.orchestration_state[0].name, "Paged");
@@ -86,12 +98,26 @@ async fn query_instances_filters_by_runtime_status() {
             ..Default::default()
         }),
     };
-    let mut found = async |statuses| ids(&client.query_instances(by_status(statuses)).await.expect("QueryInstances").into_inner().orchestration_state);
+    let mut found = async |statuses| {
+        ids(&client
+            .query_instances(by_status(statuses))
+            .await
+            .expect("QueryInstances")
+            .into_inner()
+            .orchestration_state)
+    };
     assert_eq!(found(vec![OrchestrationStatus::Completed]).await, ["st-done-1", "st-done-2"]);
     assert_eq!(found(vec![OrchestrationStatus::Pending]).await, ["st-pending"]);
     assert_eq!(found(vec![OrchestrationStatus::Running]).await, Vec::<String>::new());
-    assert_eq!(found(vec![OrchestrationStatus::Completed, OrchestrationStatus::Pending]).await, ["st-done-1", "st-done-2", "st-pending"]);
-    assert_eq!(found(vec![]).await, ["st-done-1", "st-done-2", "st-pending"], "no status filter means all");
+    assert_eq!(
+        found(vec![OrchestrationStatus::Completed, OrchestrationStatus::Pending]).await,
+        ["st-done-1", "st-done-2", "st-pending"]
+    );
+    assert_eq!(
+        found(vec![]).await,
+        ["st-done-1", "st-done-2", "st-pending"],
+        "no status filter means all"
+    );
 }
 
 #[tokio::test]
@@ -107,7 +133,11 @@ async fn list_instance_ids_pages_over_finished_instances() {
     let mut pages = vec![];
     let mut key = None;
     loop {
-        let request = ListInstanceIdsRequest { page_size: 2, last_instance_key: key.clone(), ..Default::default() };
+        let request = ListInstanceIdsRequest {
+            page_size: 2,
+            last_instance_key: key.clone(),
+            ..Default::default()
+        };
         let response = client.list_instance_ids(request).await.expect("ListInstanceIds").into_inner();
         pages.push(response.instance_ids);
         assert!(pages.len() <= 2, "paging does not end: {pages:?}");
@@ -116,15 +146,26 @@ async fn list_instance_ids_pages_over_finished_instances() {
             None => break,
         }
     }
-    assert_eq!(pages, [vec!["done-a", "done-b"], vec!["done-c"]], "finished instances only, in completion order");
+    assert_eq!(
+        pages,
+        [vec!["done-a", "done-b"], vec!["done-c"]],
+        "finished instances only, in completion order"
+    );
 
-    let request = ListInstanceIdsRequest { runtime_status: vec![OrchestrationStatus::Failed as i32], ..Default::default() };
+    let request = ListInstanceIdsRequest {
+        runtime_status: vec![OrchestrationStatus::Failed as i32],
+        ..Default::default()
+    };
     let response = client.list_instance_ids(request).await.expect("ListInstanceIds").into_inner();
     assert!(response.instance_ids.is_empty(), "no instance failed: {:?}", response.instance_ids);
 }
 
 fn purge_request(target: PurgeTarget, recursive: bool) -> PurgeInstancesRequest {
-    PurgeInstancesRequest { request: Some(target), recursive, ..Default::default() }
+    PurgeInstancesRequest {
+        request: Some(target),
+        recursive,
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -143,9 +184,17 @@ async fn purge_by_instance_id() {
     assert_eq!(response.deleted_instance_count, 1);
     assert_eq!(response.is_complete, Some(true));
     assert!(get(&mut client, "purge-me").await.is_none(), "the purged instance is gone");
-    assert!(history(&mut client, "keep-me").await.len() > 1, "other instances keep their history");
+    assert!(
+        history(&mut client, "keep-me").await.len() > 1,
+        "other instances keep their history"
+    );
     expect_code(
-        client.stream_instance_history(StreamInstanceHistoryRequest { instance_id: "purge-me".into(), ..Default::default() }).await,
+        client
+            .stream_instance_history(StreamInstanceHistoryRequest {
+                instance_id: "purge-me".into(),
+                ..Default::default()
+            })
+            .await,
         Code::NotFound,
     );
 
@@ -175,20 +224,38 @@ async fn purge_recursive_removes_sub_orchestrations() {
             ..Default::default()
         }),
     );
-    complete_orchestrator(&mut client, &token, "parent", vec![create_child]).await.expect("parent step 1");
+    complete_orchestrator(&mut client, &token, "parent", vec![create_child])
+        .await
+        .expect("parent step 1");
     let (child_token, child) = worker.orchestration().await;
     assert_eq!(child.instance_id, "parent-child");
-    complete_orchestrator(&mut client, &child_token, "parent-child", vec![complete(0, OrchestrationStatus::Completed, "\"c\"")])
-        .await
-        .expect("child completes");
+    complete_orchestrator(
+        &mut client,
+        &child_token,
+        "parent-child",
+        vec![complete(0, OrchestrationStatus::Completed, "\"c\"")],
+    )
+    .await
+    .expect("child completes");
     let (token, step2) = worker.orchestration().await;
     assert_eq!(step2.instance_id, "parent");
-    assert_eq!(kinds(&step2.new_events), ["OrchestratorStarted", "SubOrchestrationInstanceCompleted"]);
-    complete_orchestrator(&mut client, &token, "parent", vec![complete(1, OrchestrationStatus::Completed, "\"p\"")])
-        .await
-        .expect("parent completes");
+    assert_eq!(
+        kinds(&step2.new_events),
+        ["OrchestratorStarted", "SubOrchestrationInstanceCompleted"]
+    );
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "parent",
+        vec![complete(1, OrchestrationStatus::Completed, "\"p\"")],
+    )
+    .await
+    .expect("parent completes");
     wait_completion(&mut client, "parent").await;
-    assert_eq!(get(&mut client, "parent-child").await.expect("child").parent_instance_id.as_deref(), Some("parent"));
+    assert_eq!(
+        get(&mut client, "parent-child").await.expect("child").parent_instance_id.as_deref(),
+        Some("parent")
+    );
 
     let response = client
         .purge_instances(purge_request(PurgeTarget::InstanceId("parent".into()), true))
@@ -197,7 +264,10 @@ async fn purge_recursive_removes_sub_orchestrations() {
         .into_inner();
     assert_eq!(response.deleted_instance_count, 2);
     assert!(get(&mut client, "parent").await.is_none());
-    assert!(get(&mut client, "parent-child").await.is_none(), "recursive purge removes the child");
+    assert!(
+        get(&mut client, "parent-child").await.is_none(),
+        "recursive purge removes the child"
+    );
 }
 
 #[tokio::test]
@@ -211,8 +281,14 @@ async fn purge_by_filter_and_by_batch_removes_only_finished_instances() {
     start_later(&mut client, "f-pending").await;
 
     // A batch naming a finished, a pending and an unknown instance deletes only the first.
-    let batch = InstanceBatch { instance_ids: vec!["f-1".into(), "f-pending".into(), "f-unknown".into()] };
-    let response = client.purge_instances(purge_request(PurgeTarget::InstanceBatch(batch), false)).await.expect("purge batch").into_inner();
+    let batch = InstanceBatch {
+        instance_ids: vec!["f-1".into(), "f-pending".into(), "f-unknown".into()],
+    };
+    let response = client
+        .purge_instances(purge_request(PurgeTarget::InstanceBatch(batch), false))
+        .await
+        .expect("purge batch")
+        .into_inner();
     assert_eq!(response.deleted_instance_count, 1);
     assert!(get(&mut client, "f-1").await.is_none());
 
@@ -222,12 +298,22 @@ async fn purge_by_filter_and_by_batch_removes_only_finished_instances() {
         runtime_status: vec![OrchestrationStatus::Completed as i32, OrchestrationStatus::Pending as i32],
         ..Default::default()
     };
-    let response =
-        client.purge_instances(purge_request(PurgeTarget::PurgeInstanceFilter(filter), false)).await.expect("purge filter").into_inner();
+    let response = client
+        .purge_instances(purge_request(PurgeTarget::PurgeInstanceFilter(filter), false))
+        .await
+        .expect("purge filter")
+        .into_inner();
     assert_eq!(response.deleted_instance_count, 2);
     assert_eq!(response.is_complete, Some(true));
-    let left = client.query_instances(QueryInstancesRequest::default()).await.expect("QueryInstances").into_inner();
-    assert_eq!(ids(&left.orchestration_state).into_iter().collect::<BTreeSet<_>>(), BTreeSet::from(["f-pending".to_string()]));
+    let left = client
+        .query_instances(QueryInstancesRequest::default())
+        .await
+        .expect("QueryInstances")
+        .into_inner();
+    assert_eq!(
+        ids(&left.orchestration_state).into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["f-pending".to_string()])
+    );
 }
 
 #[tokio::test]
@@ -235,15 +321,37 @@ async fn entity_rpcs_are_unimplemented() {
     let sidecar = Sidecar::start().await;
     let mut client = sidecar.client.clone();
     let mentions_entities = |status: tonic::Status| {
-        assert!(status.message().to_lowercase().contains("entit"), "message should mention entities: {status:?}");
+        assert!(
+            status.message().to_lowercase().contains("entit"),
+            "message should mention entities: {status:?}"
+        );
     };
-    mentions_entities(expect_code(client.signal_entity(SignalEntityRequest::default()).await, Code::Unimplemented));
-    mentions_entities(expect_code(client.get_entity(GetEntityRequest::default()).await, Code::Unimplemented));
-    mentions_entities(expect_code(client.query_entities(QueryEntitiesRequest::default()).await, Code::Unimplemented));
-    mentions_entities(expect_code(client.clean_entity_storage(CleanEntityStorageRequest::default()).await, Code::Unimplemented));
-    mentions_entities(expect_code(client.complete_entity_task(EntityBatchResult::default()).await, Code::Unimplemented));
     mentions_entities(expect_code(
-        client.abandon_task_entity_work_item(AbandonEntityTaskRequest { completion_token: "t".into() }).await,
+        client.signal_entity(SignalEntityRequest::default()).await,
+        Code::Unimplemented,
+    ));
+    mentions_entities(expect_code(
+        client.get_entity(GetEntityRequest::default()).await,
+        Code::Unimplemented,
+    ));
+    mentions_entities(expect_code(
+        client.query_entities(QueryEntitiesRequest::default()).await,
+        Code::Unimplemented,
+    ));
+    mentions_entities(expect_code(
+        client.clean_entity_storage(CleanEntityStorageRequest::default()).await,
+        Code::Unimplemented,
+    ));
+    mentions_entities(expect_code(
+        client.complete_entity_task(EntityBatchResult::default()).await,
+        Code::Unimplemented,
+    ));
+    mentions_entities(expect_code(
+        client
+            .abandon_task_entity_work_item(AbandonEntityTaskRequest {
+                completion_token: "t".into(),
+            })
+            .await,
         Code::Unimplemented,
     ));
 }

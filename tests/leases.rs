@@ -18,14 +18,27 @@ async fn completing_twice_with_one_token_is_refused_and_changes_nothing() {
     start(&mut client, "twice", "Once", None).await;
     let (token, _) = worker.orchestration().await;
 
-    complete_orchestrator(&mut client, &token, "twice", vec![schedule_task(0, "Work", "1")]).await.expect("first completion");
+    complete_orchestrator(&mut client, &token, "twice", vec![schedule_task(0, "Work", "1")])
+        .await
+        .expect("first completion");
     let committed = history(&mut client, "twice").await;
-    assert_eq!(kinds(&committed), ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]);
+    assert_eq!(
+        kinds(&committed),
+        ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]
+    );
 
     let second = complete_orchestrator(&mut client, &token, "twice", vec![complete(1, OrchestrationStatus::Completed, "x")]).await;
     let status = expect_code(second, Code::FailedPrecondition);
-    assert!(status.message().contains(&token), "the message names the token: {}", status.message());
-    assert_eq!(history(&mut client, "twice").await, committed, "a refused completion must not touch history");
+    assert!(
+        status.message().contains(&token),
+        "the message names the token: {}",
+        status.message()
+    );
+    assert_eq!(
+        history(&mut client, "twice").await,
+        committed,
+        "a refused completion must not touch history"
+    );
     assert_eq!(status_of(&mut client, "twice").await, OrchestrationStatus::Running);
 }
 
@@ -59,10 +72,14 @@ async fn completing_an_activity_twice_is_refused() {
     let mut worker = sidecar.worker().await;
     start(&mut client, "act-twice", "A", None).await;
     let (token, _) = worker.orchestration().await;
-    complete_orchestrator(&mut client, &token, "act-twice", vec![schedule_task(0, "Work", "1")]).await.expect("step 1");
+    complete_orchestrator(&mut client, &token, "act-twice", vec![schedule_task(0, "Work", "1")])
+        .await
+        .expect("step 1");
     let (activity_token, activity) = worker.activity().await;
 
-    complete_activity(&mut client, &activity_token, &activity, "first").await.expect("first completion");
+    complete_activity(&mut client, &activity_token, &activity, "first")
+        .await
+        .expect("first completion");
     let second = complete_activity(&mut client, &activity_token, &activity, "second").await;
     expect_code(second, Code::FailedPrecondition);
 
@@ -84,7 +101,9 @@ async fn abandoned_orchestration_is_redelivered_with_a_new_token() {
     let (token, first) = worker.orchestration().await;
 
     client
-        .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest { completion_token: token.clone() })
+        .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest {
+            completion_token: token.clone(),
+        })
         .await
         .expect("abandon");
 
@@ -93,13 +112,24 @@ async fn abandoned_orchestration_is_redelivered_with_a_new_token() {
     assert_eq!(again.instance_id, "abandoned");
     assert_eq!(again.execution_id, first.execution_id);
     assert_eq!(kinds(&again.new_events), ["OrchestratorStarted", "ExecutionStarted"]);
-    assert_eq!(again.new_events[1], first.new_events[1], "the same ExecutionStarted is delivered again");
+    assert_eq!(
+        again.new_events[1], first.new_events[1],
+        "the same ExecutionStarted is delivered again"
+    );
 
     // The abandoned token is dead; the new one works.
-    expect_code(complete_orchestrator(&mut client, &token, "abandoned", vec![]).await, Code::FailedPrecondition);
-    complete_orchestrator(&mut client, &token2, "abandoned", vec![complete(0, OrchestrationStatus::Completed, "2")])
-        .await
-        .expect("complete with the new token");
+    expect_code(
+        complete_orchestrator(&mut client, &token, "abandoned", vec![]).await,
+        Code::FailedPrecondition,
+    );
+    complete_orchestrator(
+        &mut client,
+        &token2,
+        "abandoned",
+        vec![complete(0, OrchestrationStatus::Completed, "2")],
+    )
+    .await
+    .expect("complete with the new token");
     assert_eq!(wait_completion(&mut client, "abandoned").await.output.as_deref(), Some("2"));
 }
 
@@ -110,11 +140,15 @@ async fn abandoned_activity_is_redelivered_with_a_new_token() {
     let mut worker = sidecar.worker().await;
     start(&mut client, "abandoned-act", "A", None).await;
     let (token, _) = worker.orchestration().await;
-    complete_orchestrator(&mut client, &token, "abandoned-act", vec![schedule_task(0, "Work", "\"in\"")]).await.expect("step 1");
+    complete_orchestrator(&mut client, &token, "abandoned-act", vec![schedule_task(0, "Work", "\"in\"")])
+        .await
+        .expect("step 1");
     let (activity_token, activity) = worker.activity().await;
 
     client
-        .abandon_task_activity_work_item(AbandonActivityTaskRequest { completion_token: activity_token.clone() })
+        .abandon_task_activity_work_item(AbandonActivityTaskRequest {
+            completion_token: activity_token.clone(),
+        })
         .await
         .expect("abandon");
 
@@ -122,8 +156,13 @@ async fn abandoned_activity_is_redelivered_with_a_new_token() {
     assert_ne!(activity_token2, activity_token);
     assert_eq!(again, activity, "the same activity request is delivered again");
 
-    expect_code(complete_activity(&mut client, &activity_token, &activity, "old").await, Code::FailedPrecondition);
-    complete_activity(&mut client, &activity_token2, &again, "new").await.expect("complete with the new token");
+    expect_code(
+        complete_activity(&mut client, &activity_token, &activity, "old").await,
+        Code::FailedPrecondition,
+    );
+    complete_activity(&mut client, &activity_token2, &again, "new")
+        .await
+        .expect("complete with the new token");
     let (_, next) = worker.orchestration().await;
     assert_eq!(kinds(&next.new_events), ["OrchestratorStarted", "TaskCompleted"]);
 }
@@ -133,11 +172,15 @@ async fn abandoning_unknown_tokens_is_ok() {
     let sidecar = Sidecar::start().await;
     let mut client = sidecar.client.clone();
     client
-        .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest { completion_token: "no-such-token".into() })
+        .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest {
+            completion_token: "no-such-token".into(),
+        })
         .await
         .expect("abandoning an unknown orchestration token is idempotent");
     client
-        .abandon_task_activity_work_item(AbandonActivityTaskRequest { completion_token: "no-such-token".into() })
+        .abandon_task_activity_work_item(AbandonActivityTaskRequest {
+            completion_token: "no-such-token".into(),
+        })
         .await
         .expect("abandoning an unknown activity token is idempotent");
 }
@@ -156,15 +199,28 @@ async fn items_of_a_dropped_worker_go_to_another_worker_promptly() {
 
     // Leases last 30 s; the item must come back because the stream closed, well before that.
     let again = second.next_within(Duration::from_secs(5)).await;
-    let Some(Item::OrchestratorRequest(request)) = again.request else { panic!("expected an orchestrator item, got {again:?}") };
+    let Some(Item::OrchestratorRequest(request)) = again.request else {
+        panic!("expected an orchestrator item, got {again:?}")
+    };
     assert_eq!(request.instance_id, "orphan");
     assert_eq!(kinds(&request.new_events), ["OrchestratorStarted", "ExecutionStarted"]);
-    assert_eq!(request.new_events[1], item.new_events[1], "the same ExecutionStarted is delivered again");
+    assert_eq!(
+        request.new_events[1], item.new_events[1],
+        "the same ExecutionStarted is delivered again"
+    );
     assert_ne!(again.completion_token, token);
-    expect_code(complete_orchestrator(&mut client, &token, "orphan", vec![]).await, Code::FailedPrecondition);
-    complete_orchestrator(&mut client, &again.completion_token, "orphan", vec![complete(0, OrchestrationStatus::Completed, "1")])
-        .await
-        .expect("the second worker completes it");
+    expect_code(
+        complete_orchestrator(&mut client, &token, "orphan", vec![]).await,
+        Code::FailedPrecondition,
+    );
+    complete_orchestrator(
+        &mut client,
+        &again.completion_token,
+        "orphan",
+        vec![complete(0, OrchestrationStatus::Completed, "1")],
+    )
+    .await
+    .expect("the second worker completes it");
 }
 
 #[tokio::test]
@@ -174,18 +230,27 @@ async fn activities_of_a_dropped_worker_go_to_another_worker_promptly() {
     let mut first = sidecar.worker().await;
     start(&mut client, "orphan-act", "Orphan", None).await;
     let (token, _) = first.orchestration().await;
-    complete_orchestrator(&mut client, &token, "orphan-act", vec![schedule_task(0, "Work", "1")]).await.expect("step 1");
+    complete_orchestrator(&mut client, &token, "orphan-act", vec![schedule_task(0, "Work", "1")])
+        .await
+        .expect("step 1");
     let (activity_token, activity) = first.activity().await;
 
     let mut second = sidecar.worker().await;
     drop(first);
 
     let again = second.next_within(Duration::from_secs(5)).await;
-    let Some(Item::ActivityRequest(request)) = again.request else { panic!("expected an activity item, got {again:?}") };
+    let Some(Item::ActivityRequest(request)) = again.request else {
+        panic!("expected an activity item, got {again:?}")
+    };
     assert_eq!(request, activity);
     assert_ne!(again.completion_token, activity_token);
-    expect_code(complete_activity(&mut client, &activity_token, &activity, "old").await, Code::FailedPrecondition);
-    complete_activity(&mut client, &again.completion_token, &request, "new").await.expect("the second worker completes it");
+    expect_code(
+        complete_activity(&mut client, &activity_token, &activity, "old").await,
+        Code::FailedPrecondition,
+    );
+    complete_activity(&mut client, &again.completion_token, &request, "new")
+        .await
+        .expect("the second worker completes it");
 }
 
 #[tokio::test]
@@ -194,7 +259,10 @@ async fn idle_streams_receive_health_pings() {
     let mut worker = sidecar.worker().await;
     for _ in 0..2 {
         let item = worker.next_within(Duration::from_secs(5)).await;
-        assert!(matches!(item.request, Some(Item::HealthPing(_))), "an idle stream gets only pings, got {item:?}");
+        assert!(
+            matches!(item.request, Some(Item::HealthPing(_))),
+            "an idle stream gets only pings, got {item:?}"
+        );
         assert!(item.completion_token.is_empty(), "pings carry no completion token");
     }
 }
@@ -203,11 +271,18 @@ async fn idle_streams_receive_health_pings() {
 async fn worker_activity_limit_is_honoured_until_it_completes() {
     let sidecar = Sidecar::start().await;
     let mut client = sidecar.client.clone();
-    let one_at_a_time = GetWorkItemsRequest { max_concurrent_activity_work_items: 1, ..Default::default() };
+    let one_at_a_time = GetWorkItemsRequest {
+        max_concurrent_activity_work_items: 1,
+        ..Default::default()
+    };
     let mut a = sidecar.worker_with(one_at_a_time.clone()).await;
     start(&mut client, "fan-out", "FanOut", None).await;
     let (token, _) = a.orchestration().await;
-    let three = vec![schedule_task(0, "Work", "0"), schedule_task(1, "Work", "1"), schedule_task(2, "Work", "2")];
+    let three = vec![
+        schedule_task(0, "Work", "0"),
+        schedule_task(1, "Work", "1"),
+        schedule_task(2, "Work", "2"),
+    ];
     complete_orchestrator(&mut client, &token, "fan-out", three).await.expect("step 1");
     let (a_token, a_activity) = next_activity(&mut a).await;
 
@@ -218,7 +293,9 @@ async fn worker_activity_limit_is_honoured_until_it_completes() {
     assert_ne!(b_activity.task_id, a_activity.task_id);
 
     // Completing frees A's slot: the third activity goes to A (B is still full).
-    complete_activity(&mut client, &a_token, &a_activity, "done").await.expect("complete");
+    complete_activity(&mut client, &a_token, &a_activity, "done")
+        .await
+        .expect("complete");
     let (_, a_next) = next_activity(&mut a).await;
     let mut seen = vec![a_activity.task_id, b_activity.task_id, a_next.task_id];
     seen.sort();

@@ -12,7 +12,9 @@ use outrigger::engine::{self, Prepared, Response, StartSpec};
 use outrigger::model::{Commit, Message};
 use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
 use outrigger::proto::*;
-use outrigger::store::{self, Change, Delivery, Write, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, Store, StoreError};
+use outrigger::store::{
+    self, Change, Delivery, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, Store, StoreError, Write,
+};
 use outrigger::time::{Millis, to_timestamp};
 use sqlx::Connection;
 
@@ -24,8 +26,13 @@ const LEASE: Millis = 10_000;
 
 enum Engine {
     /// The directory lives as long as the test.
-    Sqlite { _dir: tempfile::TempDir },
-    Postgres { admin: String, database: String },
+    Sqlite {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin: String,
+        database: String,
+    },
 }
 
 struct Harness {
@@ -43,7 +50,11 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
         let store = store::open(&url, &options()).await.unwrap();
-        Harness { engine: Engine::Sqlite { _dir: dir }, url, store }
+        Harness {
+            engine: Engine::Sqlite { _dir: dir },
+            url,
+            store,
+        }
     }
 
     async fn postgres() -> Harness {
@@ -55,7 +66,11 @@ impl Harness {
         create_database(&admin, &database).await;
         let url = with_database(&admin, &database);
         let store = store::open(&url, &options()).await.unwrap();
-        Harness { engine: Engine::Postgres { admin, database }, url, store }
+        Harness {
+            engine: Engine::Postgres { admin, database },
+            url,
+            store,
+        }
     }
 
     /// Another handle on the same data, as a second sidecar would have. SQLite files belong
@@ -91,10 +106,15 @@ impl Harness {
 async fn create_database(admin: &str, database: &str) {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = TURN.lock().await;
-    let mut conn = sqlx::PgConnection::connect(admin).await.expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
     let mut attempts = 0;
     loop {
-        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => return,
             Err(e) if attempts < 20 && e.to_string().contains("being accessed by other users") => {
                 attempts += 1;
@@ -169,7 +189,11 @@ conformance!(
 // Builders
 
 fn lease(owner: &str, now: Millis) -> Lease<'_> {
-    Lease { owner, now, until: now + LEASE }
+    Lease {
+        owner,
+        now,
+        until: now + LEASE,
+    }
 }
 
 async fn create(store: &dyn Store, id: &str, at: Millis) {
@@ -188,15 +212,30 @@ async fn create(store: &dyn Store, id: &str, at: Millis) {
 }
 
 fn action(id: i32, a: Action) -> OrchestratorAction {
-    OrchestratorAction { id, orchestrator_action_type: Some(a) }
+    OrchestratorAction {
+        id,
+        orchestrator_action_type: Some(a),
+    }
 }
 
 fn schedule_task(id: i32) -> OrchestratorAction {
-    action(id, Action::ScheduleTask(ScheduleTaskAction { name: "Work".into(), input: Some(format!("{id}")), ..Default::default() }))
+    action(
+        id,
+        Action::ScheduleTask(ScheduleTaskAction {
+            name: "Work".into(),
+            input: Some(format!("{id}")),
+            ..Default::default()
+        }),
+    )
 }
 
 fn create_timer(id: i32, fire_at: Millis) -> OrchestratorAction {
-    action(id, Action::CreateTimer(CreateTimerAction { fire_at: Some(to_timestamp(fire_at)) }))
+    action(
+        id,
+        Action::CreateTimer(CreateTimerAction {
+            fire_at: Some(to_timestamp(fire_at)),
+        }),
+    )
 }
 
 fn complete(id: i32, output: &str) -> OrchestratorAction {
@@ -211,16 +250,30 @@ fn complete(id: i32, output: &str) -> OrchestratorAction {
 }
 
 /// Runs one orchestration step the way the dispatcher does: prepare, apply the actions, commit.
-async fn step(store: &dyn Store, item: LockedOrchestration, actions: Vec<OrchestratorAction>, now: Millis) -> Result<Vec<String>, StoreError> {
+async fn step(
+    store: &dyn Store,
+    item: LockedOrchestration,
+    actions: Vec<OrchestratorAction>,
+    now: Millis,
+) -> Result<Vec<String>, StoreError> {
     let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, now) else {
         panic!("{} has nothing to run", item.instance.instance_id);
     };
     let mut n = 0;
-    let commit: Commit =
-        engine::apply(&item.instance, &item.history, &new_events, Response { actions, ..Default::default() }, now, &mut || {
+    let commit: Commit = engine::apply(
+        &item.instance,
+        &item.history,
+        &new_events,
+        Response {
+            actions,
+            ..Default::default()
+        },
+        now,
+        &mut || {
             n += 1;
             format!("new-{n}")
-        });
+        },
+    );
     store.commit_orchestration(&item.token, &consumed, commit, now).await
 }
 
@@ -265,7 +318,10 @@ async fn created_instances_read_back(h: &Harness) {
 
     let item = lock_one(s, "w", T0).await;
     assert_eq!(item.instance, got);
-    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["ExecutionStarted"]);
+    assert_eq!(
+        kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()),
+        ["ExecutionStarted"]
+    );
 }
 
 async fn a_live_id_is_not_taken_twice(h: &Harness) {
@@ -282,12 +338,16 @@ async fn a_live_id_is_not_taken_twice(h: &Harness) {
         parent: None,
         parent_trace_context: None,
     };
-    let again = s.create_instance(engine::new_instance(spec("1"), T0), &[OrchestrationStatus::Completed]).await;
+    let again = s
+        .create_instance(engine::new_instance(spec("1"), T0), &[OrchestrationStatus::Completed])
+        .await;
     assert!(matches!(again, Err(StoreError::AlreadyExists(..))), "{again:?}");
     assert_eq!(s.get_instance("a").await.unwrap().unwrap().name, "Orchestration");
 
     // A status the caller allows replacing is replaced, history, inbox and all.
-    s.create_instance(engine::new_instance(spec("2"), T0 + 1), &[OrchestrationStatus::Pending]).await.unwrap();
+    s.create_instance(engine::new_instance(spec("2"), T0 + 1), &[OrchestrationStatus::Pending])
+        .await
+        .unwrap();
     let got = s.get_instance("a").await.unwrap().unwrap();
     assert_eq!((got.name.as_str(), got.execution_id.as_str()), ("Other", "e2"));
     let item = lock_one(s, "w", T0 + 1).await;
@@ -299,7 +359,10 @@ async fn a_leased_instance_is_not_leased_again_until_its_lease_expires(h: &Harne
     create(s, "a", T0).await;
     let first = lock_one(s, "one", T0).await;
     assert!(lock_ids(&*peer, "two", T0 + 1).await.is_empty(), "held by 'one'");
-    assert!(lock_ids(&*peer, "two", T0 + LEASE - 1).await.is_empty(), "still held just before expiry");
+    assert!(
+        lock_ids(&*peer, "two", T0 + LEASE - 1).await.is_empty(),
+        "still held just before expiry"
+    );
 
     // Expired: another sidecar takes it over with a fresh token.
     let second = lock_one(&*peer, "two", T0 + LEASE).await;
@@ -308,8 +371,17 @@ async fn a_leased_instance_is_not_leased_again_until_its_lease_expires(h: &Harne
     assert!(matches!(late, Err(StoreError::LeaseLost)), "{late:?}");
     step(&*peer, second, vec![complete(0, "\"two\"")], T0 + LEASE + 2).await.unwrap();
     let got = s.get_instance("a").await.unwrap().unwrap();
-    assert_eq!((got.status, got.output.as_deref()), (OrchestrationStatus::Completed, Some("\"two\"")));
-    assert_eq!(kinds(&s.history("a").await.unwrap()).iter().filter(|k| **k == "ExecutionStarted").count(), 1);
+    assert_eq!(
+        (got.status, got.output.as_deref()),
+        (OrchestrationStatus::Completed, Some("\"two\""))
+    );
+    assert_eq!(
+        kinds(&s.history("a").await.unwrap())
+            .iter()
+            .filter(|k| **k == "ExecutionStarted")
+            .count(),
+        1
+    );
 }
 
 async fn a_stale_token_is_refused_without_harm(h: &Harness) {
@@ -320,8 +392,14 @@ async fn a_stale_token_is_refused_without_harm(h: &Harness) {
     let refused = step(s, item, vec![schedule_task(0)], T0).await;
     assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
     assert!(s.history("a").await.unwrap().is_empty(), "nothing written");
-    assert!(s.lock_activities(&lease("w", T0), 10).await.unwrap().is_empty(), "no activity queued");
-    assert!(matches!(s.release_orchestration("a", "not-a-token", &[], 0).await, Err(StoreError::LeaseLost)));
+    assert!(
+        s.lock_activities(&lease("w", T0), 10).await.unwrap().is_empty(),
+        "no activity queued"
+    );
+    assert!(matches!(
+        s.release_orchestration("a", "not-a-token", &[], 0).await,
+        Err(StoreError::LeaseLost)
+    ));
 
     // The real token still works, and finds its inbox intact.
     s.release_orchestration("a", &real, &[], 0).await.unwrap();
@@ -335,7 +413,16 @@ async fn a_step_commits_everything_or_nothing_visible(h: &Harness) {
     let item = lock_one(s, "w", T0).await;
     let changed = step(s, item, vec![schedule_task(0), schedule_task(1)], T0 + 1).await.unwrap();
     assert_eq!(changed, ["a"]);
-    assert_eq!(kinds(&s.history("a").await.unwrap()), ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "TaskScheduled", "OrchestratorCompleted"]);
+    assert_eq!(
+        kinds(&s.history("a").await.unwrap()),
+        [
+            "OrchestratorStarted",
+            "ExecutionStarted",
+            "TaskScheduled",
+            "TaskScheduled",
+            "OrchestratorCompleted"
+        ]
+    );
     assert_eq!(s.get_instance("a").await.unwrap().unwrap().status, OrchestrationStatus::Running);
     assert!(lock_ids(s, "w", T0 + 2).await.is_empty(), "the start message was consumed");
 
@@ -347,7 +434,10 @@ async fn a_step_commits_everything_or_nothing_visible(h: &Harness) {
         s.complete_activity(a.id, &a.token, result, T0 + 3).await.unwrap();
     }
     let item = lock_one(s, "w", T0 + 4).await;
-    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["TaskCompleted", "TaskCompleted"]);
+    assert_eq!(
+        kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()),
+        ["TaskCompleted", "TaskCompleted"]
+    );
     assert_eq!(item.history.len(), 5);
     step(s, item, vec![complete(2, "\"all\"")], T0 + 5).await.unwrap();
     let got = s.get_instance("a").await.unwrap().unwrap();
@@ -363,19 +453,43 @@ async fn activities_are_leased_completed_and_expire(h: &Harness) {
 
     let first = s.lock_activities(&lease("one", T0), 10).await.unwrap().pop().expect("one activity");
     assert!(peer.lock_activities(&lease("two", T0 + LEASE - 1), 10).await.unwrap().is_empty());
-    let second = peer.lock_activities(&lease("two", T0 + LEASE), 10).await.unwrap().pop().expect("expired lease taken over");
+    let second = peer
+        .lock_activities(&lease("two", T0 + LEASE), 10)
+        .await
+        .unwrap()
+        .pop()
+        .expect("expired lease taken over");
     assert_eq!(first.id, second.id);
     let result = |at| engine::events::task_result(at, 0, Some("\"ok\"".into()), None);
-    assert!(matches!(s.complete_activity(first.id, &first.token, result(T0), T0 + LEASE).await, Err(StoreError::LeaseLost)));
-    assert!(matches!(s.release_activity(first.id, &first.token, T0).await, Err(StoreError::LeaseLost)));
+    assert!(matches!(
+        s.complete_activity(first.id, &first.token, result(T0), T0 + LEASE).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        s.release_activity(first.id, &first.token, T0).await,
+        Err(StoreError::LeaseLost)
+    ));
 
     // Released with a back-off: invisible until then.
     peer.release_activity(second.id, &second.token, T0 + LEASE + 500).await.unwrap();
     assert!(s.lock_activities(&lease("one", T0 + LEASE + 499), 10).await.unwrap().is_empty());
     assert_eq!(s.next_due(T0 + LEASE).await.unwrap(), Some(T0 + LEASE + 500));
-    let third = s.lock_activities(&lease("one", T0 + LEASE + 500), 10).await.unwrap().pop().expect("visible again");
-    s.complete_activity(third.id, &third.token, result(T0 + LEASE + 501), T0 + LEASE + 501).await.unwrap();
-    assert!(matches!(s.complete_activity(third.id, &third.token, result(T0), T0).await, Err(StoreError::LeaseLost)), "completes once");
+    let third = s
+        .lock_activities(&lease("one", T0 + LEASE + 500), 10)
+        .await
+        .unwrap()
+        .pop()
+        .expect("visible again");
+    s.complete_activity(third.id, &third.token, result(T0 + LEASE + 501), T0 + LEASE + 501)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            s.complete_activity(third.id, &third.token, result(T0), T0).await,
+            Err(StoreError::LeaseLost)
+        ),
+        "completes once"
+    );
     let item = lock_one(s, "w", T0 + LEASE + 502).await;
     assert_eq!(item.inbox.len(), 1, "exactly one result queued");
 }
@@ -387,8 +501,16 @@ async fn renewed_leases_do_not_expire(h: &Harness) {
     let items = s.lock_orchestrations(&lease("one", T0), 10).await.unwrap();
     let a = items.iter().find(|i| i.instance.instance_id == "a").unwrap();
     s.renew_leases(std::slice::from_ref(&a.token), T0 + 3 * LEASE).await.unwrap();
-    assert_eq!(lock_ids(&*peer, "two", T0 + LEASE).await, ["b"], "only the lease that was not renewed expired");
-    assert_eq!(lock_ids(&*peer, "two", T0 + 3 * LEASE - 1).await, ["b"], "'a' is held until its renewed expiry");
+    assert_eq!(
+        lock_ids(&*peer, "two", T0 + LEASE).await,
+        ["b"],
+        "only the lease that was not renewed expired"
+    );
+    assert_eq!(
+        lock_ids(&*peer, "two", T0 + 3 * LEASE - 1).await,
+        ["b"],
+        "'a' is held until its renewed expiry"
+    );
     assert_eq!(lock_ids(&*peer, "two", T0 + 3 * LEASE).await, ["a"]);
 }
 
@@ -413,7 +535,10 @@ async fn timers_become_visible_at_their_time(h: &Harness) {
     assert_eq!(peer.next_due(T0).await.unwrap(), Some(T0 + 5_000));
     assert!(lock_ids(&*peer, "w", T0 + 4_999).await.is_empty(), "not before its time");
     let item = lock_one(&*peer, "w", T0 + 5_000).await;
-    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["TimerFired"]);
+    assert_eq!(
+        kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()),
+        ["TimerFired"]
+    );
     step(&*peer, item, vec![complete(1, "\"late\"")], T0 + 5_001).await.unwrap();
     assert!(lock_ids(s, "w", T0 + 10_000).await.is_empty(), "fired once");
     assert_eq!(s.next_due(T0 + 5_001).await.unwrap(), None);
@@ -478,14 +603,20 @@ async fn messages_reach_only_live_instances(h: &Harness) {
     assert_eq!(s.send(raised("live", None)).await.unwrap(), Delivery::Queued);
     let item = lock_one(s, "w", T0 + 1).await;
     assert_eq!(item.instance.instance_id, "live");
-    assert_eq!(kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()), ["ExecutionStarted", "EventRaised"]);
+    assert_eq!(
+        kinds(&item.inbox.iter().map(|(_, m)| m.event.clone()).collect::<Vec<_>>()),
+        ["ExecutionStarted", "EventRaised"]
+    );
 }
 
 async fn purge_removes_finished_instances_only(h: &Harness) {
     let s = &*h.store;
     run_to_completion(s, "done", T0).await;
     create(s, "live", T0).await;
-    assert_eq!(s.purge("live", false).await.unwrap(), Purge::NotFinished(OrchestrationStatus::Pending));
+    assert_eq!(
+        s.purge("live", false).await.unwrap(),
+        Purge::NotFinished(OrchestrationStatus::Pending)
+    );
     assert_eq!(s.purge("done", false).await.unwrap(), Purge::Deleted(1));
     assert!(s.get_instance("done").await.unwrap().is_none());
     assert!(s.history("done").await.unwrap().is_empty());
@@ -502,7 +633,12 @@ async fn queries_page_in_creation_order(h: &Harness) {
     let mut seen = vec![];
     let mut after = None;
     loop {
-        let filter = InstanceFilter { id_prefix: Some("order-".into()), after: after.clone(), limit: 10, ..Default::default() };
+        let filter = InstanceFilter {
+            id_prefix: Some("order-".into()),
+            after: after.clone(),
+            limit: 10,
+            ..Default::default()
+        };
         let page = s.query(&filter).await.unwrap();
         if page.is_empty() {
             break;
@@ -514,11 +650,24 @@ async fn queries_page_in_creation_order(h: &Harness) {
     let expected: Vec<String> = (0..25).map(|i| format!("order-{i:02}")).collect();
     assert_eq!(seen, expected);
 
-    let window = InstanceFilter { created_from: Some(T0 + 5), created_to: Some(T0 + 7), limit: 100, ..Default::default() };
+    let window = InstanceFilter {
+        created_from: Some(T0 + 5),
+        created_to: Some(T0 + 7),
+        limit: 100,
+        ..Default::default()
+    };
     assert_eq!(s.query(&window).await.unwrap().len(), 3);
-    let running = InstanceFilter { statuses: vec![OrchestrationStatus::Running], limit: 100, ..Default::default() };
+    let running = InstanceFilter {
+        statuses: vec![OrchestrationStatus::Running],
+        limit: 100,
+        ..Default::default()
+    };
     assert!(s.query(&running).await.unwrap().is_empty());
-    let pending = InstanceFilter { statuses: vec![OrchestrationStatus::Pending], limit: 100, ..Default::default() };
+    let pending = InstanceFilter {
+        statuses: vec![OrchestrationStatus::Pending],
+        limit: 100,
+        ..Default::default()
+    };
     assert_eq!(s.query(&pending).await.unwrap().len(), 26);
 }
 
@@ -528,12 +677,29 @@ async fn finished_instances_page_in_completion_order(h: &Harness) {
         run_to_completion(s, &format!("f{i}"), T0 + 10 - i).await;
     }
     create(s, "live", T0).await;
-    let all = s.finished(&FinishedFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let all = s
+        .finished(&FinishedFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let ids: Vec<&str> = all.iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(ids, ["f4", "f3", "f2", "f1", "f0"], "by completion time, live ones left out");
-    let page = s.finished(&FinishedFilter { after: Some(all[1].clone()), limit: 2, ..Default::default() }).await.unwrap();
+    let page = s
+        .finished(&FinishedFilter {
+            after: Some(all[1].clone()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), ["f2", "f1"]);
-    let none = FinishedFilter { statuses: vec![OrchestrationStatus::Failed], limit: 100, ..Default::default() };
+    let none = FinishedFilter {
+        statuses: vec![OrchestrationStatus::Failed],
+        limit: 100,
+        ..Default::default()
+    };
     assert!(s.finished(&none).await.unwrap().is_empty());
 }
 
@@ -542,7 +708,15 @@ async fn delete_all_empties_the_hub(h: &Harness) {
     run_to_completion(s, "done", T0).await;
     create(s, "live", T0).await;
     s.delete_all().await.unwrap();
-    assert!(s.query(&InstanceFilter { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+    assert!(
+        s.query(&InstanceFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
     assert!(lock_ids(s, "w", T0).await.is_empty());
     assert!(s.history("done").await.unwrap().is_empty());
 }
@@ -557,12 +731,22 @@ async fn postgres_commits_notify_other_sidecars() {
     let mut changes = peer.remote_changes().expect("a shared store reports remote changes");
     let mut own = h.store.remote_changes().unwrap();
     create(&*h.store, "a", T0).await;
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv()).await.expect("a notification").unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv())
+        .await
+        .expect("a notification")
+        .unwrap();
     assert_eq!(got, Change::Instances(vec!["a".into()]));
     let item = lock_one(&*peer, "w", T0).await;
     step(&*peer, item, vec![schedule_task(0)], T0).await.unwrap();
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), own.recv()).await.expect("a notification").unwrap();
-    assert_eq!(got, Change::Instances(vec!["a".into()]), "the first store hears the peer's commit, not its own create");
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), own.recv())
+        .await
+        .expect("a notification")
+        .unwrap();
+    assert_eq!(
+        got,
+        Change::Instances(vec!["a".into()]),
+        "the first store hears the peer's commit, not its own create"
+    );
     drop(peer);
     h.finish().await;
 }
@@ -570,7 +754,10 @@ async fn postgres_commits_notify_other_sidecars() {
 #[test]
 fn database_urls_swap_only_the_database() {
     assert_eq!(with_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
-    assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
+    assert_eq!(
+        with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+        "postgres://u:p@h/x?sslmode=disable"
+    );
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
 }
 
@@ -581,11 +768,25 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
     }
     let mut writes = vec![];
     for item in s.lock_orchestrations(&lease("w", T0), 10).await.unwrap() {
-        let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, T0) else { panic!() };
-        let response = Response { actions: vec![schedule_task(0)], ..Default::default() };
+        let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, T0) else {
+            panic!()
+        };
+        let response = Response {
+            actions: vec![schedule_task(0)],
+            ..Default::default()
+        };
         let commit = engine::apply(&item.instance, &item.history, &new_events, response, T0, &mut || "x".into());
-        let token = if item.instance.instance_id == "a" { "stale".to_string() } else { item.token };
-        writes.push(Write::Step { token, consumed, commit, now: T0 });
+        let token = if item.instance.instance_id == "a" {
+            "stale".to_string()
+        } else {
+            item.token
+        };
+        writes.push(Write::Step {
+            token,
+            consumed,
+            commit,
+            now: T0,
+        });
     }
     writes.sort_by_key(|w| match w {
         Write::Step { commit, .. } => commit.instance.instance_id.clone(),
@@ -622,6 +823,12 @@ async fn a_result_for_a_finished_execution_is_dropped(h: &Harness) {
 
     let result = engine::events::task_result(T0 + 2, 0, Some("\"late\"".into()), None);
     s.complete_activity(activity.id, &activity.token, result, T0 + 2).await.unwrap();
-    assert!(lock_ids(s, "w", T0 + 3).await.is_empty(), "nothing queued for the finished execution");
-    assert!(s.lock_activities(&lease("w", T0 + LEASE), 10).await.unwrap().is_empty(), "the activity is done");
+    assert!(
+        lock_ids(s, "w", T0 + 3).await.is_empty(),
+        "nothing queued for the finished execution"
+    );
+    assert!(
+        s.lock_activities(&lease("w", T0 + LEASE), 10).await.unwrap().is_empty(),
+        "the activity is done"
+    );
 }

@@ -30,11 +30,18 @@ async fn scheduled_start_is_not_dispatched_before_its_time() {
 
     let (_, item) = worker.orchestration().await;
     let arrived = now_ms();
-    assert!(arrived >= start_at, "dispatched {} ms before its scheduled start", start_at - arrived);
+    assert!(
+        arrived >= start_at,
+        "dispatched {} ms before its scheduled start",
+        start_at - arrived
+    );
     assert_eq!(item.instance_id, "later");
     assert_eq!(kinds(&item.new_events), ["OrchestratorStarted", "ExecutionStarted"]);
     let started_at = ms(item.new_events[0].timestamp.as_ref().expect("OrchestratorStarted timestamp"));
-    assert!(started_at >= start_at, "OrchestratorStarted at {started_at}, scheduled for {start_at}");
+    assert!(
+        started_at >= start_at,
+        "OrchestratorStarted at {started_at}, scheduled for {start_at}"
+    );
     let started = execution_started(&item.new_events[1]);
     assert_eq!(started.scheduled_start_timestamp.as_ref().map(ms), Some(start_at));
     // Still PENDING: the worker has it but has not answered.
@@ -50,7 +57,9 @@ async fn timer_fires_no_earlier_than_fire_at() {
     let (token, _) = worker.orchestration().await;
 
     let fire_at = now_ms() + 1_000;
-    complete_orchestrator(&mut client, &token, "timed", vec![create_timer(7, fire_at)]).await.expect("create timer");
+    complete_orchestrator(&mut client, &token, "timed", vec![create_timer(7, fire_at)])
+        .await
+        .expect("create timer");
 
     let (_, item) = worker.orchestration().await;
     let arrived = now_ms();
@@ -73,7 +82,10 @@ async fn timer_fires_no_earlier_than_fire_at() {
 
 /// A WaitForInstance* request with a gRPC deadline.
 fn with_deadline(instance_id: &str, deadline: Duration) -> tonic::Request<GetInstanceRequest> {
-    let mut request = tonic::Request::new(GetInstanceRequest { instance_id: instance_id.into(), get_inputs_and_outputs: false });
+    let mut request = tonic::Request::new(GetInstanceRequest {
+        instance_id: instance_id.into(),
+        get_inputs_and_outputs: false,
+    });
     request.set_timeout(deadline);
     request
 }
@@ -84,7 +96,9 @@ async fn running_instance(sidecar: &Sidecar, worker: &mut Worker) {
     let mut client = sidecar.client.clone();
     start(&mut client, "busy", "Busy", None).await;
     let (token, _) = worker.orchestration().await;
-    complete_orchestrator(&mut client, &token, "busy", vec![schedule_task(0, "Slow", "1")]).await.expect("step 1");
+    complete_orchestrator(&mut client, &token, "busy", vec![schedule_task(0, "Slow", "1")])
+        .await
+        .expect("step 1");
     worker.activity().await;
     assert_eq!(status_of(&mut client, "busy").await, OrchestrationStatus::Running);
 }
@@ -100,12 +114,25 @@ async fn waits_end_when_their_grpc_deadline_passes() {
     // Over a bare HTTP/2 connection: tonic's client would end the call itself at the deadline.
     let connection = raw::RawConnection::open(sidecar.addr).await;
     for (method, id) in [("WaitForInstanceCompletion", "busy"), ("WaitForInstanceStart", "nobody-home")] {
-        let request = GetInstanceRequest { instance_id: id.into(), get_inputs_and_outputs: false };
-        let (outcome, took) = timed(guarded(method, connection.unary::<_, GetInstanceResponse>(method, &request, Some("300m")))).await;
-        assert!(outcome.is_err(), "{method} answered {outcome:?} though the instance never got there");
+        let request = GetInstanceRequest {
+            instance_id: id.into(),
+            get_inputs_and_outputs: false,
+        };
+        let (outcome, took) = timed(guarded(
+            method,
+            connection.unary::<_, GetInstanceResponse>(method, &request, Some("300m")),
+        ))
+        .await;
+        assert!(
+            outcome.is_err(),
+            "{method} answered {outcome:?} though the instance never got there"
+        );
         // The server answers a few milliseconds early on purpose, so that its precise
         // DEADLINE_EXCEEDED beats tonic's own CANCELLED at the deadline.
-        assert!(took >= Duration::from_millis(270), "{method} ended after {took:?}, well before its deadline");
+        assert!(
+            took >= Duration::from_millis(270),
+            "{method} ended after {took:?}, well before its deadline"
+        );
         assert!(took < Duration::from_secs(3), "{method} ended only after {took:?}");
     }
     // The instances are unaffected.
@@ -126,7 +153,10 @@ async fn expired_waits_answer_deadline_exceeded() {
     const CALLS: usize = 10;
     let connection = raw::RawConnection::open(sidecar.addr).await;
     for (method, id) in [("WaitForInstanceCompletion", "busy"), ("WaitForInstanceStart", "nobody-home")] {
-        let request = GetInstanceRequest { instance_id: id.into(), get_inputs_and_outputs: false };
+        let request = GetInstanceRequest {
+            instance_id: id.into(),
+            get_inputs_and_outputs: false,
+        };
         let mut wrong = vec![];
         for _ in 0..CALLS {
             let outcome = guarded(method, connection.unary::<_, GetInstanceResponse>(method, &request, Some("300m"))).await;
@@ -155,10 +185,19 @@ async fn wait_for_start_returns_once_a_worker_runs_the_instance() {
 
     let mut worker = sidecar.worker().await;
     let (token, _) = worker.orchestration().await;
-    assert!(!waiter.is_finished(), "WaitForInstanceStart answered while the instance was still PENDING");
-    complete_orchestrator(&mut client, &token, "starting", vec![schedule_task(0, "Work", "1")]).await.expect("step 1");
+    assert!(
+        !waiter.is_finished(),
+        "WaitForInstanceStart answered while the instance was still PENDING"
+    );
+    complete_orchestrator(&mut client, &token, "starting", vec![schedule_task(0, "Work", "1")])
+        .await
+        .expect("step 1");
 
-    let response = guarded("WaitForInstanceStart", waiter).await.expect("waiter task").expect("WaitForInstanceStart").into_inner();
+    let response = guarded("WaitForInstanceStart", waiter)
+        .await
+        .expect("waiter task")
+        .expect("WaitForInstanceStart")
+        .into_inner();
     assert!(response.exists);
     let state = response.orchestration_state.expect("state");
     assert_eq!(state.instance_id, "starting");
@@ -175,9 +214,14 @@ async fn wait_for_completion_returns_when_the_instance_completes() {
     let mut waiter_client = client.clone();
     let waiter = tokio::spawn(async move { wait_completion(&mut waiter_client, "finishing").await });
     let (token, _) = worker.orchestration().await;
-    complete_orchestrator(&mut client, &token, "finishing", vec![complete(0, OrchestrationStatus::Failed, "\"oops\"")])
-        .await
-        .expect("fail it");
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "finishing",
+        vec![complete(0, OrchestrationStatus::Failed, "\"oops\"")],
+    )
+    .await
+    .expect("fail it");
     let state = guarded("waiter", waiter).await.expect("waiter task");
     assert_eq!(state.orchestration_status(), OrchestrationStatus::Failed);
 }
@@ -199,6 +243,9 @@ async fn waiting_on_an_unknown_instance_answers_at_once() {
         let response = response.expect("waiting on an unknown instance is not an error").into_inner();
         assert!(!response.exists);
         assert!(response.orchestration_state.is_none());
-        assert!(took < Duration::from_secs(2), "took {took:?}: an unknown instance must not be waited on");
+        assert!(
+            took < Duration::from_secs(2),
+            "took {took:?}: an unknown instance must not be waited on"
+        );
     }
 }

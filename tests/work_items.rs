@@ -25,7 +25,11 @@ async fn full_orchestration_over_the_raw_protocol() {
     assert_eq!(first.instance_id, "order-1");
     let execution_id = first.execution_id.clone().expect("executionId set");
     assert!(!execution_id.is_empty());
-    assert!(first.past_events.is_empty(), "a new instance has no past events: {:?}", kinds(&first.past_events));
+    assert!(
+        first.past_events.is_empty(),
+        "a new instance has no past events: {:?}",
+        kinds(&first.past_events)
+    );
     assert_eq!(kinds(&first.new_events), ["OrchestratorStarted", "ExecutionStarted"]);
     let started = execution_started(&first.new_events[1]);
     assert_eq!(started.name, "ProcessOrder");
@@ -34,7 +38,9 @@ async fn full_orchestration_over_the_raw_protocol() {
     assert_eq!(started_instance.instance_id, "order-1");
     assert_eq!(started_instance.execution_id.as_deref(), Some(execution_id.as_str()));
 
-    complete_orchestrator(&mut client, &token, &id, vec![schedule_task(0, "Charge", "\"card\"")]).await.expect("step 1");
+    complete_orchestrator(&mut client, &token, &id, vec![schedule_task(0, "Charge", "\"card\"")])
+        .await
+        .expect("step 1");
 
     // The activity.
     let (activity_token, activity) = worker.activity().await;
@@ -46,7 +52,9 @@ async fn full_orchestration_over_the_raw_protocol() {
     let owner = activity.orchestration_instance.clone().expect("orchestrationInstance set");
     assert_eq!(owner.instance_id, "order-1");
     assert_eq!(owner.execution_id.as_deref(), Some(execution_id.as_str()));
-    complete_activity(&mut client, &activity_token, &activity, "\"charged\"").await.expect("activity completion");
+    complete_activity(&mut client, &activity_token, &activity, "\"charged\"")
+        .await
+        .expect("activity completion");
 
     // Step 2: the orchestrator sees the activity's result.
     let (token2, second) = worker.orchestration().await;
@@ -58,7 +66,10 @@ async fn full_orchestration_over_the_raw_protocol() {
         .find(|e| matches!(e.event_type, Some(EventType::TaskScheduled(_))))
         .unwrap_or_else(|| panic!("pastEvents hold TaskScheduled: {:?}", kinds(&second.past_events)));
     assert_eq!(scheduled.event_id, 0);
-    assert_eq!(kinds(&second.past_events), ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]);
+    assert_eq!(
+        kinds(&second.past_events),
+        ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]
+    );
     assert_eq!(kinds(&second.new_events), ["OrchestratorStarted", "TaskCompleted"]);
     match &second.new_events[1].event_type {
         Some(EventType::TaskCompleted(c)) => {
@@ -68,9 +79,14 @@ async fn full_orchestration_over_the_raw_protocol() {
         other => panic!("expected TaskCompleted, got {other:?}"),
     }
 
-    complete_orchestrator(&mut client, &token2, &id, vec![complete(1, OrchestrationStatus::Completed, "\"done\"")])
-        .await
-        .expect("step 2");
+    complete_orchestrator(
+        &mut client,
+        &token2,
+        &id,
+        vec![complete(1, OrchestrationStatus::Completed, "\"done\"")],
+    )
+    .await
+    .expect("step 2");
 
     let state = wait_completion(&mut client, &id).await;
     assert_eq!(state.orchestration_status(), OrchestrationStatus::Completed);
@@ -86,9 +102,13 @@ async fn two_steps(sidecar: &Sidecar, worker: &mut Worker, id: &str) -> (Orchest
     start(&mut client, id, "Streamed", Some("1")).await;
     let (token, first) = worker.orchestration().await;
     assert!(!first.requires_history_streaming, "an empty history is never streamed");
-    complete_orchestrator(&mut client, &token, id, vec![schedule_task(0, "Work", "2")]).await.expect("step 1");
+    complete_orchestrator(&mut client, &token, id, vec![schedule_task(0, "Work", "2")])
+        .await
+        .expect("step 1");
     let (activity_token, activity) = worker.activity().await;
-    complete_activity(&mut client, &activity_token, &activity, "3").await.expect("activity");
+    complete_activity(&mut client, &activity_token, &activity, "3")
+        .await
+        .expect("activity");
     (first, worker.orchestration().await)
 }
 
@@ -97,12 +117,19 @@ async fn streaming_worker_gets_history_by_stream_instead_of_past_events() {
     let sidecar = Sidecar::with(|o| o.dispatch.history_streaming_threshold = 0).await;
     let mut client = sidecar.client.clone();
     let mut worker = sidecar
-        .worker_with(GetWorkItemsRequest { capabilities: vec![WorkerCapability::HistoryStreaming as i32], ..Default::default() })
+        .worker_with(GetWorkItemsRequest {
+            capabilities: vec![WorkerCapability::HistoryStreaming as i32],
+            ..Default::default()
+        })
         .await;
 
     let (first, (token, second)) = two_steps(&sidecar, &mut worker, "streamed").await;
     assert!(second.requires_history_streaming, "history above the threshold must be streamed");
-    assert!(second.past_events.is_empty(), "pastEvents must be empty when streaming: {:?}", kinds(&second.past_events));
+    assert!(
+        second.past_events.is_empty(),
+        "pastEvents must be empty when streaming: {:?}",
+        kinds(&second.past_events)
+    );
     assert_eq!(kinds(&second.new_events), ["OrchestratorStarted", "TaskCompleted"]);
 
     let streamed = history_for(
@@ -115,13 +142,30 @@ async fn streaming_worker_gets_history_by_stream_instead_of_past_events() {
     )
     .await;
     // Exactly what step 1 committed: the events it was sent, then its own.
-    assert_eq!(kinds(&streamed), ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]);
-    assert_eq!(streamed[..2], first.new_events[..], "the committed events are the ones step 1 was sent");
+    assert_eq!(
+        kinds(&streamed),
+        ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]
+    );
+    assert_eq!(
+        streamed[..2],
+        first.new_events[..],
+        "the committed events are the ones step 1 was sent"
+    );
     assert_eq!(streamed[2].event_id, 0);
 
     // The worker can answer normally afterwards.
-    complete_orchestrator(&mut client, &token, "streamed", vec![complete(1, OrchestrationStatus::Completed, "4")]).await.expect("step 2");
-    assert_eq!(wait_completion(&mut client, "streamed").await.orchestration_status(), OrchestrationStatus::Completed);
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "streamed",
+        vec![complete(1, OrchestrationStatus::Completed, "4")],
+    )
+    .await
+    .expect("step 2");
+    assert_eq!(
+        wait_completion(&mut client, "streamed").await.orchestration_status(),
+        OrchestrationStatus::Completed
+    );
 }
 
 #[tokio::test]
@@ -132,8 +176,15 @@ async fn worker_without_streaming_capability_always_gets_past_events() {
 
     let (_, (_, second)) = two_steps(&sidecar, &mut worker, "plain").await;
     assert!(!second.requires_history_streaming);
-    assert_eq!(kinds(&second.past_events), ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]);
-    assert_eq!(second.past_events, history(&mut client, "plain").await, "pastEvents are the committed history");
+    assert_eq!(
+        kinds(&second.past_events),
+        ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "OrchestratorCompleted"]
+    );
+    assert_eq!(
+        second.past_events,
+        history(&mut client, "plain").await,
+        "pastEvents are the committed history"
+    );
 }
 
 #[tokio::test]
@@ -153,7 +204,10 @@ async fn chunked_completion_is_committed_once_with_all_actions() {
         ..Default::default()
     };
     client.complete_orchestrator_task(chunk0).await.expect("chunk 0");
-    assert!(history(&mut client, "chunked").await.is_empty(), "a partial chunk must not commit anything");
+    assert!(
+        history(&mut client, "chunked").await.is_empty(),
+        "a partial chunk must not commit anything"
+    );
     assert_eq!(status_of(&mut client, "chunked").await, OrchestrationStatus::Pending);
 
     let chunk1 = OrchestratorResponse {
@@ -169,7 +223,14 @@ async fn chunked_completion_is_committed_once_with_all_actions() {
     let committed = history(&mut client, "chunked").await;
     assert_eq!(
         kinds(&committed),
-        ["OrchestratorStarted", "ExecutionStarted", "TaskScheduled", "TaskScheduled", "TaskScheduled", "OrchestratorCompleted"],
+        [
+            "OrchestratorStarted",
+            "ExecutionStarted",
+            "TaskScheduled",
+            "TaskScheduled",
+            "TaskScheduled",
+            "OrchestratorCompleted"
+        ],
         "one step with the actions of both chunks"
     );
     let scheduled_ids: Vec<i32> = committed[2..5].iter().map(|e| e.event_id).collect();
@@ -215,8 +276,11 @@ async fn chunk_with_wrong_index_is_invalid_argument() {
     // The refused chunks left the answer intact: the right chunk 1 completes it with both actions.
     client.complete_orchestrator_task(chunk(1, false, 1)).await.expect("chunk 1");
     let committed = history(&mut client, "bad-chunks").await;
-    let scheduled: Vec<i32> =
-        committed.iter().filter(|e| matches!(e.event_type, Some(EventType::TaskScheduled(_)))).map(|e| e.event_id).collect();
+    let scheduled: Vec<i32> = committed
+        .iter()
+        .filter(|e| matches!(e.event_type, Some(EventType::TaskScheduled(_))))
+        .map(|e| e.event_id)
+        .collect();
     assert_eq!(scheduled, [0, 1], "exactly the accepted chunks' actions: {:?}", kinds(&committed));
 }
 
@@ -232,7 +296,10 @@ async fn continue_as_new_starts_a_fresh_execution_with_carryover_events() {
     let carried = HistoryEvent {
         event_id: -1,
         timestamp: Some(ts(now_ms())),
-        event_type: Some(EventType::EventRaised(EventRaisedEvent { name: "carried".into(), input: Some("\"c\"".into()) })),
+        event_type: Some(EventType::EventRaised(EventRaisedEvent {
+            name: "carried".into(),
+            input: Some("\"c\"".into()),
+        })),
     };
     let again = action(
         0,
@@ -243,13 +310,19 @@ async fn continue_as_new_starts_a_fresh_execution_with_carryover_events() {
             ..Default::default()
         }),
     );
-    complete_orchestrator(&mut client, &token, "looper", vec![again]).await.expect("continue as new");
+    complete_orchestrator(&mut client, &token, "looper", vec![again])
+        .await
+        .expect("continue as new");
 
     let (_, next) = worker.orchestration().await;
     assert_eq!(next.instance_id, "looper");
     let next_execution = next.execution_id.clone().expect("executionId");
     assert_ne!(next_execution, first_execution, "continue-as-new starts a new execution");
-    assert!(next.past_events.is_empty(), "a new execution has no past: {:?}", kinds(&next.past_events));
+    assert!(
+        next.past_events.is_empty(),
+        "a new execution has no past: {:?}",
+        kinds(&next.past_events)
+    );
     assert_eq!(kinds(&next.new_events), ["OrchestratorStarted", "ExecutionStarted", "EventRaised"]);
     let started = execution_started(&next.new_events[1]);
     assert_eq!(started.input.as_deref(), Some("2"));

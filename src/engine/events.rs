@@ -8,7 +8,11 @@ use crate::time::{Millis, to_timestamp};
 pub const EXTERNAL: i32 = -1;
 
 pub fn event(event_id: i32, at: Millis, kind: EventType) -> HistoryEvent {
-    HistoryEvent { event_id, timestamp: Some(to_timestamp(at)), event_type: Some(kind) }
+    HistoryEvent {
+        event_id,
+        timestamp: Some(to_timestamp(at)),
+        event_type: Some(kind),
+    }
 }
 
 pub fn orchestrator_started(at: Millis) -> HistoryEvent {
@@ -24,11 +28,19 @@ pub fn event_raised(at: Millis, name: String, input: Option<String>) -> HistoryE
 }
 
 pub fn terminated(at: Millis, reason: Option<String>, recurse: bool) -> HistoryEvent {
-    event(EXTERNAL, at, EventType::ExecutionTerminated(ExecutionTerminatedEvent { input: reason, recurse }))
+    event(
+        EXTERNAL,
+        at,
+        EventType::ExecutionTerminated(ExecutionTerminatedEvent { input: reason, recurse }),
+    )
 }
 
 pub fn suspended(at: Millis, reason: Option<String>) -> HistoryEvent {
-    event(EXTERNAL, at, EventType::ExecutionSuspended(ExecutionSuspendedEvent { input: reason }))
+    event(
+        EXTERNAL,
+        at,
+        EventType::ExecutionSuspended(ExecutionSuspendedEvent { input: reason }),
+    )
 }
 
 pub fn resumed(at: Millis, reason: Option<String>) -> HistoryEvent {
@@ -37,8 +49,14 @@ pub fn resumed(at: Millis, reason: Option<String>) -> HistoryEvent {
 
 pub fn task_result(at: Millis, task_id: i32, result: Option<String>, failure: Option<TaskFailureDetails>) -> HistoryEvent {
     let kind = match failure {
-        Some(failure_details) => EventType::TaskFailed(TaskFailedEvent { task_scheduled_id: task_id, failure_details: Some(failure_details) }),
-        None => EventType::TaskCompleted(TaskCompletedEvent { task_scheduled_id: task_id, result }),
+        Some(failure_details) => EventType::TaskFailed(TaskFailedEvent {
+            task_scheduled_id: task_id,
+            failure_details: Some(failure_details),
+        }),
+        None => EventType::TaskCompleted(TaskCompletedEvent {
+            task_scheduled_id: task_id,
+            result,
+        }),
     };
     event(EXTERNAL, at, kind)
 }
@@ -47,7 +65,11 @@ pub fn rewound(at: Millis, reason: Option<String>, parent_execution_id: Option<S
     event(
         EXTERNAL,
         at,
-        EventType::ExecutionRewound(ExecutionRewoundEvent { reason, parent_execution_id, ..Default::default() }),
+        EventType::ExecutionRewound(ExecutionRewoundEvent {
+            reason,
+            parent_execution_id,
+            ..Default::default()
+        }),
     )
 }
 

@@ -33,20 +33,27 @@ pub enum Prepared {
 pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Message)], now: Millis) -> Prepared {
     let all = || inbox.iter().map(|(id, _)| *id).collect::<Vec<_>>();
     if instance.is_terminal() {
-        return Prepared::Drop { consumed: all(), reason: "instance has finished" };
+        return Prepared::Drop {
+            consumed: all(),
+            reason: "instance has finished",
+        };
     }
     let current = |m: &Message| m.execution_id.as_deref().is_none_or(|e| e == instance.execution_id);
     // Events raised while suspended wait for the resume (or a terminate), so a suspended
     // orchestrator is not woken for nothing.
-    if instance.status == OrchestrationStatus::Suspended
-        && !inbox.iter().any(|(_, m)| current(m) && wakes_suspended(&m.event))
-    {
+    if instance.status == OrchestrationStatus::Suspended && !inbox.iter().any(|(_, m)| current(m) && wakes_suspended(&m.event)) {
         return Prepared::Wait;
     }
     // A rewind must reach the worker alone: the SDKs expect exactly
     // [OrchestratorStarted, ExecutionRewound] and rewrite the history from it.
-    if let Some((id, m)) = inbox.iter().find(|(_, m)| current(m) && matches!(m.event.event_type, Some(EventType::ExecutionRewound(_)))) {
-        return Prepared::Run { new_events: vec![events::orchestrator_started(now), m.event.clone()], consumed: vec![*id] };
+    if let Some((id, m)) = inbox
+        .iter()
+        .find(|(_, m)| current(m) && matches!(m.event.event_type, Some(EventType::ExecutionRewound(_))))
+    {
+        return Prepared::Run {
+            new_events: vec![events::orchestrator_started(now), m.event.clone()],
+            consumed: vec![*id],
+        };
     }
 
     let mut seen = Seen::from_history(history);
@@ -78,9 +85,15 @@ pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Mes
         return Prepared::Wait;
     }
     if new_events.len() == 1 && !wake {
-        return Prepared::Drop { consumed: all(), reason: "only stale or duplicate events" };
+        return Prepared::Drop {
+            consumed: all(),
+            reason: "only stale or duplicate events",
+        };
     }
-    Prepared::Run { new_events, consumed: all() }
+    Prepared::Run {
+        new_events,
+        consumed: all(),
+    }
 }
 
 /// Events that must reach a suspended orchestrator (everything else waits for the resume).
@@ -168,7 +181,9 @@ pub fn validate(actions: &[OrchestratorAction]) -> Result<(), String> {
             }
             Some(Action::CreateTimer(t)) => match &t.fire_at {
                 None => return Err(format!("createTimer action {id} has no fireAt")),
-                Some(ts) => time::from_timestamp(ts).map(|_| ()).map_err(|e| format!("createTimer action {id}: {e}"))?,
+                Some(ts) => time::from_timestamp(ts)
+                    .map(|_| ())
+                    .map_err(|e| format!("createTimer action {id}: {e}"))?,
             },
             Some(Action::SendEvent(s)) if s.instance.as_ref().is_none_or(|i| i.instance_id.is_empty()) => {
                 return Err(format!("sendEvent action {id} has no target instance id"));
@@ -180,7 +195,12 @@ pub fn validate(actions: &[OrchestratorAction]) -> Result<(), String> {
                 use OrchestrationStatus as S;
                 match S::try_from(c.orchestration_status) {
                     Ok(S::Completed | S::Failed | S::Terminated | S::ContinuedAsNew | S::Canceled) => {}
-                    _ => return Err(format!("completeOrchestration action {id} has status {} which does not end an execution", c.orchestration_status)),
+                    _ => {
+                        return Err(format!(
+                            "completeOrchestration action {id} has status {} which does not end an execution",
+                            c.orchestration_status
+                        ));
+                    }
                 }
             }
             Some(_) => {}
@@ -234,7 +254,11 @@ pub fn new_instance(spec: StartSpec, now: Millis) -> NewInstance {
         updated_at: now,
         completed_at: None,
         scheduled_start_at: spec.scheduled_start,
-        parent_instance_id: spec.parent.as_ref().and_then(|p| p.orchestration_instance.as_ref()).map(|o| o.instance_id.clone()),
+        parent_instance_id: spec
+            .parent
+            .as_ref()
+            .and_then(|p| p.orchestration_instance.as_ref())
+            .map(|o| o.instance_id.clone()),
         tags: spec.tags,
         trace_context: None,
     };
@@ -294,7 +318,10 @@ pub fn apply(
             }
             Some(Action::RewindOrchestration(a)) => return step.rewind(a.new_history, new_id),
             Some(Action::SendEntityMessage(_)) => {
-                let f = failure("EntitiesNotSupported", "this sidecar does not support entities yet; the orchestration used an entity operation");
+                let f = failure(
+                    "EntitiesNotSupported",
+                    "this sidecar does not support entities yet; the orchestration used an entity operation",
+                );
                 step.complete(id, OrchestrationStatus::Failed, None, Some(f), BTreeMap::new());
                 break;
             }
@@ -302,10 +329,10 @@ pub fn apply(
         }
     }
     // A terminate is not optional: if the orchestrator did not finish, the sidecar does.
-    if !step.instance.is_terminal() {
-        if let Some(t) = step.terminate_request() {
-            step.complete(-1, OrchestrationStatus::Terminated, t.input, None, BTreeMap::new());
-        }
+    if !step.instance.is_terminal()
+        && let Some(t) = step.terminate_request()
+    {
+        step.complete(-1, OrchestrationStatus::Terminated, t.input, None, BTreeMap::new());
     }
     step.finish()
 }
@@ -325,7 +352,10 @@ struct Step<'a> {
 
 impl<'a> Step<'a> {
     fn new(instance: &Instance, history: &'a [HistoryEvent], new_events: &'a [HistoryEvent], now: Millis) -> Self {
-        let started = execution_started(history).or(execution_started(new_events)).cloned().unwrap_or_default();
+        let started = execution_started(history)
+            .or(execution_started(new_events))
+            .cloned()
+            .unwrap_or_default();
         let mut instance = instance.clone();
         instance.updated_at = now;
         if instance.status == OrchestrationStatus::Pending {
@@ -397,9 +427,20 @@ impl<'a> Step<'a> {
 
     fn create_timer(&mut self, id: i32, a: CreateTimerAction) {
         let fire_at = a.fire_at.as_ref().and_then(|t| time::from_timestamp(t).ok()).unwrap_or(self.now);
-        let fired = event(EXTERNAL, fire_at, EventType::TimerFired(TimerFiredEvent { fire_at: a.fire_at.clone(), timer_id: id }));
+        let fired = event(
+            EXTERNAL,
+            fire_at,
+            EventType::TimerFired(TimerFiredEvent {
+                fire_at: a.fire_at,
+                timer_id: id,
+            }),
+        );
         self.messages.push(self.to_self(fired, fire_at));
-        self.appended.push(event(id, self.now, EventType::TimerCreated(TimerCreatedEvent { fire_at: a.fire_at })));
+        self.appended.push(event(
+            id,
+            self.now,
+            EventType::TimerCreated(TimerCreatedEvent { fire_at: a.fire_at }),
+        ));
     }
 
     fn create_child(&mut self, id: i32, a: CreateSubOrchestrationAction, new_id: &mut dyn FnMut() -> String) {
@@ -439,7 +480,10 @@ impl<'a> Step<'a> {
             ),
             self.now,
         );
-        self.children.push(ChildStart { child: new_instance(spec, self.now), on_conflict });
+        self.children.push(ChildStart {
+            child: new_instance(spec, self.now),
+            on_conflict,
+        });
         self.appended.push(event(
             id,
             self.now,
@@ -467,7 +511,11 @@ impl<'a> Step<'a> {
         self.appended.push(event(
             id,
             self.now,
-            EventType::EventSent(EventSentEvent { instance_id: target, name: a.name, input: a.data }),
+            EventType::EventSent(EventSentEvent {
+                instance_id: target,
+                name: a.name,
+                input: a.data,
+            }),
         ));
     }
 
@@ -511,10 +559,25 @@ impl<'a> Step<'a> {
                 })
             } else {
                 let details = failure_details.unwrap_or_else(|| {
-                    let why = if status == OrchestrationStatus::Terminated { "terminated" } else { "failed" };
+                    let why = if status == OrchestrationStatus::Terminated {
+                        "terminated"
+                    } else {
+                        "failed"
+                    };
                     failure(
-                        &format!("Orchestration{}", if status == OrchestrationStatus::Terminated { "Terminated" } else { "Failed" }),
-                        format!("sub-orchestration '{}' was {why}{}", self.instance.instance_id, result.map(|r| format!(": {r}")).unwrap_or_default()),
+                        &format!(
+                            "Orchestration{}",
+                            if status == OrchestrationStatus::Terminated {
+                                "Terminated"
+                            } else {
+                                "Failed"
+                            }
+                        ),
+                        format!(
+                            "sub-orchestration '{}' was {why}{}",
+                            self.instance.instance_id,
+                            result.map(|r| format!(": {r}")).unwrap_or_default()
+                        ),
                     )
                 });
                 EventType::SubOrchestrationInstanceFailed(SubOrchestrationInstanceFailedEvent {
@@ -531,17 +594,17 @@ impl<'a> Step<'a> {
             });
         }
 
-        if status == OrchestrationStatus::Terminated {
-            if let Some(t) = self.terminate_request().filter(|t| t.recurse) {
-                for child in self.running_children() {
-                    self.messages.push(Message {
-                        instance_id: child,
-                        execution_id: None,
-                        event: events::terminated(now, t.input.clone(), true),
-                        visible_at: now,
-                        priority: Message::NORMAL,
-                    });
-                }
+        if status == OrchestrationStatus::Terminated
+            && let Some(t) = self.terminate_request().filter(|t| t.recurse)
+        {
+            for child in self.running_children() {
+                self.messages.push(Message {
+                    instance_id: child,
+                    execution_id: None,
+                    event: events::terminated(now, t.input.clone(), true),
+                    visible_at: now,
+                    priority: Message::NORMAL,
+                });
             }
         }
     }
@@ -558,7 +621,11 @@ impl<'a> Step<'a> {
                 _ => {}
             }
         }
-        created.into_iter().filter(|(id, _)| !done.contains(id)).map(|(_, child)| child).collect()
+        created
+            .into_iter()
+            .filter(|(id, _)| !done.contains(id))
+            .map(|(_, child)| child)
+            .collect()
     }
 
     /// Ends this execution and queues the next one: OrchestratorStarted (added at dispatch),
@@ -615,7 +682,7 @@ impl<'a> Step<'a> {
         let execution_id = execution_started(&new_history)
             .and_then(|s| s.orchestration_instance.as_ref())
             .and_then(|o| o.execution_id.clone())
-            .unwrap_or_else(|| new_id());
+            .unwrap_or_else(&mut *new_id);
         let reason = new_history.iter().rev().find_map(|e| match &e.event_type {
             Some(EventType::ExecutionRewound(r)) => Some(r.reason.clone()),
             _ => None,

@@ -45,11 +45,18 @@ fn btags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn trace(parent: &str) -> TraceContext {
-    TraceContext { trace_parent: parent.to_string(), trace_state: s("vendor=1"), ..Default::default() }
+    TraceContext {
+        trace_parent: parent.to_string(),
+        trace_state: s("vendor=1"),
+        ..Default::default()
+    }
 }
 
 fn this_execution() -> OrchestrationInstance {
-    OrchestrationInstance { instance_id: ID.into(), execution_id: s(EXEC) }
+    OrchestrationInstance {
+        instance_id: ID.into(),
+        execution_id: s(EXEC),
+    }
 }
 
 /// The instance `order-42`, execution `exec-1`, in the given status.
@@ -83,7 +90,10 @@ fn parent_info() -> ParentInstanceInfo {
         task_scheduled_id: PARENT_TASK,
         name: s("Parent"),
         version: None,
-        orchestration_instance: Some(OrchestrationInstance { instance_id: PARENT.into(), execution_id: s(PARENT_EXEC) }),
+        orchestration_instance: Some(OrchestrationInstance {
+            instance_id: PARENT.into(),
+            execution_id: s(PARENT_EXEC),
+        }),
     }
 }
 
@@ -113,7 +123,11 @@ fn started_as_child() -> HistoryEvent {
 
 /// A committed history that began with `start` and ran one step, then `more`.
 fn history_of(start: HistoryEvent, more: impl IntoIterator<Item = HistoryEvent>) -> Vec<HistoryEvent> {
-    let mut h = vec![events::orchestrator_started(EARLIER), start, events::orchestrator_completed(EARLIER)];
+    let mut h = vec![
+        events::orchestrator_started(EARLIER),
+        start,
+        events::orchestrator_completed(EARLIER),
+    ];
     h.extend(more);
     h
 }
@@ -131,7 +145,14 @@ fn oc(at: Millis) -> HistoryEvent {
 }
 
 fn task_scheduled(id: i32) -> HistoryEvent {
-    event(id, EARLIER, EventType::TaskScheduled(TaskScheduledEvent { name: "Charge".into(), ..Default::default() }))
+    event(
+        id,
+        EARLIER,
+        EventType::TaskScheduled(TaskScheduledEvent {
+            name: "Charge".into(),
+            ..Default::default()
+        }),
+    )
 }
 
 fn task_completed(id: i32) -> HistoryEvent {
@@ -143,11 +164,24 @@ fn task_failed(id: i32) -> HistoryEvent {
 }
 
 fn timer_created(id: i32) -> HistoryEvent {
-    event(id, EARLIER, EventType::TimerCreated(TimerCreatedEvent { fire_at: Some(to_timestamp(EARLIER)) }))
+    event(
+        id,
+        EARLIER,
+        EventType::TimerCreated(TimerCreatedEvent {
+            fire_at: Some(to_timestamp(EARLIER)),
+        }),
+    )
 }
 
 fn timer_fired(id: i32) -> HistoryEvent {
-    event(EXTERNAL, EARLIER, EventType::TimerFired(TimerFiredEvent { fire_at: Some(to_timestamp(EARLIER)), timer_id: id }))
+    event(
+        EXTERNAL,
+        EARLIER,
+        EventType::TimerFired(TimerFiredEvent {
+            fire_at: Some(to_timestamp(EARLIER)),
+            timer_id: id,
+        }),
+    )
 }
 
 fn child_created(id: i32, child: &str) -> HistoryEvent {
@@ -167,7 +201,10 @@ fn child_completed(id: i32) -> HistoryEvent {
     event(
         EXTERNAL,
         EARLIER,
-        EventType::SubOrchestrationInstanceCompleted(SubOrchestrationInstanceCompletedEvent { task_scheduled_id: id, result: s("\"shipped\"") }),
+        EventType::SubOrchestrationInstanceCompleted(SubOrchestrationInstanceCompletedEvent {
+            task_scheduled_id: id,
+            result: s("\"shipped\""),
+        }),
     )
 }
 
@@ -208,12 +245,24 @@ fn to_current(event: HistoryEvent) -> Message {
 }
 
 fn to_execution(execution_id: &str, event: HistoryEvent) -> Message {
-    Message { instance_id: ID.into(), execution_id: s(execution_id), event, visible_at: EARLIER, priority: Message::NORMAL }
+    Message {
+        instance_id: ID.into(),
+        execution_id: s(execution_id),
+        event,
+        visible_at: EARLIER,
+        priority: Message::NORMAL,
+    }
 }
 
 /// A message for whichever execution is current (raised events, suspend, terminate).
 fn external(event: HistoryEvent) -> Message {
-    Message { instance_id: ID.into(), execution_id: None, event, visible_at: EARLIER, priority: Message::NORMAL }
+    Message {
+        instance_id: ID.into(),
+        execution_id: None,
+        event,
+        visible_at: EARLIER,
+        priority: Message::NORMAL,
+    }
 }
 
 /// Numbers the messages as inbox rows 1, 2, 3, ...
@@ -234,15 +283,29 @@ fn dropped(p: Prepared) -> Vec<i64> {
 }
 
 fn action(id: i32, a: Action) -> OrchestratorAction {
-    OrchestratorAction { id, orchestrator_action_type: Some(a) }
+    OrchestratorAction {
+        id,
+        orchestrator_action_type: Some(a),
+    }
 }
 
 fn schedule_task(id: i32, name: &str) -> OrchestratorAction {
-    action(id, Action::ScheduleTask(ScheduleTaskAction { name: name.into(), ..Default::default() }))
+    action(
+        id,
+        Action::ScheduleTask(ScheduleTaskAction {
+            name: name.into(),
+            ..Default::default()
+        }),
+    )
 }
 
 fn create_timer(id: i32, fire_at: Millis) -> OrchestratorAction {
-    action(id, Action::CreateTimer(CreateTimerAction { fire_at: Some(to_timestamp(fire_at)) }))
+    action(
+        id,
+        Action::CreateTimer(CreateTimerAction {
+            fire_at: Some(to_timestamp(fire_at)),
+        }),
+    )
 }
 
 fn create_child(id: i32, instance_id: &str, name: &str) -> OrchestratorAction {
@@ -260,7 +323,10 @@ fn send_event(id: i32, target: &str, name: &str, data: &str) -> OrchestratorActi
     action(
         id,
         Action::SendEvent(SendEventAction {
-            instance: Some(OrchestrationInstance { instance_id: target.into(), execution_id: None }),
+            instance: Some(OrchestrationInstance {
+                instance_id: target.into(),
+                execution_id: None,
+            }),
             name: name.into(),
             data: s(data),
         }),
@@ -305,7 +371,11 @@ fn continue_as_new(id: i32, input: &str, new_version: Option<&str>, carryover: V
 fn terminate_other(id: i32, target: &str, reason: &str, recurse: bool) -> OrchestratorAction {
     action(
         id,
-        Action::TerminateOrchestration(TerminateOrchestrationAction { instance_id: target.into(), reason: s(reason), recurse }),
+        Action::TerminateOrchestration(TerminateOrchestrationAction {
+            instance_id: target.into(),
+            reason: s(reason),
+            recurse,
+        }),
     )
 }
 
@@ -328,7 +398,10 @@ fn signal_entity(id: i32) -> OrchestratorAction {
 }
 
 fn respond(actions: Vec<OrchestratorAction>) -> Response {
-    Response { actions, ..Default::default() }
+    Response {
+        actions,
+        ..Default::default()
+    }
 }
 
 /// Runs `apply` at NOW with execution ids "new-exec-1", "new-exec-2", ...
@@ -404,7 +477,12 @@ fn prepare_first_step_is_orchestrator_started_then_execution_started() {
 
 #[test]
 fn prepare_first_step_keeps_events_that_arrived_with_the_start() {
-    let p = prepare(&instance(S::Pending), &[], &inbox(vec![to_current(started()), external(raised("early"))]), NOW);
+    let p = prepare(
+        &instance(S::Pending),
+        &[],
+        &inbox(vec![to_current(started()), external(raised("early"))]),
+        NOW,
+    );
     assert_eq!(p, run(vec![os(NOW), started(), raised("early")], vec![1, 2]));
 }
 
@@ -415,7 +493,13 @@ fn prepare_orchestrator_started_carries_now() {
         panic!("expected Run");
     };
     assert_eq!(new_events[0].event_id, EXTERNAL);
-    assert_eq!(new_events[0].timestamp, Some(Timestamp { seconds: 1_700_000_012, nanos: 345_000_000 }));
+    assert_eq!(
+        new_events[0].timestamp,
+        Some(Timestamp {
+            seconds: 1_700_000_012,
+            nanos: 345_000_000
+        })
+    );
     assert!(matches!(new_events[0].event_type, Some(EventType::OrchestratorStarted(_))));
     assert_eq!(new_events[1], raised("go"));
 }
@@ -460,7 +544,11 @@ fn prepare_drops_duplicate_timer_fired() {
     let p = prepare(
         &running(),
         &h,
-        &inbox(vec![to_current(timer_fired(1)), to_current(timer_fired(2)), to_current(timer_fired(2))]),
+        &inbox(vec![
+            to_current(timer_fired(1)),
+            to_current(timer_fired(2)),
+            to_current(timer_fired(2)),
+        ]),
         NOW,
     );
     assert_eq!(p, run(vec![os(NOW), timer_fired(2)], vec![1, 2, 3]));
@@ -507,11 +595,21 @@ fn prepare_drops_results_for_ids_never_scheduled() {
 
 #[test]
 fn prepare_drops_a_duplicate_execution_started() {
-    let p = prepare(&running(), &history([]), &inbox(vec![to_current(started()), external(raised("go"))]), NOW);
+    let p = prepare(
+        &running(),
+        &history([]),
+        &inbox(vec![to_current(started()), external(raised("go"))]),
+        NOW,
+    );
     assert_eq!(p, run(vec![os(NOW), raised("go")], vec![1, 2]));
 
     // Two starts in the very first batch: only the first is delivered.
-    let p = prepare(&instance(S::Pending), &[], &inbox(vec![to_current(started()), to_current(started())]), NOW);
+    let p = prepare(
+        &instance(S::Pending),
+        &[],
+        &inbox(vec![to_current(started()), to_current(started())]),
+        NOW,
+    );
     assert_eq!(p, run(vec![os(NOW), started()], vec![1, 2]));
 }
 
@@ -531,13 +629,23 @@ fn prepare_drops_everything_for_a_finished_instance() {
 #[test]
 fn prepare_holds_raised_events_while_suspended() {
     let h = history([timer_created(1)]);
-    let p = prepare(&instance(S::Suspended), &h, &inbox(vec![external(raised("a")), to_current(timer_fired(1))]), NOW);
+    let p = prepare(
+        &instance(S::Suspended),
+        &h,
+        &inbox(vec![external(raised("a")), to_current(timer_fired(1))]),
+        NOW,
+    );
     assert_eq!(p, Prepared::Wait);
 }
 
 #[test]
 fn prepare_resume_delivers_the_held_events() {
-    let p = prepare(&instance(S::Suspended), &history([]), &inbox(vec![external(raised("a")), external(resumed())]), NOW);
+    let p = prepare(
+        &instance(S::Suspended),
+        &history([]),
+        &inbox(vec![external(raised("a")), external(resumed())]),
+        NOW,
+    );
     assert_eq!(p, run(vec![os(NOW), raised("a"), resumed()], vec![1, 2]));
 }
 
@@ -569,7 +677,11 @@ fn prepare_delivers_a_rewind_alone() {
     let p = prepare(
         &running(),
         &h,
-        &inbox(vec![external(raised("early")), to_current(rewound("fixed")), external(raised("late"))]),
+        &inbox(vec![
+            external(raised("early")),
+            to_current(rewound("fixed")),
+            external(raised("late")),
+        ]),
         NOW,
     );
     // Only the rewind row is consumed; the others wait for the next step.
@@ -588,7 +700,11 @@ fn prepare_drops_an_all_stale_inbox() {
     let p = prepare(
         &running(),
         &h,
-        &inbox(vec![to_current(task_completed(1)), to_execution("exec-0", raised("old")), to_current(timer_fired(3))]),
+        &inbox(vec![
+            to_current(task_completed(1)),
+            to_execution("exec-0", raised("old")),
+            to_current(timer_fired(3)),
+        ]),
         NOW,
     );
     assert_eq!(dropped(p), vec![1, 2, 3]);
@@ -623,7 +739,10 @@ fn schedule_task_records_task_scheduled_and_queues_an_activity() {
         parent_trace_context: Some(tc.clone()),
         tags: tags(&[("priority", "high")]),
     };
-    assert_eq!(appended(&c), &vec![os(NOW), event(3, NOW, EventType::TaskScheduled(scheduled)), oc(NOW)]);
+    assert_eq!(
+        appended(&c),
+        &vec![os(NOW), event(3, NOW, EventType::TaskScheduled(scheduled)), oc(NOW)]
+    );
     assert_eq!(
         c.activities,
         vec![ActivityTask {
@@ -651,9 +770,26 @@ fn create_timer_records_timer_created_and_sends_timer_fired_at_fire_time() {
     let c = step(vec![], respond(vec![create_timer(4, fire)]));
     assert_eq!(
         appended(&c),
-        &vec![os(NOW), event(4, NOW, EventType::TimerCreated(TimerCreatedEvent { fire_at: Some(to_timestamp(fire)) })), oc(NOW)]
+        &vec![
+            os(NOW),
+            event(
+                4,
+                NOW,
+                EventType::TimerCreated(TimerCreatedEvent {
+                    fire_at: Some(to_timestamp(fire))
+                })
+            ),
+            oc(NOW)
+        ]
     );
-    let fired = event(EXTERNAL, fire, EventType::TimerFired(TimerFiredEvent { fire_at: Some(to_timestamp(fire)), timer_id: 4 }));
+    let fired = event(
+        EXTERNAL,
+        fire,
+        EventType::TimerFired(TimerFiredEvent {
+            fire_at: Some(to_timestamp(fire)),
+            timer_id: 4,
+        }),
+    );
     assert_eq!(c.messages, vec![message_to(ID, Some(EXEC), fired, fire)]);
     assert!(c.activities.is_empty());
 }
@@ -679,7 +815,10 @@ fn create_sub_orchestration_starts_the_child_with_its_parent() {
         parent_trace_context: Some(tc.clone()),
         tags: tags(&[("region", "eu")]),
     };
-    assert_eq!(appended(&c), &vec![os(NOW), event(5, NOW, EventType::SubOrchestrationInstanceCreated(created)), oc(NOW)]);
+    assert_eq!(
+        appended(&c),
+        &vec![os(NOW), event(5, NOW, EventType::SubOrchestrationInstanceCreated(created)), oc(NOW)]
+    );
     assert_eq!(c.children.len(), 1);
 
     let NewInstance { instance: child, start } = &c.children[0].child;
@@ -701,7 +840,10 @@ fn create_sub_orchestration_starts_the_child_with_its_parent() {
             name: "Ship".into(),
             version: s("3"),
             input: s("\"box\""),
-            orchestration_instance: Some(OrchestrationInstance { instance_id: "ship-42".into(), execution_id: s("new-exec-1") }),
+            orchestration_instance: Some(OrchestrationInstance {
+                instance_id: "ship-42".into(),
+                execution_id: s("new-exec-1")
+            }),
             parent_instance: Some(ParentInstanceInfo {
                 task_scheduled_id: 5,
                 name: s(NAME),
@@ -729,7 +871,10 @@ fn create_sub_orchestration_starts_the_child_with_its_parent() {
 
 #[test]
 fn create_sub_orchestration_without_id_gets_parent_colon_hex_action_id() {
-    let c = step(vec![], respond(vec![create_child(10, "", "Ship"), create_child(0x1f3c, "", "Ship")]));
+    let c = step(
+        vec![],
+        respond(vec![create_child(10, "", "Ship"), create_child(0x1f3c, "", "Ship")]),
+    );
     let ids: Vec<&str> = c.children.iter().map(|ch| ch.child.instance.instance_id.as_str()).collect();
     assert_eq!(ids, ["order-42:000a", "order-42:1f3c"]);
     let created: Vec<(i32, String)> = appended(&c)
@@ -739,7 +884,10 @@ fn create_sub_orchestration_without_id_gets_parent_colon_hex_action_id() {
             _ => None,
         })
         .collect();
-    assert_eq!(created, vec![(10, "order-42:000a".to_string()), (0x1f3c, "order-42:1f3c".to_string())]);
+    assert_eq!(
+        created,
+        vec![(10, "order-42:000a".to_string()), (0x1f3c, "order-42:1f3c".to_string())]
+    );
     // Each child gets its own execution id.
     assert_eq!(c.children[0].child.instance.execution_id, "new-exec-1");
     assert_eq!(c.children[1].child.instance.execution_id, "new-exec-2");
@@ -748,9 +896,20 @@ fn create_sub_orchestration_without_id_gets_parent_colon_hex_action_id() {
 #[test]
 fn send_event_records_event_sent_and_raises_the_event_at_the_target() {
     let c = step(vec![], respond(vec![send_event(6, "other-7", "Approved", "true")]));
-    let sent = EventSentEvent { instance_id: "other-7".into(), name: "Approved".into(), input: s("true") };
+    let sent = EventSentEvent {
+        instance_id: "other-7".into(),
+        name: "Approved".into(),
+        input: s("true"),
+    };
     assert_eq!(appended(&c), &vec![os(NOW), event(6, NOW, EventType::EventSent(sent)), oc(NOW)]);
-    let raised = event(EXTERNAL, NOW, EventType::EventRaised(EventRaisedEvent { name: "Approved".into(), input: s("true") }));
+    let raised = event(
+        EXTERNAL,
+        NOW,
+        EventType::EventRaised(EventRaisedEvent {
+            name: "Approved".into(),
+            input: s("true"),
+        }),
+    );
     assert_eq!(c.messages, vec![message_to("other-7", None, raised, NOW)]);
 }
 
@@ -758,14 +917,20 @@ fn send_event_records_event_sent_and_raises_the_event_at_the_target() {
 fn terminate_orchestration_action_only_sends_a_terminate() {
     let c = step(vec![], respond(vec![terminate_other(8, "other-9", "stop", true)]));
     assert_eq!(appended(&c), &vec![os(NOW), oc(NOW)]);
-    assert_eq!(c.messages, vec![message_to("other-9", None, events::terminated(NOW, s("stop"), true), NOW)]);
+    assert_eq!(
+        c.messages,
+        vec![message_to("other-9", None, events::terminated(NOW, s("stop"), true), NOW)]
+    );
     assert_eq!(c.instance.status, S::Running);
 }
 
 #[test]
 fn complete_orchestration_completed_finishes_the_instance() {
     let c = step(vec![], respond(vec![complete(9, S::Completed, Some("\"done\""))]));
-    assert_eq!(appended(&c), &vec![os(NOW), execution_completed(9, S::Completed, Some("\"done\""), None), oc(NOW)]);
+    assert_eq!(
+        appended(&c),
+        &vec![os(NOW), execution_completed(9, S::Completed, Some("\"done\""), None), oc(NOW)]
+    );
     assert_eq!(c.instance.status, S::Completed);
     assert_eq!(c.instance.output, s("\"done\""));
     assert_eq!(c.instance.failure_details, None);
@@ -778,7 +943,10 @@ fn complete_orchestration_completed_finishes_the_instance() {
 fn complete_orchestration_failed_records_failure_details() {
     let details = events::failure("InvalidOperation", "out of stock");
     let c = step(vec![], respond(vec![fail(9, details.clone())]));
-    assert_eq!(appended(&c), &vec![os(NOW), execution_completed(9, S::Failed, None, Some(details.clone())), oc(NOW)]);
+    assert_eq!(
+        appended(&c),
+        &vec![os(NOW), execution_completed(9, S::Failed, None, Some(details.clone())), oc(NOW)]
+    );
     assert_eq!(c.instance.status, S::Failed);
     assert_eq!(c.instance.output, None);
     assert_eq!(c.instance.failure_details, Some(details));
@@ -798,7 +966,12 @@ fn complete_orchestration_merges_tags() {
 
 #[test]
 fn completed_child_notifies_its_parent_execution() {
-    let c = apply_at_now(&running(), &history_of(started_as_child(), []), &[os(NOW)], respond(vec![complete(9, S::Completed, Some("\"done\""))]));
+    let c = apply_at_now(
+        &running(),
+        &history_of(started_as_child(), []),
+        &[os(NOW)],
+        respond(vec![complete(9, S::Completed, Some("\"done\""))]),
+    );
     let result = event(
         EXTERNAL,
         NOW,
@@ -813,7 +986,12 @@ fn completed_child_notifies_its_parent_execution() {
 #[test]
 fn failed_child_notifies_its_parent_with_its_failure() {
     let details = events::failure("InvalidOperation", "out of stock");
-    let c = apply_at_now(&running(), &history_of(started_as_child(), []), &[os(NOW)], respond(vec![fail(9, details.clone())]));
+    let c = apply_at_now(
+        &running(),
+        &history_of(started_as_child(), []),
+        &[os(NOW)],
+        respond(vec![fail(9, details.clone())]),
+    );
     let result = event(
         EXTERNAL,
         NOW,
@@ -835,7 +1013,10 @@ fn first_step_of_a_child_finds_its_parent_in_the_new_events() {
         respond(vec![complete(1, S::Completed, Some("1"))]),
     );
     assert_eq!(c.messages.len(), 1);
-    assert_eq!((c.messages[0].instance_id.as_str(), c.messages[0].execution_id.as_deref()), (PARENT, Some(PARENT_EXEC)));
+    assert_eq!(
+        (c.messages[0].instance_id.as_str(), c.messages[0].execution_id.as_deref()),
+        (PARENT, Some(PARENT_EXEC))
+    );
     assert!(matches!(
         &c.messages[0].event.event_type,
         Some(EventType::SubOrchestrationInstanceCompleted(r)) if r.task_scheduled_id == PARENT_TASK && r.result == s("1")
@@ -853,10 +1034,16 @@ fn terminated_child_notifies_its_parent_with_synthesized_failure_details() {
     assert_eq!(c.instance.status, S::Terminated);
     assert_eq!(c.messages.len(), 1);
     let m = &c.messages[0];
-    assert_eq!((m.instance_id.as_str(), m.execution_id.as_deref(), m.visible_at), (PARENT, Some(PARENT_EXEC), NOW));
+    assert_eq!(
+        (m.instance_id.as_str(), m.execution_id.as_deref(), m.visible_at),
+        (PARENT, Some(PARENT_EXEC), NOW)
+    );
     let failed = sub_failed_of(m);
     assert_eq!(failed.task_scheduled_id, PARENT_TASK);
-    let details = failed.failure_details.as_ref().expect("a terminated child must report failure details");
+    let details = failed
+        .failure_details
+        .as_ref()
+        .expect("a terminated child must report failure details");
     assert_eq!(details.error_type, "OrchestrationTerminated");
     assert!(details.error_message.contains(ID), "{}", details.error_message);
     assert!(details.error_message.contains("terminated"), "{}", details.error_message);
@@ -878,7 +1065,10 @@ fn recursive_terminate_terminates_children_still_running() {
         respond(vec![complete(10, S::Terminated, Some("shutdown"))]),
     );
     assert_eq!(c.instance.status, S::Terminated);
-    assert_eq!(c.messages, vec![message_to("c-running", None, events::terminated(NOW, s("shutdown"), true), NOW)]);
+    assert_eq!(
+        c.messages,
+        vec![message_to("c-running", None, events::terminated(NOW, s("shutdown"), true), NOW)]
+    );
 }
 
 #[test]
@@ -902,7 +1092,13 @@ fn terminate_without_a_complete_action_still_ends_the_instance() {
     assert_eq!(c.instance.completed_at, Some(NOW));
     assert_eq!(
         appended(&c),
-        &vec![os(NOW), raised("a"), terminated("stop", false), execution_completed(EXTERNAL, S::Terminated, Some("stop"), None), oc(NOW)]
+        &vec![
+            os(NOW),
+            raised("a"),
+            terminated("stop", false),
+            execution_completed(EXTERNAL, S::Terminated, Some("stop"), None),
+            oc(NOW)
+        ]
     );
 }
 
@@ -914,7 +1110,10 @@ fn sidecar_terminate_also_recurses_and_notifies_the_parent() {
     assert_eq!(c.messages.len(), 2, "{:?}", c.messages);
     assert_eq!(sub_failed_of(&c.messages[0]).task_scheduled_id, PARENT_TASK);
     assert_eq!(c.messages[0].instance_id, PARENT);
-    assert_eq!(c.messages[1], message_to("c-running", None, events::terminated(NOW, s("stop"), true), NOW));
+    assert_eq!(
+        c.messages[1],
+        message_to("c-running", None, events::terminated(NOW, s("stop"), true), NOW)
+    );
 }
 
 #[test]
@@ -956,11 +1155,23 @@ fn continue_as_new_starts_a_new_execution_with_carryover_first() {
     let mut expected_start = started_event(Some(parent_info()));
     expected_start.version = s("2.0");
     expected_start.input = s("\"next\"");
-    expected_start.orchestration_instance = Some(OrchestrationInstance { instance_id: ID.into(), execution_id: s("new-exec-1") });
-    let first = |event| Message { instance_id: ID.into(), execution_id: s("new-exec-1"), event, visible_at: NOW, priority: Message::FIRST };
+    expected_start.orchestration_instance = Some(OrchestrationInstance {
+        instance_id: ID.into(),
+        execution_id: s("new-exec-1"),
+    });
+    let first = |event| Message {
+        instance_id: ID.into(),
+        execution_id: s("new-exec-1"),
+        event,
+        visible_at: NOW,
+        priority: Message::FIRST,
+    };
     assert_eq!(
         c.messages,
-        vec![first(event(EXTERNAL, NOW, EventType::ExecutionStarted(expected_start))), first(raised("carried"))],
+        vec![
+            first(event(EXTERNAL, NOW, EventType::ExecutionStarted(expected_start))),
+            first(raised("carried"))
+        ],
         "the parent is not notified until the final completion"
     );
     assert!(c.activities.is_empty());
@@ -986,7 +1197,11 @@ fn continue_as_new_keeps_side_effects_before_it_and_ignores_actions_after_it() {
             send_event(4, "other-8", "Late", "2"),
         ]),
     );
-    let targets: Vec<(&str, Option<&str>)> = c.messages.iter().map(|m| (m.instance_id.as_str(), m.execution_id.as_deref())).collect();
+    let targets: Vec<(&str, Option<&str>)> = c
+        .messages
+        .iter()
+        .map(|m| (m.instance_id.as_str(), m.execution_id.as_deref()))
+        .collect();
     assert_eq!(targets, [("other-7", None), (ID, Some("new-exec-1"))]);
     assert!(matches!(&c.messages[0].event.event_type, Some(EventType::EventRaised(e)) if e.name == "Progress"));
     assert!(c.activities.is_empty(), "{:?}", c.activities);
@@ -996,8 +1211,16 @@ fn continue_as_new_keeps_side_effects_before_it_and_ignores_actions_after_it() {
 #[test]
 fn continue_as_new_resets_the_trace_context() {
     let mut inst = running();
-    inst.trace_context = Some(OrchestrationTraceContext { span_id: s("old-span"), span_start_time: Some(to_timestamp(EARLIER)) });
-    let c = apply_at_now(&inst, &history([]), &[os(NOW)], respond(vec![continue_as_new(1, "2", None, vec![])]));
+    inst.trace_context = Some(OrchestrationTraceContext {
+        span_id: s("old-span"),
+        span_start_time: Some(to_timestamp(EARLIER)),
+    });
+    let c = apply_at_now(
+        &inst,
+        &history([]),
+        &[os(NOW)],
+        respond(vec![continue_as_new(1, "2", None, vec![])]),
+    );
     assert_eq!(c.instance.trace_context, None);
 }
 
@@ -1017,7 +1240,10 @@ fn actions_after_a_completion_are_ignored() {
             complete(5, S::Failed, None),
         ]),
     );
-    assert_eq!(appended(&c), &vec![os(NOW), execution_completed(1, S::Completed, Some("1"), None), oc(NOW)]);
+    assert_eq!(
+        appended(&c),
+        &vec![os(NOW), execution_completed(1, S::Completed, Some("1"), None), oc(NOW)]
+    );
     assert_eq!(c.instance.status, S::Completed);
     assert!(c.activities.is_empty());
     assert!(c.messages.is_empty());
@@ -1025,7 +1251,10 @@ fn actions_after_a_completion_are_ignored() {
 
 #[test]
 fn side_effects_before_a_completion_happen() {
-    let c = step(vec![], respond(vec![send_event(1, "other-7", "Done", "1"), complete(2, S::Completed, None)]));
+    let c = step(
+        vec![],
+        respond(vec![send_event(1, "other-7", "Done", "1"), complete(2, S::Completed, None)]),
+    );
     assert_eq!(c.messages.len(), 1);
     assert_eq!(c.messages[0].instance_id, "other-7");
     assert_eq!(c.instance.status, S::Completed);
@@ -1033,7 +1262,12 @@ fn side_effects_before_a_completion_happen() {
 
 #[test]
 fn first_step_moves_pending_to_running() {
-    let c = apply_at_now(&instance(S::Pending), &[], &[os(NOW), started()], respond(vec![schedule_task(1, "Charge")]));
+    let c = apply_at_now(
+        &instance(S::Pending),
+        &[],
+        &[os(NOW), started()],
+        respond(vec![schedule_task(1, "Charge")]),
+    );
     assert_eq!(c.instance.status, S::Running);
     assert_eq!(c.instance.updated_at, NOW);
     assert_eq!(appended(&c)[..2], [os(NOW), started()]);
@@ -1044,7 +1278,12 @@ fn suspend_and_resume_change_the_status() {
     let c = step(vec![suspended()], respond(vec![]));
     assert_eq!(c.instance.status, S::Suspended);
 
-    let c = apply_at_now(&instance(S::Suspended), &history([]), &[os(NOW), raised("a"), resumed()], respond(vec![]));
+    let c = apply_at_now(
+        &instance(S::Suspended),
+        &history([]),
+        &[os(NOW), raised("a"), resumed()],
+        respond(vec![]),
+    );
     assert_eq!(c.instance.status, S::Running);
 
     // The last of several wins.
@@ -1056,7 +1295,10 @@ fn suspend_and_resume_change_the_status() {
 
 #[test]
 fn completion_while_suspended_is_terminal() {
-    let c = step(vec![suspended(), terminated("stop", false)], respond(vec![complete(1, S::Terminated, Some("stop"))]));
+    let c = step(
+        vec![suspended(), terminated("stop", false)],
+        respond(vec![complete(1, S::Terminated, Some("stop"))]),
+    );
     assert_eq!(c.instance.status, S::Terminated);
 }
 
@@ -1064,7 +1306,10 @@ fn completion_while_suspended_is_terminal() {
 fn custom_status_is_replaced_when_set_and_kept_when_unset() {
     let mut inst = running();
     inst.custom_status = s("\"old\"");
-    let set = Response { custom_status: s("\"50%\""), ..Default::default() };
+    let set = Response {
+        custom_status: s("\"50%\""),
+        ..Default::default()
+    };
     let c = apply_at_now(&inst, &history([]), &[os(NOW)], set);
     assert_eq!(c.instance.custom_status, s("\"50%\""));
 
@@ -1074,8 +1319,19 @@ fn custom_status_is_replaced_when_set_and_kept_when_unset() {
 
 #[test]
 fn trace_context_is_stored_when_set_and_kept_when_unset() {
-    let tc = OrchestrationTraceContext { span_id: s("a1b2c3d4e5f60718"), span_start_time: Some(to_timestamp(EARLIER)) };
-    let c = apply_at_now(&running(), &history([]), &[os(NOW)], Response { trace_context: Some(tc.clone()), ..Default::default() });
+    let tc = OrchestrationTraceContext {
+        span_id: s("a1b2c3d4e5f60718"),
+        span_start_time: Some(to_timestamp(EARLIER)),
+    };
+    let c = apply_at_now(
+        &running(),
+        &history([]),
+        &[os(NOW)],
+        Response {
+            trace_context: Some(tc.clone()),
+            ..Default::default()
+        },
+    );
     assert_eq!(c.instance.trace_context, Some(tc.clone()));
 
     let mut inst = running();
@@ -1091,7 +1347,11 @@ fn history_appends_new_events_then_action_events_then_orchestrator_completed() {
         &running(),
         &h,
         &[os(NOW), task_completed(1), raised("go")],
-        respond(vec![create_timer(3, NOW + 5_000), schedule_task(2, "Charge"), send_event(4, "other-7", "Hi", "1")]),
+        respond(vec![
+            create_timer(3, NOW + 5_000),
+            schedule_task(2, "Charge"),
+            send_event(4, "other-7", "Hi", "1"),
+        ]),
     );
     let kinds: Vec<(i32, &str)> = appended(&c).iter().map(|e| (e.event_id, events::kind_name(e))).collect();
     assert_eq!(
@@ -1117,7 +1377,10 @@ fn rewind_replaces_the_history_and_wakes_the_orchestrator() {
     inst.completed_at = Some(EARLIER);
 
     let mut new_start = started_event(None);
-    new_start.orchestration_instance = Some(OrchestrationInstance { instance_id: ID.into(), execution_id: s("exec-2") });
+    new_start.orchestration_instance = Some(OrchestrationInstance {
+        instance_id: ID.into(),
+        execution_id: s("exec-2"),
+    });
     let new_history = vec![
         os(EARLIER),
         event(EXTERNAL, EARLIER, EventType::ExecutionStarted(new_start)),
@@ -1127,8 +1390,18 @@ fn rewind_replaces_the_history_and_wakes_the_orchestrator() {
         os(NOW),
         rewound("fixed the bug"),
     ];
-    let h = history([child_created(1, "c-done"), child_completed(1), child_created(2, "c-failed"), child_failed(2)]);
-    let c = apply_at_now(&inst, &h, &[os(NOW), rewound("fixed the bug")], respond(vec![rewind_action(new_history.clone())]));
+    let h = history([
+        child_created(1, "c-done"),
+        child_completed(1),
+        child_created(2, "c-failed"),
+        child_failed(2),
+    ]);
+    let c = apply_at_now(
+        &inst,
+        &h,
+        &[os(NOW), rewound("fixed the bug")],
+        respond(vec![rewind_action(new_history.clone())]),
+    );
 
     assert_eq!(c.history, HistoryWrite::Replace(new_history));
     assert_eq!(c.instance.execution_id, "exec-2");
@@ -1155,7 +1428,10 @@ fn rewind_replaces_the_history_and_wakes_the_orchestrator() {
             task_scheduled_id: 2,
             name: s(NAME),
             version: s("1.0"),
-            orchestration_instance: Some(OrchestrationInstance { instance_id: ID.into(), execution_id: s("exec-2") }),
+            orchestration_instance: Some(OrchestrationInstance {
+                instance_id: ID.into(),
+                execution_id: s("exec-2")
+            }),
         })
     );
 }
@@ -1163,9 +1439,21 @@ fn rewind_replaces_the_history_and_wakes_the_orchestrator() {
 #[test]
 fn rewind_without_an_execution_id_in_the_new_history_makes_one() {
     let mut new_start = started_event(None);
-    new_start.orchestration_instance = Some(OrchestrationInstance { instance_id: ID.into(), execution_id: None });
-    let new_history = vec![os(EARLIER), event(EXTERNAL, EARLIER, EventType::ExecutionStarted(new_start)), rewound("r")];
-    let c = apply_at_now(&running(), &history([]), &[os(NOW), rewound("r")], respond(vec![rewind_action(new_history)]));
+    new_start.orchestration_instance = Some(OrchestrationInstance {
+        instance_id: ID.into(),
+        execution_id: None,
+    });
+    let new_history = vec![
+        os(EARLIER),
+        event(EXTERNAL, EARLIER, EventType::ExecutionStarted(new_start)),
+        rewound("r"),
+    ];
+    let c = apply_at_now(
+        &running(),
+        &history([]),
+        &[os(NOW), rewound("r")],
+        respond(vec![rewind_action(new_history)]),
+    );
     assert_eq!(c.instance.execution_id, "new-exec-1");
     assert_eq!(c.messages[0].execution_id, s("new-exec-1"));
 }
@@ -1178,7 +1466,10 @@ fn send_entity_message_fails_the_instance() {
     let details = c.instance.failure_details.clone().expect("failure details");
     assert_eq!(details.error_type, "EntitiesNotSupported");
     assert!(details.error_message.contains("entit"), "{}", details.error_message);
-    assert_eq!(appended(&c), &vec![os(NOW), execution_completed(4, S::Failed, None, Some(details)), oc(NOW)]);
+    assert_eq!(
+        appended(&c),
+        &vec![os(NOW), execution_completed(4, S::Failed, None, Some(details)), oc(NOW)]
+    );
     assert!(c.activities.is_empty());
 }
 
@@ -1217,7 +1508,13 @@ fn validate_accepts_one_valid_action_of_each_kind() {
 
 #[test]
 fn validate_refuses_an_action_without_a_type() {
-    let err = refused(vec![schedule_task(1, "ok"), OrchestratorAction { id: 7, orchestrator_action_type: None }]);
+    let err = refused(vec![
+        schedule_task(1, "ok"),
+        OrchestratorAction {
+            id: 7,
+            orchestrator_action_type: None,
+        },
+    ]);
     assert_names(&err, &["action 7", "no action type"]);
 }
 
@@ -1228,7 +1525,10 @@ fn validate_refuses_an_empty_task_name() {
 
 #[test]
 fn validate_refuses_an_empty_sub_orchestration_name() {
-    assert_names(&refused(vec![create_child(4, "c", "")]), &["createSubOrchestration", "4", "empty name"]);
+    assert_names(
+        &refused(vec![create_child(4, "c", "")]),
+        &["createSubOrchestration", "4", "empty name"],
+    );
 }
 
 #[test]
@@ -1240,33 +1540,63 @@ fn validate_refuses_a_timer_without_fire_at() {
 #[test]
 fn validate_refuses_a_malformed_fire_at() {
     for bad in [
-        Timestamp { seconds: NOW / 1000, nanos: 1_000_000_000 },
-        Timestamp { seconds: NOW / 1000, nanos: -1 },
-        Timestamp { seconds: i64::MAX, nanos: 0 },
+        Timestamp {
+            seconds: NOW / 1000,
+            nanos: 1_000_000_000,
+        },
+        Timestamp {
+            seconds: NOW / 1000,
+            nanos: -1,
+        },
+        Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        },
     ] {
         let err = refused(vec![action(6, Action::CreateTimer(CreateTimerAction { fire_at: Some(bad) }))]);
         assert_names(&err, &["createTimer", "6"]);
     }
-    let err = refused(vec![action(6, Action::CreateTimer(CreateTimerAction { fire_at: Some(Timestamp { seconds: 0, nanos: -5 }) }))]);
+    let err = refused(vec![action(
+        6,
+        Action::CreateTimer(CreateTimerAction {
+            fire_at: Some(Timestamp { seconds: 0, nanos: -5 }),
+        }),
+    )]);
     assert_names(&err, &["nanos"]);
 }
 
 #[test]
 fn validate_refuses_send_event_without_a_target() {
-    let no_instance = action(8, Action::SendEvent(SendEventAction { instance: None, name: "x".into(), data: None }));
+    let no_instance = action(
+        8,
+        Action::SendEvent(SendEventAction {
+            instance: None,
+            name: "x".into(),
+            data: None,
+        }),
+    );
     assert_names(&refused(vec![no_instance]), &["sendEvent", "8", "target"]);
     assert_names(&refused(vec![send_event(9, "", "x", "1")]), &["sendEvent", "9", "target"]);
 }
 
 #[test]
 fn validate_refuses_terminate_without_an_instance_id() {
-    assert_names(&refused(vec![terminate_other(10, "", "r", false)]), &["terminateOrchestration", "10"]);
+    assert_names(
+        &refused(vec![terminate_other(10, "", "r", false)]),
+        &["terminateOrchestration", "10"],
+    );
 }
 
 #[test]
 fn validate_refuses_completion_with_a_status_that_does_not_end_an_execution() {
     for status in [S::Running as i32, S::Pending as i32, S::Suspended as i32, 99] {
-        let a = action(11, Action::CompleteOrchestration(CompleteOrchestrationAction { orchestration_status: status, ..Default::default() }));
+        let a = action(
+            11,
+            Action::CompleteOrchestration(CompleteOrchestrationAction {
+                orchestration_status: status,
+                ..Default::default()
+            }),
+        );
         let err = refused(vec![a]);
         assert_names(&err, &["completeOrchestration", "11", &format!("status {status}")]);
     }
@@ -1318,7 +1648,10 @@ fn new_instance_is_pending_with_a_first_priority_start_message() {
         name: "Invoice".into(),
         version: s("1"),
         input: s("5"),
-        orchestration_instance: Some(OrchestrationInstance { instance_id: "inv-1".into(), execution_id: s("e-1") }),
+        orchestration_instance: Some(OrchestrationInstance {
+            instance_id: "inv-1".into(),
+            execution_id: s("e-1"),
+        }),
         parent_instance: None,
         scheduled_start_timestamp: None,
         parent_trace_context: Some(trace("00-55555555555555555555555555555555-6666666666666666-01")),
@@ -1340,7 +1673,13 @@ fn new_instance_is_pending_with_a_first_priority_start_message() {
 #[test]
 fn new_instance_with_scheduled_start_becomes_visible_then() {
     let at = NOW + 3_600_000;
-    let NewInstance { instance, start } = new_instance(StartSpec { scheduled_start: Some(at), ..spec() }, NOW);
+    let NewInstance { instance, start } = new_instance(
+        StartSpec {
+            scheduled_start: Some(at),
+            ..spec()
+        },
+        NOW,
+    );
     assert_eq!(start.visible_at, at);
     assert_eq!(instance.scheduled_start_at, Some(at));
     assert_eq!(instance.status, S::Pending);
@@ -1349,13 +1688,25 @@ fn new_instance_with_scheduled_start_becomes_visible_then() {
 
 #[test]
 fn new_instance_with_scheduled_start_in_the_past_is_visible_now() {
-    let NewInstance { start, .. } = new_instance(StartSpec { scheduled_start: Some(EARLIER), ..spec() }, NOW);
+    let NewInstance { start, .. } = new_instance(
+        StartSpec {
+            scheduled_start: Some(EARLIER),
+            ..spec()
+        },
+        NOW,
+    );
     assert_eq!(start.visible_at, NOW);
 }
 
 #[test]
 fn new_instance_records_its_parent() {
-    let NewInstance { instance, start } = new_instance(StartSpec { parent: Some(parent_info()), ..spec() }, NOW);
+    let NewInstance { instance, start } = new_instance(
+        StartSpec {
+            parent: Some(parent_info()),
+            ..spec()
+        },
+        NOW,
+    );
     assert_eq!(instance.parent_instance_id, s(PARENT));
     assert_eq!(started_of(&start).parent_instance, Some(parent_info()));
 }
@@ -1373,7 +1724,11 @@ fn retried_task_and_child_ids_earn_one_result_per_scheduling() {
         child_failed(3),
         child_created(3, "kid"),
     ]);
-    let messages = inbox(vec![to_current(task_failed(1)), to_current(child_completed(3)), to_current(task_completed(1))]);
+    let messages = inbox(vec![
+        to_current(task_failed(1)),
+        to_current(child_completed(3)),
+        to_current(task_completed(1)),
+    ]);
     let prepared = prepare(&running(), &past, &messages, NOW);
     // The second result of id 1 has no scheduling left to match, so only two events pass.
     assert_eq!(prepared, run(vec![os(NOW), task_failed(1), child_completed(3)], vec![1, 2, 3]));

@@ -35,7 +35,10 @@ fn instance_id(id: &str) -> Result<&str, Status> {
         return Err(Status::invalid_argument("instanceId is required"));
     }
     if id.len() > MAX_ID_LEN {
-        return Err(Status::invalid_argument(format!("instanceId is {} bytes; at most {MAX_ID_LEN} are allowed", id.len())));
+        return Err(Status::invalid_argument(format!(
+            "instanceId is {} bytes; at most {MAX_ID_LEN} are allowed",
+            id.len()
+        )));
     }
     if id.chars().any(char::is_control) {
         return Err(Status::invalid_argument("instanceId must not contain control characters"));
@@ -44,7 +47,9 @@ fn instance_id(id: &str) -> Result<&str, Status> {
 }
 
 fn timestamp(field: &str, ts: &Option<prost_types::Timestamp>) -> Result<Option<Millis>, Status> {
-    ts.as_ref().map(|t| time::from_timestamp(t).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))).transpose()
+    ts.as_ref()
+        .map(|t| time::from_timestamp(t).map_err(|e| Status::invalid_argument(format!("{field}: {e}"))))
+        .transpose()
 }
 
 fn statuses(field: &str, values: &[i32]) -> Result<Vec<OrchestrationStatus>, Status> {
@@ -68,7 +73,9 @@ fn page_token(at: Millis, id: &str) -> String {
 }
 
 fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Millis, String)>, Status> {
-    let Some(token) = token.as_deref().filter(|t| !t.is_empty()) else { return Ok(None) };
+    let Some(token) = token.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
     let bad = || Status::invalid_argument(format!("{field} '{token}' is not a token this sidecar issued"));
     let (at, id) = token.split_once('|').ok_or_else(bad)?;
     Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
@@ -76,7 +83,9 @@ fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Milli
 
 /// The caller's deadline from the `grpc-timeout` header, if any.
 pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
-    let Some(value) = metadata.get("grpc-timeout") else { return Ok(None) };
+    let Some(value) = metadata.get("grpc-timeout") else {
+        return Ok(None);
+    };
     let bad = || Status::invalid_argument("malformed grpc-timeout header");
     let text = value.to_str().map_err(|_| bad())?;
     if text.len() < 2 {
@@ -117,7 +126,10 @@ fn state(i: Instance, with_payloads: bool) -> OrchestrationState {
 }
 
 fn found(i: Option<Instance>, with_payloads: bool) -> GetInstanceResponse {
-    GetInstanceResponse { exists: i.is_some(), orchestration_state: i.map(|i| state(i, with_payloads)) }
+    GetInstanceResponse {
+        exists: i.is_some(),
+        orchestration_state: i.map(|i| state(i, with_payloads)),
+    }
 }
 
 fn new_execution_id() -> String {
@@ -126,7 +138,11 @@ fn new_execution_id() -> String {
 
 impl Service {
     pub(super) async fn start(&self, r: CreateInstanceRequest) -> Result<CreateInstanceResponse, Status> {
-        let id = if r.instance_id.is_empty() { new_execution_id() } else { instance_id(&r.instance_id)?.to_string() };
+        let id = if r.instance_id.is_empty() {
+            new_execution_id()
+        } else {
+            instance_id(&r.instance_id)?.to_string()
+        };
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the orchestrator to run) is required"));
         }
@@ -205,7 +221,11 @@ impl Service {
             // makes the caller see the precise DEADLINE_EXCEEDED instead.
             Some(d) => tokio::time::timeout(d.saturating_sub(DEADLINE_MARGIN), wait)
                 .await
-                .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("instance '{id}' did not reach the awaited state in time")))),
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "instance '{id}' did not reach the awaited state in time"
+                    )))
+                }),
         };
         watchers.release(&id);
         outcome
@@ -231,14 +251,24 @@ impl Service {
     pub(super) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<(), Status> {
         let id = instance_id(&id)?;
         let now = time::now();
-        let event = if suspend { events::suspended(now, reason) } else { events::resumed(now, reason) };
+        let event = if suspend {
+            events::suspended(now, reason)
+        } else {
+            events::resumed(now, reason)
+        };
         self.send(id, event, now).await
     }
 
     /// Queues an event for an instance. Unknown instances are an error; finished ones
     /// silently ignore it (the event could not change anything).
     async fn send(&self, id: &str, event: HistoryEvent, now: Millis) -> Result<(), Status> {
-        let message = Message { instance_id: id.to_string(), execution_id: None, event, visible_at: now, priority: Message::NORMAL };
+        let message = Message {
+            instance_id: id.to_string(),
+            execution_id: None,
+            event,
+            visible_at: now,
+            priority: Message::NORMAL,
+        };
         match self.store.send(message).await.map_err(status)? {
             Delivery::Unknown => Err(Status::not_found(format!("no instance with id '{id}'"))),
             Delivery::Finished | Delivery::Queued => {
@@ -262,7 +292,9 @@ impl Service {
         let mut rows = self.store.query(&filter).await.map_err(status)?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let continuation_token = more.then(|| rows.last().map(|i| page_token(i.created_at, &i.instance_id))).flatten();
+        let continuation_token = more
+            .then(|| rows.last().map(|i| page_token(i.created_at, &i.instance_id)))
+            .flatten();
         Ok(QueryInstancesResponse {
             orchestration_state: rows.into_iter().map(|i| state(i, q.fetch_inputs_and_outputs)).collect(),
             continuation_token,
@@ -282,14 +314,22 @@ impl Service {
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let last_instance_key = more.then(|| rows.last().map(|(at, id)| page_token(*at, id))).flatten();
-        Ok(ListInstanceIdsResponse { instance_ids: rows.into_iter().map(|(_, id)| id).collect(), last_instance_key })
+        Ok(ListInstanceIdsResponse {
+            instance_ids: rows.into_iter().map(|(_, id)| id).collect(),
+            last_instance_key,
+        })
     }
 
     pub(super) async fn purge(&self, r: PurgeInstancesRequest) -> Result<PurgeInstancesResponse, Status> {
         use purge_instances_request::Request as Target;
-        let complete = |deleted: u32, done: bool| PurgeInstancesResponse { deleted_instance_count: deleted as i32, is_complete: Some(done) };
+        let complete = |deleted: u32, done: bool| PurgeInstancesResponse {
+            deleted_instance_count: deleted as i32,
+            is_complete: Some(done),
+        };
         match r.request {
-            None => Err(Status::invalid_argument("one of instanceId, purgeInstanceFilter or instanceBatch is required")),
+            None => Err(Status::invalid_argument(
+                "one of instanceId, purgeInstanceFilter or instanceBatch is required",
+            )),
             Some(Target::InstanceId(id)) => {
                 let id = instance_id(&id)?;
                 match self.store.purge(id, r.recursive).await.map_err(status)? {
@@ -302,7 +342,10 @@ impl Service {
             }
             Some(Target::InstanceBatch(batch)) => {
                 if batch.instance_ids.len() > MAX_BATCH {
-                    return Err(Status::invalid_argument(format!("instanceBatch holds {} ids; at most {MAX_BATCH} are allowed", batch.instance_ids.len())));
+                    return Err(Status::invalid_argument(format!(
+                        "instanceBatch holds {} ids; at most {MAX_BATCH} are allowed",
+                        batch.instance_ids.len()
+                    )));
                 }
                 let mut deleted = 0;
                 for id in &batch.instance_ids {
@@ -315,8 +358,14 @@ impl Service {
             Some(Target::PurgeInstanceFilter(f)) => {
                 let requested = statuses("purgeInstanceFilter.runtimeStatus", &f.runtime_status)?;
                 // Only finished instances are ever purged, whatever else the filter names.
-                let statuses: Vec<_> = if requested.is_empty() { TERMINAL.to_vec() } else { requested.into_iter().filter(|s| is_terminal(*s)).collect() };
-                let timeout = f.timeout.map(|d| Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64));
+                let statuses: Vec<_> = if requested.is_empty() {
+                    TERMINAL.to_vec()
+                } else {
+                    requested.into_iter().filter(|s| is_terminal(*s)).collect()
+                };
+                let timeout = f
+                    .timeout
+                    .map(|d| Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64));
                 let started = tokio::time::Instant::now();
                 let mut filter = InstanceFilter {
                     statuses,
@@ -331,7 +380,9 @@ impl Service {
                 }
                 loop {
                     let page = self.store.query(&filter).await.map_err(status)?;
-                    let Some(last) = page.last() else { return Ok(complete(deleted, true)) };
+                    let Some(last) = page.last() else {
+                        return Ok(complete(deleted, true));
+                    };
                     filter.after = Some((last.created_at, last.instance_id.clone()));
                     for i in &page {
                         if timeout.is_some_and(|t| started.elapsed() >= t) {
@@ -352,7 +403,9 @@ impl Service {
             return Err(Status::not_found(format!("no instance with id '{id}'")));
         };
         if let Some(e) = r.execution_id.filter(|e| !e.is_empty() && *e != instance.execution_id) {
-            return Err(Status::not_found(format!("execution '{e}' of instance '{id}' is not its current execution; only the current one is kept")));
+            return Err(Status::not_found(format!(
+                "execution '{e}' of instance '{id}' is not its current execution; only the current one is kept"
+            )));
         }
         let events = self.store.history(id).await.map_err(status)?;
         let mut chunks = vec![];
@@ -384,10 +437,16 @@ impl Service {
                 old.status.as_str_name()
             )));
         }
-        let new_id = if r.restart_with_new_instance_id { new_execution_id() } else { id.to_string() };
+        let new_id = if r.restart_with_new_instance_id {
+            new_execution_id()
+        } else {
+            id.to_string()
+        };
         // The original input is the first execution's, as recorded when the instance started.
         let history = self.store.history(id).await.map_err(status)?;
-        let input = events::execution_started(&history).map(|s| s.input.clone()).unwrap_or(old.input.clone());
+        let input = events::execution_started(&history)
+            .map(|s| s.input.clone())
+            .unwrap_or(old.input.clone());
         let spec = StartSpec {
             instance_id: new_id.clone(),
             name: old.name,
@@ -406,7 +465,12 @@ impl Service {
     pub(super) async fn rewind(&self, r: RewindInstanceRequest) -> Result<RewindInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         let now = time::now();
-        match self.store.rewind(id, events::rewound(now, r.reason, None), now).await.map_err(status)? {
+        match self
+            .store
+            .rewind(id, events::rewound(now, r.reason, None), now)
+            .await
+            .map_err(status)?
+        {
             Rewind::Rewound => {
                 self.dispatcher.changed([&id.to_string()]);
                 Ok(RewindInstanceResponse {})

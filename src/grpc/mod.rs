@@ -69,11 +69,15 @@ impl TaskHubSidecarService for Service {
     }
     async fn wait_for_instance_start(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
         let deadline = client::deadline(r.metadata())?;
-        self.wait(r.into_inner(), deadline, |s| s != OrchestrationStatus::Pending).await.map(Response::new)
+        self.wait(r.into_inner(), deadline, |s| s != OrchestrationStatus::Pending)
+            .await
+            .map(Response::new)
     }
     async fn wait_for_instance_completion(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
         let deadline = client::deadline(r.metadata())?;
-        self.wait(r.into_inner(), deadline, crate::model::is_terminal).await.map(Response::new)
+        self.wait(r.into_inner(), deadline, crate::model::is_terminal)
+            .await
+            .map(Response::new)
     }
     async fn raise_event(&self, r: Request<RaiseEventRequest>) -> Rpc<RaiseEventResponse> {
         self.raise(r.into_inner()).await.map(Response::new)
@@ -83,11 +87,15 @@ impl TaskHubSidecarService for Service {
     }
     async fn suspend_instance(&self, r: Request<SuspendRequest>) -> Rpc<SuspendResponse> {
         let r = r.into_inner();
-        self.suspend_or_resume(r.instance_id, r.reason, true).await.map(|_| Response::new(SuspendResponse {}))
+        self.suspend_or_resume(r.instance_id, r.reason, true)
+            .await
+            .map(|_| Response::new(SuspendResponse {}))
     }
     async fn resume_instance(&self, r: Request<ResumeRequest>) -> Rpc<ResumeResponse> {
         let r = r.into_inner();
-        self.suspend_or_resume(r.instance_id, r.reason, false).await.map(|_| Response::new(ResumeResponse {}))
+        self.suspend_or_resume(r.instance_id, r.reason, false)
+            .await
+            .map(|_| Response::new(ResumeResponse {}))
     }
     async fn query_instances(&self, r: Request<QueryInstancesRequest>) -> Rpc<QueryInstancesResponse> {
         self.query(r.into_inner()).await.map(Response::new)
@@ -104,10 +112,16 @@ impl TaskHubSidecarService for Service {
         self.work_items(r.into_inner()).map(Response::new)
     }
     async fn complete_activity_task(&self, r: Request<ActivityResponse>) -> Rpc<CompleteTaskResponse> {
-        self.dispatcher.complete_activity(r.into_inner()).await.map(|_| Response::new(CompleteTaskResponse {}))
+        self.dispatcher
+            .complete_activity(r.into_inner())
+            .await
+            .map(|_| Response::new(CompleteTaskResponse {}))
     }
     async fn complete_orchestrator_task(&self, r: Request<OrchestratorResponse>) -> Rpc<CompleteTaskResponse> {
-        self.dispatcher.complete_orchestration(r.into_inner()).await.map(|_| Response::new(CompleteTaskResponse {}))
+        self.dispatcher
+            .complete_orchestration(r.into_inner())
+            .await
+            .map(|_| Response::new(CompleteTaskResponse {}))
     }
     async fn complete_entity_task(&self, _: Request<EntityBatchResult>) -> Rpc<CompleteTaskResponse> {
         Err(entities_unsupported())
@@ -115,7 +129,9 @@ impl TaskHubSidecarService for Service {
 
     type StreamInstanceHistoryStream = tokio_stream::Iter<std::vec::IntoIter<Result<HistoryChunk, Status>>>;
     async fn stream_instance_history(&self, r: Request<StreamInstanceHistoryRequest>) -> Rpc<Self::StreamInstanceHistoryStream> {
-        self.history(r.into_inner()).await.map(|chunks| Response::new(tokio_stream::iter(chunks.into_iter().map(Ok).collect::<Vec<_>>())))
+        self.history(r.into_inner())
+            .await
+            .map(|chunks| Response::new(tokio_stream::iter(chunks.into_iter().map(Ok).collect::<Vec<_>>())))
     }
     async fn create_task_hub(&self, r: Request<CreateTaskHubRequest>) -> Rpc<CreateTaskHubResponse> {
         // The schema is created when the sidecar starts; "recreate" means start empty.
@@ -145,7 +161,10 @@ impl TaskHubSidecarService for Service {
         self.dispatcher.abandon_activity(&token).await;
         Ok(Response::new(AbandonActivityTaskResponse {}))
     }
-    async fn abandon_task_orchestrator_work_item(&self, r: Request<AbandonOrchestrationTaskRequest>) -> Rpc<AbandonOrchestrationTaskResponse> {
+    async fn abandon_task_orchestrator_work_item(
+        &self,
+        r: Request<AbandonOrchestrationTaskRequest>,
+    ) -> Rpc<AbandonOrchestrationTaskResponse> {
         let token = worker::required_token(r.into_inner().completion_token)?;
         self.dispatcher.abandon_orchestration(&token).await;
         Ok(Response::new(AbandonOrchestrationTaskResponse {}))
@@ -157,6 +176,8 @@ impl TaskHubSidecarService for Service {
         &self,
         _: Request<SkipGracefulOrchestrationTerminationsRequest>,
     ) -> Rpc<SkipGracefulOrchestrationTerminationsResponse> {
-        Err(Status::unimplemented("SkipGracefulOrchestrationTerminations is not supported; use TerminateInstance"))
+        Err(Status::unimplemented(
+            "SkipGracefulOrchestrationTerminations is not supported; use TerminateInstance",
+        ))
     }
 }

@@ -37,7 +37,9 @@ impl Batcher {
     /// Writes durably (in some batch) and returns what the store returned for this write.
     pub async fn write(&self, write: Write) -> Result<Vec<String>> {
         let (tx, rx) = oneshot::channel();
-        self.queue.send((write, tx)).map_err(|_| StoreError::BatchFailed("the writer has stopped".into()))?;
+        self.queue
+            .send((write, tx))
+            .map_err(|_| StoreError::BatchFailed("the writer has stopped".into()))?;
         rx.await.map_err(|_| StoreError::BatchFailed("the writer has stopped".into()))?
     }
 }

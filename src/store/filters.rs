@@ -6,8 +6,12 @@ use sqlx::{Database, Encode, QueryBuilder, Type};
 use super::{FinishedFilter, InstanceFilter};
 use crate::proto::OrchestrationStatus;
 
-const TERMINAL: [OrchestrationStatus; 4] =
-    [OrchestrationStatus::Completed, OrchestrationStatus::Failed, OrchestrationStatus::Terminated, OrchestrationStatus::Canceled];
+const TERMINAL: [OrchestrationStatus; 4] = [
+    OrchestrationStatus::Completed,
+    OrchestrationStatus::Failed,
+    OrchestrationStatus::Terminated,
+    OrchestrationStatus::Canceled,
+];
 
 /// `SELECT {columns} FROM instances` matching `f`, oldest first, one page.
 pub fn instances<DB>(columns: &str, f: &InstanceFilter) -> QueryBuilder<DB>
@@ -27,10 +31,17 @@ where
         q.push(" AND created_at <= ").push_bind(to);
     }
     if let Some(prefix) = &f.id_prefix {
-        q.push(" AND substr(instance_id, 1, ").push_bind(prefix.chars().count() as i32).push(") = ").push_bind(prefix.clone());
+        q.push(" AND substr(instance_id, 1, ")
+            .push_bind(prefix.chars().count() as i32)
+            .push(") = ")
+            .push_bind(prefix.clone());
     }
     if let Some((at, id)) = &f.after {
-        q.push(" AND (created_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+        q.push(" AND (created_at, instance_id) > (")
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(id.clone())
+            .push(")");
     }
     q.push(" ORDER BY created_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
     q
@@ -56,7 +67,11 @@ where
         q.push(" AND completed_at <= ").push_bind(to);
     }
     if let Some((at, id)) = &f.after {
-        q.push(" AND (completed_at, instance_id) > (").push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+        q.push(" AND (completed_at, instance_id) > (")
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(id.clone())
+            .push(")");
     }
     q.push(" ORDER BY completed_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
     q

@@ -138,9 +138,19 @@ pub struct FinishedFilter {
 #[derive(Debug)]
 pub enum Write {
     /// An orchestration step: apply `commit`, delete the `consumed` inbox rows, end the lease.
-    Step { token: String, consumed: Vec<i64>, commit: Commit, now: Millis },
+    Step {
+        token: String,
+        consumed: Vec<i64>,
+        commit: Commit,
+        now: Millis,
+    },
     /// An activity's result: delete the task, queue `result` for its orchestration.
-    ActivityResult { id: i64, token: String, result: HistoryEvent, now: Millis },
+    ActivityResult {
+        id: i64,
+        token: String,
+        result: HistoryEvent,
+        now: Millis,
+    },
 }
 
 /// Lease parameters: who takes the lease and until when.
@@ -211,7 +221,12 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a step's commit, deletes the consumed inbox rows and releases the lease, in one
     /// transaction. Returns the ids of the instances whose state changed.
     async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
-        let step = Write::Step { token: token.to_string(), consumed: consumed.to_vec(), commit, now };
+        let step = Write::Step {
+            token: token.to_string(),
+            consumed: consumed.to_vec(),
+            commit,
+            now,
+        };
         self.write(&[step]).await?.pop().expect("one result per write")
     }
 
@@ -225,7 +240,12 @@ pub trait Store: Send + Sync + 'static {
     /// Records an activity's result: deletes the task and queues `result` for its
     /// orchestration, unless that execution is gone (then the result is dropped).
     async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
-        let done = Write::ActivityResult { id, token: token.to_string(), result, now };
+        let done = Write::ActivityResult {
+            id,
+            token: token.to_string(),
+            result,
+            now,
+        };
         self.write(&[done]).await?.pop().expect("one result per write").map(drop)
     }
 
@@ -266,21 +286,29 @@ impl Default for Options {
 pub async fn open(url: &str, options: &Options) -> Result<Arc<dyn Store>, String> {
     let shown = crate::config::redact(url);
     if url.starts_with("sqlite:") {
-        let store = sqlite::SqliteStore::open(url).await.map_err(|e| format!("cannot open {shown}: {e}"))?;
+        let store = sqlite::SqliteStore::open(url)
+            .await
+            .map_err(|e| format!("cannot open {shown}: {e}"))?;
         return Ok(Arc::new(store));
     }
     if postgres::handles(url) {
-        let store = postgres::PostgresStore::open(url, options).await.map_err(|e| format!("cannot open {shown}: {e}"))?;
+        let store = postgres::PostgresStore::open(url, options)
+            .await
+            .map_err(|e| format!("cannot open {shown}: {e}"))?;
         return Ok(Arc::new(store));
     }
-    Err(format!("unsupported database URL '{shown}': expected postgres://..., sqlite://PATH or sqlite::memory:"))
+    Err(format!(
+        "unsupported database URL '{shown}': expected postgres://..., sqlite://PATH or sqlite::memory:"
+    ))
 }
 
 /// Applies pending schema migrations and returns (for operators who migrate separately).
 pub async fn migrate(url: &str, options: &Options) -> Result<(), String> {
     let shown = crate::config::redact(url);
     if postgres::handles(url) {
-        return postgres::migrate(url, options).await.map_err(|e| format!("cannot migrate {shown}: {e}"));
+        return postgres::migrate(url, options)
+            .await
+            .map_err(|e| format!("cannot migrate {shown}: {e}"));
     }
     open(url, options).await.map(drop)
 }

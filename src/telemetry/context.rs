@@ -55,6 +55,12 @@ mod tests {
         let back = to_proto(&span);
         assert_eq!(back.trace_parent, tc.trace_parent);
         assert_eq!(back.trace_state.as_deref(), Some("vendor=x"));
-        assert!(parse(&TraceContext { trace_parent: "garbage".into(), ..Default::default() }).is_none());
+        assert!(
+            parse(&TraceContext {
+                trace_parent: "garbage".into(),
+                ..Default::default()
+            })
+            .is_none()
+        );
     }
 }

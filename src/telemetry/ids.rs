@@ -44,7 +44,11 @@ pub(super) fn random_span_id() -> SpanId {
 /// whose orchestration span is `orchestration`.
 pub(super) fn activity_span_id(orchestration: SpanId, task_id: i32, nth: u32) -> SpanId {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = orchestration.to_bytes().into_iter().chain(task_id.to_be_bytes()).chain(nth.to_be_bytes());
+    let bytes = orchestration
+        .to_bytes()
+        .into_iter()
+        .chain(task_id.to_be_bytes())
+        .chain(nth.to_be_bytes());
     for b in b"activity".iter().copied().chain(bytes) {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);

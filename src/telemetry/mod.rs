@@ -31,11 +31,11 @@ mod rpc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider};
 
 pub use orchestration::{Creation, Step};
 pub use rpc::RpcLayer;
@@ -130,9 +130,12 @@ impl Telemetry {
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(settings.traces_endpoint.clone().unwrap_or_else(|| {
-                    format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'))
-                }))
+                .with_endpoint(
+                    settings
+                        .traces_endpoint
+                        .clone()
+                        .unwrap_or_else(|| format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'))),
+                )
                 .build(),
         }
         .map_err(|e| format!("cannot set up the OTLP exporter: {e}"))?;
@@ -148,7 +151,13 @@ impl Telemetry {
             .with_resource(resource(settings)?)
             .build();
         let tracer = provider.tracer("outrigger");
-        Ok(Telemetry { inner: Some(Arc::new(Inner { provider, tracer, rpc_spans: settings.rpc_spans })) })
+        Ok(Telemetry {
+            inner: Some(Arc::new(Inner {
+                provider,
+                tracer,
+                rpc_spans: settings.rpc_spans,
+            })),
+        })
     }
 
     /// Exports what is queued and stops. Blocks until the export finishes or times out, so
@@ -182,7 +191,10 @@ fn resource(settings: &Settings) -> Result<Resource, String> {
             attributes.push(KeyValue::new(key, value));
         }
     }
-    Ok(Resource::builder_empty().with_service_name(settings.service_name.clone()).with_attributes(attributes).build())
+    Ok(Resource::builder_empty()
+        .with_service_name(settings.service_name.clone())
+        .with_attributes(attributes)
+        .build())
 }
 
 /// Parses `key=value,key=value`; values may be percent-encoded.
@@ -202,7 +214,10 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
             (b'%', Some(b)) => {
                 out.push(b);

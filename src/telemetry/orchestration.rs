@@ -128,8 +128,12 @@ struct Execution {
 
 impl Execution {
     fn of(event: &HistoryEvent) -> Option<Execution> {
-        let Some(EventType::ExecutionStarted(s)) = &event.event_type else { return None };
-        let span_id = SpanId::from_hex(s.orchestration_span_id.as_deref()?).ok().filter(|id| *id != SpanId::INVALID)?;
+        let Some(EventType::ExecutionStarted(s)) = &event.event_type else {
+            return None;
+        };
+        let span_id = SpanId::from_hex(s.orchestration_span_id.as_deref()?)
+            .ok()
+            .filter(|id| *id != SpanId::INVALID)?;
         Some(Execution {
             create: context::parse(s.parent_trace_context.as_ref()?)?,
             span_id,
@@ -145,7 +149,9 @@ impl Execution {
 }
 
 fn started_event<'a>(events: impl IntoIterator<Item = &'a HistoryEvent>) -> Option<&'a HistoryEvent> {
-    events.into_iter().find(|e| matches!(e.event_type, Some(EventType::ExecutionStarted(_))))
+    events
+        .into_iter()
+        .find(|e| matches!(e.event_type, Some(EventType::ExecutionStarted(_))))
 }
 
 fn started_mut(event: &mut HistoryEvent) -> Option<&mut ExecutionStartedEvent> {
@@ -186,7 +192,9 @@ impl Telemetry {
     /// the trace in its ExecutionStarted.
     pub fn creating(&self, new: &mut NewInstance, now: Millis) -> Creation {
         let Some(inner) = &self.inner else { return Creation::default() };
-        let Some(started) = started_mut(&mut new.start.event) else { return Creation::default() };
+        let Some(started) = started_mut(&mut new.start.event) else {
+            return Creation::default();
+        };
         let parent = match started.parent_trace_context.as_ref().and_then(context::parse) {
             Some(caller) => Context::new().with_remote_span_context(caller),
             None => Context::current(),
@@ -198,12 +206,22 @@ impl Telemetry {
     /// context of new executions (children, continue-as-new) and of scheduled activities in
     /// `commit`, and collects the spans this step completes. `history` and `new_events` are
     /// what the worker was sent.
-    pub fn step(&self, instance: &Instance, history: &[HistoryEvent], new_events: &[HistoryEvent], commit: &mut Commit, now: Millis) -> Step {
+    pub fn step(
+        &self,
+        instance: &Instance,
+        history: &[HistoryEvent],
+        new_events: &[HistoryEvent],
+        commit: &mut Commit,
+        now: Millis,
+    ) -> Step {
         let Some(inner) = &self.inner else { return Step::default() };
         let Some(execution) = started_event(history.iter().chain(new_events)).and_then(Execution::of) else {
             return Step::default();
         };
-        let mut step = Step { inner: Some(inner.clone()), ..Default::default() };
+        let mut step = Step {
+            inner: Some(inner.clone()),
+            ..Default::default()
+        };
         let base = |kind: &'static str, name: &str| {
             vec![
                 KeyValue::new(key::TYPE, kind),
@@ -231,9 +249,10 @@ impl Telemetry {
         for e in new_events {
             let (task_id, failure) = match &e.event_type {
                 Some(EventType::TaskCompleted(r)) => (r.task_scheduled_id, None),
-                Some(EventType::TaskFailed(r)) => {
-                    (r.task_scheduled_id, Some(r.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default()))
-                }
+                Some(EventType::TaskFailed(r)) => (
+                    r.task_scheduled_id,
+                    Some(r.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default()),
+                ),
                 Some(EventType::TimerFired(f)) => {
                     let Some(created) = timers.get(&f.timer_id) else { continue };
                     let mut attributes = base("timer", &execution.name);
@@ -270,7 +289,9 @@ impl Telemetry {
                 }
                 _ => continue,
             };
-            let Some((nth, scheduled_at)) = schedulings.answer(task_id) else { continue };
+            let Some((nth, scheduled_at)) = schedulings.answer(task_id) else {
+                continue;
+            };
             let (name, version) = scheduled_names.get(&task_id).cloned().unwrap_or_default();
             let mut attributes = base("activity", &name);
             attributes.push(KeyValue::new(key::TASK_ID, i64::from(task_id)));
@@ -309,7 +330,11 @@ impl Telemetry {
             // Each generation gets its own trace, linked to the one before: an eternal
             // orchestration would otherwise grow one trace without bound.
             let link = Link::new(execution.span(), vec![KeyValue::new("durabletask.link", "continued_from")], 0);
-            let next = commit.messages.iter_mut().filter(|m| m.instance_id == instance.instance_id).find_map(|m| started_mut(&mut m.event));
+            let next = commit
+                .messages
+                .iter_mut()
+                .filter(|m| m.instance_id == instance.instance_id)
+                .find_map(|m| started_mut(&mut m.event));
             if let Some(started) = next {
                 step.creations.push(open(inner, started, &Context::new(), vec![link], now));
             }
@@ -322,7 +347,11 @@ impl Telemetry {
             }
         }
 
-        let status = if continued { Some(OrchestrationStatus::ContinuedAsNew) } else { Some(commit.instance.status).filter(|_| commit.instance.is_terminal()) };
+        let status = if continued {
+            Some(OrchestrationStatus::ContinuedAsNew)
+        } else {
+            Some(commit.instance.status).filter(|_| commit.instance.is_terminal())
+        };
         if let Some(status) = status {
             let mut attributes = base("orchestration", &execution.name);
             attributes.push(KeyValue::new(key::EXECUTION_ID, instance.execution_id.clone()));
@@ -332,8 +361,14 @@ impl Telemetry {
             let runtime_status = status.as_str_name().trim_start_matches("ORCHESTRATION_STATUS_");
             attributes.push(KeyValue::new(key::RUNTIME_STATUS, runtime_status.to_string()));
             attributes.push(KeyValue::new(key::STATUS, title_case(runtime_status)));
-            let error = (status == OrchestrationStatus::Failed)
-                .then(|| commit.instance.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default());
+            let error = (status == OrchestrationStatus::Failed).then(|| {
+                commit
+                    .instance
+                    .failure_details
+                    .as_ref()
+                    .map(|f| f.error_message.clone())
+                    .unwrap_or_default()
+            });
             step.records.push(Record {
                 name: span_name("orchestration", &execution.name, execution.version.as_deref()),
                 kind: SpanKind::Server,
@@ -356,7 +391,10 @@ fn title_case(status: &str) -> String {
         .split('_')
         .map(|w| {
             let mut chars = w.chars();
-            chars.next().map(|c| c.to_string() + &chars.as_str().to_lowercase()).unwrap_or_default()
+            chars
+                .next()
+                .map(|c| c.to_string() + &chars.as_str().to_lowercase())
+                .unwrap_or_default()
         })
         .collect()
 }
@@ -367,7 +405,10 @@ fn span_event(e: &HistoryEvent) -> Option<Event> {
     let (name, attributes) = match &e.event_type {
         Some(EventType::EventRaised(r)) => (
             "Received external event",
-            vec![KeyValue::new("name", r.name.clone()), KeyValue::new("size", r.input.as_ref().map_or(0, |i| i.len() as i64))],
+            vec![
+                KeyValue::new("name", r.name.clone()),
+                KeyValue::new("size", r.input.as_ref().map_or(0, |i| i.len() as i64)),
+            ],
         ),
         Some(EventType::ExecutionSuspended(s)) => ("Execution suspended", reason(&s.input)),
         Some(EventType::ExecutionResumed(s)) => ("Execution resumed", reason(&s.input)),

@@ -47,7 +47,10 @@ impl<S> tower::Layer<S> for RpcLayer {
     type Service = RpcService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcService { inner, telemetry: self.telemetry.clone() }
+        RpcService {
+            inner,
+            telemetry: self.telemetry.clone(),
+        }
     }
 }
 
@@ -76,7 +79,12 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let inner = self.telemetry.inner.as_ref().filter(|i| i.rpc_spans);
-        let method = request.uri().path().strip_prefix(&format!("/{SERVICE}/")).filter(|m| !UNTRACED.contains(m)).map(str::to_string);
+        let method = request
+            .uri()
+            .path()
+            .strip_prefix(&format!("/{SERVICE}/"))
+            .filter(|m| !UNTRACED.contains(m))
+            .map(str::to_string);
         let (Some(inner), Some(method)) = (inner, method) else {
             return Box::pin(self.inner.call(request));
         };
@@ -106,10 +114,18 @@ where
             if let Ok(response) = &result {
                 // Failed unary calls answer trailers-only, so their status is in the headers;
                 // a successful call's status comes later, in trailers, and is OK.
-                let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i64>().ok()).unwrap_or(0);
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+                    .unwrap_or(0);
                 span.set_attribute(KeyValue::new("rpc.grpc.status_code", code));
                 if code != 0 {
-                    let message = response.headers().get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let message = response
+                        .headers()
+                        .get("grpc-message")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
                     span.set_status(Status::error(message.to_string()));
                 }
             }

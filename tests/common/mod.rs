@@ -63,7 +63,12 @@ impl Sidecar {
         });
         // The listener is already bound, so connecting cannot race the server's start.
         let client = Client::connect(format!("http://{addr}")).await.expect("connect");
-        Sidecar { client, addr, _stop: stop, _dir: dir }
+        Sidecar {
+            client,
+            addr,
+            _stop: stop,
+            _dir: dir,
+        }
     }
 
     /// A second, independent client connection (its own HTTP/2 connection).
@@ -83,7 +88,9 @@ impl Sidecar {
 
 /// Runs `f` under the hang guard.
 pub async fn guarded<T>(what: &str, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,7 +176,12 @@ pub async fn start(client: &mut Client, instance_id: &str, name: &str, input: Op
         input: input.map(Into::into),
         ..Default::default()
     };
-    client.start_instance(request).await.expect("StartInstance").into_inner().instance_id
+    client
+        .start_instance(request)
+        .await
+        .expect("StartInstance")
+        .into_inner()
+        .instance_id
 }
 
 /// Starts an instance whose start time is an hour away, so it stays PENDING and is never
@@ -181,28 +193,53 @@ pub async fn start_later(client: &mut Client, instance_id: &str) -> String {
         scheduled_start_timestamp: Some(ts(now_ms() + 3_600_000)),
         ..Default::default()
     };
-    client.start_instance(request).await.expect("StartInstance").into_inner().instance_id
+    client
+        .start_instance(request)
+        .await
+        .expect("StartInstance")
+        .into_inner()
+        .instance_id
 }
 
 pub async fn get(client: &mut Client, instance_id: &str) -> Option<OrchestrationState> {
-    let request = GetInstanceRequest { instance_id: instance_id.into(), get_inputs_and_outputs: true };
+    let request = GetInstanceRequest {
+        instance_id: instance_id.into(),
+        get_inputs_and_outputs: true,
+    };
     let response = client.get_instance(request).await.expect("GetInstance").into_inner();
-    assert_eq!(response.exists, response.orchestration_state.is_some(), "exists must match the state's presence");
+    assert_eq!(
+        response.exists,
+        response.orchestration_state.is_some(),
+        "exists must match the state's presence"
+    );
     response.orchestration_state
 }
 
 pub async fn status_of(client: &mut Client, instance_id: &str) -> OrchestrationStatus {
-    let state = get(client, instance_id).await.unwrap_or_else(|| panic!("instance '{instance_id}' does not exist"));
+    let state = get(client, instance_id)
+        .await
+        .unwrap_or_else(|| panic!("instance '{instance_id}' does not exist"));
     state.orchestration_status()
 }
 
 /// The committed history of an instance's current execution.
 pub async fn history(client: &mut Client, instance_id: &str) -> Vec<HistoryEvent> {
-    history_for(client, StreamInstanceHistoryRequest { instance_id: instance_id.into(), ..Default::default() }).await
+    history_for(
+        client,
+        StreamInstanceHistoryRequest {
+            instance_id: instance_id.into(),
+            ..Default::default()
+        },
+    )
+    .await
 }
 
 pub async fn history_for(client: &mut Client, request: StreamInstanceHistoryRequest) -> Vec<HistoryEvent> {
-    let mut stream = client.stream_instance_history(request).await.expect("StreamInstanceHistory").into_inner();
+    let mut stream = client
+        .stream_instance_history(request)
+        .await
+        .expect("StreamInstanceHistory")
+        .into_inner();
     let mut events = vec![];
     while let Some(chunk) = guarded("history chunks", stream.message()).await.expect("history chunk") {
         events.extend(chunk.events);
@@ -212,16 +249,26 @@ pub async fn history_for(client: &mut Client, request: StreamInstanceHistoryRequ
 
 /// WaitForInstanceCompletion with a generous deadline; the instance must exist.
 pub async fn wait_completion(client: &mut Client, instance_id: &str) -> OrchestrationState {
-    let mut request = tonic::Request::new(GetInstanceRequest { instance_id: instance_id.into(), get_inputs_and_outputs: true });
+    let mut request = tonic::Request::new(GetInstanceRequest {
+        instance_id: instance_id.into(),
+        get_inputs_and_outputs: true,
+    });
     request.set_timeout(GUARD);
     let response = guarded("WaitForInstanceCompletion", client.wait_for_instance_completion(request))
         .await
         .expect("WaitForInstanceCompletion")
         .into_inner();
-    response.orchestration_state.unwrap_or_else(|| panic!("instance '{instance_id}' does not exist"))
+    response
+        .orchestration_state
+        .unwrap_or_else(|| panic!("instance '{instance_id}' does not exist"))
 }
 
-pub async fn complete_orchestrator(client: &mut Client, token: &str, instance_id: &str, actions: Vec<OrchestratorAction>) -> Result<(), Status> {
+pub async fn complete_orchestrator(
+    client: &mut Client,
+    token: &str,
+    instance_id: &str,
+    actions: Vec<OrchestratorAction>,
+) -> Result<(), Status> {
     let response = OrchestratorResponse {
         instance_id: instance_id.into(),
         completion_token: token.into(),
@@ -233,7 +280,11 @@ pub async fn complete_orchestrator(client: &mut Client, token: &str, instance_id
 
 pub async fn complete_activity(client: &mut Client, token: &str, request: &ActivityRequest, result: &str) -> Result<(), Status> {
     let response = ActivityResponse {
-        instance_id: request.orchestration_instance.as_ref().map(|i| i.instance_id.clone()).unwrap_or_default(),
+        instance_id: request
+            .orchestration_instance
+            .as_ref()
+            .map(|i| i.instance_id.clone())
+            .unwrap_or_default(),
         task_id: request.task_id,
         result: Some(result.into()),
         completion_token: token.into(),
@@ -247,9 +298,14 @@ pub async fn run_to_completion(client: &mut Client, worker: &mut Worker, instanc
     start(client, instance_id, "Quick", None).await;
     let (token, request) = worker.orchestration().await;
     assert_eq!(request.instance_id, instance_id);
-    complete_orchestrator(client, &token, instance_id, vec![complete(1, OrchestrationStatus::Completed, output)])
-        .await
-        .expect("complete orchestration");
+    complete_orchestrator(
+        client,
+        &token,
+        instance_id,
+        vec![complete(1, OrchestrationStatus::Completed, output)],
+    )
+    .await
+    .expect("complete orchestration");
     let state = wait_completion(client, instance_id).await;
     assert_eq!(state.orchestration_status(), OrchestrationStatus::Completed);
 }
@@ -259,11 +315,21 @@ pub async fn run_to_completion(client: &mut Client, worker: &mut Worker, instanc
 // ---------------------------------------------------------------------------------------------
 
 pub fn action(id: i32, kind: ActionType) -> OrchestratorAction {
-    OrchestratorAction { id, orchestrator_action_type: Some(kind) }
+    OrchestratorAction {
+        id,
+        orchestrator_action_type: Some(kind),
+    }
 }
 
 pub fn schedule_task(id: i32, name: &str, input: &str) -> OrchestratorAction {
-    action(id, ActionType::ScheduleTask(ScheduleTaskAction { name: name.into(), input: Some(input.into()), ..Default::default() }))
+    action(
+        id,
+        ActionType::ScheduleTask(ScheduleTaskAction {
+            name: name.into(),
+            input: Some(input.into()),
+            ..Default::default()
+        }),
+    )
 }
 
 pub fn complete(id: i32, status: OrchestrationStatus, result: &str) -> OrchestratorAction {
@@ -278,7 +344,12 @@ pub fn complete(id: i32, status: OrchestrationStatus, result: &str) -> Orchestra
 }
 
 pub fn create_timer(id: i32, fire_at_ms: i64) -> OrchestratorAction {
-    action(id, ActionType::CreateTimer(CreateTimerAction { fire_at: Some(ts(fire_at_ms)) }))
+    action(
+        id,
+        ActionType::CreateTimer(CreateTimerAction {
+            fire_at: Some(ts(fire_at_ms)),
+        }),
+    )
 }
 
 /// The event's kind as a short name ("TaskScheduled", "OrchestratorStarted", ...).
@@ -312,7 +383,10 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn ts(ms: i64) -> Timestamp {
-    Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 pub fn ms(ts: &Timestamp) -> i64 {

@@ -30,7 +30,10 @@ pub struct Outcome {
 
 /// Instance ids of one run: a per-run prefix so runs never collide in a shared store.
 pub fn instance_prefix(workload: &str) -> String {
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     format!("{workload}-{nonce:x}-")
 }
 
@@ -39,7 +42,12 @@ fn instance_id(prefix: &str, i: usize) -> String {
 }
 
 fn create_request(id: String, name: &str) -> CreateInstanceRequest {
-    CreateInstanceRequest { instance_id: id, name: name.into(), input: Some("\"bench\"".into()), ..Default::default() }
+    CreateInstanceRequest {
+        instance_id: id,
+        name: name.into(),
+        input: Some("\"bench\"".into()),
+        ..Default::default()
+    }
 }
 
 /// Starts `count` instances of `name`, at most `concurrency` of them unfinished at a time, and
@@ -59,16 +67,27 @@ pub async fn run(
     let began = Instant::now();
 
     let starter = {
-        let (client, name, prefix, in_flight, results) =
-            (client.clone(), name.to_string(), prefix.to_string(), Arc::clone(&in_flight), results.clone());
+        let (client, name, prefix, in_flight, results) = (
+            client.clone(),
+            name.to_string(),
+            prefix.to_string(),
+            Arc::clone(&in_flight),
+            results.clone(),
+        );
         tokio::spawn(async move {
             for i in 0..count {
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                    return;
+                };
                 let id = instance_id(&prefix, i);
                 // Registered before the call: the completion may be reported before it returns.
                 in_flight.lock().unwrap().insert(id.clone(), (Instant::now(), slot));
-                let (mut client, in_flight, results, request) =
-                    (client.clone(), Arc::clone(&in_flight), results.clone(), create_request(id.clone(), &name));
+                let (mut client, in_flight, results, request) = (
+                    client.clone(),
+                    Arc::clone(&in_flight),
+                    results.clone(),
+                    create_request(id.clone(), &name),
+                );
                 tokio::spawn(async move {
                     if let Err(status) = client.start_instance(request).await {
                         in_flight.lock().unwrap().remove(&id);
@@ -87,7 +106,9 @@ pub async fn run(
                 tokio::spawn(async move {
                     let outcome = confirm(client, &id).await;
                     // Dropping the entry frees its concurrency slot.
-                    let Some((started, _slot)) = in_flight.lock().unwrap().remove(&id) else { return };
+                    let Some((started, _slot)) = in_flight.lock().unwrap().remove(&id) else {
+                        return;
+                    };
                     let _ = results.send(outcome.map(|()| started.elapsed().as_secs_f64() * 1000.0));
                 });
             }
@@ -109,7 +130,10 @@ pub async fn run(
             }
             Ok(None) => break,
             Err(_) if remaining <= Duration::from_secs(10) => {
-                outcome.errors.add(format!("gave up after {deadline:?} with {} instances unfinished", count - outcome.completed - outcome.failed));
+                outcome.errors.add(format!(
+                    "gave up after {deadline:?} with {} instances unfinished",
+                    count - outcome.completed - outcome.failed
+                ));
                 break;
             }
             Err(_) => {}
@@ -129,7 +153,9 @@ pub async fn start_only(client: &Client, name: &str, prefix: &str, count: usize,
     let (results, mut results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
     let began = Instant::now();
     for i in 0..count {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
         let (mut client, results, request) = (client.clone(), results.clone(), create_request(instance_id(prefix, i), name));
         tokio::spawn(async move {
             let sent = Instant::now();
@@ -189,9 +215,15 @@ pub async fn drain(client: &Client, count: usize, mut completed: mpsc::Unbounded
 
 /// Asks the server whether `id` completed; Ok once it reports COMPLETED.
 async fn confirm(mut client: Client, id: &str) -> Result<(), String> {
-    let mut request = tonic::Request::new(GetInstanceRequest { instance_id: id.into(), get_inputs_and_outputs: false });
+    let mut request = tonic::Request::new(GetInstanceRequest {
+        instance_id: id.into(),
+        get_inputs_and_outputs: false,
+    });
     request.set_timeout(Duration::from_secs(60));
-    let response = client.wait_for_instance_completion(request).await.map_err(|s| format!("WaitForInstanceCompletion '{id}': {s}"))?;
+    let response = client
+        .wait_for_instance_completion(request)
+        .await
+        .map_err(|s| format!("WaitForInstanceCompletion '{id}': {s}"))?;
     match response.into_inner().orchestration_state.map(|s| s.orchestration_status()) {
         Some(OrchestrationStatus::Completed) => Ok(()),
         Some(other) => Err(format!("instance '{id}' ended {}", other.as_str_name())),
@@ -208,7 +240,11 @@ struct Progress {
 
 impl Progress {
     fn new(total: usize) -> Progress {
-        Progress { total, began: Instant::now(), last: Instant::now() }
+        Progress {
+            total,
+            began: Instant::now(),
+            last: Instant::now(),
+        }
     }
 
     fn tick(&mut self, done: usize) {

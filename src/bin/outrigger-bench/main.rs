@@ -113,7 +113,10 @@ async fn run(args: Args) -> Result<bool, String> {
     let (spawned, address, probe) = match &args.sidecar {
         Some(binary) => {
             std::fs::create_dir_all(&temp_dir).map_err(|e| e.to_string())?;
-            let url = args.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", temp_dir.join("bench.db").display()));
+            let url = args
+                .database_url
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", temp_dir.join("bench.db").display()));
             let spawned = Spawned::start(binary, &url, &temp_dir.join("sidecar.log"))?;
             let (address, probe) = (spawned.address.clone(), Some(Probe::new(spawned.pid())));
             (Some(spawned), address, probe)
@@ -125,7 +128,12 @@ async fn run(args: Args) -> Result<bool, String> {
         None if spawned.is_some() => "sqlite".into(),
         None => "external".into(),
     });
-    let context = Context { args: &args, address: address.clone(), probe, backend };
+    let context = Context {
+        args: &args,
+        address: address.clone(),
+        probe,
+        backend,
+    };
 
     let mut reports = vec![];
     for workload in workloads {
@@ -134,7 +142,14 @@ async fn run(args: Args) -> Result<bool, String> {
         for e in &report.errors {
             eprintln!("  error: {e}");
         }
-        eprint!("{}", report::markdown(std::slice::from_ref(&report)).lines().nth(2).map(|l| format!("  {l}\n")).unwrap_or_default());
+        eprint!(
+            "{}",
+            report::markdown(std::slice::from_ref(&report))
+                .lines()
+                .nth(2)
+                .map(|l| format!("  {l}\n"))
+                .unwrap_or_default()
+        );
         reports.push(report);
     }
     drop(spawned);
@@ -153,7 +168,9 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     std::fs::write(&args.results, text + "\n").map_err(|e| format!("cannot write {}: {e}", args.results.display()))?;
     eprintln!("results written to {}", args.results.display());
-    Ok(reports.iter().all(|r| r.failed == 0 && r.errors.is_empty() && r.completed == r.count))
+    Ok(reports
+        .iter()
+        .all(|r| r.failed == 0 && r.errors.is_empty() && r.completed == r.count))
 }
 
 fn parse_workloads(list: &str) -> Result<Vec<Workload>, String> {
@@ -186,7 +203,9 @@ impl Context<'_> {
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
-        Ok(Client::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+        Ok(Client::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
     }
 
     async fn run(&self, workload: Workload) -> Result<Report, String> {
@@ -194,7 +213,11 @@ impl Context<'_> {
         let script = Arc::new(workload.script(args.width));
         let count = args.count.unwrap_or(workload.default_count());
         let concurrency = args.concurrency.unwrap_or(workload.default_concurrency());
-        let deadline = Duration::from_secs(if workload == Workload::Fill { args.timeout.max(3 * 3600) } else { args.timeout });
+        let deadline = Duration::from_secs(if workload == Workload::Fill {
+            args.timeout.max(3 * 3600)
+        } else {
+            args.timeout
+        });
         let prefix = driver::instance_prefix(workload.name());
         let client = self.connect().await?;
         let mut report = Report {
@@ -205,7 +228,10 @@ impl Context<'_> {
             ..Default::default()
         };
         // Other processes' load skews every figure; keep it with the results.
-        if let Some(load) = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split(' ').next()?.parse::<f64>().ok()) {
+        if let Some(load) = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split(' ').next()?.parse::<f64>().ok())
+        {
             report.extra.insert("load_average_1m_before".into(), json!(load));
         }
         let peak_reset = self.probe.as_ref().is_some_and(Probe::reset_peak);
@@ -216,7 +242,9 @@ impl Context<'_> {
             Workload::SdkHello5 => sdk::run(&args.python, &args.sdk_driver, &self.address, count, concurrency).await?,
             Workload::Starts => {
                 let outcome = driver::start_only(&client, &script.name, &prefix, count, concurrency).await;
-                report.notes.push("StartInstance only: rate and latency of the start call, no worker attached".into());
+                report
+                    .notes
+                    .push("StartInstance only: rate and latency of the start call, no worker attached".into());
                 (outcome, 0)
             }
             _ => {
@@ -257,7 +285,9 @@ impl Context<'_> {
             report.peak_rss_mib = probe.peak_rss_mib();
             report.rss_after_mib = probe.rss_mib();
             if !peak_reset {
-                report.notes.push("peak RSS is since the sidecar started (could not reset it)".into());
+                report
+                    .notes
+                    .push("peak RSS is since the sidecar started (could not reset it)".into());
             }
         }
 
@@ -310,20 +340,30 @@ fn add_step_costs(report: &mut Report, episodes: &std::collections::HashMap<Stri
         report.extra.insert("early_step_ms".into(), json!(early));
         report.extra.insert("late_step_ms".into(), json!(late));
         report.extra.insert("late_over_early".into(), json!(late / early));
-        report.notes.push(format!("step ~10 {early:.2} ms, last steps {late:.2} ms ({:.2}x)", late / early));
+        report
+            .notes
+            .push(format!("step ~10 {early:.2} ms, last steps {late:.2} ms ({:.2}x)", late / early));
     }
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).map(|l| l.trim().to_string());
+    let memory = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(|l| l.trim().to_string());
     json!({
         "cpu": cpu,
         "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),

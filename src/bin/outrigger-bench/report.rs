@@ -55,8 +55,22 @@ impl Report {
 }
 
 const HEADER: [&str; 16] = [
-    "workload", "backend", "n", "conc", "ok", "orch/s", "act/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "timer p50 ms",
-    "timer p99 ms", "CPU s/1k orch", "peak RSS MiB", "notes",
+    "workload",
+    "backend",
+    "n",
+    "conc",
+    "ok",
+    "orch/s",
+    "act/s",
+    "p50 ms",
+    "p90 ms",
+    "p99 ms",
+    "max ms",
+    "timer p50 ms",
+    "timer p99 ms",
+    "CPU s/1k orch",
+    "peak RSS MiB",
+    "notes",
 ];
 
 /// The reports as one markdown table.
@@ -114,15 +128,27 @@ mod tests {
             completed: 9,
             failed: 1,
             orchestrations_per_s: Some(123.456),
-            latency_ms: Summary { p50: Some(1.24), p90: Some(2.0), p99: Some(3.0), max: Some(4.0) },
+            latency_ms: Summary {
+                p50: Some(1.24),
+                p90: Some(2.0),
+                p99: Some(3.0),
+                max: Some(4.0),
+            },
             ..Default::default()
         };
-        let slow = Report { orchestrations_per_s: Some(0.0612), ..r.clone() };
+        let slow = Report {
+            orchestrations_per_s: Some(0.0612),
+            ..r.clone()
+        };
         let table = markdown(&[r, slow]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[3].contains("| 9 | 0.06 |"), "{}", lines[3]);
-        assert!(lines[2].starts_with("| hello5 | sqlite | 10 | 2 | 9 | 123 | – | 1.2 | 2.0 |"), "{}", lines[2]);
+        assert!(
+            lines[2].starts_with("| hello5 | sqlite | 10 | 2 | 9 | 123 | – | 1.2 | 2.0 |"),
+            "{}",
+            lines[2]
+        );
         assert!(lines[2].ends_with("| 1 failed |"), "{}", lines[2]);
         assert_eq!(lines[0].matches('|').count(), lines[2].matches('|').count());
     }

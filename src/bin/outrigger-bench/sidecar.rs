@@ -16,7 +16,10 @@ pub struct Probe {
 
 impl Probe {
     pub fn new(pid: u32) -> Probe {
-        Probe { pid, ticks_per_second: clock_ticks() }
+        Probe {
+            pid,
+            ticks_per_second: clock_ticks(),
+        }
     }
 
     /// User plus system CPU seconds the process has used so far, all threads included.
@@ -119,7 +122,10 @@ impl Spawned {
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(address)) => Ok(Spawned { child, address: format!("http://{address}") }),
+            Ok(Ok(address)) => Ok(Spawned {
+                child,
+                address: format!("http://{address}"),
+            }),
             Ok(Err(tail)) => {
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
                 Err(format!("the sidecar exited before listening ({status}):\n{tail}"))

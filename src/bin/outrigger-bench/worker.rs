@@ -143,12 +143,20 @@ impl Handler {
         if r.requires_history_streaming {
             // We never declare the capability, so a server asking for it is not following the
             // protocol; hand the item back rather than answer from a partial history.
-            let _ = self.client.abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest { completion_token: token }).await;
-            self.error(format!("server asked to stream history for '{}' without the capability", r.instance_id));
+            let _ = self
+                .client
+                .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest { completion_token: token })
+                .await;
+            self.error(format!(
+                "server asked to stream history for '{}' without the capability",
+                r.instance_id
+            ));
             return;
         }
         let actions = decide(&self.script, &r.past_events, &r.new_events);
-        let completes = actions.iter().any(|a| matches!(a.orchestrator_action_type, Some(ActionType::CompleteOrchestration(_))));
+        let completes = actions
+            .iter()
+            .any(|a| matches!(a.orchestrator_action_type, Some(ActionType::CompleteOrchestration(_))));
         let response = OrchestratorResponse {
             instance_id: r.instance_id.clone(),
             actions,

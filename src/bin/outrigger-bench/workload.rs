@@ -37,8 +37,14 @@ pub enum Workload {
 }
 
 /// The workloads `--workload standard` stands for, in the order they run.
-pub const STANDARD: [Workload; 6] =
-    [Workload::Hello5, Workload::Latency1, Workload::Fanout, Workload::Timers, Workload::Long, Workload::Starts];
+pub const STANDARD: [Workload; 6] = [
+    Workload::Hello5,
+    Workload::Latency1,
+    Workload::Fanout,
+    Workload::Timers,
+    Workload::Long,
+    Workload::Starts,
+];
 
 impl Workload {
     pub fn name(self) -> &'static str {
@@ -55,7 +61,10 @@ impl Workload {
     }
 
     pub fn parse(name: &str) -> Option<Workload> {
-        [STANDARD.as_slice(), &[Workload::Fill, Workload::SdkHello5]].concat().into_iter().find(|w| w.name() == name)
+        [STANDARD.as_slice(), &[Workload::Fill, Workload::SdkHello5]]
+            .concat()
+            .into_iter()
+            .find(|w| w.name() == name)
     }
 
     /// Orchestrations started per run, unless `--count` says otherwise.
@@ -91,7 +100,10 @@ impl Workload {
             Workload::Long => vec![Stage::Activities(1); width.unwrap_or(1000) as usize],
             Workload::Starts | Workload::Fill => vec![],
         };
-        Script { name: format!("bench.{}", self.name()), stages }
+        Script {
+            name: format!("bench.{}", self.name()),
+            stages,
+        }
     }
 }
 
@@ -123,7 +135,10 @@ pub struct Script {
 impl Script {
     /// Activities one orchestration of this script runs.
     pub fn activities(&self) -> u64 {
-        self.stages.iter().map(|s| if let Stage::Activities(n) = s { u64::from(*n) } else { 0 }).sum()
+        self.stages
+            .iter()
+            .map(|s| if let Stage::Activities(n) = s { u64::from(*n) } else { 0 })
+            .sum()
     }
 }
 
@@ -177,7 +192,11 @@ pub fn decide(script: &Script, past: &[HistoryEvent], new: &[HistoryEvent]) -> V
             return vec![];
         }
     }
-    let status = if failed { OrchestrationStatus::Failed } else { OrchestrationStatus::Completed };
+    let status = if failed {
+        OrchestrationStatus::Failed
+    } else {
+        OrchestrationStatus::Completed
+    };
     vec![OrchestratorAction {
         id: next_id,
         orchestrator_action_type: Some(ActionType::CompleteOrchestration(CompleteOrchestrationAction {
@@ -200,10 +219,15 @@ fn stage_action(stage: Stage, id: i32, now: Option<Timestamp>) -> OrchestratorAc
         Stage::Timer(delay) => {
             let now = now.unwrap_or_else(|| Timestamp::from(std::time::SystemTime::now()));
             let due = std::time::SystemTime::try_from(now).unwrap_or_else(|_| std::time::SystemTime::now()) + delay;
-            ActionType::CreateTimer(CreateTimerAction { fire_at: Some(Timestamp::from(due)) })
+            ActionType::CreateTimer(CreateTimerAction {
+                fire_at: Some(Timestamp::from(due)),
+            })
         }
     };
-    OrchestratorAction { id, orchestrator_action_type: Some(kind) }
+    OrchestratorAction {
+        id,
+        orchestrator_action_type: Some(kind),
+    }
 }
 
 #[cfg(test)]
@@ -211,22 +235,50 @@ mod tests {
     use super::*;
 
     fn event(id: i32, kind: EventType) -> HistoryEvent {
-        HistoryEvent { event_id: id, timestamp: Some(Timestamp { seconds: 1000, nanos: 0 }), event_type: Some(kind) }
+        HistoryEvent {
+            event_id: id,
+            timestamp: Some(Timestamp { seconds: 1000, nanos: 0 }),
+            event_type: Some(kind),
+        }
     }
     fn started() -> HistoryEvent {
         event(-1, EventType::OrchestratorStarted(OrchestratorStartedEvent::default()))
     }
     fn execution_started() -> HistoryEvent {
-        event(-1, EventType::ExecutionStarted(ExecutionStartedEvent { name: "bench.x".into(), ..Default::default() }))
+        event(
+            -1,
+            EventType::ExecutionStarted(ExecutionStartedEvent {
+                name: "bench.x".into(),
+                ..Default::default()
+            }),
+        )
     }
     fn scheduled(id: i32) -> HistoryEvent {
-        event(id, EventType::TaskScheduled(TaskScheduledEvent { name: ACTIVITY.into(), ..Default::default() }))
+        event(
+            id,
+            EventType::TaskScheduled(TaskScheduledEvent {
+                name: ACTIVITY.into(),
+                ..Default::default()
+            }),
+        )
     }
     fn completed(id: i32) -> HistoryEvent {
-        event(-1, EventType::TaskCompleted(TaskCompletedEvent { task_scheduled_id: id, ..Default::default() }))
+        event(
+            -1,
+            EventType::TaskCompleted(TaskCompletedEvent {
+                task_scheduled_id: id,
+                ..Default::default()
+            }),
+        )
     }
     fn failed(id: i32) -> HistoryEvent {
-        event(-1, EventType::TaskFailed(TaskFailedEvent { task_scheduled_id: id, ..Default::default() }))
+        event(
+            -1,
+            EventType::TaskFailed(TaskFailedEvent {
+                task_scheduled_id: id,
+                ..Default::default()
+            }),
+        )
     }
 
     fn scheduled_ids(actions: &[OrchestratorAction]) -> Vec<i32> {
@@ -309,11 +361,25 @@ mod tests {
         let past = vec![
             started(),
             execution_started(),
-            event(1, EventType::TimerCreated(TimerCreatedEvent { fire_at: Some(Timestamp { seconds: 1001, nanos: 0 }) })),
+            event(
+                1,
+                EventType::TimerCreated(TimerCreatedEvent {
+                    fire_at: Some(Timestamp { seconds: 1001, nanos: 0 }),
+                }),
+            ),
         ];
         assert!(decide(&script, &past, &[started()]).is_empty(), "timer not fired yet");
-        let fired = event(-1, EventType::TimerFired(TimerFiredEvent { fire_at: None, timer_id: 1 }));
-        assert_eq!(completion(&decide(&script, &past, &[started(), fired])), (2, OrchestrationStatus::Completed));
+        let fired = event(
+            -1,
+            EventType::TimerFired(TimerFiredEvent {
+                fire_at: None,
+                timer_id: 1,
+            }),
+        );
+        assert_eq!(
+            completion(&decide(&script, &past, &[started(), fired])),
+            (2, OrchestrationStatus::Completed)
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@ async fn pool(url: &str, options: &Options) -> Result<PgPool, sqlx::Error> {
     // One direct connection first: its error says what is wrong (refused, bad password, no
     // such database), where a pool would only report that it timed out.
     PgConnection::connect_with(&connect).await?.close().await?;
-    Ok(PgPoolOptions::new().max_connections(options.pool_size).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(connect))
+    Ok(PgPoolOptions::new()
+        .max_connections(options.pool_size)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(connect))
 }
 
 /// Applies pending migrations. Safe to run from several sidecars at once: the migrator holds
@@ -84,7 +87,13 @@ impl PostgresStore {
         // Write batches run side by side on part of the pool, leaving the rest for leasing and
         // client calls.
         let write_concurrency = (options.pool_size as usize / 2).max(1);
-        Ok(PostgresStore { pool, notifier, changes, _listener: listener, write_concurrency })
+        Ok(PostgresStore {
+            pool,
+            notifier,
+            changes,
+            _listener: listener,
+            write_concurrency,
+        })
     }
 }
 
@@ -98,14 +107,20 @@ fn instance_from_row(row: &PgRow) -> Result<Instance> {
         input: row.try_get("input")?,
         output: row.try_get("output")?,
         custom_status: row.try_get("custom_status")?,
-        failure_details: row.try_get::<Option<Vec<u8>>, _>("failure_details")?.map(|b| decode(&b)).transpose()?,
+        failure_details: row
+            .try_get::<Option<Vec<u8>>, _>("failure_details")?
+            .map(|b| decode(&b))
+            .transpose()?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         completed_at: row.try_get("completed_at")?,
         scheduled_start_at: row.try_get("scheduled_start_at")?,
         parent_instance_id: row.try_get("parent_instance_id")?,
         tags: decode_tags(row.try_get::<Option<Vec<u8>>, _>("tags")?.as_deref())?,
-        trace_context: row.try_get::<Option<Vec<u8>>, _>("trace_context")?.map(|b| decode(&b)).transpose()?,
+        trace_context: row
+            .try_get::<Option<Vec<u8>>, _>("trace_context")?
+            .map(|b| decode(&b))
+            .transpose()?,
     })
 }
 
@@ -126,7 +141,10 @@ async fn load_history(conn: &mut PgConnection, id: &str) -> Result<Vec<HistoryEv
 
 /// Inserts a new, unleased instance row.
 async fn insert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Millis) -> Result<()> {
-    bind_fields(sqlx::query(INSERT_INSTANCE).bind(&i.instance_id), i).bind(ready_at).execute(&mut *conn).await?;
+    bind_fields(sqlx::query(INSERT_INSTANCE).bind(&i.instance_id), i)
+        .bind(ready_at)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -134,7 +152,11 @@ async fn insert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Millis
 /// `token` still holds the lease (the row lock it takes also fences a sidecar that took over).
 /// False when the lease is gone; then nothing was written.
 async fn update_held_instance(conn: &mut PgConnection, i: &Instance, token: &str) -> Result<bool> {
-    let done = bind_fields(sqlx::query(UPDATE_HELD_INSTANCE), i).bind(&i.instance_id).bind(token).execute(&mut *conn).await?;
+    let done = bind_fields(sqlx::query(UPDATE_HELD_INSTANCE), i)
+        .bind(&i.instance_id)
+        .bind(token)
+        .execute(&mut *conn)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -156,7 +178,10 @@ async fn insert_message(conn: &mut PgConnection, m: &Message) -> Result<()> {
 /// its target finishing on another sidecar may still be queued; the engine drops it when the
 /// finished instance is next looked at.
 async fn deliver(conn: &mut PgConnection, m: &Message) -> Result<Delivery> {
-    let row = sqlx::query(SELECT_STATUS_AND_EXECUTION).bind(&m.instance_id).fetch_optional(&mut *conn).await?;
+    let row = sqlx::query(SELECT_STATUS_AND_EXECUTION)
+        .bind(&m.instance_id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = row else {
         info!(instance_id = %m.instance_id, event = kind_name(&m.event), "dropping event for an unknown instance");
         return Ok(Delivery::Unknown);
@@ -172,7 +197,11 @@ async fn deliver(conn: &mut PgConnection, m: &Message) -> Result<Delivery> {
         return Ok(Delivery::Finished);
     }
     if matches!(m.event.event_type, Some(EventType::ExecutionTerminated(_))) && target_status == OrchestrationStatus::Pending {
-        sqlx::query(MAKE_PENDING_DUE).bind(m.visible_at).bind(&m.instance_id).execute(&mut *conn).await?;
+        sqlx::query(MAKE_PENDING_DUE)
+            .bind(m.visible_at)
+            .bind(&m.instance_id)
+            .execute(&mut *conn)
+            .await?;
     }
     insert_message(conn, m).await?;
     Ok(Delivery::Queued)
@@ -208,16 +237,28 @@ async fn write_history(conn: &mut PgConnection, id: &str, write: &HistoryWrite) 
         }
     };
     let encoded: Vec<Vec<u8>> = events.iter().map(encode).collect();
-    sqlx::query(INSERT_HISTORY).bind(id).bind(first).bind(encoded).execute(&mut *conn).await?;
+    sqlx::query(INSERT_HISTORY)
+        .bind(id)
+        .bind(first)
+        .bind(encoded)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 async fn rewind_in(conn: &mut PgConnection, id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
-    let Some(instance) = load_instance(conn, id).await? else { return Ok(Rewind::Unknown) };
+    let Some(instance) = load_instance(conn, id).await? else {
+        return Ok(Rewind::Unknown);
+    };
     if instance.status != OrchestrationStatus::Failed {
         return Ok(Rewind::NotFailed(instance.status));
     }
-    sqlx::query(REWIND_INSTANCE).bind(OrchestrationStatus::Running as i32).bind(now).bind(id).execute(&mut *conn).await?;
+    sqlx::query(REWIND_INSTANCE)
+        .bind(OrchestrationStatus::Running as i32)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     let message = Message {
         instance_id: id.to_string(),
         execution_id: Some(instance.execution_id),
@@ -281,7 +322,14 @@ async fn step_in(
             task_ids.push(a.request.task_id);
             requests.push(encode(&a.request));
         }
-        sqlx::query(INSERT_ACTIVITIES).bind(ids).bind(executions).bind(task_ids).bind(requests).bind(now).execute(&mut *conn).await?;
+        sqlx::query(INSERT_ACTIVITIES)
+            .bind(ids)
+            .bind(executions)
+            .bind(task_ids)
+            .bind(requests)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
     }
     let mut changed = vec![id.clone()];
     for c in &commit.children {
@@ -311,7 +359,11 @@ async fn step_in(
 
 /// One activity result inside a write batch; nothing is written when the lease is gone.
 async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, result: &HistoryEvent, now: Millis) -> Result<Vec<String>> {
-    let row = sqlx::query(DELETE_LOCKED_ACTIVITY).bind(id).bind(token).fetch_optional(&mut *conn).await?;
+    let row = sqlx::query(DELETE_LOCKED_ACTIVITY)
+        .bind(id)
+        .bind(token)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = row else { return Err(StoreError::LeaseLost) };
     let message = Message {
         instance_id: row.get(0),
@@ -343,7 +395,10 @@ impl Store for PostgresStore {
     async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
         let id = new.instance.instance_id.clone();
         let mut tx = self.pool.begin().await?;
-        let existing: Option<i32> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE).bind(&id).fetch_optional(&mut *tx).await?;
+        let existing: Option<i32> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE)
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
         if let Some(s) = existing.map(|s| status(s.into())).transpose()?
             && !replaceable.contains(&s)
         {
@@ -386,7 +441,10 @@ impl Store for PostgresStore {
     }
 
     async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
-        let rows = filters::instances::<sqlx::Postgres>(INSTANCE_COLUMNS, f).build().fetch_all(&self.pool).await?;
+        let rows = filters::instances::<sqlx::Postgres>(INSTANCE_COLUMNS, f)
+            .build()
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(instance_from_row).collect()
     }
 
@@ -471,7 +529,12 @@ impl Store for PostgresStore {
         let mut touched = vec![];
         for w in writes {
             let result = match w {
-                Write::Step { token, consumed, commit, now } => step_in(&mut tx, token, consumed, commit, *now, &mut touched).await,
+                Write::Step {
+                    token,
+                    consumed,
+                    commit,
+                    now,
+                } => step_in(&mut tx, token, consumed, commit, *now, &mut touched).await,
                 Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
             };
             match result {
@@ -496,7 +559,12 @@ impl Store for PostgresStore {
 
     async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let held = sqlx::query(RELEASE_ORCHESTRATION).bind(ready_at).bind(instance_id).bind(token).execute(&mut *tx).await?;
+        let held = sqlx::query(RELEASE_ORCHESTRATION)
+            .bind(ready_at)
+            .bind(instance_id)
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
         if held.rows_affected() == 0 {
             return Err(StoreError::LeaseLost);
         }
@@ -517,8 +585,16 @@ impl Store for PostgresStore {
         let mut locked = Vec::with_capacity(rows.len());
         for r in rows {
             let request: ActivityRequest = decode(r.get::<&[u8], _>(4))?;
-            let task = ActivityTask { instance_id: r.get(2), execution_id: r.get(3), request };
-            locked.push(LockedActivity { id: r.get(0), token: r.get(1), task });
+            let task = ActivityTask {
+                instance_id: r.get(2),
+                execution_id: r.get(3),
+                request,
+            };
+            locked.push(LockedActivity {
+                id: r.get(0),
+                token: r.get(1),
+                task,
+            });
         }
         locked.sort_by_key(|a| a.id);
         Ok(locked)
@@ -526,7 +602,12 @@ impl Store for PostgresStore {
 
     async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(RELEASE_ACTIVITY).bind(visible_at).bind(id).bind(token).execute(&mut *tx).await?;
+        let done = sqlx::query(RELEASE_ACTIVITY)
+            .bind(visible_at)
+            .bind(id)
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::LeaseLost);
         }

@@ -24,7 +24,9 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new() -> Self {
-        Notifier { node: uuid::Uuid::new_v4().simple().to_string() }
+        Notifier {
+            node: uuid::Uuid::new_v4().simple().to_string(),
+        }
     }
 
     /// Queues a notification naming `ids` in the transaction `tx`.
@@ -33,7 +35,11 @@ impl Notifier {
         I: IntoIterator<Item = &'a S>,
         S: AsRef<str> + ?Sized + 'a,
     {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(encode(&self.node, ids)).execute(tx).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(encode(&self.node, ids))
+            .execute(tx)
+            .await?;
         Ok(())
     }
 }
@@ -138,7 +144,10 @@ mod tests {
         let payload = encode("node", ids.iter().copied());
         let (node, change) = decode(&payload).unwrap();
         assert_eq!(node, "node");
-        assert_eq!(change, Change::Instances(vec!["a".into(), "b".into(), "colon:1:".into(), "with space".into()]));
+        assert_eq!(
+            change,
+            Change::Instances(vec!["a".into(), "b".into(), "colon:1:".into(), "with space".into()])
+        );
     }
 
     #[test]

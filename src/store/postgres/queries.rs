@@ -88,8 +88,10 @@ pub const DELETE_MESSAGES: &str = "DELETE FROM inbox WHERE id = ANY($1)";
 
 /// What a finished instance leaves behind that nothing will consume: pending events and
 /// timers, activities not yet handed out.
-pub const DELETE_LEFTOVERS: [&str; 2] =
-    ["DELETE FROM inbox WHERE instance_id = $1", "DELETE FROM activities WHERE instance_id = $1 AND lock_token IS NULL"];
+pub const DELETE_LEFTOVERS: [&str; 2] = [
+    "DELETE FROM inbox WHERE instance_id = $1",
+    "DELETE FROM activities WHERE instance_id = $1 AND lock_token IS NULL",
+];
 
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) \
      SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5 \
@@ -114,8 +116,7 @@ pub static QUEUE_RESULT: std::sync::LazyLock<String> = std::sync::LazyLock::new(
     )
 });
 
-pub const DELETE_LOCKED_ACTIVITY: &str =
-    "DELETE FROM activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id, execution_id";
+pub const DELETE_LOCKED_ACTIVITY: &str = "DELETE FROM activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id, execution_id";
 
 pub const RELEASE_ACTIVITY: &str = "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, visible_at = $1 \
      WHERE id = $2 AND lock_token = $3";

@@ -25,7 +25,9 @@ struct Inner {
 
 impl std::fmt::Debug for HistoryCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HistoryCache").field("events", &self.inner.lock().unwrap().events).finish()
+        f.debug_struct("HistoryCache")
+            .field("events", &self.inner.lock().unwrap().events)
+            .finish()
     }
 }
 
@@ -53,13 +55,21 @@ impl HistoryCache {
     /// The cached history of `id` in `execution_id`, if any.
     pub fn get(&self, id: &str, execution_id: &str) -> Option<Vec<HistoryEvent>> {
         let inner = self.inner.lock().unwrap();
-        inner.entries.get(id).filter(|e| e.execution_id == execution_id).map(|e| e.events.clone())
+        inner
+            .entries
+            .get(id)
+            .filter(|e| e.execution_id == execution_id)
+            .map(|e| e.events.clone())
     }
 
     /// How many events `id` has in `execution_id`, if cached.
     pub fn len(&self, id: &str, execution_id: &str) -> Option<usize> {
         let inner = self.inner.lock().unwrap();
-        inner.entries.get(id).filter(|e| e.execution_id == execution_id).map(|e| e.events.len())
+        inner
+            .entries
+            .get(id)
+            .filter(|e| e.execution_id == execution_id)
+            .map(|e| e.events.len())
     }
 
     pub fn put(&self, id: &str, execution_id: &str, events: Vec<HistoryEvent>) {
@@ -67,7 +77,13 @@ impl HistoryCache {
         inner.remove(id);
         inner.make_room(events.len());
         inner.events += events.len();
-        inner.entries.insert(id.to_string(), Entry { execution_id: execution_id.to_string(), events });
+        inner.entries.insert(
+            id.to_string(),
+            Entry {
+                execution_id: execution_id.to_string(),
+                events,
+            },
+        );
     }
 
     /// Adds committed events to a cached history (nothing if `id` is not cached in that
@@ -102,7 +118,12 @@ mod tests {
     use super::*;
 
     fn events(n: usize) -> Vec<HistoryEvent> {
-        (0..n).map(|i| HistoryEvent { event_id: i as i32, ..Default::default() }).collect()
+        (0..n)
+            .map(|i| HistoryEvent {
+                event_id: i as i32,
+                ..Default::default()
+            })
+            .collect()
     }
 
     #[test]

@@ -16,13 +16,13 @@ use tracing::{debug, info};
 
 use super::encoding::{bind_fields, decode, decode_tags, encode, status};
 use super::filters;
-use cache::HistoryCache;
 use super::*;
 use crate::engine::events::kind_name;
 use crate::engine::wakes_suspended;
 use crate::model::{ChildRewind, HistoryWrite, is_terminal};
 use crate::proto::ActivityRequest;
 use crate::proto::history_event::EventType;
+use cache::HistoryCache;
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -40,7 +40,11 @@ impl SqliteStore {
         let memory = url.contains(":memory:") || url.contains("mode=memory");
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
-            .journal_mode(if memory { SqliteJournalMode::Memory } else { SqliteJournalMode::Wal })
+            .journal_mode(if memory {
+                SqliteJournalMode::Memory
+            } else {
+                SqliteJournalMode::Wal
+            })
             // FULL: a commit is on disk before a worker hears "OK", so even a power loss keeps
             // what was acknowledged.
             .synchronous(SqliteSynchronous::Full)
@@ -58,9 +62,16 @@ impl SqliteStore {
         let reader = if memory {
             writer.clone()
         } else {
-            SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await?
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.read_only(true))
+                .await?
         };
-        let store = SqliteStore { writer, reader, histories: HistoryCache::default() };
+        let store = SqliteStore {
+            writer,
+            reader,
+            histories: HistoryCache::default(),
+        };
         // One SQLite file serves one sidecar, so leases left by a previous run (a crash) belong
         // to nobody now: release them so that work is dispatched again at once.
         store.release_all(None).await.map_err(|e| match e {
@@ -82,14 +93,20 @@ fn instance_from_row(row: &SqliteRow) -> Result<Instance> {
         input: row.try_get("input")?,
         output: row.try_get("output")?,
         custom_status: row.try_get("custom_status")?,
-        failure_details: row.try_get::<Option<Vec<u8>>, _>("failure_details")?.map(|b| decode(&b)).transpose()?,
+        failure_details: row
+            .try_get::<Option<Vec<u8>>, _>("failure_details")?
+            .map(|b| decode(&b))
+            .transpose()?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         completed_at: row.try_get("completed_at")?,
         scheduled_start_at: row.try_get("scheduled_start_at")?,
         parent_instance_id: row.try_get("parent_instance_id")?,
         tags: decode_tags(row.try_get::<Option<Vec<u8>>, _>("tags")?.as_deref())?,
-        trace_context: row.try_get::<Option<Vec<u8>>, _>("trace_context")?.map(|b| decode(&b)).transpose()?,
+        trace_context: row
+            .try_get::<Option<Vec<u8>>, _>("trace_context")?
+            .map(|b| decode(&b))
+            .transpose()?,
     })
 }
 
@@ -100,15 +117,27 @@ async fn load_instance(conn: &mut SqliteConnection, id: &str) -> Result<Option<I
 }
 
 async fn load_history(conn: &mut SqliteConnection, id: &str) -> Result<Vec<HistoryEvent>> {
-    let rows = sqlx::query("SELECT event FROM history WHERE instance_id = ? ORDER BY seq").bind(id).fetch_all(&mut *conn).await?;
+    let rows = sqlx::query("SELECT event FROM history WHERE instance_id = ? ORDER BY seq")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
 }
 
 /// Inserts a new, unleased instance row.
 async fn insert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Millis) -> Result<()> {
-    bind_fields(sqlx::query("INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, custom_status, \
+    bind_fields(
+        sqlx::query(
+            "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, custom_status, \
          failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context, ready_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)").bind(&i.instance_id), i).bind(ready_at).execute(&mut *conn).await?;
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&i.instance_id),
+        i,
+    )
+    .bind(ready_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -116,10 +145,19 @@ async fn insert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Mi
 /// `token` still holds the lease (the row lock it takes also fences a sidecar that took over).
 /// False when the lease is gone; then nothing was written.
 async fn update_held_instance(conn: &mut SqliteConnection, i: &Instance, token: &str) -> Result<bool> {
-    let done = bind_fields(sqlx::query("UPDATE instances SET name = ?, version = ?, execution_id = ?, status = ?, input = ?, output = ?, custom_status = ?, \
+    let done = bind_fields(
+        sqlx::query(
+            "UPDATE instances SET name = ?, version = ?, execution_id = ?, status = ?, input = ?, output = ?, custom_status = ?, \
          failure_details = ?, created_at = ?, updated_at = ?, completed_at = ?, scheduled_start_at = ?, parent_instance_id = ?, \
          tags = ?, trace_context = ?, ready_at = 0, lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
-         WHERE instance_id = ? AND lock_token = ?"), i).bind(&i.instance_id).bind(token).execute(&mut *conn).await?;
+         WHERE instance_id = ? AND lock_token = ?",
+        ),
+        i,
+    )
+    .bind(&i.instance_id)
+    .bind(token)
+    .execute(&mut *conn)
+    .await?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -164,7 +202,10 @@ async fn deliver(conn: &mut SqliteConnection, m: &Message) -> Result<Delivery> {
             .bind(m.visible_at)
             .execute(&mut *conn)
             .await?;
-        sqlx::query("UPDATE instances SET ready_at = 0 WHERE instance_id = ?").bind(&m.instance_id).execute(&mut *conn).await?;
+        sqlx::query("UPDATE instances SET ready_at = 0 WHERE instance_id = ?")
+            .bind(&m.instance_id)
+            .execute(&mut *conn)
+            .await?;
     }
     insert_message(conn, m).await?;
     Ok(Delivery::Queued)
@@ -231,7 +272,10 @@ async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWri
             }
         },
         HistoryWrite::Replace(events) => {
-            sqlx::query("DELETE FROM history WHERE instance_id = ?").bind(id).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM history WHERE instance_id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
             (events, 0)
         }
     };
@@ -248,7 +292,9 @@ async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWri
 }
 
 async fn rewind_in(conn: &mut SqliteConnection, id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
-    let Some(instance) = load_instance(conn, id).await? else { return Ok(Rewind::Unknown) };
+    let Some(instance) = load_instance(conn, id).await? else {
+        return Ok(Rewind::Unknown);
+    };
     if instance.status != OrchestrationStatus::Failed {
         return Ok(Rewind::NotFailed(instance.status));
     }
@@ -308,13 +354,23 @@ async fn step_in(
     write_history(conn, &id, &commit.history, cache.len(&id, execution_id)).await?;
     if commit.instance.is_terminal() {
         // Nothing will consume these any more: pending events, timers, queued activities.
-        sqlx::query("DELETE FROM inbox WHERE instance_id = ?").bind(&id).execute(&mut *conn).await?;
-        sqlx::query("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL").bind(&id).execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM inbox WHERE instance_id = ?")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM activities WHERE instance_id = ? AND lock_token IS NULL")
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
     }
     if !commit.activities.is_empty() {
         let mut q = sqlx::QueryBuilder::new("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) ");
         q.push_values(&commit.activities, |mut row, a| {
-            row.push_bind(a.instance_id.clone()).push_bind(a.execution_id.clone()).push_bind(a.request.task_id).push_bind(encode(&a.request)).push_bind(now);
+            row.push_bind(a.instance_id.clone())
+                .push_bind(a.execution_id.clone())
+                .push_bind(a.request.task_id)
+                .push_bind(encode(&a.request))
+                .push_bind(now);
         });
         q.build().execute(&mut *conn).await?;
     }
@@ -435,7 +491,10 @@ impl Store for SqliteStore {
     }
 
     async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
-        let rows = filters::instances::<sqlx::Sqlite>(INSTANCE_COLUMNS, f).build().fetch_all(&self.reader).await?;
+        let rows = filters::instances::<sqlx::Sqlite>(INSTANCE_COLUMNS, f)
+            .build()
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(instance_from_row).collect()
     }
 
@@ -449,7 +508,11 @@ impl Store for SqliteStore {
         let mut pending = vec![instance_id.to_string()];
         let mut deleted = 0;
         while let Some(id) = pending.pop() {
-            let Some(row) = sqlx::query("SELECT status FROM instances WHERE instance_id = ?").bind(&id).fetch_optional(&mut *tx).await? else {
+            let Some(row) = sqlx::query("SELECT status FROM instances WHERE instance_id = ?")
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
                 continue;
             };
             let s = status(row.get(0))?;
@@ -498,13 +561,13 @@ impl Store for SqliteStore {
             )
         });
         let rows = sqlx::query(LOCK.as_str())
-        .bind(lease.owner)
-        .bind(lease.until)
-        .bind(lease.now)
-        .bind(OrchestrationStatus::Suspended as i32)
-        .bind(i64::from(max))
-        .fetch_all(&self.writer)
-        .await?;
+            .bind(lease.owner)
+            .bind(lease.until)
+            .bind(lease.now)
+            .bind(OrchestrationStatus::Suspended as i32)
+            .bind(i64::from(max))
+            .fetch_all(&self.writer)
+            .await?;
         if rows.is_empty() {
             return Ok(vec![]);
         }
@@ -561,9 +624,12 @@ impl Store for SqliteStore {
         let mut changes = vec![];
         for w in writes {
             let result = match w {
-                Write::Step { token, consumed, commit, now } => {
-                    step_in(&mut tx, token, consumed, commit, *now, &self.histories, &mut changes).await
-                }
+                Write::Step {
+                    token,
+                    consumed,
+                    commit,
+                    now,
+                } => step_in(&mut tx, token, consumed, commit, *now, &self.histories, &mut changes).await,
                 Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
             };
             match result {
@@ -618,8 +684,16 @@ impl Store for SqliteStore {
         let mut locked = Vec::with_capacity(rows.len());
         for r in rows {
             let request: ActivityRequest = decode(r.get::<&[u8], _>(4))?;
-            let task = ActivityTask { instance_id: r.get(2), execution_id: r.get(3), request };
-            locked.push(LockedActivity { id: r.get(0), token: r.get(1), task });
+            let task = ActivityTask {
+                instance_id: r.get(2),
+                execution_id: r.get(3),
+                request,
+            };
+            locked.push(LockedActivity {
+                id: r.get(0),
+                token: r.get(1),
+                task,
+            });
         }
         locked.sort_by_key(|a| a.id);
         Ok(locked)

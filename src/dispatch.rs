@@ -13,13 +13,14 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::engine::work_filters::WorkFilter;
 use crate::engine::{self, Prepared, events};
-use crate::model::Instance;
+use crate::model::{Instance, Names};
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
 use crate::store::{Batcher, Change, Lease, LockedActivity, LockedOrchestration, Store, StoreError, Write};
 use crate::telemetry::Telemetry;
-use crate::time::{self, Millis};
+use crate::time::{self, Micros};
 
 /// Tunables of the dispatch loop.
 #[derive(Debug, Clone)]
@@ -64,6 +65,8 @@ struct Worker {
     orchestrations: usize,
     activities: usize,
     history_streaming: bool,
+    /// The work it takes (its `workItemFilters`).
+    filter: WorkFilter,
     /// Health pings; stops when the worker is removed.
     _pinger: AbortOnDrop,
 }
@@ -98,8 +101,22 @@ struct State {
 }
 
 impl State {
-    fn free(&self, pick: impl Fn(&Worker) -> usize) -> usize {
-        self.workers.values().map(pick).sum()
+    /// The connected workers' distinct filters, each with the free room of the workers that
+    /// share it: (filter, orchestrations, activities). Each group leases only what it takes,
+    /// so work no connected worker takes is never leased and stays queued.
+    fn groups(&self) -> Vec<(WorkFilter, usize, usize)> {
+        let mut groups: Vec<(WorkFilter, usize, usize)> = vec![];
+        for w in self.workers.values() {
+            let room = (
+                w.max_orchestrations.saturating_sub(w.orchestrations),
+                w.max_activities.saturating_sub(w.activities),
+            );
+            match groups.iter_mut().find(|(f, _, _)| *f == w.filter) {
+                Some(g) => (g.1, g.2) = (g.1 + room.0, g.2 + room.1),
+                None => groups.push((w.filter.clone(), room.0, room.1)),
+            }
+        }
+        groups
     }
 
     /// The next worker (round robin) with room for one more item of a kind.
@@ -206,11 +223,11 @@ impl Dispatcher {
         self.wake();
     }
 
-    fn lease(&self, now: Millis) -> Lease<'_> {
+    fn lease(&self, now: Micros) -> Lease<'_> {
         Lease {
             owner: &self.owner,
             now,
-            until: now + self.settings.lease.as_millis() as Millis,
+            until: now + time::span(self.settings.lease),
         }
     }
 
@@ -222,7 +239,7 @@ impl Dispatcher {
                 let mut tick = tokio::time::interval(this.settings.lease / 3);
                 loop {
                     tick.tick().await;
-                    let until = time::now() + this.settings.lease.as_millis() as Millis;
+                    let until = time::now() + time::span(this.settings.lease);
                     let tokens: Vec<String> = {
                         let state = this.state.lock().unwrap();
                         state.orchestrations.keys().chain(state.activities.keys()).cloned().collect()
@@ -262,9 +279,7 @@ impl Dispatcher {
             }
             let now = time::now();
             let due = self.store.next_due(now).await.ok().flatten();
-            let until_due = due
-                .map(|d| Duration::from_millis((d - now).max(0) as u64))
-                .unwrap_or(self.settings.sweep_interval);
+            let until_due = due.map(|d| time::until(d, now)).unwrap_or(self.settings.sweep_interval);
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(until_due.min(self.settings.sweep_interval)) => {}
@@ -276,39 +291,44 @@ impl Dispatcher {
     /// back full, so more work may be waiting. (Work committed after the lease query wakes the
     /// loop anyway.)
     async fn dispatch_once(&self) -> Result<bool, StoreError> {
-        let (orchestration_room, activity_room) = {
-            let state = self.state.lock().unwrap();
-            (
-                state.free(|w| w.max_orchestrations.saturating_sub(w.orchestrations)).min(BATCH),
-                state.free(|w| w.max_activities.saturating_sub(w.activities)).min(BATCH),
-            )
-        };
+        let groups = self.state.lock().unwrap().groups();
         let mut more = false;
-        if orchestration_room > 0 {
-            let now = time::now();
-            let items = self.store.lock_orchestrations(&self.lease(now), orchestration_room as u32).await?;
-            more |= items.len() == orchestration_room;
-            for item in items {
-                let id = item.instance.instance_id.clone();
-                if let Err(e) = self.hand_orchestration(item, now).await {
-                    warn!(instance_id = %id, error = %e, "could not hand out orchestration work item; its lease will expire");
+        for (filter, orchestration_room, activity_room) in groups {
+            let orchestration_room = orchestration_room.min(BATCH);
+            if orchestration_room > 0 && filter.orchestrations != Names::Only(Default::default()) {
+                let now = time::now();
+                let lease = self.lease(now);
+                let items = self
+                    .store
+                    .lock_orchestrations(&lease, orchestration_room as u32, &filter.orchestrations)
+                    .await?;
+                more |= items.len() == orchestration_room;
+                for item in items {
+                    let id = item.instance.instance_id.clone();
+                    if let Err(e) = self.hand_orchestration(item, now).await {
+                        warn!(instance_id = %id, error = %e, "could not hand out orchestration work item; its lease will expire");
+                    }
                 }
             }
-        }
-        if activity_room > 0 {
-            let now = time::now();
-            let items = self.store.lock_activities(&self.lease(now), activity_room as u32).await?;
-            more |= items.len() == activity_room;
-            for item in items {
-                if let Err(e) = self.hand_activity(item).await {
-                    warn!(error = %e, "could not hand out activity work item; its lease will expire");
+            let activity_room = activity_room.min(BATCH);
+            if activity_room > 0 && filter.activities != Names::Only(Default::default()) {
+                let now = time::now();
+                let items = self
+                    .store
+                    .lock_activities(&self.lease(now), activity_room as u32, &filter.activities)
+                    .await?;
+                more |= items.len() == activity_room;
+                for item in items {
+                    if let Err(e) = self.hand_activity(item).await {
+                        warn!(error = %e, "could not hand out activity work item; its lease will expire");
+                    }
                 }
             }
         }
         Ok(more)
     }
 
-    async fn hand_orchestration(&self, item: LockedOrchestration, now: Millis) -> Result<(), StoreError> {
+    async fn hand_orchestration(&self, item: LockedOrchestration, now: Micros) -> Result<(), StoreError> {
         let LockedOrchestration {
             token,
             instance,
@@ -325,13 +345,14 @@ impl Dispatcher {
                 return self.store.release_orchestration(&id, &token, &consumed, 0).await;
             }
             Prepared::Wait => {
-                let later = now + self.settings.abandon_delay.as_millis() as Millis;
+                let later = now + time::span(self.settings.abandon_delay);
                 return self.store.release_orchestration(&id, &token, &[], later).await;
             }
         };
         let sent = {
             let mut state = self.state.lock().unwrap();
-            let chosen = state.choose(|w| w.orchestrations < w.max_orchestrations);
+            let (name, version) = (&instance.name, instance.version.as_deref());
+            let chosen = state.choose(|w| w.orchestrations < w.max_orchestrations && w.filter.takes_orchestration(name, version));
             chosen.and_then(|worker_id| {
                 let worker = state.workers.get_mut(&worker_id)?;
                 let stream_history = worker.history_streaming
@@ -375,10 +396,12 @@ impl Dispatcher {
 
     async fn hand_activity(&self, item: LockedActivity) -> Result<(), StoreError> {
         let LockedActivity { id, token, task } = item;
-        let sent = {
+        let (taken, sent) = {
             let mut state = self.state.lock().unwrap();
-            let chosen = state.choose(|w| w.activities < w.max_activities);
-            chosen.and_then(|worker_id| {
+            let (name, version) = (&task.request.name, task.request.version.as_deref());
+            let taken = state.workers.values().any(|w| w.filter.takes_activity(name, version));
+            let chosen = state.choose(|w| w.activities < w.max_activities && w.filter.takes_activity(name, version));
+            let sent = chosen.and_then(|worker_id| {
                 let worker = state.workers.get_mut(&worker_id)?;
                 let task_id = task.request.task_id;
                 let work = WorkItem {
@@ -397,10 +420,14 @@ impl Dispatcher {
                     },
                 );
                 Some(())
-            })
+            });
+            (taken, sent)
         };
         if sent.is_none() {
-            self.store.release_activity(id, &token, time::now()).await?;
+            // Only an activity queued before names were stored can be leased for a filter that
+            // does not take it; it waits a moment before it is offered again.
+            let later = if taken { 0 } else { time::span(self.settings.abandon_delay) };
+            self.store.release_activity(id, &token, time::now() + later).await?;
         }
         Ok(())
     }
@@ -434,6 +461,7 @@ impl Dispatcher {
             orchestrations: 0,
             activities: 0,
             history_streaming: request.capabilities.contains(&(WorkerCapability::HistoryStreaming as i32)),
+            filter: WorkFilter::from_request(request.work_item_filters.as_ref()),
         };
         let id = {
             let mut state = self.state.lock().unwrap();
@@ -446,6 +474,7 @@ impl Dispatcher {
             worker = id,
             max_orchestrations = request.max_concurrent_orchestration_work_items,
             max_activities = request.max_concurrent_activity_work_items,
+            filtered = request.work_item_filters.is_some(),
             "worker connected"
         );
         self.wake();
@@ -668,7 +697,7 @@ impl Dispatcher {
             held
         };
         if let Some(held) = held {
-            let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
+            let later = time::now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self
                 .store
                 .release_orchestration(&held.instance.instance_id, token, &[], later)
@@ -691,7 +720,7 @@ impl Dispatcher {
             held
         };
         if let Some(held) = held {
-            let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
+            let later = time::now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self.store.release_activity(held.id, token, later).await {
                 debug!(error = %e, "abandoning activity");
             }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::proto::{ActivityRequest, HistoryEvent, OrchestrationStatus, OrchestrationTraceContext, TaskFailureDetails};
-use crate::time::Millis;
+use crate::time::Micros;
 
 /// One orchestration instance, as kept in the `instances` table.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,10 +20,10 @@ pub struct Instance {
     pub output: Option<String>,
     pub custom_status: Option<String>,
     pub failure_details: Option<TaskFailureDetails>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
-    pub completed_at: Option<Millis>,
-    pub scheduled_start_at: Option<Millis>,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+    pub completed_at: Option<Micros>,
+    pub scheduled_start_at: Option<Micros>,
     pub parent_instance_id: Option<String>,
     pub tags: BTreeMap<String, String>,
     /// The orchestration span a worker reported, echoed back on every later dispatch.
@@ -54,7 +54,7 @@ pub struct Message {
     pub execution_id: Option<String>,
     pub event: HistoryEvent,
     /// Not delivered before this time (timers, scheduled starts).
-    pub visible_at: Millis,
+    pub visible_at: Micros,
     /// Lower sorts first. A new execution's ExecutionStarted and carried-over events use
     /// `FIRST` so they precede events that arrived while the previous execution was running.
     pub priority: i32,
@@ -118,4 +118,17 @@ pub struct Commit {
     pub activities: Vec<ActivityTask>,
     pub children: Vec<ChildStart>,
     pub rewinds: Vec<ChildRewind>,
+}
+
+/// Which task names of one kind (orchestrations, activities or entities) a worker takes, from
+/// its `workItemFilters`. Matching is [`crate::engine::work_filters`]; the stores turn it into
+/// a lease condition, so work no connected worker takes stays queued.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Names {
+    /// No filters were sent: everything.
+    #[default]
+    Any,
+    /// Only these names, each with the versions taken (empty: any version; an unversioned
+    /// item has version ""). An empty map takes nothing of this kind.
+    Only(BTreeMap<String, std::collections::BTreeSet<String>>),
 }

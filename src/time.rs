@@ -1,22 +1,39 @@
-//! Wall-clock time as milliseconds since the Unix epoch, and conversions to and from the wire's
-//! `google.protobuf.Timestamp`. Milliseconds are what the store keeps (integer columns sort and
-//! index well in both engines); the engine never reads the clock itself, it is handed `now`.
+//! Wall-clock time as microseconds since the Unix epoch, and conversions to and from the wire's
+//! `google.protobuf.Timestamp`. Microseconds are what the store keeps: integer columns sort and
+//! index well in both engines, and a client that reads its own clock (Python, Java and .NET
+//! clocks tick in microseconds or finer) just before a call never sees a time the server took
+//! afterwards come out earlier. The engine never reads the clock itself, it is handed `now`.
+
+use std::time::Duration;
 
 use prost_types::Timestamp;
 
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
+
+const PER_SECOND: i64 = 1_000_000;
 
 /// Reads the system clock.
-pub fn now() -> Millis {
+pub fn now() -> Micros {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    since.as_millis() as Millis
+    since.as_micros() as Micros
 }
 
-/// Converts a wire timestamp, refusing values a well-behaved client cannot send.
-pub fn from_timestamp(ts: &Timestamp) -> Result<Millis, String> {
+/// A duration in the store's unit, for adding to a `now`.
+pub fn span(d: Duration) -> Micros {
+    d.as_micros().min(i64::MAX as u128) as Micros
+}
+
+/// The duration from `now` until `at`; zero when `at` has passed.
+pub fn until(at: Micros, now: Micros) -> Duration {
+    Duration::from_micros((at - now).max(0) as u64)
+}
+
+/// Converts a wire timestamp, refusing values a well-behaved client cannot send. Digits finer
+/// than a microsecond are dropped (rounding down, so a time never moves later).
+pub fn from_timestamp(ts: &Timestamp) -> Result<Micros, String> {
     // Year 1 to 9999 is the range `google.protobuf.Timestamp` documents as valid.
     const MIN_SECONDS: i64 = -62_135_596_800;
     const MAX_SECONDS: i64 = 253_402_300_799;
@@ -26,14 +43,14 @@ pub fn from_timestamp(ts: &Timestamp) -> Result<Millis, String> {
     if !(MIN_SECONDS..=MAX_SECONDS).contains(&ts.seconds) {
         return Err(format!("timestamp seconds {} outside year 1..9999", ts.seconds));
     }
-    Ok(ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+    Ok(ts.seconds * PER_SECOND + i64::from(ts.nanos) / 1_000)
 }
 
 /// Builds a wire timestamp.
-pub fn to_timestamp(ms: Millis) -> Timestamp {
+pub fn to_timestamp(us: Micros) -> Timestamp {
     Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+        seconds: us.div_euclid(PER_SECOND),
+        nanos: (us.rem_euclid(PER_SECOND) * 1_000) as i32,
     }
 }
 
@@ -43,8 +60,8 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_malformed() {
-        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
-            assert_eq!(from_timestamp(&to_timestamp(ms)), Ok(ms));
+        for us in [0, 1, 999, 999_999, 1_700_000_000_123_456, -1, -1_000_001] {
+            assert_eq!(from_timestamp(&to_timestamp(us)), Ok(us));
         }
         assert!(from_timestamp(&Timestamp { seconds: 0, nanos: -1 }).is_err());
         assert!(
@@ -61,5 +78,24 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn keeps_microseconds_and_rounds_nanoseconds_down() {
+        let ts = Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_789,
+        };
+        assert_eq!(from_timestamp(&ts), Ok(1_700_000_000_123_456));
+        assert_eq!(to_timestamp(1_700_000_000_123_456).nanos, 123_456_000);
+    }
+
+    #[test]
+    fn the_clock_ticks_finer_than_milliseconds() {
+        // Of many readings, some must fall between whole milliseconds: a millisecond clock would
+        // give a multiple of 1,000 every time (the chance that 100 microsecond readings all are is
+        // 10^-300).
+        let readings: Vec<Micros> = (0..100).map(|_| now()).collect();
+        assert!(readings.iter().any(|us| us % 1_000 != 0), "{readings:?}");
     }
 }

@@ -13,13 +13,13 @@ use outrigger::model::{Commit, Message};
 use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
 use outrigger::proto::*;
 use outrigger::store::{
-    self, Change, Delivery, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, Store, StoreError, Write,
+    self, Change, Delivery, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Names, Purge, Store, StoreError, Write,
 };
-use outrigger::time::{Millis, to_timestamp};
+use outrigger::time::{Micros, to_timestamp};
 use sqlx::Connection;
 
-const T0: Millis = 1_700_000_000_000;
-const LEASE: Millis = 10_000;
+const T0: Micros = 1_700_000_000_000_000;
+const LEASE: Micros = 10_000_000;
 
 // ---------------------------------------------------------------------------------------------
 // Harness: a fresh store per test, and a second handle on the same data ("another sidecar").
@@ -183,12 +183,14 @@ conformance!(
     delete_all_empties_the_hub,
     a_batch_refuses_a_stale_write_alone,
     a_result_for_a_finished_execution_is_dropped,
+    times_keep_microseconds,
+    leases_take_only_the_names_a_filter_takes,
 );
 
 // ---------------------------------------------------------------------------------------------
 // Builders
 
-fn lease(owner: &str, now: Millis) -> Lease<'_> {
+fn lease(owner: &str, now: Micros) -> Lease<'_> {
     Lease {
         owner,
         now,
@@ -196,7 +198,7 @@ fn lease(owner: &str, now: Millis) -> Lease<'_> {
     }
 }
 
-async fn create(store: &dyn Store, id: &str, at: Millis) {
+async fn create(store: &dyn Store, id: &str, at: Micros) {
     let spec = StartSpec {
         instance_id: id.into(),
         name: "Orchestration".into(),
@@ -229,7 +231,7 @@ fn schedule_task(id: i32) -> OrchestratorAction {
     )
 }
 
-fn create_timer(id: i32, fire_at: Millis) -> OrchestratorAction {
+fn create_timer(id: i32, fire_at: Micros) -> OrchestratorAction {
     action(
         id,
         Action::CreateTimer(CreateTimerAction {
@@ -254,7 +256,7 @@ async fn step(
     store: &dyn Store,
     item: LockedOrchestration,
     actions: Vec<OrchestratorAction>,
-    now: Millis,
+    now: Micros,
 ) -> Result<Vec<String>, StoreError> {
     let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, now) else {
         panic!("{} has nothing to run", item.instance.instance_id);
@@ -277,14 +279,14 @@ async fn step(
     store.commit_orchestration(&item.token, &consumed, commit, now).await
 }
 
-async fn lock_one(store: &dyn Store, owner: &str, now: Millis) -> LockedOrchestration {
-    let mut items = store.lock_orchestrations(&lease(owner, now), 10).await.unwrap();
+async fn lock_one(store: &dyn Store, owner: &str, now: Micros) -> LockedOrchestration {
+    let mut items = store.lock_orchestrations(&lease(owner, now), 10, &Names::Any).await.unwrap();
     assert_eq!(items.len(), 1, "expected exactly one orchestration work item");
     items.pop().unwrap()
 }
 
-async fn lock_ids(store: &dyn Store, owner: &str, now: Millis) -> Vec<String> {
-    let items = store.lock_orchestrations(&lease(owner, now), 100).await.unwrap();
+async fn lock_ids(store: &dyn Store, owner: &str, now: Micros) -> Vec<String> {
+    let items = store.lock_orchestrations(&lease(owner, now), 100, &Names::Any).await.unwrap();
     let mut ids: Vec<String> = items.into_iter().map(|i| i.instance.instance_id).collect();
     ids.sort();
     ids
@@ -295,7 +297,7 @@ fn kinds(history: &[HistoryEvent]) -> Vec<&'static str> {
 }
 
 /// Runs an instance to completion in one step.
-async fn run_to_completion(store: &dyn Store, id: &str, at: Millis) {
+async fn run_to_completion(store: &dyn Store, id: &str, at: Micros) {
     create(store, id, at).await;
     let item = lock_one(store, "w", at).await;
     step(store, item, vec![complete(0, "\"done\"")], at).await.unwrap();
@@ -393,7 +395,7 @@ async fn a_stale_token_is_refused_without_harm(h: &Harness) {
     assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
     assert!(s.history("a").await.unwrap().is_empty(), "nothing written");
     assert!(
-        s.lock_activities(&lease("w", T0), 10).await.unwrap().is_empty(),
+        s.lock_activities(&lease("w", T0), 10, &Names::Any).await.unwrap().is_empty(),
         "no activity queued"
     );
     assert!(matches!(
@@ -426,7 +428,7 @@ async fn a_step_commits_everything_or_nothing_visible(h: &Harness) {
     assert_eq!(s.get_instance("a").await.unwrap().unwrap().status, OrchestrationStatus::Running);
     assert!(lock_ids(s, "w", T0 + 2).await.is_empty(), "the start message was consumed");
 
-    let activities = s.lock_activities(&lease("w", T0 + 2), 10).await.unwrap();
+    let activities = s.lock_activities(&lease("w", T0 + 2), 10, &Names::Any).await.unwrap();
     let task_ids: Vec<i32> = activities.iter().map(|a| a.task.request.task_id).collect();
     assert_eq!(task_ids, [0, 1]);
     for a in activities {
@@ -451,10 +453,20 @@ async fn activities_are_leased_completed_and_expire(h: &Harness) {
     let item = lock_one(s, "w", T0).await;
     step(s, item, vec![schedule_task(0)], T0).await.unwrap();
 
-    let first = s.lock_activities(&lease("one", T0), 10).await.unwrap().pop().expect("one activity");
-    assert!(peer.lock_activities(&lease("two", T0 + LEASE - 1), 10).await.unwrap().is_empty());
+    let first = s
+        .lock_activities(&lease("one", T0), 10, &Names::Any)
+        .await
+        .unwrap()
+        .pop()
+        .expect("one activity");
+    assert!(
+        peer.lock_activities(&lease("two", T0 + LEASE - 1), 10, &Names::Any)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let second = peer
-        .lock_activities(&lease("two", T0 + LEASE), 10)
+        .lock_activities(&lease("two", T0 + LEASE), 10, &Names::Any)
         .await
         .unwrap()
         .pop()
@@ -472,10 +484,15 @@ async fn activities_are_leased_completed_and_expire(h: &Harness) {
 
     // Released with a back-off: invisible until then.
     peer.release_activity(second.id, &second.token, T0 + LEASE + 500).await.unwrap();
-    assert!(s.lock_activities(&lease("one", T0 + LEASE + 499), 10).await.unwrap().is_empty());
+    assert!(
+        s.lock_activities(&lease("one", T0 + LEASE + 499), 10, &Names::Any)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.next_due(T0 + LEASE).await.unwrap(), Some(T0 + LEASE + 500));
     let third = s
-        .lock_activities(&lease("one", T0 + LEASE + 500), 10)
+        .lock_activities(&lease("one", T0 + LEASE + 500), 10, &Names::Any)
         .await
         .unwrap()
         .pop()
@@ -498,7 +515,7 @@ async fn renewed_leases_do_not_expire(h: &Harness) {
     let (s, peer) = (&*h.store, h.peer().await);
     create(s, "a", T0).await;
     create(s, "b", T0).await;
-    let items = s.lock_orchestrations(&lease("one", T0), 10).await.unwrap();
+    let items = s.lock_orchestrations(&lease("one", T0), 10, &Names::Any).await.unwrap();
     let a = items.iter().find(|i| i.instance.instance_id == "a").unwrap();
     s.renew_leases(std::slice::from_ref(&a.token), T0 + 3 * LEASE).await.unwrap();
     assert_eq!(
@@ -518,8 +535,8 @@ async fn releasing_an_owner_frees_only_its_leases(h: &Harness) {
     let s = &*h.store;
     create(s, "a", T0).await;
     create(s, "b", T0).await;
-    let _a = s.lock_orchestrations(&lease("one", T0), 1).await.unwrap();
-    let _b = s.lock_orchestrations(&lease("two", T0), 1).await.unwrap();
+    let _a = s.lock_orchestrations(&lease("one", T0), 1, &Names::Any).await.unwrap();
+    let _b = s.lock_orchestrations(&lease("two", T0), 1, &Names::Any).await.unwrap();
     assert!(lock_ids(s, "three", T0).await.is_empty());
     s.release_all(Some("one")).await.unwrap();
     let freed = lock_ids(s, "three", T0 + 1).await;
@@ -569,7 +586,7 @@ async fn concurrent_lockers_never_share_an_instance(h: &Harness) {
             let owner = format!("locker-{n}");
             let mut mine = vec![];
             loop {
-                let items = store.lock_orchestrations(&lease(&owner, T0), 7).await.unwrap();
+                let items = store.lock_orchestrations(&lease(&owner, T0), 7, &Names::Any).await.unwrap();
                 if items.is_empty() {
                     return mine;
                 }
@@ -767,7 +784,7 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
         create(s, id, T0).await;
     }
     let mut writes = vec![];
-    for item in s.lock_orchestrations(&lease("w", T0), 10).await.unwrap() {
+    for item in s.lock_orchestrations(&lease("w", T0), 10, &Names::Any).await.unwrap() {
         let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, T0) else {
             panic!()
         };
@@ -797,7 +814,7 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
     assert_eq!(results[1].as_ref().unwrap(), &["b"]);
     assert!(s.history("a").await.unwrap().is_empty(), "the stale write wrote nothing");
     assert_eq!(s.history("b").await.unwrap().len(), 4);
-    let activities = s.lock_activities(&lease("w", T0), 10).await.unwrap();
+    let activities = s.lock_activities(&lease("w", T0), 10, &Names::Any).await.unwrap();
     assert_eq!(activities.iter().map(|a| a.task.instance_id.as_str()).collect::<Vec<_>>(), ["b"]);
 }
 
@@ -806,7 +823,12 @@ async fn a_result_for_a_finished_execution_is_dropped(h: &Harness) {
     create(s, "a", T0).await;
     let item = lock_one(s, "w", T0).await;
     step(s, item, vec![schedule_task(0)], T0).await.unwrap();
-    let activity = s.lock_activities(&lease("w", T0), 10).await.unwrap().pop().expect("one activity");
+    let activity = s
+        .lock_activities(&lease("w", T0), 10, &Names::Any)
+        .await
+        .unwrap()
+        .pop()
+        .expect("one activity");
     // The orchestration finishes (say, terminated) while its activity is still running.
     s.send(Message {
         instance_id: "a".into(),
@@ -828,7 +850,196 @@ async fn a_result_for_a_finished_execution_is_dropped(h: &Harness) {
         "nothing queued for the finished execution"
     );
     assert!(
-        s.lock_activities(&lease("w", T0 + LEASE), 10).await.unwrap().is_empty(),
+        s.lock_activities(&lease("w", T0 + LEASE), 10, &Names::Any)
+            .await
+            .unwrap()
+            .is_empty(),
         "the activity is done"
     );
+}
+
+async fn times_keep_microseconds(h: &Harness) {
+    let s = &*h.store;
+    let at = T0 + 123_457; // not a whole millisecond
+    create(s, "a", at).await;
+    let got = s.get_instance("a").await.unwrap().unwrap();
+    assert_eq!((got.created_at, got.updated_at), (at, at));
+    let item = lock_one(s, "w", at).await;
+    step(s, item, vec![complete(0, "\"done\"")], at + 1).await.unwrap();
+    let got = s.get_instance("a").await.unwrap().unwrap();
+    assert_eq!((got.updated_at, got.completed_at), (at + 1, Some(at + 1)));
+    let history = s.history("a").await.unwrap();
+    let last = history.last().and_then(|e| e.timestamp).expect("a timestamp");
+    assert_eq!(last.nanos % 1_000_000, 458_000, "history timestamps keep microseconds: {last:?}");
+}
+
+fn only(pairs: &[(&str, &[&str])]) -> Names {
+    Names::Only(
+        pairs
+            .iter()
+            .map(|(n, vs)| (n.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+            .collect(),
+    )
+}
+
+async fn leases_take_only_the_names_a_filter_takes(h: &Harness) {
+    let s = &*h.store;
+    let start = |id: &str, name: &str, version: Option<&str>| StartSpec {
+        instance_id: id.into(),
+        name: name.into(),
+        version: version.map(String::from),
+        execution_id: format!("{id}-e1"),
+        ..Default::default()
+    };
+    for (id, name, version) in [("o1", "Order", None), ("o2", "Order", Some("2")), ("s1", "Ship", None)] {
+        s.create_instance(engine::new_instance(start(id, name, version), T0), &[])
+            .await
+            .unwrap();
+    }
+    let ids = |items: Vec<LockedOrchestration>| {
+        let mut ids: Vec<String> = items.into_iter().map(|i| i.instance.instance_id).collect();
+        ids.sort();
+        ids
+    };
+    let lock = |names: Names, at: Micros| async move { ids(s.lock_orchestrations(&lease("w", at), 10, &names).await.unwrap()) };
+    assert!(lock(only(&[("Pay", &[])]), T0).await.is_empty(), "nobody takes Pay");
+    assert_eq!(lock(only(&[("Order", &["2"])]), T0).await, ["o2"]);
+    assert_eq!(
+        lock(only(&[("Order", &[""]), ("Ship", &["1"])]), T0 + LEASE).await,
+        ["o1"],
+        "unversioned is \"\""
+    );
+    assert_eq!(lock(only(&[("Ship", &[])]), T0 + 2 * LEASE).await, ["s1"]);
+    assert_eq!(lock(Names::Any, T0 + 3 * LEASE).await, ["o1", "o2", "s1"]);
+
+    // Activities by name and version alike.
+    let item = s
+        .lock_orchestrations(&lease("w", T0 + 4 * LEASE), 10, &only(&[("Ship", &[])]))
+        .await
+        .unwrap();
+    let task = |id: i32, name: &str, version: Option<&str>| {
+        action(
+            id,
+            Action::ScheduleTask(ScheduleTaskAction {
+                name: name.into(),
+                version: version.map(String::from),
+                ..Default::default()
+            }),
+        )
+    };
+    let item = item.into_iter().next().expect("s1");
+    let actions = vec![task(0, "Pack", None), task(1, "Pack", Some("3")), task(2, "Label", None)];
+    step(s, item, actions, T0 + 4 * LEASE).await.unwrap();
+    let at = T0 + 4 * LEASE;
+    let tasks = |names: Names, at: Micros| async move {
+        let mut got: Vec<i32> = s
+            .lock_activities(&lease("w", at), 10, &names)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.task.request.task_id)
+            .collect();
+        got.sort();
+        got
+    };
+    assert!(tasks(only(&[]), at).await.is_empty(), "an empty filter takes nothing");
+    assert_eq!(tasks(only(&[("Pack", &["3"])]), at).await, [1]);
+    assert_eq!(tasks(only(&[("Pack", &[]), ("Label", &["9"])]), at).await, [0]);
+    assert_eq!(tasks(Names::Any, at).await, [2]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades: a database written by the first schema (times in milliseconds, activities without
+// name columns) is converted by migration 0002 when the store opens it.
+
+const MS: i64 = 1_700_000_000_123;
+
+/// Applies migration 0001 alone (from a copy of its file), then returns the statements that
+/// write what a sidecar of that schema would have; `blob` is the engine's first placeholder.
+async fn first_schema<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, engine: &str, blob: &str) -> [String; 2]
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let first = format!("{}/src/store/{engine}/migrations/0001_init.sql", env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(first, dir.path().join("0001_init.sql")).unwrap();
+    sqlx::migrate::Migrator::new(dir.path()).await.unwrap().run(pool).await.unwrap();
+    [
+        format!(
+            "INSERT INTO instances (instance_id, name, execution_id, status, created_at, updated_at, completed_at) \
+             VALUES ('old', 'Old', 'e1', 1, {MS}, {MS}, {})",
+            MS + 1
+        ),
+        format!("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) VALUES ('old', 'e1', 3, {blob}, {MS})"),
+    ]
+}
+
+fn legacy_request() -> Vec<u8> {
+    let request = ActivityRequest {
+        name: "Legacy".into(),
+        task_id: 3,
+        ..Default::default()
+    };
+    prost::Message::encode_to_vec(&request)
+}
+
+async fn check_upgraded(store: &dyn Store) {
+    let got = store.get_instance("old").await.unwrap().expect("the old instance");
+    assert_eq!((got.created_at, got.updated_at), (MS * 1000, MS * 1000));
+    assert_eq!(got.completed_at, Some((MS + 1) * 1000));
+    let at = MS * 1000;
+    assert!(
+        store
+            .lock_activities(&lease("w", at - 1), 10, &Names::Any)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not yet visible"
+    );
+    // Its name is not a column: it is leased whatever the filter, for the dispatcher to check.
+    let nobody = Names::Only(Default::default());
+    let leased = store.lock_activities(&lease("w", at), 10, &nobody).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].task.request.name, "Legacy");
+}
+
+#[tokio::test]
+async fn sqlite_upgrade_converts_millisecond_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let [instance, activity] = first_schema(&pool, "sqlite", "?1").await;
+    sqlx::query(sqlx::AssertSqlSafe(instance)).execute(&pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(activity))
+        .bind(legacy_request())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let store = store::open(&url, &options()).await.unwrap();
+    check_upgraded(&*store).await;
+}
+
+#[tokio::test]
+async fn postgres_upgrade_converts_millisecond_times() {
+    let admin = std::env::var("OUTRIGGER_TEST_POSTGRES_URL").expect("OUTRIGGER_TEST_POSTGRES_URL is not set");
+    let database = format!("upgrade_{}", uuid::Uuid::new_v4().simple());
+    create_database(&admin, &database).await;
+    let url = with_database(&admin, &database);
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let [instance, activity] = first_schema(&pool, "postgres", "$1").await;
+    sqlx::query(sqlx::AssertSqlSafe(instance)).execute(&pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(activity))
+        .bind(legacy_request())
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let store = store::open(&url, &options()).await.unwrap();
+    check_upgraded(&*store).await;
+    drop(store);
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")))
+        .execute(&mut conn)
+        .await;
 }

@@ -2,12 +2,12 @@
 
 use crate::proto::history_event::EventType;
 use crate::proto::*;
-use crate::time::{Millis, to_timestamp};
+use crate::time::{Micros, to_timestamp};
 
 /// Event id of events that do not come from an orchestrator action.
 pub const EXTERNAL: i32 = -1;
 
-pub fn event(event_id: i32, at: Millis, kind: EventType) -> HistoryEvent {
+pub fn event(event_id: i32, at: Micros, kind: EventType) -> HistoryEvent {
     HistoryEvent {
         event_id,
         timestamp: Some(to_timestamp(at)),
@@ -15,19 +15,19 @@ pub fn event(event_id: i32, at: Millis, kind: EventType) -> HistoryEvent {
     }
 }
 
-pub fn orchestrator_started(at: Millis) -> HistoryEvent {
+pub fn orchestrator_started(at: Micros) -> HistoryEvent {
     event(EXTERNAL, at, EventType::OrchestratorStarted(OrchestratorStartedEvent {}))
 }
 
-pub fn orchestrator_completed(at: Millis) -> HistoryEvent {
+pub fn orchestrator_completed(at: Micros) -> HistoryEvent {
     event(EXTERNAL, at, EventType::OrchestratorCompleted(OrchestratorCompletedEvent {}))
 }
 
-pub fn event_raised(at: Millis, name: String, input: Option<String>) -> HistoryEvent {
+pub fn event_raised(at: Micros, name: String, input: Option<String>) -> HistoryEvent {
     event(EXTERNAL, at, EventType::EventRaised(EventRaisedEvent { name, input }))
 }
 
-pub fn terminated(at: Millis, reason: Option<String>, recurse: bool) -> HistoryEvent {
+pub fn terminated(at: Micros, reason: Option<String>, recurse: bool) -> HistoryEvent {
     event(
         EXTERNAL,
         at,
@@ -35,7 +35,7 @@ pub fn terminated(at: Millis, reason: Option<String>, recurse: bool) -> HistoryE
     )
 }
 
-pub fn suspended(at: Millis, reason: Option<String>) -> HistoryEvent {
+pub fn suspended(at: Micros, reason: Option<String>) -> HistoryEvent {
     event(
         EXTERNAL,
         at,
@@ -43,11 +43,11 @@ pub fn suspended(at: Millis, reason: Option<String>) -> HistoryEvent {
     )
 }
 
-pub fn resumed(at: Millis, reason: Option<String>) -> HistoryEvent {
+pub fn resumed(at: Micros, reason: Option<String>) -> HistoryEvent {
     event(EXTERNAL, at, EventType::ExecutionResumed(ExecutionResumedEvent { input: reason }))
 }
 
-pub fn task_result(at: Millis, task_id: i32, result: Option<String>, failure: Option<TaskFailureDetails>) -> HistoryEvent {
+pub fn task_result(at: Micros, task_id: i32, result: Option<String>, failure: Option<TaskFailureDetails>) -> HistoryEvent {
     let kind = match failure {
         Some(failure_details) => EventType::TaskFailed(TaskFailedEvent {
             task_scheduled_id: task_id,
@@ -61,7 +61,7 @@ pub fn task_result(at: Millis, task_id: i32, result: Option<String>, failure: Op
     event(EXTERNAL, at, kind)
 }
 
-pub fn rewound(at: Millis, reason: Option<String>, parent_execution_id: Option<String>) -> HistoryEvent {
+pub fn rewound(at: Micros, reason: Option<String>, parent_execution_id: Option<String>) -> HistoryEvent {
     event(
         EXTERNAL,
         at,

@@ -4,8 +4,10 @@
 //! are passed in, so every rule is unit-tested without a clock or a database.
 
 pub mod events;
+pub mod reuse;
 #[cfg(test)]
 mod tests;
+pub mod work_filters;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -13,7 +15,7 @@ use crate::model::*;
 use crate::proto::history_event::EventType;
 use crate::proto::orchestrator_action::OrchestratorActionType as Action;
 use crate::proto::*;
-use crate::time::{self, Millis};
+use crate::time::{self, Micros};
 use events::{EXTERNAL, event, execution_started, failure};
 
 /// What to do with an instance whose inbox has visible messages.
@@ -30,7 +32,7 @@ pub enum Prepared {
 }
 
 /// Chooses the new events of the next orchestrator step.
-pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Message)], now: Millis) -> Prepared {
+pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Message)], now: Micros) -> Prepared {
     let all = || inbox.iter().map(|(id, _)| *id).collect::<Vec<_>>();
     if instance.is_terminal() {
         return Prepared::Drop {
@@ -59,6 +61,7 @@ pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Mes
     let mut seen = Seen::from_history(history);
     let mut new_events = vec![events::orchestrator_started(now)];
     let mut wake = false;
+    let mut terminated = false;
     for (_, m) in inbox {
         if !current(m) {
             continue; // left over from an execution that has been replaced
@@ -69,6 +72,9 @@ pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Mes
                 false
             }
             Some(EventType::ExecutionStarted(_)) => !std::mem::replace(&mut seen.started, true),
+            // A recursive terminate can reach an instance twice (from its parent and from the
+            // client's walk of the tree); the first one ends it.
+            Some(EventType::ExecutionTerminated(_)) => !std::mem::replace(&mut terminated, true),
             Some(EventType::TaskCompleted(e)) => seen.tasks.result(e.task_scheduled_id),
             Some(EventType::TaskFailed(e)) => seen.tasks.result(e.task_scheduled_id),
             Some(EventType::TimerFired(e)) => seen.timers.result(e.timer_id),
@@ -94,6 +100,17 @@ pub fn prepare(instance: &Instance, history: &[HistoryEvent], inbox: &[(i64, Mes
         new_events,
         consumed: all(),
     }
+}
+
+/// The instance ids of the sub-orchestrations a history started, in order.
+pub fn sub_orchestrations(history: &[HistoryEvent]) -> Vec<String> {
+    history
+        .iter()
+        .filter_map(|e| match &e.event_type {
+            Some(EventType::SubOrchestrationInstanceCreated(c)) => Some(c.instance_id.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Events that must reach a suspended orchestrator (everything else waits for the resume).
@@ -218,14 +235,14 @@ pub struct StartSpec {
     pub version: Option<String>,
     pub input: Option<String>,
     pub execution_id: String,
-    pub scheduled_start: Option<Millis>,
+    pub scheduled_start: Option<Micros>,
     pub tags: BTreeMap<String, String>,
     pub parent: Option<ParentInstanceInfo>,
     pub parent_trace_context: Option<TraceContext>,
 }
 
 /// Builds a PENDING instance and the ExecutionStarted message that will start it.
-pub fn new_instance(spec: StartSpec, now: Millis) -> NewInstance {
+pub fn new_instance(spec: StartSpec, now: Micros) -> NewInstance {
     let started = ExecutionStartedEvent {
         name: spec.name.clone(),
         version: spec.version.clone(),
@@ -281,7 +298,7 @@ pub fn apply(
     history: &[HistoryEvent],
     new_events: &[HistoryEvent],
     response: Response,
-    now: Millis,
+    now: Micros,
     new_id: &mut dyn FnMut() -> String,
 ) -> Commit {
     let mut step = Step::new(instance, history, new_events, now);
@@ -291,7 +308,12 @@ pub fn apply(
     if response.trace_context.is_some() {
         step.instance.trace_context = response.trace_context;
     }
-    for action in response.actions {
+    // Some SDKs (Go) list their actions in no particular order, so a completion may come before
+    // the side effects of the same step: every action takes effect, the completion last. The
+    // sort is stable, so the rest keep their order, and of several completions the first wins.
+    let mut actions = response.actions;
+    actions.sort_by_key(|a| matches!(a.orchestrator_action_type, Some(Action::CompleteOrchestration(_))));
+    for action in actions {
         let id = action.id;
         match action.orchestrator_action_type {
             Some(Action::ScheduleTask(a)) => step.schedule_task(id, a),
@@ -314,7 +336,7 @@ pub fn apply(
                 }
                 let status = OrchestrationStatus::try_from(a.orchestration_status).unwrap_or(OrchestrationStatus::Failed);
                 step.complete(id, status, a.result, a.failure_details, a.tags.into_iter().collect());
-                break; // nothing an orchestrator says after finishing can take effect
+                break; // a second completion cannot end the execution again
             }
             Some(Action::RewindOrchestration(a)) => return step.rewind(a.new_history, new_id),
             Some(Action::SendEntityMessage(_)) => {
@@ -347,11 +369,11 @@ struct Step<'a> {
     messages: Vec<Message>,
     activities: Vec<ActivityTask>,
     children: Vec<ChildStart>,
-    now: Millis,
+    now: Micros,
 }
 
 impl<'a> Step<'a> {
-    fn new(instance: &Instance, history: &'a [HistoryEvent], new_events: &'a [HistoryEvent], now: Millis) -> Self {
+    fn new(instance: &Instance, history: &'a [HistoryEvent], new_events: &'a [HistoryEvent], now: Micros) -> Self {
         let started = execution_started(history)
             .or(execution_started(new_events))
             .cloned()
@@ -388,7 +410,7 @@ impl<'a> Step<'a> {
         }
     }
 
-    fn to_self(&self, event: HistoryEvent, visible_at: Millis) -> Message {
+    fn to_self(&self, event: HistoryEvent, visible_at: Micros) -> Message {
         Message {
             instance_id: self.instance.instance_id.clone(),
             execution_id: Some(self.instance.execution_id.clone()),
@@ -630,7 +652,7 @@ impl<'a> Step<'a> {
 
     /// Ends this execution and queues the next one: OrchestratorStarted (added at dispatch),
     /// then its ExecutionStarted, then the carried-over events, then anything that arrived
-    /// meanwhile. Side effects ordered before the continue-as-new in this answer still happen.
+    /// meanwhile. The other actions of this answer have been applied already, so they happen.
     fn continue_as_new(mut self, a: CompleteOrchestrationAction, execution_id: String) -> Commit {
         let now = self.now;
         self.instance.tags.extend(a.tags);

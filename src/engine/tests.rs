@@ -12,7 +12,7 @@ use crate::proto::history_event::EventType;
 use crate::proto::orchestrator_action::OrchestratorActionType as Action;
 use crate::proto::send_entity_message_action::EntityMessageType;
 use crate::proto::*;
-use crate::time::{Millis, to_timestamp};
+use crate::time::{Micros, to_timestamp};
 
 use OrchestrationStatus as S;
 
@@ -21,9 +21,9 @@ use OrchestrationStatus as S;
 // ---------------------------------------------------------------------------------------------
 
 /// The deterministic "now" handed to the engine.
-const NOW: Millis = 1_700_000_000_000;
+const NOW: Micros = 1_700_000_000_000_123;
 /// When earlier steps ran.
-const EARLIER: Millis = NOW - 60_000;
+const EARLIER: Micros = NOW - 60_000_000;
 const ID: &str = "order-42";
 const EXEC: &str = "exec-1";
 const NAME: &str = "ProcessOrder";
@@ -136,11 +136,11 @@ fn history(more: impl IntoIterator<Item = HistoryEvent>) -> Vec<HistoryEvent> {
     history_of(started(), more)
 }
 
-fn os(at: Millis) -> HistoryEvent {
+fn os(at: Micros) -> HistoryEvent {
     events::orchestrator_started(at)
 }
 
-fn oc(at: Millis) -> HistoryEvent {
+fn oc(at: Micros) -> HistoryEvent {
     events::orchestrator_completed(at)
 }
 
@@ -299,7 +299,7 @@ fn schedule_task(id: i32, name: &str) -> OrchestratorAction {
     )
 }
 
-fn create_timer(id: i32, fire_at: Millis) -> OrchestratorAction {
+fn create_timer(id: i32, fire_at: Micros) -> OrchestratorAction {
     action(
         id,
         Action::CreateTimer(CreateTimerAction {
@@ -429,7 +429,7 @@ fn appended(c: &Commit) -> &Vec<HistoryEvent> {
     }
 }
 
-fn message_to(instance_id: &str, execution_id: Option<&str>, event: HistoryEvent, visible_at: Millis) -> Message {
+fn message_to(instance_id: &str, execution_id: Option<&str>, event: HistoryEvent, visible_at: Micros) -> Message {
     Message {
         instance_id: instance_id.into(),
         execution_id: execution_id.map(str::to_string),
@@ -488,7 +488,7 @@ fn prepare_first_step_keeps_events_that_arrived_with_the_start() {
 
 #[test]
 fn prepare_orchestrator_started_carries_now() {
-    let now = NOW + 12_345;
+    let now = NOW + 12_345_678;
     let Prepared::Run { new_events, .. } = prepare(&running(), &history([]), &inbox(vec![external(raised("go"))]), now) else {
         panic!("expected Run");
     };
@@ -497,7 +497,7 @@ fn prepare_orchestrator_started_carries_now() {
         new_events[0].timestamp,
         Some(Timestamp {
             seconds: 1_700_000_012,
-            nanos: 345_000_000
+            nanos: 345_801_000
         })
     );
     assert!(matches!(new_events[0].event_type, Some(EventType::OrchestratorStarted(_))));
@@ -766,7 +766,7 @@ fn schedule_task_records_task_scheduled_and_queues_an_activity() {
 
 #[test]
 fn create_timer_records_timer_created_and_sends_timer_fired_at_fire_time() {
-    let fire = NOW + 30_000;
+    let fire = NOW + 30_000_000;
     let c = step(vec![], respond(vec![create_timer(4, fire)]));
     assert_eq!(
         appended(&c),
@@ -1187,7 +1187,7 @@ fn continue_as_new_without_new_version_keeps_the_version() {
 }
 
 #[test]
-fn continue_as_new_keeps_side_effects_before_it_and_ignores_actions_after_it() {
+fn continue_as_new_keeps_side_effects_before_and_after_it() {
     let c = step(
         vec![],
         respond(vec![
@@ -1202,9 +1202,9 @@ fn continue_as_new_keeps_side_effects_before_it_and_ignores_actions_after_it() {
         .iter()
         .map(|m| (m.instance_id.as_str(), m.execution_id.as_deref()))
         .collect();
-    assert_eq!(targets, [("other-7", None), (ID, Some("new-exec-1"))]);
+    assert_eq!(targets, [("other-7", None), ("other-8", None), (ID, Some("new-exec-1"))]);
     assert!(matches!(&c.messages[0].event.event_type, Some(EventType::EventRaised(e)) if e.name == "Progress"));
-    assert!(c.activities.is_empty(), "{:?}", c.activities);
+    assert_eq!(c.activities.len(), 1, "{:?}", c.activities);
     assert_eq!(c.history, HistoryWrite::Replace(vec![]));
 }
 
@@ -1229,24 +1229,27 @@ fn continue_as_new_resets_the_trace_context() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn actions_after_a_completion_are_ignored() {
+fn every_action_takes_effect_and_the_completion_is_applied_last() {
+    // The Go SDK lists actions in map order: the completion may come first.
     let c = step(
         vec![],
         respond(vec![
             complete(1, S::Completed, Some("1")),
             schedule_task(2, "Late"),
             send_event(3, "other-7", "Late", "x"),
-            create_timer(4, NOW + 1_000),
-            complete(5, S::Failed, None),
+            create_timer(4, NOW + 1_000_000),
+            create_child(5, "child-5", "Child"),
+            complete(6, S::Failed, None),
         ]),
     );
-    assert_eq!(
-        appended(&c),
-        &vec![os(NOW), execution_completed(1, S::Completed, Some("1"), None), oc(NOW)]
-    );
-    assert_eq!(c.instance.status, S::Completed);
-    assert!(c.activities.is_empty());
-    assert!(c.messages.is_empty());
+    let kinds: Vec<i32> = appended(&c).iter().map(|e| e.event_id).collect();
+    assert_eq!(kinds, [-1, 2, 3, 4, 5, 1, -1], "{:?}", appended(&c));
+    assert_eq!(appended(&c)[5], execution_completed(1, S::Completed, Some("1"), None));
+    assert_eq!(c.instance.status, S::Completed, "the first completion wins");
+    assert_eq!(c.activities.len(), 1);
+    assert_eq!(c.children.len(), 1);
+    let targets: Vec<&str> = c.messages.iter().map(|m| m.instance_id.as_str()).collect();
+    assert_eq!(targets, ["other-7", ID], "the event and the timer's TimerFired");
 }
 
 #[test]
@@ -1348,7 +1351,7 @@ fn history_appends_new_events_then_action_events_then_orchestrator_completed() {
         &h,
         &[os(NOW), task_completed(1), raised("go")],
         respond(vec![
-            create_timer(3, NOW + 5_000),
+            create_timer(3, NOW + 5_000_000),
             schedule_task(2, "Charge"),
             send_event(4, "other-7", "Hi", "1"),
         ]),
@@ -1541,11 +1544,11 @@ fn validate_refuses_a_timer_without_fire_at() {
 fn validate_refuses_a_malformed_fire_at() {
     for bad in [
         Timestamp {
-            seconds: NOW / 1000,
+            seconds: NOW / 1_000_000,
             nanos: 1_000_000_000,
         },
         Timestamp {
-            seconds: NOW / 1000,
+            seconds: NOW / 1_000_000,
             nanos: -1,
         },
         Timestamp {
@@ -1672,7 +1675,7 @@ fn new_instance_is_pending_with_a_first_priority_start_message() {
 
 #[test]
 fn new_instance_with_scheduled_start_becomes_visible_then() {
-    let at = NOW + 3_600_000;
+    let at = NOW + 3_600_000_000;
     let NewInstance { instance, start } = new_instance(
         StartSpec {
             scheduled_start: Some(at),

@@ -1,16 +1,18 @@
 //! Client-facing RPCs: create, inspect, signal, query and purge instances.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use super::{Service, status};
+use crate::engine::reuse::{self, Reuse, TERMINAL};
 use crate::engine::{self, StartSpec, events};
 use crate::model::{Instance, Message, NewInstance, is_terminal};
 use crate::proto::*;
-use crate::store::{Delivery, FinishedFilter, InstanceFilter, Purge, Rewind};
-use crate::time::{self, Millis};
+use crate::store::{Delivery, FinishedFilter, InstanceFilter, Purge, Rewind, StoreError};
+use crate::time::{self, Micros};
 
 /// Longest instance id accepted; ids are primary keys and appear in every log line.
 const MAX_ID_LEN: usize = 1024;
@@ -22,13 +24,6 @@ const MAX_BATCH: usize = 500;
 /// History chunks stay well under the default 4 MB message limit of every SDK.
 const CHUNK_EVENTS: usize = 100;
 const CHUNK_BYTES: usize = 256 * 1024;
-
-const TERMINAL: [OrchestrationStatus; 4] = [
-    OrchestrationStatus::Completed,
-    OrchestrationStatus::Failed,
-    OrchestrationStatus::Terminated,
-    OrchestrationStatus::Canceled,
-];
 
 fn instance_id(id: &str) -> Result<&str, Status> {
     if id.is_empty() {
@@ -46,7 +41,7 @@ fn instance_id(id: &str) -> Result<&str, Status> {
     Ok(id)
 }
 
-fn timestamp(field: &str, ts: &Option<prost_types::Timestamp>) -> Result<Option<Millis>, Status> {
+fn timestamp(field: &str, ts: &Option<prost_types::Timestamp>) -> Result<Option<Micros>, Status> {
     ts.as_ref()
         .map(|t| time::from_timestamp(t).map_err(|e| Status::invalid_argument(format!("{field}: {e}"))))
         .transpose()
@@ -67,12 +62,12 @@ fn page_size(field: &str, n: i32) -> Result<u32, Status> {
     }
 }
 
-/// Page tokens are "<millis>|<instance id>" of the last row returned.
-fn page_token(at: Millis, id: &str) -> String {
+/// Page tokens are "<microseconds>|<instance id>" of the last row returned.
+fn page_token(at: Micros, id: &str) -> String {
     format!("{at}|{id}")
 }
 
-fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Millis, String)>, Status> {
+fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Micros, String)>, Status> {
     let Some(token) = token.as_deref().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -149,11 +144,14 @@ impl Service {
         let now = time::now();
         // Epoch zero is what some clients send for "no scheduled start".
         let scheduled = timestamp("scheduledStartTimestamp", &r.scheduled_start_timestamp)?.filter(|at| *at > 0 && *at > now);
-        let replaceable = match &r.orchestration_id_reuse_policy {
-            Some(p) => statuses("orchestrationIdReusePolicy.replaceableStatus", &p.replaceable_status)?,
-            // Without a policy a finished instance may be replaced, a live one may not.
-            None => TERMINAL.to_vec(),
+        let given = match &r.orchestration_id_reuse_policy {
+            Some(p) => Some((
+                statuses("orchestrationIdReusePolicy.replaceableStatus", &p.replaceable_status)?,
+                p.action,
+            )),
+            None => None,
         };
+        let reuse = reuse::policy(given).map_err(Status::invalid_argument)?;
         let execution_id = match r.execution_id.filter(|e| !e.is_empty()) {
             Some(e) if e.len() > MAX_ID_LEN => return Err(Status::invalid_argument("executionId is too long")),
             Some(e) => e,
@@ -170,17 +168,24 @@ impl Service {
             parent: None,
             parent_trace_context: r.parent_trace_context,
         };
-        self.create(engine::new_instance(spec, now), &replaceable, now).await?;
+        let (replaceable, keep) = match reuse {
+            Reuse::Replace(r) => (r, vec![]),
+            Reuse::Ignore(keep) => (vec![], keep),
+        };
+        match self.create(engine::new_instance(spec, now), &replaceable, now).await {
+            Err(StoreError::AlreadyExists(_, existing)) if keep.iter().any(|s| s.as_str_name() == existing) => {}
+            other => other.map_err(status)?,
+        }
         Ok(CreateInstanceResponse { instance_id: id })
     }
 
     /// Stores a new instance, inside its create span when tracing.
-    async fn create(&self, mut new: NewInstance, replaceable: &[OrchestrationStatus], now: Millis) -> Result<(), Status> {
+    async fn create(&self, mut new: NewInstance, replaceable: &[OrchestrationStatus], now: Micros) -> Result<(), StoreError> {
         let creation = self.dispatcher.telemetry.creating(&mut new, now);
         let id = new.instance.instance_id.clone();
         if let Err(e) = self.store.create_instance(new, replaceable).await {
             creation.failed(&e);
-            return Err(status(e));
+            return Err(e);
         }
         drop(creation); // ends the create span: the instance exists
         self.dispatcher.changed([&id]);
@@ -244,8 +249,44 @@ impl Service {
     pub(super) async fn terminate(&self, r: TerminateRequest) -> Result<TerminateResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         let now = time::now();
-        self.send(id, events::terminated(now, r.output, r.recursive), now).await?;
+        self.send(id, events::terminated(now, r.output.clone(), r.recursive), now).await?;
+        if r.recursive {
+            self.terminate_descendants(id, r.output, now).await?;
+        }
         Ok(TerminateResponse {})
+    }
+
+    /// A recursive terminate travels down through the steps of running parents only: a
+    /// sub-orchestration that has already finished passes nothing on, yet children it started
+    /// without waiting for them may still run. So every live descendant is sent the terminate
+    /// here too (an instance that gets it twice ends on the first).
+    async fn terminate_descendants(&self, root: &str, reason: Option<String>, now: Micros) -> Result<(), Status> {
+        let mut seen = HashSet::from([root.to_string()]);
+        let mut pending = vec![root.to_string()];
+        while let Some(id) = pending.pop() {
+            let history = self.store.history(&id).await.map_err(status)?;
+            for child in engine::sub_orchestrations(&history) {
+                if !seen.insert(child.clone()) {
+                    continue;
+                }
+                let Some(i) = self.store.get_instance(&child).await.map_err(status)? else {
+                    continue;
+                };
+                if !is_terminal(i.status) {
+                    let message = Message {
+                        instance_id: child.clone(),
+                        execution_id: None,
+                        event: events::terminated(now, reason.clone(), true),
+                        visible_at: now,
+                        priority: Message::NORMAL,
+                    };
+                    self.store.send(message).await.map_err(status)?;
+                }
+                pending.push(child);
+            }
+        }
+        self.dispatcher.wake();
+        Ok(())
     }
 
     pub(super) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<(), Status> {
@@ -261,7 +302,7 @@ impl Service {
 
     /// Queues an event for an instance. Unknown instances are an error; finished ones
     /// silently ignore it (the event could not change anything).
-    async fn send(&self, id: &str, event: HistoryEvent, now: Millis) -> Result<(), Status> {
+    async fn send(&self, id: &str, event: HistoryEvent, now: Micros) -> Result<(), Status> {
         let message = Message {
             instance_id: id.to_string(),
             execution_id: None,
@@ -458,7 +499,9 @@ impl Service {
         };
         let replaceable: &[OrchestrationStatus] = if r.restart_with_new_instance_id { &[] } else { &TERMINAL };
         let now = time::now();
-        self.create(engine::new_instance(spec, now), replaceable, now).await?;
+        self.create(engine::new_instance(spec, now), replaceable, now)
+            .await
+            .map_err(status)?;
         Ok(RestartInstanceResponse { instance_id: new_id })
     }
 

@@ -4,6 +4,7 @@
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{FinishedFilter, InstanceFilter};
+use crate::model::Names;
 use crate::proto::OrchestrationStatus;
 
 const TERMINAL: [OrchestrationStatus; 4] = [
@@ -97,4 +98,22 @@ where
         list.push_bind(*s as i32);
     }
     q.push(")");
+}
+
+/// A worker filter's names as the JSON the lease statements read: `null` for any name, else
+/// `[[name, version], ...]` with a `null` version for "any version".
+pub fn names_json(names: &Names) -> Option<String> {
+    let Names::Only(listed) = names else {
+        return None;
+    };
+    let mut pairs = vec![];
+    for (name, versions) in listed {
+        if versions.is_empty() {
+            pairs.push(serde_json::json!([name, null]));
+        }
+        for v in versions {
+            pairs.push(serde_json::json!([name, v]));
+        }
+    }
+    Some(serde_json::Value::Array(pairs).to_string())
 }

@@ -16,9 +16,10 @@ use tonic::async_trait;
 
 pub use batch::Batcher;
 
+pub use crate::model::Names;
 use crate::model::{ActivityTask, Commit, Instance, Message, NewInstance};
 use crate::proto::{HistoryEvent, OrchestrationStatus};
-use crate::time::Millis;
+use crate::time::Micros;
 
 /// Store failures the callers act on.
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +116,11 @@ pub struct LockedActivity {
 #[derive(Debug, Default, Clone)]
 pub struct InstanceFilter {
     pub statuses: Vec<OrchestrationStatus>,
-    pub created_from: Option<Millis>,
-    pub created_to: Option<Millis>,
+    pub created_from: Option<Micros>,
+    pub created_to: Option<Micros>,
     pub id_prefix: Option<String>,
     /// Resume after this (created_at, instance_id).
-    pub after: Option<(Millis, String)>,
+    pub after: Option<(Micros, String)>,
     pub limit: u32,
 }
 
@@ -127,10 +128,10 @@ pub struct InstanceFilter {
 #[derive(Debug, Default, Clone)]
 pub struct FinishedFilter {
     pub statuses: Vec<OrchestrationStatus>,
-    pub completed_from: Option<Millis>,
-    pub completed_to: Option<Millis>,
+    pub completed_from: Option<Micros>,
+    pub completed_to: Option<Micros>,
     /// Resume after this (completed_at, instance_id).
-    pub after: Option<(Millis, String)>,
+    pub after: Option<(Micros, String)>,
     pub limit: u32,
 }
 
@@ -142,14 +143,14 @@ pub enum Write {
         token: String,
         consumed: Vec<i64>,
         commit: Commit,
-        now: Millis,
+        now: Micros,
     },
     /// An activity's result: delete the task, queue `result` for its orchestration.
     ActivityResult {
         id: i64,
         token: String,
         result: HistoryEvent,
-        now: Millis,
+        now: Micros,
     },
 }
 
@@ -157,8 +158,8 @@ pub enum Write {
 #[derive(Debug, Clone)]
 pub struct Lease<'a> {
     pub owner: &'a str,
-    pub now: Millis,
-    pub until: Millis,
+    pub now: Micros,
+    pub until: Micros,
 }
 
 /// A change another process sharing the database made.
@@ -190,13 +191,13 @@ pub trait Store: Send + Sync + 'static {
     async fn send(&self, message: Message) -> Result<Delivery>;
 
     /// Makes a failed instance runnable again with an ExecutionRewound event.
-    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind>;
+    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind>;
 
     /// Instances by creation time, oldest first.
     async fn query(&self, filter: &InstanceFilter) -> Result<Vec<Instance>>;
 
     /// Finished instances by completion time, oldest first.
-    async fn finished(&self, filter: &FinishedFilter) -> Result<Vec<(Millis, String)>>;
+    async fn finished(&self, filter: &FinishedFilter) -> Result<Vec<(Micros, String)>>;
 
     /// Deletes a finished instance (and, when `recursive`, its finished sub-orchestrations).
     /// An unknown instance purges nothing.
@@ -205,8 +206,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every instance (DeleteTaskHub).
     async fn delete_all(&self) -> Result<()>;
 
-    /// Leases up to `max` instances that have visible work.
-    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>>;
+    /// Leases up to `max` instances that have visible work, of the orchestration names `names`.
+    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedOrchestration>>;
 
     /// Applies several writes in one transaction (group commit: one flush to disk for all).
     /// Each write either happens whole or, when its lease is gone, not at all
@@ -220,7 +221,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a step's commit, deletes the consumed inbox rows and releases the lease, in one
     /// transaction. Returns the ids of the instances whose state changed.
-    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Millis) -> Result<Vec<String>> {
+    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Micros) -> Result<Vec<String>> {
         let step = Write::Step {
             token: token.to_string(),
             consumed: consumed.to_vec(),
@@ -232,14 +233,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Releases an orchestration lease, deleting `consumed` inbox rows; the instance is not
     /// dispatched again before `ready_at`.
-    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()>;
+    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()>;
 
-    /// Leases up to `max` visible activities.
-    async fn lock_activities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedActivity>>;
+    /// Leases up to `max` visible activities of the names `names` (activities queued before
+    /// names were stored are leased whatever `names` says; the caller checks those).
+    async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>>;
 
     /// Records an activity's result: deletes the task and queues `result` for its
     /// orchestration, unless that execution is gone (then the result is dropped).
-    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Millis) -> Result<()> {
+    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Micros) -> Result<()> {
         let done = Write::ActivityResult {
             id,
             token: token.to_string(),
@@ -250,18 +252,18 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Releases an activity lease; it is not dispatched again before `visible_at`.
-    async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()>;
+    async fn release_activity(&self, id: i64, token: &str, visible_at: Micros) -> Result<()>;
 
     /// Extends the leases with these tokens (orchestrations and activities alike). Leases a
     /// sidecar no longer tracks are not renewed, so they expire on their own.
-    async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()>;
+    async fn renew_leases(&self, tokens: &[String], until: Micros) -> Result<()>;
 
     /// Releases every lease held by `owner`, or by anyone when `owner` is `None`.
     async fn release_all(&self, owner: Option<&str>) -> Result<()>;
 
     /// The earliest future time at which some work becomes visible (a timer, a scheduled
     /// start, the end of a back-off, or a lease that will expire unless renewed).
-    async fn next_due(&self, now: Millis) -> Result<Option<Millis>>;
+    async fn next_due(&self, now: Micros) -> Result<Option<Micros>>;
 
     /// Changes made by other processes sharing this store, for a store that can be shared.
     fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {

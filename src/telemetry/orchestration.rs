@@ -11,7 +11,7 @@ use super::{Inner, Telemetry, context, ids};
 use crate::model::{Commit, HistoryWrite, Instance, NewInstance};
 use crate::proto::history_event::EventType;
 use crate::proto::{ExecutionStartedEvent, HistoryEvent, OrchestrationStatus};
-use crate::time::{self, Millis};
+use crate::time::{self, Micros};
 
 /// Attribute keys of the Durable Task conventions.
 mod key {
@@ -74,8 +74,8 @@ struct Record {
     parent: SpanContext,
     /// The span's id when something else already refers to it; random otherwise.
     id: Option<SpanId>,
-    start: Millis,
-    end: Millis,
+    start: Micros,
+    end: Micros,
     attributes: Vec<KeyValue>,
     events: Vec<Event>,
     error: Option<String>,
@@ -100,8 +100,8 @@ fn emit(inner: &Inner, r: Record) {
     span.end_with_timestamp(system_time(r.end.max(r.start)));
 }
 
-fn system_time(ms: Millis) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+fn system_time(us: Micros) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
 /// `<type>:<name>`, or `<type>:<name>@(<version>)` for a versioned task.
@@ -112,7 +112,7 @@ fn span_name(kind: &str, name: &str, version: Option<&str>) -> String {
     }
 }
 
-fn event_time(e: &HistoryEvent) -> Millis {
+fn event_time(e: &HistoryEvent) -> Micros {
     e.timestamp.as_ref().and_then(|t| time::from_timestamp(t).ok()).unwrap_or_default()
 }
 
@@ -121,7 +121,7 @@ fn event_time(e: &HistoryEvent) -> Millis {
 struct Execution {
     create: SpanContext,
     span_id: SpanId,
-    started_at: Millis,
+    started_at: Micros,
     name: String,
     version: Option<String>,
 }
@@ -165,20 +165,20 @@ fn started_mut(event: &mut HistoryEvent) -> Option<&mut ExecutionStartedEvent> {
 /// the nth result of a task id answers its nth scheduling (retries reuse task ids).
 #[derive(Default)]
 struct Schedulings {
-    at: HashMap<i32, Vec<Millis>>,
+    at: HashMap<i32, Vec<Micros>>,
     answered: HashMap<i32, usize>,
 }
 
 impl Schedulings {
     /// Records a scheduling; returns its ordinal for the task id.
-    fn schedule(&mut self, id: i32, at: Millis) -> u32 {
+    fn schedule(&mut self, id: i32, at: Micros) -> u32 {
         let times = self.at.entry(id).or_default();
         times.push(at);
         (times.len() - 1) as u32
     }
 
     /// Matches a result to its scheduling: (ordinal, scheduled at).
-    fn answer(&mut self, id: i32) -> Option<(u32, Millis)> {
+    fn answer(&mut self, id: i32) -> Option<(u32, Micros)> {
         let n = self.answered.entry(id).or_default();
         let at = *self.at.get(&id)?.get(*n)?;
         *n += 1;
@@ -190,7 +190,7 @@ impl Telemetry {
     /// A new instance from a client (StartInstance, RestartInstance): opens its create span
     /// under the request's trace context, or else the current one (the RPC span), and records
     /// the trace in its ExecutionStarted.
-    pub fn creating(&self, new: &mut NewInstance, now: Millis) -> Creation {
+    pub fn creating(&self, new: &mut NewInstance, now: Micros) -> Creation {
         let Some(inner) = &self.inner else { return Creation::default() };
         let Some(started) = started_mut(&mut new.start.event) else {
             return Creation::default();
@@ -212,7 +212,7 @@ impl Telemetry {
         history: &[HistoryEvent],
         new_events: &[HistoryEvent],
         commit: &mut Commit,
-        now: Millis,
+        now: Micros,
     ) -> Step {
         let Some(inner) = &self.inner else { return Step::default() };
         let Some(execution) = started_event(history.iter().chain(new_events)).and_then(Execution::of) else {
@@ -231,7 +231,7 @@ impl Telemetry {
         };
 
         let mut schedulings = Schedulings::default();
-        let mut timers: HashMap<i32, Millis> = HashMap::new();
+        let mut timers: HashMap<i32, Micros> = HashMap::new();
         let mut scheduled_names: HashMap<i32, (String, Option<String>)> = HashMap::new();
         for e in history {
             match &e.event_type {
@@ -421,7 +421,7 @@ fn span_event(e: &HistoryEvent) -> Option<Event> {
 /// Opens the create span of a new execution under `parent` and records the trace in its
 /// ExecutionStarted: the create span's context as parentTraceContext (what the SDKs parent
 /// their own spans on), and a fresh orchestration span id.
-fn open(inner: &Inner, started: &mut ExecutionStartedEvent, parent: &Context, links: Vec<Link>, now: Millis) -> Creation {
+fn open(inner: &Inner, started: &mut ExecutionStartedEvent, parent: &Context, links: Vec<Link>, now: Micros) -> Creation {
     let instance = started.orchestration_instance.clone().unwrap_or_default();
     let mut attributes = vec![
         KeyValue::new(key::TYPE, "orchestration"),

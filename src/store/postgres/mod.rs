@@ -20,6 +20,7 @@ use tonic::async_trait;
 use tracing::{debug, info};
 
 use super::encoding::{bind_fields, decode, decode_tags, encode, status};
+use super::filters;
 use super::*;
 use crate::engine::events::kind_name;
 use crate::engine::wakes_suspended;
@@ -140,7 +141,7 @@ async fn load_history(conn: &mut PgConnection, id: &str) -> Result<Vec<HistoryEv
 }
 
 /// Inserts a new, unleased instance row.
-async fn insert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Millis) -> Result<()> {
+async fn insert_instance(conn: &mut PgConnection, i: &Instance, ready_at: Micros) -> Result<()> {
     bind_fields(sqlx::query(INSERT_INSTANCE).bind(&i.instance_id), i)
         .bind(ready_at)
         .execute(&mut *conn)
@@ -246,7 +247,7 @@ async fn write_history(conn: &mut PgConnection, id: &str, write: &HistoryWrite) 
     Ok(())
 }
 
-async fn rewind_in(conn: &mut PgConnection, id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+async fn rewind_in(conn: &mut PgConnection, id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
     let Some(instance) = load_instance(conn, id).await? else {
         return Ok(Rewind::Unknown);
     };
@@ -270,7 +271,7 @@ async fn rewind_in(conn: &mut PgConnection, id: &str, event: HistoryEvent, now: 
     Ok(Rewind::Rewound)
 }
 
-async fn rewind_child(conn: &mut PgConnection, r: &ChildRewind, now: Millis) -> Result<()> {
+async fn rewind_child(conn: &mut PgConnection, r: &ChildRewind, now: Micros) -> Result<()> {
     let event = crate::engine::events::rewound(now, r.reason.clone(), Some(r.parent_execution_id.clone()));
     if rewind_in(conn, &r.instance_id, event, now).await? == Rewind::Unknown {
         info!(instance_id = %r.instance_id, "recreating purged sub-orchestration for rewind");
@@ -297,7 +298,7 @@ async fn step_in(
     token: &str,
     consumed: &[i64],
     commit: &Commit,
-    now: Millis,
+    now: Micros,
     touched: &mut Vec<String>,
 ) -> Result<Vec<String>> {
     let id = commit.instance.instance_id.clone();
@@ -316,11 +317,14 @@ async fn step_in(
     }
     if !commit.activities.is_empty() {
         let (mut ids, mut executions, mut task_ids, mut requests) = (vec![], vec![], vec![], vec![]);
+        let (mut names, mut versions) = (vec![], vec![]);
         for a in &commit.activities {
             ids.push(a.instance_id.as_str());
             executions.push(a.execution_id.as_str());
             task_ids.push(a.request.task_id);
             requests.push(encode(&a.request));
+            names.push(a.request.name.as_str());
+            versions.push(a.request.version.as_deref());
         }
         sqlx::query(INSERT_ACTIVITIES)
             .bind(ids)
@@ -328,6 +332,8 @@ async fn step_in(
             .bind(task_ids)
             .bind(requests)
             .bind(now)
+            .bind(names)
+            .bind(versions)
             .execute(&mut *conn)
             .await?;
     }
@@ -358,7 +364,7 @@ async fn step_in(
 }
 
 /// One activity result inside a write batch; nothing is written when the lease is gone.
-async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, result: &HistoryEvent, now: Millis) -> Result<Vec<String>> {
+async fn activity_result_in(conn: &mut PgConnection, id: i64, token: &str, result: &HistoryEvent, now: Micros) -> Result<Vec<String>> {
     let row = sqlx::query(DELETE_LOCKED_ACTIVITY)
         .bind(id)
         .bind(token)
@@ -430,7 +436,7 @@ impl Store for PostgresStore {
         Ok(delivery)
     }
 
-    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
         let mut tx = self.pool.begin().await?;
         let outcome = rewind_in(&mut tx, instance_id, event, now).await?;
         if outcome == Rewind::Rewound {
@@ -448,7 +454,7 @@ impl Store for PostgresStore {
         rows.iter().map(instance_from_row).collect()
     }
 
-    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Millis, String)>> {
+    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
         let rows = filters::finished::<sqlx::Postgres>(f).build().fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -484,7 +490,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>> {
+    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedOrchestration>> {
         // One statement leases the batch and returns the rows (nothing to do costs one query).
         // History and inbox are read after it commits: the lease keeps them ours.
         let rows = sqlx::query(LOCK_ORCHESTRATIONS)
@@ -493,6 +499,7 @@ impl Store for PostgresStore {
             .bind(lease.until)
             .bind(OrchestrationStatus::Suspended as i32)
             .bind(i64::from(max))
+            .bind(filters::names_json(names))
             .fetch_all(&self.pool)
             .await?;
         if rows.is_empty() {
@@ -557,7 +564,7 @@ impl Store for PostgresStore {
         self.write_concurrency
     }
 
-    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
+    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let held = sqlx::query(RELEASE_ORCHESTRATION)
             .bind(ready_at)
@@ -574,12 +581,13 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn lock_activities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedActivity>> {
+    async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
         let rows = sqlx::query(LOCK_ACTIVITIES)
             .bind(lease.now)
             .bind(lease.owner)
             .bind(lease.until)
             .bind(i64::from(max))
+            .bind(filters::names_json(names))
             .fetch_all(&self.pool)
             .await?;
         let mut locked = Vec::with_capacity(rows.len());
@@ -600,7 +608,7 @@ impl Store for PostgresStore {
         Ok(locked)
     }
 
-    async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()> {
+    async fn release_activity(&self, id: i64, token: &str, visible_at: Micros) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(RELEASE_ACTIVITY)
             .bind(visible_at)
@@ -616,7 +624,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()> {
+    async fn renew_leases(&self, tokens: &[String], until: Micros) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for sql in RENEW_LEASES {
             sqlx::query(sql).bind(until).bind(tokens).execute(&mut *tx).await?;
@@ -635,7 +643,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
+    async fn next_due(&self, now: Micros) -> Result<Option<Micros>> {
         Ok(sqlx::query_scalar(NEXT_DUE).bind(now).fetch_one(&self.pool).await?)
     }
 

@@ -1,4 +1,4 @@
-//! Every statement the Postgres store runs, by name. Times are Unix milliseconds.
+//! Every statement the Postgres store runs, by name. Times are Unix microseconds.
 
 pub const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution_id, status, input, output, custom_status, \
      failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context";
@@ -62,7 +62,8 @@ pub const REWIND_INSTANCE: &str = "UPDATE instances SET status = $1, output = NU
 /// Leases up to $5 instances with visible inbox messages ($1 = now) that nobody holds, with a
 /// fresh token each. The candidates come from the inbox, so finished instances (which have
 /// none) cost nothing; a suspended instance is only picked for an event that wakes it.
-/// SKIP LOCKED lets sidecars lease side by side without waiting on each other.
+/// SKIP LOCKED lets sidecars lease side by side without waiting on each other. $6 is the
+/// workers' name filter (NULL: any name), see `filters::names_json`.
 pub const LOCK_ORCHESTRATIONS: &str = "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
      FROM ( \
        SELECT c.instance_id AS picked FROM instances c \
@@ -70,6 +71,8 @@ pub const LOCK_ORCHESTRATIONS: &str = "UPDATE instances i SET lock_token = gen_r
          AND c.lock_expires <= $1 AND c.ready_at <= $1 \
          AND (c.status <> $4 OR EXISTS ( \
            SELECT 1 FROM inbox k WHERE k.instance_id = c.instance_id AND k.kind = 1 AND k.visible_at <= $1)) \
+         AND ($6::jsonb IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($6::jsonb) f(v) \
+           WHERE f.v ->> 0 = c.name AND (f.v ->> 1 IS NULL OR f.v ->> 1 = COALESCE(c.version, '')))) \
        LIMIT $5 FOR UPDATE OF c SKIP LOCKED \
      ) p \
      WHERE i.instance_id = p.picked \
@@ -93,14 +96,19 @@ pub const DELETE_LEFTOVERS: [&str; 2] = [
     "DELETE FROM activities WHERE instance_id = $1 AND lock_token IS NULL",
 ];
 
-pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) \
-     SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5 \
-     FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[]) AS a(instance_id, execution_id, task_id, request)";
+pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
+     SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version \
+     FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \
+       AS a(instance_id, execution_id, task_id, request, name, version)";
 
-/// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first.
+/// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first, whose name
+/// the workers' filter $5 takes (NULL: any name; rows queued before the name column existed
+/// are leased whatever the filter and checked by the dispatcher).
 pub const LOCK_ACTIVITIES: &str = "UPDATE activities a SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
      FROM ( \
-       SELECT id AS picked FROM activities WHERE lock_expires <= $1 AND visible_at <= $1 \
+       SELECT id AS picked FROM activities c WHERE lock_expires <= $1 AND visible_at <= $1 \
+         AND ($5::jsonb IS NULL OR c.name IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($5::jsonb) f(v) \
+           WHERE f.v ->> 0 = c.name AND (f.v ->> 1 IS NULL OR f.v ->> 1 = COALESCE(c.version, '')))) \
        ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED \
      ) p \
      WHERE a.id = p.picked \

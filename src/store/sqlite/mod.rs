@@ -125,7 +125,7 @@ async fn load_history(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Histo
 }
 
 /// Inserts a new, unleased instance row.
-async fn insert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Millis) -> Result<()> {
+async fn insert_instance(conn: &mut SqliteConnection, i: &Instance, ready_at: Micros) -> Result<()> {
     bind_fields(
         sqlx::query(
             "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, custom_status, \
@@ -291,7 +291,7 @@ async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWri
     Ok(())
 }
 
-async fn rewind_in(conn: &mut SqliteConnection, id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+async fn rewind_in(conn: &mut SqliteConnection, id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
     let Some(instance) = load_instance(conn, id).await? else {
         return Ok(Rewind::Unknown);
     };
@@ -318,7 +318,7 @@ async fn rewind_in(conn: &mut SqliteConnection, id: &str, event: HistoryEvent, n
     Ok(Rewind::Rewound)
 }
 
-async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Millis) -> Result<()> {
+async fn rewind_child(conn: &mut SqliteConnection, r: &ChildRewind, now: Micros) -> Result<()> {
     let event = crate::engine::events::rewound(now, r.reason.clone(), Some(r.parent_execution_id.clone()));
     if rewind_in(conn, &r.instance_id, event, now).await? == Rewind::Unknown {
         info!(instance_id = %r.instance_id, "recreating purged sub-orchestration for rewind");
@@ -341,7 +341,7 @@ async fn step_in(
     token: &str,
     consumed: &[i64],
     commit: &Commit,
-    now: Millis,
+    now: Micros,
     cache: &HistoryCache,
     changes: &mut Vec<HistoryChange>,
 ) -> Result<Vec<String>> {
@@ -364,13 +364,16 @@ async fn step_in(
             .await?;
     }
     if !commit.activities.is_empty() {
-        let mut q = sqlx::QueryBuilder::new("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) ");
+        let mut q =
+            sqlx::QueryBuilder::new("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) ");
         q.push_values(&commit.activities, |mut row, a| {
             row.push_bind(a.instance_id.clone())
                 .push_bind(a.execution_id.clone())
                 .push_bind(a.request.task_id)
                 .push_bind(encode(&a.request))
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(a.request.name.clone())
+                .push_bind(a.request.version.clone());
         });
         q.build().execute(&mut *conn).await?;
     }
@@ -408,7 +411,7 @@ async fn step_in(
 }
 
 /// One activity result inside a write batch; nothing is written when the lease is gone.
-async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, result: &HistoryEvent, now: Millis) -> Result<Vec<String>> {
+async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, result: &HistoryEvent, now: Micros) -> Result<Vec<String>> {
     let row = sqlx::query("DELETE FROM activities WHERE id = ? AND lock_token = ? RETURNING instance_id, execution_id")
         .bind(id)
         .bind(token)
@@ -483,7 +486,7 @@ impl Store for SqliteStore {
         Ok(delivery)
     }
 
-    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
+    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
         let mut tx = self.writer.begin().await?;
         let outcome = rewind_in(&mut tx, instance_id, event, now).await?;
         tx.commit().await?;
@@ -498,7 +501,7 @@ impl Store for SqliteStore {
         rows.iter().map(instance_from_row).collect()
     }
 
-    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Millis, String)>> {
+    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
         let rows = filters::finished::<sqlx::Sqlite>(f).build().fetch_all(&self.reader).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
@@ -547,15 +550,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedOrchestration>> {
+    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedOrchestration>> {
         // One statement leases the batch and returns the rows (nothing to do costs one query).
         // History and inbox are then read beside the writer: the lease keeps them ours.
+        // ?6 is the workers' name filter (NULL: any name), see `filters::names_json`.
         static LOCK: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?1, lock_expires = ?2 \
                  WHERE instance_id IN ( \
                    SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
                    WHERE m.visible_at <= ?3 AND i.lock_expires <= ?3 AND i.ready_at <= ?3 AND (i.status != ?4 OR m.kind = 1) \
+                     AND (?6 IS NULL OR EXISTS (SELECT 1 FROM json_each(?6) f \
+                       WHERE f.value ->> 0 = i.name AND (f.value ->> 1 IS NULL OR f.value ->> 1 = COALESCE(i.version, '')))) \
                    LIMIT ?5) \
                  RETURNING lock_token, {INSTANCE_COLUMNS}"
             )
@@ -566,6 +572,7 @@ impl Store for SqliteStore {
             .bind(lease.now)
             .bind(OrchestrationStatus::Suspended as i32)
             .bind(i64::from(max))
+            .bind(filters::names_json(names))
             .fetch_all(&self.writer)
             .await?;
         if rows.is_empty() {
@@ -650,7 +657,7 @@ impl Store for SqliteStore {
         Ok(results)
     }
 
-    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
+    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         let held = sqlx::query(
             "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, ready_at = ? \
@@ -669,16 +676,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn lock_activities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedActivity>> {
+    async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
+        // ?5 is the workers' name filter (NULL: any name); rows without a name column (queued
+        // before it existed) are leased whatever the filter and checked by the dispatcher.
         let rows = sqlx::query(
             "UPDATE activities SET lock_token = lower(hex(randomblob(16))), lock_owner = ?1, lock_expires = ?2 \
-             WHERE id IN (SELECT id FROM activities WHERE lock_expires <= ?3 AND visible_at <= ?3 ORDER BY id LIMIT ?4) \
+             WHERE id IN (SELECT id FROM activities a WHERE lock_expires <= ?3 AND visible_at <= ?3 \
+               AND (?5 IS NULL OR a.name IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) f \
+                 WHERE f.value ->> 0 = a.name AND (f.value ->> 1 IS NULL OR f.value ->> 1 = COALESCE(a.version, '')))) \
+               ORDER BY id LIMIT ?4) \
              RETURNING id, lock_token, instance_id, execution_id, request",
         )
         .bind(lease.owner)
         .bind(lease.until)
         .bind(lease.now)
         .bind(i64::from(max))
+        .bind(filters::names_json(names))
         .fetch_all(&self.writer)
         .await?;
         let mut locked = Vec::with_capacity(rows.len());
@@ -699,7 +712,7 @@ impl Store for SqliteStore {
         Ok(locked)
     }
 
-    async fn release_activity(&self, id: i64, token: &str, visible_at: Millis) -> Result<()> {
+    async fn release_activity(&self, id: i64, token: &str, visible_at: Micros) -> Result<()> {
         let done = sqlx::query(
             "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, visible_at = ? WHERE id = ? AND lock_token = ?",
         )
@@ -714,7 +727,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()> {
+    async fn renew_leases(&self, tokens: &[String], until: Micros) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         for token in tokens {
             for sql in [
@@ -740,7 +753,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
+    async fn next_due(&self, now: Micros) -> Result<Option<Micros>> {
         let due: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(t) FROM ( \
                SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \

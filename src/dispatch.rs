@@ -843,7 +843,14 @@ impl Dispatcher {
         }
         let now = time::now();
         let commit = entity_rules::complete(&held.entity, held.plan, result, now, &mut || uuid::Uuid::new_v4().to_string());
-        match self.batcher.write(Write::EntityStep { token: token.clone(), commit }).await {
+        match self
+            .batcher
+            .write(Write::EntityStep {
+                token: token.clone(),
+                commit,
+            })
+            .await
+        {
             Ok(changed) => {
                 self.changed(&changed);
                 Ok(())

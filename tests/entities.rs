@@ -79,7 +79,12 @@ fn failed(message: &str) -> OperationResult {
     }
 }
 
-async fn complete_entity(client: &mut Client, token: &str, results: Vec<OperationResult>, state: Option<&str>) -> Result<(), tonic::Status> {
+async fn complete_entity(
+    client: &mut Client,
+    token: &str,
+    results: Vec<OperationResult>,
+    state: Option<&str>,
+) -> Result<(), tonic::Status> {
     client
         .complete_entity_task(EntityBatchResult {
             results,
@@ -134,7 +139,9 @@ async fn a_signal_reaches_a_worker_and_its_state_is_kept() {
     // Before the batch completes the entity has no state and no lock: it does not exist yet.
     assert!(!get_entity(&mut client, "@counter@k1", true).await.exists);
 
-    complete_entity(&mut client, &token, vec![ok("")], Some("5")).await.expect("CompleteEntityTask");
+    complete_entity(&mut client, &token, vec![ok("")], Some("5"))
+        .await
+        .expect("CompleteEntityTask");
     let found = get_entity(&mut client, "@COUNTER@k1", true).await;
     assert!(found.exists);
     let meta = found.entity.expect("metadata");
@@ -151,8 +158,13 @@ async fn a_signal_reaches_a_worker_and_its_state_is_kept() {
     signal(&mut client, "@counter@k1", "add", "1", "r2").await;
     let (token2, request) = guarded("the second batch", entity_v2(&mut worker)).await;
     assert_eq!(request.entity_state.as_deref(), Some("5"));
-    expect_code(complete_entity(&mut client, &token, vec![ok("")], Some("99")).await, Code::FailedPrecondition);
-    complete_entity(&mut client, &token2, vec![ok("")], Some("6")).await.expect("complete");
+    expect_code(
+        complete_entity(&mut client, &token, vec![ok("")], Some("99")).await,
+        Code::FailedPrecondition,
+    );
+    complete_entity(&mut client, &token2, vec![ok("")], Some("6"))
+        .await
+        .expect("complete");
     let meta = get_entity(&mut client, "@counter@k1", true).await.entity.expect("metadata");
     assert_eq!(meta.serialized_state.as_deref(), Some("6"));
 }
@@ -202,7 +214,9 @@ async fn a_dropped_worker_gets_its_batch_redelivered_and_an_abandoned_one_comes_
         .expect("abandon");
     let (token, request) = guarded("the batch after abandon", entity_v2(&mut second)).await;
     assert_eq!(operation_ids(&request), vec!["r1"]);
-    complete_entity(&mut client, &token, vec![ok("")], Some("1")).await.expect("complete");
+    complete_entity(&mut client, &token, vec![ok("")], Some("1"))
+        .await
+        .expect("complete");
     let meta = get_entity(&mut client, "@counter@drop", true).await.entity.expect("metadata");
     assert_eq!(meta.serialized_state.as_deref(), Some("1"));
 }
@@ -219,7 +233,9 @@ async fn the_older_batch_shape_carries_operations_and_results_reach_the_caller()
         entity_action(2, call("@acct@a", "withdraw", "call-2")),
         entity_action(3, call("@acct@a", "balance", "call-3")),
     ];
-    complete_orchestrator(&mut client, &token, "caller", actions).await.expect("complete step");
+    complete_orchestrator(&mut client, &token, "caller", actions)
+        .await
+        .expect("complete step");
 
     let (token, batch) = guarded("the entity batch", entity_v1(&mut worker)).await;
     assert_eq!(batch.instance_id, "@acct@a");
@@ -253,7 +269,9 @@ async fn the_older_batch_shape_carries_operations_and_results_reach_the_caller()
     assert_eq!(batch.entity_state.as_deref(), Some("10"));
     assert_eq!(batch.operations.len(), 1);
     assert_eq!(batch.operations[0].request_id, "call-3");
-    complete_entity(&mut client, &token, vec![ok("10")], Some("10")).await.expect("complete");
+    complete_entity(&mut client, &token, vec![ok("10")], Some("10"))
+        .await
+        .expect("complete");
     let (_, request) = worker.orchestration().await;
     assert!(request.new_events.iter().any(|e| matches!(&e.event_type,
         Some(EventType::EntityOperationCompleted(c)) if c.request_id == "call-3")));
@@ -292,16 +310,30 @@ async fn a_locked_entity_serves_only_its_holder_until_released() {
     assert_eq!(operation_ids(&batch), vec!["inside"]);
     complete_entity(&mut client, &etoken, vec![ok("0")], None).await.expect("complete");
     let (token, _) = worker.orchestration().await;
-    assert_eq!(get_entity(&mut client, "@e@1", false).await.entity.expect("metadata").backlog_queue_size, 1);
+    assert_eq!(
+        get_entity(&mut client, "@e@1", false)
+            .await
+            .entity
+            .expect("metadata")
+            .backlog_queue_size,
+        1
+    );
 
     // Ending the orchestration releases both locks; the waiting signal runs.
-    complete_orchestrator(&mut client, &token, "holder", vec![complete(3, OrchestrationStatus::Completed, "done")])
-        .await
-        .expect("final step");
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "holder",
+        vec![complete(3, OrchestrationStatus::Completed, "done")],
+    )
+    .await
+    .expect("final step");
     let (etoken, batch) = guarded("the deferred signal", entity_v2(&mut worker)).await;
     assert_eq!(batch.instance_id, "@e@1");
     assert_eq!(operation_ids(&batch), vec!["outsider"]);
-    complete_entity(&mut client, &etoken, vec![ok("")], Some("1")).await.expect("complete");
+    complete_entity(&mut client, &etoken, vec![ok("")], Some("1"))
+        .await
+        .expect("complete");
     let meta = get_entity(&mut client, "@e@1", true).await.entity.expect("metadata");
     assert_eq!(meta.locked_by, None);
     assert_eq!(meta.serialized_state.as_deref(), Some("1"));
@@ -317,7 +349,9 @@ async fn query_and_clean_entities() {
     for key in ["a", "b", "c"] {
         signal(&mut client, &format!("@q@{key}"), "set", key, key).await;
         let (token, _) = guarded("a batch", entity_v2(&mut worker)).await;
-        complete_entity(&mut client, &token, vec![ok("")], Some(key)).await.expect("complete");
+        complete_entity(&mut client, &token, vec![ok("")], Some(key))
+            .await
+            .expect("complete");
     }
     let query = |token: Option<String>| QueryEntitiesRequest {
         query: Some(EntityQuery {
@@ -332,13 +366,21 @@ async fn query_and_clean_entities() {
     let ids: Vec<_> = page.entities.iter().map(|e| e.instance_id.as_str()).collect();
     assert_eq!(ids, vec!["@q@a", "@q@b"]);
     assert_eq!(page.entities[0].serialized_state.as_deref(), Some("a"));
-    let page = client.query_entities(query(page.continuation_token)).await.expect("query").into_inner();
+    let page = client
+        .query_entities(query(page.continuation_token))
+        .await
+        .expect("query")
+        .into_inner();
     let ids: Vec<_> = page.entities.iter().map(|e| e.instance_id.as_str()).collect();
     assert_eq!(ids, vec!["@q@c"]);
     assert_eq!(page.continuation_token, None);
 
     // Entities are not orchestrations.
-    let instances = client.query_instances(QueryInstancesRequest::default()).await.expect("instances").into_inner();
+    let instances = client
+        .query_instances(QueryInstancesRequest::default())
+        .await
+        .expect("instances")
+        .into_inner();
     assert!(instances.orchestration_state.is_empty());
 
     let cleaned = client

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use outrigger::engine::{self, Prepared, Response, StartSpec};
 use outrigger::engine::entities;
+use outrigger::engine::{self, Prepared, Response, StartSpec};
 use outrigger::model::{Commit, EntityCommit, EntityLock, Message};
 use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
 use outrigger::proto::*;
@@ -902,12 +902,17 @@ async fn entity_messages_are_queued_and_leased_with_their_entity(h: &Harness) {
     assert_ne!(again.token, item.token);
     let stale = write_entity(s, &item.token, entity_commit(&item, Some("99"), T0 + LEASE + 2)).await;
     assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
-    write_entity(s, &again.token, entity_commit(&again, Some("5"), T0 + LEASE + 3)).await.unwrap();
+    write_entity(s, &again.token, entity_commit(&again, Some("5"), T0 + LEASE + 3))
+        .await
+        .unwrap();
     let found = s.get_entity("@c@1").await.unwrap().unwrap();
     assert_eq!(found.entity.state.as_deref(), Some("5"));
     assert_eq!(found.entity.last_modified, T0 + LEASE + 3);
     assert_eq!(found.backlog, 0);
-    assert!(s.lock_entities(&lease("w3", T0 + LEASE + 4), 10).await.unwrap().is_empty(), "nothing left to run");
+    assert!(
+        s.lock_entities(&lease("w3", T0 + LEASE + 4), 10).await.unwrap().is_empty(),
+        "nothing left to run"
+    );
 }
 
 async fn an_entity_step_commits_state_results_signals_and_starts_together(h: &Harness) {
@@ -946,13 +951,20 @@ async fn an_entity_step_commits_state_results_signals_and_starts_together(h: &Ha
 
     let mut ready = s.lock_orchestrations(&lease("w", T0 + 3), 10).await.unwrap();
     ready.sort_by(|a, b| a.instance.instance_id.cmp(&b.instance.instance_id));
-    assert_eq!(ready.iter().map(|i| i.instance.instance_id.as_str()).collect::<Vec<_>>(), ["caller", "from-entity"]);
+    assert_eq!(
+        ready.iter().map(|i| i.instance.instance_id.as_str()).collect::<Vec<_>>(),
+        ["caller", "from-entity"]
+    );
     let caller = &ready[0];
     assert!(caller.inbox.iter().any(|(_, m)| matches!(&m.event.event_type,
         Some(history_event::EventType::EntityOperationCompleted(c)) if c.request_id == "r1")));
     let other = lock_entity(s, "w", T0 + 3).await;
     assert_eq!(other.entity.instance_id, "@other@x");
-    let started = s.get_instance("from-entity").await.unwrap().expect("the entity started an orchestration");
+    let started = s
+        .get_instance("from-entity")
+        .await
+        .unwrap()
+        .expect("the entity started an orchestration");
     assert_eq!(started.name, "Started");
 }
 
@@ -967,7 +979,10 @@ async fn deferred_entity_messages_wait_for_a_new_message(h: &Harness) {
         critical_section_id: "cs".into(),
     });
     write_entity(s, &item.token, commit).await.unwrap();
-    assert!(s.lock_entities(&lease("w", T0 + 2), 10).await.unwrap().is_empty(), "deferred rows do not wake it");
+    assert!(
+        s.lock_entities(&lease("w", T0 + 2), 10).await.unwrap().is_empty(),
+        "deferred rows do not wake it"
+    );
     assert_eq!(s.get_entity("@c@1").await.unwrap().unwrap().backlog, 1);
     signal(s, "@c@1", "more", T0 + 3).await;
     let item = lock_entity(s, "w", T0 + 4).await;
@@ -992,7 +1007,10 @@ async fn entity_locks_persist_and_orphaned_ones_are_released(h: &Harness) {
     assert_eq!(gone.entity.lock.map(|l| l.critical_section_id), Some("cs-no-such-instance".into()));
     assert_eq!(s.clean_entities(false, true).await.unwrap(), Cleaned { removed: 0, released: 1 });
     assert_eq!(s.get_entity("@c@gone").await.unwrap().unwrap().entity.lock, None);
-    assert!(s.get_entity("@c@alive").await.unwrap().unwrap().entity.lock.is_some(), "a live holder keeps its lock");
+    assert!(
+        s.get_entity("@c@alive").await.unwrap().unwrap().entity.lock.is_some(),
+        "a live holder keeps its lock"
+    );
     // Unlocked, stateless and idle: an empty entity, which cleaning removes.
     assert_eq!(s.clean_entities(true, false).await.unwrap(), Cleaned { removed: 1, released: 0 });
     assert!(s.get_entity("@c@gone").await.unwrap().is_none());
@@ -1032,11 +1050,16 @@ async fn entities_query_by_prefix_state_and_page(h: &Harness) {
     for (i, id) in ["@a@1", "@a@2", "@a@3", "@b@1"].iter().enumerate() {
         signal(s, id, "set", T0).await;
         let item = lock_entity(s, "w", T0).await;
-        write_entity(s, &item.token, entity_commit(&item, Some("s"), T0 + i as Millis)).await.unwrap();
+        write_entity(s, &item.token, entity_commit(&item, Some("s"), T0 + i as Millis))
+            .await
+            .unwrap();
     }
     signal(s, "@a@queued", "set", T0).await; // no state yet: transient
     let ids = |rows: Vec<store::EntitySummary>| rows.into_iter().map(|r| r.entity.instance_id).collect::<Vec<_>>();
-    assert_eq!(ids(s.query_entities(&all_entities(false)).await.unwrap()), ["@a@1", "@a@2", "@a@3", "@b@1"]);
+    assert_eq!(
+        ids(s.query_entities(&all_entities(false)).await.unwrap()),
+        ["@a@1", "@a@2", "@a@3", "@b@1"]
+    );
     assert_eq!(ids(s.query_entities(&all_entities(true)).await.unwrap()).len(), 5);
     let prefix = EntityListFilter {
         id_prefix: Some("@a@".into()),
@@ -1064,7 +1087,11 @@ async fn purge_and_delete_all_remove_entities(h: &Harness) {
         let item = lock_entity(s, "w", T0).await;
         write_entity(s, &item.token, entity_commit(&item, Some("s"), T0)).await.unwrap();
     }
-    assert_eq!(s.purge("@C@1", false).await.unwrap(), Purge::Deleted(1), "names are case-insensitive");
+    assert_eq!(
+        s.purge("@C@1", false).await.unwrap(),
+        Purge::Deleted(1),
+        "names are case-insensitive"
+    );
     assert!(s.get_entity("@c@1").await.unwrap().is_none());
     assert_eq!(s.purge("@c@1", false).await.unwrap(), Purge::Deleted(0));
     signal(s, "@c@3", "set", T0).await;

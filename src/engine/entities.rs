@@ -231,7 +231,9 @@ pub fn complete(entity: &Entity, plan: Plan, result: EntityBatchResult, now: Mil
                     continue;
                 };
                 let at = s.scheduled_time.as_ref().and_then(|t| time::from_timestamp(t).ok());
-                commit.messages.push(signal(&target, new_id(), s.name, s.input, s.scheduled_time, at, now));
+                commit
+                    .messages
+                    .push(signal(&target, new_id(), s.name, s.input, s.scheduled_time, at, now));
             }
             Some(operation_action::OperationActionType::StartNewOrchestration(o)) => {
                 let scheduled_start = o.scheduled_time.as_ref().and_then(|t| time::from_timestamp(t).ok());
@@ -344,7 +346,10 @@ pub fn send_from_orchestration(
                 ..s.clone()
             };
             let visible = at(&s.scheduled_time);
-            (EventType::EntityOperationSignaled(s), to(target, EventType::EntityOperationSignaled(sent), visible))
+            (
+                EventType::EntityOperationSignaled(s),
+                to(target, EventType::EntityOperationSignaled(sent), visible),
+            )
         }
         Some(EntityMessageType::EntityOperationCalled(c)) => {
             let target = norm(c.target_instance_id.as_ref());
@@ -355,7 +360,10 @@ pub fn send_from_orchestration(
                 ..c.clone()
             };
             let visible = at(&c.scheduled_time);
-            (EventType::EntityOperationCalled(c), to(target, EventType::EntityOperationCalled(sent), visible))
+            (
+                EventType::EntityOperationCalled(c),
+                to(target, EventType::EntityOperationCalled(sent), visible),
+            )
         }
         Some(EntityMessageType::EntityLockRequested(l)) => {
             let set: BTreeSet<String> = l.lock_set.iter().map(|id| norm(Some(id))).collect();

@@ -392,7 +392,13 @@ fn an_ending_orchestration_releases_the_locks_it_still_holds() {
                 ..Default::default()
             }),
         ),
-        event(EXTERNAL, NOW, EventType::EntityLockGranted(EntityLockGrantedEvent { critical_section_id: "cs".into() })),
+        event(
+            EXTERNAL,
+            NOW,
+            EventType::EntityLockGranted(EntityLockGrantedEvent {
+                critical_section_id: "cs".into(),
+            }),
+        ),
         event(
             5,
             NOW,

@@ -4,11 +4,11 @@
 //! are passed in, so every rule is unit-tested without a clock or a database.
 
 pub mod entities;
+#[cfg(test)]
+mod entity_tests;
 pub mod events;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod entity_tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -322,7 +322,8 @@ pub fn apply(
             }
             Some(Action::RewindOrchestration(a)) => return step.rewind(a.new_history, new_id),
             Some(Action::SendEntityMessage(a)) => {
-                let (recorded, message) = entities::send_from_orchestration(&step.instance.instance_id, &step.instance.execution_id, id, a, now);
+                let (recorded, message) =
+                    entities::send_from_orchestration(&step.instance.instance_id, &step.instance.execution_id, id, a, now);
                 step.appended.push(recorded);
                 step.messages.push(message);
             }

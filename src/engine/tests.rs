@@ -1518,7 +1518,11 @@ fn a_terminated_orchestration_releases_its_locks() {
     let new_events = vec![os(NOW), events::terminated(NOW, s("stop"), false)];
     let c = apply_at_now(&running(), &held, &new_events, respond(vec![]));
     assert_eq!(c.instance.status, S::Terminated);
-    assert!(c.messages.iter().any(|m| m.instance_id == "@a@1" && matches!(m.event.event_type, Some(EventType::EntityUnlockSent(_)))));
+    assert!(
+        c.messages
+            .iter()
+            .any(|m| m.instance_id == "@a@1" && matches!(m.event.event_type, Some(EventType::EntityUnlockSent(_))))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -239,4 +239,3 @@ pub(super) async fn release(writer: &SqlitePool, id: &str, token: &str, ready_at
     }
     Ok(())
 }
-

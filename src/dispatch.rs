@@ -13,12 +13,13 @@ use tokio::sync::{Notify, mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::engine::entities::{self as entity_rules, Plan};
 use crate::engine::work_filters::WorkFilter;
 use crate::engine::{self, Prepared, events};
-use crate::model::{Instance, Names};
+use crate::model::{Entity, Instance, Names};
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
-use crate::store::{Batcher, Change, Lease, LockedActivity, LockedOrchestration, Store, StoreError, Write};
+use crate::store::{Batcher, Change, Lease, LockedActivity, LockedEntity, LockedOrchestration, Store, StoreError, Write};
 use crate::telemetry::Telemetry;
 use crate::time::{self, Micros};
 
@@ -36,6 +37,20 @@ pub struct Settings {
     pub abandon_delay: Duration,
     /// Re-check for expired leases and missed wake-ups at this interval (a safety net only).
     pub sweep_interval: Duration,
+    /// Which work item carries entity batches.
+    pub entity_work_items: EntityWorkItems,
+}
+
+/// The two shapes of entity work item in the protocol. Every SDK that runs entities (.NET,
+/// Java, JavaScript, Python) reads both; workers built against the older protocol read only
+/// the batch request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EntityWorkItems {
+    /// `EntityRequest` (`entityRequestV2`): the queued operations as history events.
+    #[default]
+    Request,
+    /// `EntityBatchRequest` (`entityRequest`): operations as `OperationRequest`s.
+    BatchRequest,
 }
 
 impl Default for Settings {
@@ -46,6 +61,7 @@ impl Default for Settings {
             history_streaming_threshold: 1 << 20,
             abandon_delay: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(5),
+            entity_work_items: EntityWorkItems::default(),
         }
     }
 }
@@ -62,8 +78,10 @@ struct Worker {
     tx: Sender,
     max_orchestrations: usize,
     max_activities: usize,
+    max_entities: usize,
     orchestrations: usize,
     activities: usize,
+    entities: usize,
     history_streaming: bool,
     /// The work it takes (its `workItemFilters`).
     filter: WorkFilter,
@@ -90,35 +108,61 @@ struct HeldActivity {
     task_id: i32,
 }
 
+/// An entity batch a worker holds: what the engine planned, to apply the result to.
+struct HeldEntity {
+    worker: u64,
+    entity: Entity,
+    plan: Plan,
+}
+
+/// Workers that send the same filters, and their free room per kind of work item.
+struct Group {
+    filter: WorkFilter,
+    orchestrations: usize,
+    activities: usize,
+    entities: usize,
+}
+
 #[derive(Default)]
 struct State {
     next_worker: u64,
     workers: BTreeMap<u64, Worker>,
     orchestrations: HashMap<String, HeldOrchestration>,
     activities: HashMap<String, HeldActivity>,
+    entities: HashMap<String, HeldEntity>,
     /// Round-robin cursor over workers.
     cursor: u64,
 }
 
 impl State {
     /// The connected workers' distinct filters, each with the free room of the workers that
-    /// share it: (filter, orchestrations, activities). Each group leases only what it takes,
-    /// so work no connected worker takes is never leased and stays queued.
-    fn groups(&self) -> Vec<(WorkFilter, usize, usize)> {
-        let mut groups: Vec<(WorkFilter, usize, usize)> = vec![];
+    /// share it. Each group leases only what it takes, so work no connected worker takes is
+    /// never leased and stays queued.
+    fn groups(&self) -> Vec<Group> {
+        let mut groups: Vec<Group> = vec![];
         for w in self.workers.values() {
-            let room = (
-                w.max_orchestrations.saturating_sub(w.orchestrations),
-                w.max_activities.saturating_sub(w.activities),
-            );
-            match groups.iter_mut().find(|(f, _, _)| *f == w.filter) {
-                Some(g) => (g.1, g.2) = (g.1 + room.0, g.2 + room.1),
-                None => groups.push((w.filter.clone(), room.0, room.1)),
+            let takes_entities = w.filter.entities != Names::Only(Default::default());
+            let room = Group {
+                filter: w.filter.clone(),
+                orchestrations: w.max_orchestrations.saturating_sub(w.orchestrations),
+                activities: w.max_activities.saturating_sub(w.activities),
+                entities: if takes_entities {
+                    w.max_entities.saturating_sub(w.entities)
+                } else {
+                    0
+                },
+            };
+            match groups.iter_mut().find(|g| g.filter == w.filter) {
+                Some(g) => {
+                    g.orchestrations += room.orchestrations;
+                    g.activities += room.activities;
+                    g.entities += room.entities;
+                }
+                None => groups.push(room),
             }
         }
         groups
     }
-
     /// The next worker (round robin) with room for one more item of a kind.
     fn choose(&mut self, room: impl Fn(&Worker) -> bool) -> Option<u64> {
         let after = self.workers.range(self.cursor + 1..).chain(self.workers.range(..=self.cursor));
@@ -242,7 +286,13 @@ impl Dispatcher {
                     let until = time::now() + time::span(this.settings.lease);
                     let tokens: Vec<String> = {
                         let state = this.state.lock().unwrap();
-                        state.orchestrations.keys().chain(state.activities.keys()).cloned().collect()
+                        state
+                            .orchestrations
+                            .keys()
+                            .chain(state.activities.keys())
+                            .chain(state.entities.keys())
+                            .cloned()
+                            .collect()
                     };
                     if tokens.is_empty() {
                         continue;
@@ -292,8 +342,16 @@ impl Dispatcher {
     /// loop anyway.)
     async fn dispatch_once(&self) -> Result<bool, StoreError> {
         let groups = self.state.lock().unwrap().groups();
+        // Entities are leased for every worker that takes any; `hand_entity` picks by name.
+        let entity_room = groups.iter().map(|g| g.entities).sum::<usize>().min(BATCH);
         let mut more = false;
-        for (filter, orchestration_room, activity_room) in groups {
+        for Group {
+            filter,
+            orchestrations: orchestration_room,
+            activities: activity_room,
+            ..
+        } in groups
+        {
             let orchestration_room = orchestration_room.min(BATCH);
             if orchestration_room > 0 && filter.orchestrations != Names::Only(Default::default()) {
                 let now = time::now();
@@ -322,6 +380,17 @@ impl Dispatcher {
                     if let Err(e) = self.hand_activity(item).await {
                         warn!(error = %e, "could not hand out activity work item; its lease will expire");
                     }
+                }
+            }
+        }
+        if entity_room > 0 {
+            let now = time::now();
+            let items = self.store.lock_entities(&self.lease(now), entity_room as u32).await?;
+            more |= items.len() == entity_room;
+            for item in items {
+                let id = item.entity.instance_id.clone();
+                if let Err(e) = self.hand_entity(item, now).await {
+                    warn!(entity = %id, error = %e, "could not hand out entity work item; its lease will expire");
                 }
             }
         }
@@ -432,6 +501,70 @@ impl Dispatcher {
         Ok(())
     }
 
+    async fn hand_entity(&self, item: LockedEntity, now: Micros) -> Result<(), StoreError> {
+        let LockedEntity { token, entity, queue } = item;
+        let id = entity.instance_id.clone();
+        let plan = entity_rules::plan(&entity, &queue, now);
+        if plan.operations.is_empty() {
+            // Only lock traffic or deferrals: nothing for a worker to run.
+            let commit = entity_rules::without_worker(&entity, plan, now);
+            let changed = self.batcher.write(Write::EntityStep { token, commit }).await?;
+            self.changed(&changed);
+            return Ok(());
+        }
+        let shape = self.settings.entity_work_items;
+        let (taken, sent) = {
+            let mut state = self.state.lock().unwrap();
+            let taken = state.workers.values().any(|w| w.filter.takes_entity(&id));
+            let chosen = state.choose(|w| w.entities < w.max_entities && w.filter.takes_entity(&id));
+            let sent = chosen.and_then(|worker_id| {
+                let worker = state.workers.get_mut(&worker_id)?;
+                let request = match shape {
+                    EntityWorkItems::Request => Item::EntityRequestV2(EntityRequest {
+                        instance_id: id.clone(),
+                        execution_id: String::new(),
+                        entity_state: entity.state.clone(),
+                        operation_requests: plan.operations.iter().map(|(_, e)| e.clone()).collect(),
+                    }),
+                    EntityWorkItems::BatchRequest => Item::EntityRequest(EntityBatchRequest {
+                        instance_id: id.clone(),
+                        entity_state: entity.state.clone(),
+                        operations: plan.operations.iter().map(|(_, e)| entity_rules::operation_request(e)).collect(),
+                        properties: Default::default(),
+                    }),
+                };
+                let work = WorkItem {
+                    request: Some(request),
+                    completion_token: token.clone(),
+                };
+                worker.tx.send(Ok(work)).ok()?;
+                worker.entities += 1;
+                state.entities.insert(
+                    token.clone(),
+                    HeldEntity {
+                        worker: worker_id,
+                        entity,
+                        plan,
+                    },
+                );
+                Some(worker_id)
+            });
+            (taken, sent)
+        };
+        match sent {
+            Some(worker) => debug!(entity = %id, worker, "entity work item sent"),
+            // Entity leases do not filter by name: an entity no connected worker takes is
+            // offered again a moment later, not at once.
+            None if !taken => {
+                self.store
+                    .release_entity(&id, &token, now + time::span(self.settings.abandon_delay))
+                    .await?
+            }
+            None => self.store.release_entity(&id, &token, 0).await?,
+        }
+        Ok(())
+    }
+
     /// Registers a worker stream. The returned guard unregisters it (releasing what it holds)
     /// when the stream is dropped.
     pub fn connect(self: &Arc<Self>, request: &GetWorkItemsRequest) -> (mpsc::UnboundedReceiver<Result<WorkItem, Status>>, WorkerGuard) {
@@ -458,8 +591,11 @@ impl Dispatcher {
             _pinger: AbortOnDrop(pinger),
             max_orchestrations: limit(request.max_concurrent_orchestration_work_items),
             max_activities: limit(request.max_concurrent_activity_work_items),
+            // 0 is what the Python SDK sends though it runs entities: it means "no limit".
+            max_entities: limit(request.max_concurrent_entity_work_items),
             orchestrations: 0,
             activities: 0,
+            entities: 0,
             history_streaming: request.capabilities.contains(&(WorkerCapability::HistoryStreaming as i32)),
             filter: WorkFilter::from_request(request.work_item_filters.as_ref()),
         };
@@ -498,14 +634,15 @@ impl Dispatcher {
 
     /// Releases everything a vanished worker held, so other workers get it at once.
     fn disconnect(self: &Arc<Self>, worker: u64) {
-        let (orchestrations, activities) = {
+        let (orchestrations, activities, entities) = {
             let mut state = self.state.lock().unwrap();
             if state.workers.remove(&worker).is_none() {
                 return; // already gone (closed at shutdown, then its stream dropped)
             }
             let orchestrations: Vec<_> = state.orchestrations.extract_if(|_, h| h.worker == worker).collect();
             let activities: Vec<_> = state.activities.extract_if(|_, h| h.worker == worker).collect();
-            (orchestrations, activities)
+            let entities: Vec<_> = state.entities.extract_if(|_, h| h.worker == worker).collect();
+            (orchestrations, activities, entities)
         };
         info!(
             worker,
@@ -524,6 +661,11 @@ impl Dispatcher {
             for (token, held) in activities {
                 if let Err(e) = this.store.release_activity(held.id, &token, now).await {
                     debug!(error = %e, "releasing activity lease");
+                }
+            }
+            for (token, held) in entities {
+                if let Err(e) = this.store.release_entity(&held.entity.instance_id, &token, 0).await {
+                    debug!(error = %e, "releasing entity lease");
                 }
             }
             this.wake();
@@ -723,6 +865,84 @@ impl Dispatcher {
             let later = time::now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self.store.release_activity(held.id, token, later).await {
                 debug!(error = %e, "abandoning activity");
+            }
+            self.wake();
+        }
+    }
+
+    /// Applies an entity batch's result. Workers that predate completion tokens may send none;
+    /// then the result belongs to the one entity batch outstanding, if there is only one.
+    pub async fn complete_entity(&self, result: EntityBatchResult) -> Result<(), Status> {
+        let (token, held) = {
+            let mut state = self.state.lock().unwrap();
+            let token = if result.completion_token.is_empty() {
+                let mut tokens = state.entities.keys();
+                match (tokens.next(), tokens.next()) {
+                    (Some(only), None) => only.clone(),
+                    _ => {
+                        return Err(Status::failed_precondition(
+                            "completionToken is required when more than one entity work item is outstanding (EntityBatchResult has no instance id)",
+                        ));
+                    }
+                }
+            } else {
+                result.completion_token.clone()
+            };
+            let held = state.entities.remove(&token).ok_or_else(|| stale(&token))?;
+            if let Some(w) = state.workers.get_mut(&held.worker) {
+                w.entities -= 1;
+            }
+            (token, held)
+        };
+        let id = held.entity.instance_id.clone();
+        if result.results.is_empty() && result.failure_details.is_some() {
+            // The batch failed as a whole (not one operation): nothing of it happened; retry later.
+            let reason = result.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
+            warn!(entity = %id, reason, "entity batch failed; it will run again");
+            let later = time::now() + time::span(self.settings.abandon_delay);
+            let _ = self.store.release_entity(&id, &token, later).await;
+            self.wake();
+            return Ok(());
+        }
+        let now = time::now();
+        let commit = entity_rules::complete(&held.entity, held.plan, result, now, &mut || uuid::Uuid::new_v4().to_string());
+        match self
+            .batcher
+            .write(Write::EntityStep {
+                token: token.clone(),
+                commit,
+            })
+            .await
+        {
+            Ok(changed) => {
+                self.changed(&changed);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(entity = %id, error = %e, "entity step not committed");
+                if !matches!(e, StoreError::LeaseLost) {
+                    let _ = self.store.release_entity(&id, &token, 0).await;
+                    self.wake();
+                }
+                Err(crate::grpc::status(e))
+            }
+        }
+    }
+
+    /// Returns an entity work item to the queue. Unknown tokens are fine (idempotent).
+    pub async fn abandon_entity(&self, token: &str) {
+        let held = {
+            let mut state = self.state.lock().unwrap();
+            let held = state.entities.remove(token);
+            if let Some(w) = held.as_ref().and_then(|h| state.workers.get_mut(&h.worker)) {
+                w.entities -= 1;
+            }
+            held
+        };
+        if let Some(held) = held {
+            let later = time::now() + time::span(self.settings.abandon_delay);
+            if let Err(e) = self.store.release_entity(&held.entity.instance_id, token, later).await {
+                debug!(error = %e, "abandoning entity work item");
             }
             self.wake();
         }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test Outrigger has: the Rust unit and service tests, then the SDK suites against
 # a freshly built binary, once on SQLite and once on Postgres. Installs what the suites need: a
-# Postgres server (tests/postgres.sh: Debian's package when none is reachable) and a Python venv
-# with the pinned SDK.
+# Postgres server (tests/postgres.sh: Debian's package when none is reachable), a Python venv
+# with the pinned SDK, and the JavaScript, Go and Java SDKs (npm, the Go module proxy, Maven).
+# The .NET scenario program runs when the .NET 10 SDK (`dotnet`) is on PATH.
 # Ends with one line "N passed, N failed" over all suites; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -65,9 +66,19 @@ if cargo build --locked --release; then
   export OUTRIGGER_BIN="$PWD/target/release/outrigger"
   echo "== Python SDK suite on SQLite"
   run_sdk_suite python sqlite
+  echo "== JavaScript SDK suite on SQLite"
+  run_sdk_suite js sqlite
+  echo "== Go SDK suite on SQLite"
+  run_sdk_suite go sqlite
+  echo "== Java SDK suite on SQLite"
+  run_sdk_suite java sqlite
+  echo "== Polyglot suite (Python client, JavaScript and Python workers with filters) on SQLite"
+  run_sdk_suite polyglot sqlite
   if [ "$have_postgres" -eq 1 ]; then
     echo "== Python SDK suite on Postgres (with the multi-sidecar and Postgres restart tests)"
     run_sdk_suite python postgres
+    echo "== Polyglot suite on Postgres (client and workers on three sidecars)"
+    run_sdk_suite polyglot postgres
   fi
 else
   failed=$((failed + 1)); status=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the SDK test suites against an outrigger binary.
 #
-#   sdk-tests/run.sh [python]          (no argument: every suite)
+#   sdk-tests/run.sh [python] [js] [go] [java] [polyglot]   (no argument: every suite)
 #
 # Builds target/release/outrigger with cargo unless OUTRIGGER_BIN names a binary.
 # OUTRIGGER_TEST_STORE=postgres runs the suites with Postgres as the sidecars' store
@@ -74,12 +74,101 @@ EOF
     return 0
 }
 
+# Adds a suite's closing "N passed, N failed" line (from its log $2) to the totals, under the
+# suite's name $1; a runner that failed without saying so counts as one failure.
+add_counts() {
+    local name=$1 log=$2 rc=$3
+    local line p f
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+    p=$(echo "$line" | awk '{print $1+0}')
+    f=$(echo "$line" | awk '{print $3+0}')
+    p=${p:-0}; f=${f:-0}
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    echo "$name ($store): $p passed, $f failed"
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+
+# JavaScript: @microsoft/durabletask-js from npm, pinned in package.json / package-lock.json.
+run_js() {
+    local dir="$HERE/js"
+    if [ ! -d "$dir/node_modules/@microsoft/durabletask-js" ]; then
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+    fi
+    local log
+    log=$(mktemp)
+    (cd "$dir" && node suite.js) 2>&1 | tee "$log"
+    add_counts js "$log" "${PIPESTATUS[0]}"
+    rm -f "$log"
+}
+
+# Go: github.com/microsoft/durabletask-go v0.6.0 through the Go module proxy (go.mod/go.sum).
+run_go() {
+    local dir="$HERE/go"
+    local log
+    log=$(mktemp)
+    (cd "$dir" && go mod download >/dev/null 2>&1; go test -count=1 -v ./...) 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local p f
+    p=$(grep -c -E '^--- PASS' "$log")
+    f=$(grep -c -E '^--- FAIL' "$log")
+    echo "$p passed, $f failed" >>"$log"
+    add_counts go "$log" "$rc"
+    rm -f "$log"
+}
+
+# Java: com.microsoft:durabletask-client from Maven Central, a Maven project.
+run_java() {
+    local dir="$HERE/java"
+    local log
+    log=$(mktemp)
+    (cd "$dir" && mvn -q -B -ntp test) 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local p=0 f=0 report
+    for report in "$dir"/target/surefire-reports/TEST-*.xml; do
+        [ -f "$report" ] || continue
+        local tests failures errors skipped
+        tests=$(grep -o -m1 'tests="[0-9]*"' "$report" | grep -o '[0-9]*')
+        failures=$(grep -o -m1 'failures="[0-9]*"' "$report" | grep -o '[0-9]*')
+        errors=$(grep -o -m1 'errors="[0-9]*"' "$report" | grep -o '[0-9]*')
+        skipped=$(grep -o -m1 'skipped="[0-9]*"' "$report" | grep -o '[0-9]*')
+        p=$((p + tests - failures - errors - skipped))
+        f=$((f + failures + errors))
+    done
+    echo "$p passed, $f failed" >>"$log"
+    add_counts java "$log" "$rc"
+    rm -f "$log"
+}
+
+# Polyglot: a Python client, a JavaScript worker hosting the orchestrations and a Python worker
+# hosting the activities, both with work-item filters.
+run_polyglot() {
+    local venv="$HERE/python/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv" || return 1
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/python/requirements.txt" || return 1
+    if [ ! -d "$HERE/js/node_modules/@microsoft/durabletask-js" ]; then
+        (cd "$HERE/js" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+    fi
+    local log
+    log=$(mktemp)
+    (cd "$HERE/polyglot" && "$venv/bin/python" -m pytest -q -p no:cacheprovider test_polyglot.py) 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local p f
+    p=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | awk '{print $1+0}')
+    f=$(grep -Eo '[0-9]+ (failed|error)' "$log" | awk '{s+=$1} END {print s+0}')
+    echo "${p:-0} passed, ${f:-0} failed" >>"$log"
+    add_counts polyglot "$log" "$rc"
+    rm -f "$log"
+}
+
 suites=("$@")
-if [ ${#suites[@]} -eq 0 ]; then suites=(python); fi
+if [ ${#suites[@]} -eq 0 ]; then suites=(python js go java polyglot); fi
 for suite in "${suites[@]}"; do
     case "$suite" in
-        python) ;;
-        *) echo "sdk-tests: unknown suite '$suite' (known: python)" >&2; failed=$((failed + 1)); finish ;;
+        python | js | go | java | polyglot) ;;
+        *) echo "sdk-tests: unknown suite '$suite' (known: python, js, go, java, polyglot)" >&2; failed=$((failed + 1)); finish ;;
     esac
 done
 

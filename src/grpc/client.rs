@@ -1,5 +1,6 @@
 //! Client-facing RPCs: create, inspect, signal, query and purge instances.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tonic::Status;
@@ -113,11 +114,13 @@ fn state(i: Instance, with_payloads: bool) -> OrchestrationState {
         scheduled_start_timestamp: i.scheduled_start_at.map(time::to_timestamp),
         created_timestamp: Some(time::to_timestamp(i.created_at)),
         last_updated_timestamp: Some(time::to_timestamp(i.updated_at)),
-        input: if with_payloads { i.input } else { None },
-        output: if with_payloads { i.output } else { None },
-        // Small and what dashboards poll for, so always returned.
-        custom_status: i.custom_status,
-        failure_details: i.failure_details,
+        // Payloads travel together: a caller that did not ask for inputs and outputs gets no
+        // custom status and no failure details either (the reference servers' rule, which the
+        // .NET SDK's own tests assert).
+        input: i.input.filter(|_| with_payloads),
+        output: i.output.filter(|_| with_payloads),
+        custom_status: i.custom_status.filter(|_| with_payloads),
+        failure_details: i.failure_details.filter(|_| with_payloads),
         execution_id: Some(i.execution_id),
         completed_timestamp: i.completed_at.map(time::to_timestamp),
         parent_instance_id: i.parent_instance_id,
@@ -192,7 +195,10 @@ impl Service {
         Ok(found(i, r.get_inputs_and_outputs))
     }
 
-    /// Answers once `done(status)` holds, woken by state changes rather than polling.
+    /// Answers once the instance exists and `done(status)` holds, woken by state changes
+    /// rather than polling. An instance that does not exist yet is waited for (a client may
+    /// wait on a sub-orchestration its parent has not created yet); a call that outlives its
+    /// deadline, or `max_wait` when it has none, answers DEADLINE_EXCEEDED.
     pub(super) async fn wait(
         &self,
         r: GetInstanceRequest,
@@ -201,13 +207,15 @@ impl Service {
     ) -> Result<GetInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?.to_string();
         let watchers = &self.dispatcher.watchers;
+        let seen = AtomicBool::new(false);
         let wait = async {
             let mut changes = watchers.subscribe(&id);
             loop {
-                let i = self.store.get_instance(&id).await.map_err(status)?;
-                match i {
-                    Some(i) if !done(i.status) => {}
-                    other => return Ok(found(other, r.get_inputs_and_outputs)),
+                if let Some(i) = self.store.get_instance(&id).await.map_err(status)? {
+                    seen.store(true, Ordering::Relaxed);
+                    if done(i.status) {
+                        return Ok(found(Some(i), r.get_inputs_and_outputs));
+                    }
                 }
                 if changes.changed().await.is_err() {
                     // The sender was dropped (no one else watching); subscribe afresh.
@@ -215,18 +223,21 @@ impl Service {
                 }
             }
         };
-        let outcome = match deadline {
-            None => wait.await,
-            // tonic enforces grpc-timeout too, answering CANCELLED; finishing a moment early
-            // makes the caller see the precise DEADLINE_EXCEEDED instead.
-            Some(d) => tokio::time::timeout(d.saturating_sub(DEADLINE_MARGIN), wait)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(format!(
-                        "instance '{id}' did not reach the awaited state in time"
-                    )))
-                }),
-        };
+        // tonic enforces grpc-timeout too, answering CANCELLED; finishing a moment early makes
+        // the caller see the precise DEADLINE_EXCEEDED instead.
+        let limit = deadline.map_or(self.max_wait, |d| d.saturating_sub(DEADLINE_MARGIN));
+        let outcome = tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+            let what = if seen.load(Ordering::Relaxed) {
+                "did not reach the awaited state"
+            } else {
+                "does not exist (it may not have been created yet)"
+            };
+            let within = match deadline {
+                Some(_) => "the call's deadline".to_string(),
+                None => format!("{} s (the longest a wait without a deadline lasts)", self.max_wait.as_secs()),
+            };
+            Err(Status::deadline_exceeded(format!("instance '{id}' {what} within {within}")))
+        });
         watchers.release(&id);
         outcome
     }

@@ -6,6 +6,7 @@ mod client;
 mod worker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -19,6 +20,8 @@ use crate::store::{Store, StoreError};
 pub struct Service {
     store: Arc<dyn Store>,
     dispatcher: Arc<Dispatcher>,
+    /// How long a WaitForInstance* call without a deadline may wait.
+    max_wait: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -28,8 +31,12 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>) -> Self {
-        Service { store, dispatcher }
+    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>, max_wait: Duration) -> Self {
+        Service {
+            store,
+            dispatcher,
+            max_wait,
+        }
     }
 }
 

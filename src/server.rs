@@ -76,6 +76,7 @@ pub async fn run(
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted::<tonic::body::Body>,
         ))

@@ -3,10 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::Status;
-use tonic::metadata::MetadataMap;
 
-use super::{Service, status};
+use super::{Arrival, Service, status};
 use crate::engine::{self, StartSpec, events};
 use crate::model::{Instance, Message, NewInstance, is_terminal};
 use crate::proto::*;
@@ -82,9 +82,10 @@ fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Milli
     Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
 }
 
-/// The caller's deadline from the `grpc-timeout` header, if any.
-pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
-    let Some(value) = metadata.get("grpc-timeout") else {
+/// The caller's deadline from the `grpc-timeout` header, if any, counted from the call's
+/// arrival (tonic enforces the header from then on too).
+pub(super) fn deadline<T>(request: &tonic::Request<T>) -> Result<Option<Instant>, Status> {
+    let Some(value) = request.metadata().get("grpc-timeout") else {
         return Ok(None);
     };
     let bad = || Status::invalid_argument("malformed grpc-timeout header");
@@ -94,7 +95,7 @@ pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Statu
     }
     let (digits, unit) = text.split_at(text.len() - 1);
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    Ok(Some(match unit {
+    let timeout = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
@@ -102,7 +103,10 @@ pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Statu
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return Err(bad()),
-    }))
+    };
+    let arrived = request.extensions().get::<Arrival>().map_or_else(Instant::now, |a| a.0);
+    // The header allows about 11,000 years; no call waits longer than a year.
+    Ok(Some(arrived + timeout.min(Duration::from_secs(365 * 86_400))))
 }
 
 fn state(i: Instance, with_payloads: bool) -> OrchestrationState {
@@ -202,7 +206,7 @@ impl Service {
     pub(super) async fn wait(
         &self,
         r: GetInstanceRequest,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
         done: impl Fn(OrchestrationStatus) -> bool,
     ) -> Result<GetInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?.to_string();
@@ -223,10 +227,13 @@ impl Service {
                 }
             }
         };
-        // tonic enforces grpc-timeout too, answering CANCELLED; finishing a moment early makes
-        // the caller see the precise DEADLINE_EXCEEDED instead.
-        let limit = deadline.map_or(self.max_wait, |d| d.saturating_sub(DEADLINE_MARGIN));
-        let outcome = tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| {
+        // tonic enforces grpc-timeout too, from the same moment, answering CANCELLED; finishing a
+        // moment early makes the caller see the precise DEADLINE_EXCEEDED instead.
+        let until = match deadline {
+            Some(d) => d.checked_sub(DEADLINE_MARGIN).unwrap_or(d),
+            None => Instant::now() + self.max_wait,
+        };
+        let outcome = tokio::time::timeout_at(until, wait).await.unwrap_or_else(|_| {
             let what = if seen.load(Ordering::Relaxed) {
                 "did not reach the awaited state"
             } else {

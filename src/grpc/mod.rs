@@ -40,6 +40,16 @@ impl Service {
     }
 }
 
+/// When a call reached the server, stamped on every request by [`stamp_arrival`] (the
+/// outermost layer) so that deadlines count from the same moment tonic's own enforcement does.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub tokio::time::Instant);
+
+pub fn stamp_arrival<B>(mut request: tonic::codegen::http::Request<B>) -> tonic::codegen::http::Request<B> {
+    request.extensions_mut().insert(Arrival(tokio::time::Instant::now()));
+    request
+}
+
 /// The one mapping from store failures to gRPC statuses.
 pub(crate) fn status(e: StoreError) -> Status {
     match e {
@@ -75,13 +85,13 @@ impl TaskHubSidecarService for Service {
         self.restart(r.into_inner()).await.map(Response::new)
     }
     async fn wait_for_instance_start(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
-        let deadline = client::deadline(r.metadata())?;
+        let deadline = client::deadline(&r)?;
         self.wait(r.into_inner(), deadline, |s| s != OrchestrationStatus::Pending)
             .await
             .map(Response::new)
     }
     async fn wait_for_instance_completion(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
-        let deadline = client::deadline(r.metadata())?;
+        let deadline = client::deadline(&r)?;
         self.wait(r.into_inner(), deadline, crate::model::is_terminal)
             .await
             .map(Response::new)

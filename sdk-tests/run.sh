@@ -98,7 +98,8 @@ run_dotnet() {
         url="sqlite://$logs/outrigger.db"
     fi
 
-    "$OUTRIGGER_BIN" --host 127.0.0.1 --port 0 --database-url "$url" >"$logs/sidecar.log" 2>&1 &
+    : >"$logs/sidecar.log"
+    "$OUTRIGGER_BIN" --host 127.0.0.1 --port 0 --database-url "$url" >>"$logs/sidecar.log" 2>&1 &
     local sidecar=$!
     # Ready when it logs the address it listens on.
     local addr="" waited=0

@@ -416,7 +416,7 @@ static async Task<T> Until<T>(Func<Task<T>> probe, Func<T, bool> done, Cancellat
             return value;
         }
 
-        await Task.Delay(TimeSpan.FromMilliseconds(100), ct);
+        await Task.Delay(100, ct);
     }
 }
 
@@ -448,6 +448,9 @@ static void ExpectStatus(OrchestrationMetadata m, OrchestrationRuntimeStatus sta
 static IHost BuildHost(string address, bool withClient, Action<DurableTaskRegistry> register)
 {
     HostApplicationBuilder builder = Host.CreateApplicationBuilder();
+    // SDK warnings go to stderr, so stdout holds only the scenario lines.
+    builder.Logging.ClearProviders();
+    builder.Logging.AddConsole(options => options.LogToStandardErrorThreshold = LogLevel.Trace);
     builder.Logging.SetMinimumLevel(LogLevel.Warning);
     if (withClient)
     {

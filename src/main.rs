@@ -114,6 +114,7 @@ async fn serve(config: Config) -> ExitCode {
         dispatch: dispatch::Settings {
             lease: config.lease(),
             entity_reorder_window: config.entity_reorder_window(),
+            entity_work_items: config.entity_work_items(),
             ..Default::default()
         },
         max_message_bytes: config.max_message_bytes(),

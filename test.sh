@@ -80,6 +80,16 @@ if cargo build --locked --release; then
     echo "== Polyglot suite on Postgres (client and workers on three sidecars)"
     run_sdk_suite polyglot postgres
   fi
+  if command -v dotnet >/dev/null 2>&1; then
+    echo "== .NET scenario program on SQLite"
+    run_sdk_suite dotnet sqlite
+    if [ "$have_postgres" -eq 1 ]; then
+      echo "== .NET scenario program on Postgres"
+      run_sdk_suite dotnet postgres
+    fi
+  else
+    echo "== .NET scenario program: skipped (dotnet is not on PATH)"
+  fi
 else
   failed=$((failed + 1)); status=1
 fi

@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use outrigger::config::{self, Command, Config, LogFormat};
 use outrigger::telemetry::Telemetry;
-use outrigger::{dispatch, server, store};
+use outrigger::{server, store};
 
 /// Exit code for unusable configuration (BSD EX_USAGE), as sidecar supervisors expect.
 const EX_USAGE: u8 = 64;
@@ -66,6 +66,10 @@ async fn serve(config: Config) -> ExitCode {
         pool_size = config.pool_size,
         lease_seconds = config.lease_seconds,
         max_message_mib = config.max_message_mib,
+        max_work_item_mib = config.max_work_item_mib,
+        worker_buffer_mib = config.worker_buffer_mib,
+        item_deadline_seconds = config.item_deadline_seconds,
+        keepalive_seconds = config.keepalive_seconds,
         version = env!("CARGO_PKG_VERSION"),
         "starting outrigger"
     );
@@ -99,7 +103,7 @@ async fn serve(config: Config) -> ExitCode {
         None => Telemetry::disabled(),
         Some(settings) => match Telemetry::start(&settings) {
             Ok(t) => {
-                info!(endpoint = %settings.traces_endpoint.as_deref().unwrap_or(&settings.endpoint), protocol = ?settings.protocol, "exporting traces");
+                info!(endpoint = %config::redact(settings.traces_endpoint.as_deref().unwrap_or(&settings.endpoint)), protocol = ?settings.protocol, "exporting traces");
                 t
             }
             Err(e) => {
@@ -109,11 +113,9 @@ async fn serve(config: Config) -> ExitCode {
         },
     };
     let options = server::Options {
-        dispatch: dispatch::Settings {
-            lease: config.lease(),
-            ..Default::default()
-        },
+        dispatch: config.dispatch(),
         max_message_bytes: config.max_message_bytes(),
+        keepalive: config.keepalive(),
         telemetry: telemetry.clone(),
     };
     let outcome = server::run(listeners, store, options, shutdown_signal()).await;

@@ -68,6 +68,21 @@ pub struct Config {
     #[arg(long, env = "OUTRIGGER_KEEPALIVE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600), help_heading = "Limits")]
     pub keepalive_seconds: u64,
 
+    /// Longest a WaitForInstanceStart/Completion call without a gRPC deadline waits before it
+    /// answers DEADLINE_EXCEEDED (the .NET client then asks again). Calls with a deadline wait
+    /// until their deadline.
+    #[arg(long, env = "OUTRIGGER_MAX_WAIT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400), help_heading = "Protocol")]
+    pub max_wait_seconds: u64,
+
+    /// Entity message reorder window told to workers on every orchestrator work item
+    /// (`entityParameters`; the .NET SDK needs it to use entities from orchestrations).
+    #[arg(long, env = "OUTRIGGER_ENTITY_REORDER_WINDOW_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=10080), help_heading = "Entities")]
+    pub entity_reorder_window_minutes: u64,
+    /// Which work item carries entity batches: `request` (EntityRequest, read by every SDK that
+    /// runs entities) or `batch-request` (the older EntityBatchRequest, for older workers).
+    #[arg(long, env = "OUTRIGGER_ENTITY_WORK_ITEMS", value_enum, default_value_t = EntityWorkItems::Request, help_heading = "Entities")]
+    pub entity_work_items: EntityWorkItems,
+
     /// OTLP collector to export traces to, e.g. http://localhost:4318 (HTTP) or
     /// http://localhost:4317 (gRPC). No traces are exported when neither endpoint is set.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", help_heading = "Tracing")]
@@ -100,6 +115,12 @@ pub struct Config {
     /// A server span for each client RPC (StartInstance, RaiseEvent, ...).
     #[arg(long, env = "OUTRIGGER_OTEL_RPC_SPANS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Tracing")]
     pub otel_rpc_spans: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EntityWorkItems {
+    Request,
+    BatchRequest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -157,8 +178,23 @@ impl Config {
         crate::store::Options { pool_size: self.pool_size }
     }
 
+    pub fn entity_work_items(&self) -> crate::dispatch::EntityWorkItems {
+        match self.entity_work_items {
+            EntityWorkItems::Request => crate::dispatch::EntityWorkItems::Request,
+            EntityWorkItems::BatchRequest => crate::dispatch::EntityWorkItems::BatchRequest,
+        }
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds)
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.max_wait_seconds)
+    }
+
+    pub fn entity_reorder_window(&self) -> Duration {
+        Duration::from_secs(self.entity_reorder_window_minutes * 60)
     }
 
     pub fn max_message_bytes(&self) -> usize {

@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use outrigger::config::{self, Command, Config, LogFormat};
 use outrigger::telemetry::Telemetry;
-use outrigger::{server, store};
+use outrigger::{dispatch, server, store};
 
 /// Exit code for unusable configuration (BSD EX_USAGE), as sidecar supervisors expect.
 const EX_USAGE: u8 = 64;
@@ -70,6 +70,8 @@ async fn serve(config: Config) -> ExitCode {
         worker_buffer_mib = config.worker_buffer_mib,
         item_deadline_seconds = config.item_deadline_seconds,
         keepalive_seconds = config.keepalive_seconds,
+        max_wait_seconds = config.max_wait_seconds,
+        entity_reorder_window_minutes = config.entity_reorder_window_minutes,
         version = env!("CARGO_PKG_VERSION"),
         "starting outrigger"
     );
@@ -113,9 +115,14 @@ async fn serve(config: Config) -> ExitCode {
         },
     };
     let options = server::Options {
-        dispatch: config.dispatch(),
+        dispatch: dispatch::Settings {
+            entity_reorder_window: config.entity_reorder_window(),
+            entity_work_items: config.entity_work_items(),
+            ..config.dispatch()
+        },
         max_message_bytes: config.max_message_bytes(),
         keepalive: config.keepalive(),
+        max_wait: config.max_wait(),
         telemetry: telemetry.clone(),
     };
     let outcome = server::run(listeners, store, options, shutdown_signal()).await;

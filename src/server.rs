@@ -28,6 +28,9 @@ pub struct Options {
     /// HTTP/2 keepalive ping interval on every connection (and how long an answer may take):
     /// a frozen peer is disconnected, which releases a worker's items at once.
     pub keepalive: Option<Duration>,
+    /// How long a WaitForInstance* call without a gRPC deadline may wait before it answers
+    /// DEADLINE_EXCEEDED (calls with a deadline wait until it).
+    pub max_wait: Duration,
     pub telemetry: Telemetry,
 }
 
@@ -37,6 +40,7 @@ impl Default for Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
             keepalive: Some(Duration::from_secs(10)),
+            max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
         }
     }
@@ -51,7 +55,7 @@ pub async fn run(
     let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
-    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone()))
+    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone(), options.max_wait))
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -78,6 +82,7 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(options.keepalive)
         .http2_keepalive_timeout(options.keepalive)
+        .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
         .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
         .layer(RpcLayer::new(options.telemetry.clone()))
         .add_service(health_service)

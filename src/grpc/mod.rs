@@ -3,9 +3,11 @@
 //! dispatcher do the work.
 
 mod client;
+mod entities;
 mod worker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -19,6 +21,8 @@ use crate::store::{Store, StoreError};
 pub struct Service {
     store: Arc<dyn Store>,
     dispatcher: Arc<Dispatcher>,
+    /// How long a WaitForInstance* call without a deadline may wait.
+    max_wait: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -28,9 +32,23 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>) -> Self {
-        Service { store, dispatcher }
+    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>, max_wait: Duration) -> Self {
+        Service {
+            store,
+            dispatcher,
+            max_wait,
+        }
     }
+}
+
+/// When a call reached the server, stamped on every request by [`stamp_arrival`] (the
+/// outermost layer) so that deadlines count from the same moment tonic's own enforcement does.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub tokio::time::Instant);
+
+pub fn stamp_arrival<B>(mut request: tonic::codegen::http::Request<B>) -> tonic::codegen::http::Request<B> {
+    request.extensions_mut().insert(Arrival(tokio::time::Instant::now()));
+    request
 }
 
 /// The one mapping from store failures to gRPC statuses.
@@ -42,10 +60,6 @@ pub(crate) fn status(e: StoreError) -> Status {
         StoreError::Database(_) | StoreError::BatchFailed(_) => Status::unavailable(e.to_string()),
         StoreError::Corrupt(_) => Status::internal(e.to_string()),
     }
-}
-
-fn entities_unsupported() -> Status {
-    Status::unimplemented("entities are not supported yet by this sidecar")
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -68,13 +82,13 @@ impl TaskHubSidecarService for Service {
         self.restart(r.into_inner()).await.map(Response::new)
     }
     async fn wait_for_instance_start(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
-        let deadline = client::deadline(r.metadata())?;
+        let deadline = client::deadline(&r)?;
         self.wait(r.into_inner(), deadline, |s| s != OrchestrationStatus::Pending)
             .await
             .map(Response::new)
     }
     async fn wait_for_instance_completion(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
-        let deadline = client::deadline(r.metadata())?;
+        let deadline = client::deadline(&r)?;
         self.wait(r.into_inner(), deadline, crate::model::is_terminal)
             .await
             .map(Response::new)
@@ -123,8 +137,11 @@ impl TaskHubSidecarService for Service {
             .await
             .map(|_| Response::new(CompleteTaskResponse {}))
     }
-    async fn complete_entity_task(&self, _: Request<EntityBatchResult>) -> Rpc<CompleteTaskResponse> {
-        Err(entities_unsupported())
+    async fn complete_entity_task(&self, r: Request<EntityBatchResult>) -> Rpc<CompleteTaskResponse> {
+        self.dispatcher
+            .complete_entity(r.into_inner())
+            .await
+            .map(|_| Response::new(CompleteTaskResponse {}))
     }
 
     type StreamInstanceHistoryStream = tokio_stream::Iter<std::vec::IntoIter<Result<HistoryChunk, Status>>>;
@@ -144,17 +161,17 @@ impl TaskHubSidecarService for Service {
         self.store.delete_all().await.map_err(status)?;
         Ok(Response::new(DeleteTaskHubResponse {}))
     }
-    async fn signal_entity(&self, _: Request<SignalEntityRequest>) -> Rpc<SignalEntityResponse> {
-        Err(entities_unsupported())
+    async fn signal_entity(&self, r: Request<SignalEntityRequest>) -> Rpc<SignalEntityResponse> {
+        self.signal_entity(r.into_inner()).await.map(Response::new)
     }
-    async fn get_entity(&self, _: Request<GetEntityRequest>) -> Rpc<GetEntityResponse> {
-        Err(entities_unsupported())
+    async fn get_entity(&self, r: Request<GetEntityRequest>) -> Rpc<GetEntityResponse> {
+        self.get_entity(r.into_inner()).await.map(Response::new)
     }
-    async fn query_entities(&self, _: Request<QueryEntitiesRequest>) -> Rpc<QueryEntitiesResponse> {
-        Err(entities_unsupported())
+    async fn query_entities(&self, r: Request<QueryEntitiesRequest>) -> Rpc<QueryEntitiesResponse> {
+        self.query_entities(r.into_inner()).await.map(Response::new)
     }
-    async fn clean_entity_storage(&self, _: Request<CleanEntityStorageRequest>) -> Rpc<CleanEntityStorageResponse> {
-        Err(entities_unsupported())
+    async fn clean_entity_storage(&self, r: Request<CleanEntityStorageRequest>) -> Rpc<CleanEntityStorageResponse> {
+        self.clean_entity_storage(r.into_inner()).await.map(Response::new)
     }
     async fn abandon_task_activity_work_item(&self, r: Request<AbandonActivityTaskRequest>) -> Rpc<AbandonActivityTaskResponse> {
         let token = worker::required_token(r.into_inner().completion_token)?;
@@ -169,8 +186,10 @@ impl TaskHubSidecarService for Service {
         self.dispatcher.abandon_orchestration(&token).await;
         Ok(Response::new(AbandonOrchestrationTaskResponse {}))
     }
-    async fn abandon_task_entity_work_item(&self, _: Request<AbandonEntityTaskRequest>) -> Rpc<AbandonEntityTaskResponse> {
-        Err(entities_unsupported())
+    async fn abandon_task_entity_work_item(&self, r: Request<AbandonEntityTaskRequest>) -> Rpc<AbandonEntityTaskResponse> {
+        let token = worker::required_token(r.into_inner().completion_token)?;
+        self.dispatcher.abandon_entity(&token).await;
+        Ok(Response::new(AbandonEntityTaskResponse {}))
     }
     async fn skip_graceful_orchestration_terminations(
         &self,

@@ -25,6 +25,9 @@ const GRACE: Duration = Duration::from_secs(5);
 pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
+    /// How long a WaitForInstance* call without a gRPC deadline may wait before it answers
+    /// DEADLINE_EXCEEDED (calls with a deadline wait until it).
+    pub max_wait: Duration,
     pub telemetry: Telemetry,
 }
 
@@ -33,6 +36,7 @@ impl Default for Options {
         Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
+            max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
         }
     }
@@ -47,7 +51,7 @@ pub async fn run(
     let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
-    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone()))
+    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone(), options.max_wait))
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -72,6 +76,7 @@ pub async fn run(
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted::<tonic::body::Body>,
         ))

@@ -438,4 +438,3 @@ async fn the_default_entity_reorder_window_is_thirty_minutes() {
     let window = request.entity_parameters.and_then(|p| p.entity_message_reorder_window);
     assert_eq!(window, Some(prost_types::Duration { seconds: 1800, nanos: 0 }));
 }
-

@@ -4,6 +4,7 @@
 //! - [`config`]: flags and environment, validated once at start.
 //! - [`grpc`]: the `TaskHubSidecarService` handlers: input checks and wire <-> domain, nothing more.
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
+//! - [`limits`]: size limits on every field clients and workers send.
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`store`]: durable state behind one trait (SQLite).
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod grpc;
+pub mod limits;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -11,6 +11,8 @@ use tonic::codegen::http;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::dapr::DaprService;
+use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
 use crate::dispatch::{self, AbortOnDrop, Dispatcher};
 use crate::grpc::Service;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
@@ -26,6 +28,8 @@ pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
     pub telemetry: Telemetry,
+    /// The app the Dapr listener serves (routers naming another app are refused).
+    pub dapr_app_id: Option<String>,
 }
 
 impl Default for Options {
@@ -34,6 +38,7 @@ impl Default for Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
             telemetry: Telemetry::disabled(),
+            dapr_app_id: None,
         }
     }
 }
@@ -44,15 +49,24 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
-    let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
+    let listeners = Listeners {
+        microsoft: listeners,
+        dapr: vec![],
+    };
+    serve(listeners, store, options, shutdown).await
+}
 
-    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone()))
-        .max_decoding_message_size(options.max_message_bytes)
-        .max_encoding_message_size(options.max_message_bytes);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<TaskHubSidecarServiceServer<Service>>().await;
+/// The bound listeners of each dialect (either may be empty, not both).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub microsoft: Vec<TcpListener>,
+    pub dapr: Vec<TcpListener>,
+}
 
+/// One stream of connections over all of a dialect's listeners.
+fn incoming(
+    listeners: Vec<TcpListener>,
+) -> Option<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>>> {
     let mut incoming = None::<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = _> + Send>>>;
     for listener in listeners {
         let stream = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -61,7 +75,32 @@ pub async fn run(
             Some(other) => Box::pin(other.merge(stream)),
         });
     }
-    let incoming = incoming.expect("at least one listener");
+    incoming
+}
+
+/// Serves both dialects over one dispatcher and store until `shutdown` resolves.
+pub async fn serve(
+    listeners: Listeners,
+    store: Arc<dyn Store>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
+    let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
+
+    let handlers = Service::new(store, dispatcher.clone());
+    let service = TaskHubSidecarServiceServer::new(handlers.clone())
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
+    let dapr_service = DaprServer::new(DaprService::new(handlers, options.dapr_app_id.clone()))
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TaskHubSidecarServiceServer<Service>>().await;
+
+    let microsoft = incoming(listeners.microsoft);
+    let dapr = incoming(listeners.dapr);
+    assert!(microsoft.is_some() || dapr.is_some(), "at least one listener");
 
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let closer = dispatcher.clone();
@@ -71,14 +110,51 @@ pub async fn run(
         closer.close_all();
         let _ = stopping_tx.send(true);
     };
-    let serve = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            oversized_is_resource_exhausted::<tonic::body::Body>,
-        ))
-        .layer(RpcLayer::new(options.telemetry.clone()))
-        .add_service(health_service)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, graceful);
+    // Each dialect has its own server (both services are named TaskHubSidecarService), with
+    // the same layers; both stop when shutdown begins.
+    let stopped = {
+        let stopping = stopping.clone();
+        move || {
+            let mut stopping = stopping.clone();
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let serve_microsoft = async {
+        match microsoft {
+            None => Ok(()),
+            Some(incoming) => {
+                tonic::transport::Server::builder()
+                    .layer(tower::util::MapResponseLayer::new(
+                        oversized_is_resource_exhausted::<tonic::body::Body>,
+                    ))
+                    .layer(RpcLayer::new(options.telemetry.clone()))
+                    .add_service(health_service.clone())
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stopped())
+                    .await
+            }
+        }
+    };
+    let serve_dapr = async {
+        match dapr {
+            None => Ok(()),
+            Some(incoming) => {
+                tonic::transport::Server::builder()
+                    .layer(tower::util::MapResponseLayer::new(
+                        oversized_is_resource_exhausted::<tonic::body::Body>,
+                    ))
+                    .layer(RpcLayer::new(options.telemetry.clone()))
+                    .add_service(health_service.clone())
+                    .add_service(dapr_service)
+                    .serve_with_incoming_shutdown(incoming, stopped())
+                    .await
+            }
+        }
+    };
+    let _graceful = AbortOnDrop(tokio::spawn(graceful));
+    let serve = async { tokio::try_join!(serve_microsoft, serve_dapr).map(|_| ()) };
     tokio::select! {
         result = serve => result?,
         _ = async {

@@ -69,6 +69,8 @@ if cargo build --locked --release; then
     echo "== Python SDK suite on Postgres (with the multi-sidecar and Postgres restart tests)"
     run_sdk_suite python postgres
   fi
+  echo "== Rust SDK suite (Dapr dialect) on SQLite"
+  run_sdk_suite rust sqlite
 else
   failed=$((failed + 1)); status=1
 fi

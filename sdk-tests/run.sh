@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the SDK test suites against an outrigger binary.
 #
-#   sdk-tests/run.sh [python]          (no argument: every suite)
+#   sdk-tests/run.sh [python] [rust]   (no argument: every suite)
 #
 # Builds target/release/outrigger with cargo unless OUTRIGGER_BIN names a binary.
 # OUTRIGGER_TEST_STORE=postgres runs the suites with Postgres as the sidecars' store
@@ -74,12 +74,36 @@ EOF
     return 0
 }
 
+# The Rust SDK (dapr-durabletask, Dapr dialect) against the --dapr-port listener. Its own Cargo
+# project and target dir; each scenario starts its own sidecar on an in-memory (or file) SQLite.
+run_rust() {
+    local dir="$HERE/rust"
+    if ! (cd "$dir" && CARGO_TARGET_DIR="$dir/target" cargo build --locked -q); then
+        echo "sdk-tests: building the Rust SDK suite failed" >&2
+        return 1
+    fi
+    local log
+    log=$(mktemp)
+    "$dir/target/debug/outrigger-rust-sdk-tests" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local line p f
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+    rm -f "$log"
+    p=$(echo "$line" | awk '{print $1+0}')
+    f=$(echo "$line" | awk '{print $3+0}')
+    if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+    echo "rust: ${p:-0} passed, ${f:-0} failed"
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+    return 0
+}
+
 suites=("$@")
-if [ ${#suites[@]} -eq 0 ]; then suites=(python); fi
+if [ ${#suites[@]} -eq 0 ]; then suites=(python rust); fi
 for suite in "${suites[@]}"; do
     case "$suite" in
-        python) ;;
-        *) echo "sdk-tests: unknown suite '$suite' (known: python)" >&2; failed=$((failed + 1)); finish ;;
+        python | rust) ;;
+        *) echo "sdk-tests: unknown suite '$suite' (known: python, rust)" >&2; failed=$((failed + 1)); finish ;;
     esac
 done
 

@@ -11,7 +11,7 @@ use tonic::codegen::http;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::dapr::DaprService;
+use crate::dapr::{DaprService, guard};
 use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
 use crate::dispatch::{self, AbortOnDrop, Dispatcher};
 use crate::grpc::Service;
@@ -129,6 +129,8 @@ pub async fn serve(
                     .layer(tower::util::MapResponseLayer::new(
                         oversized_is_resource_exhausted::<tonic::body::Body>,
                     ))
+                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument("Microsoft")))
+                    .layer(guard::RefuseDaprClientsLayer)
                     .layer(RpcLayer::new(options.telemetry.clone()))
                     .add_service(health_service.clone())
                     .add_service(service)
@@ -145,6 +147,7 @@ pub async fn serve(
                     .layer(tower::util::MapResponseLayer::new(
                         oversized_is_resource_exhausted::<tonic::body::Body>,
                     ))
+                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument("Dapr")))
                     .layer(RpcLayer::new(options.telemetry.clone()))
                     .add_service(health_service.clone())
                     .add_service(dapr_service)

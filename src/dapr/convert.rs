@@ -33,6 +33,7 @@ fn recode_opt<A: Message, B: Message + Default>(a: &Option<A>) -> Result<Option<
 /// task. This sidecar serves one app: with `app_id` set, a router that targets any other app is
 /// refused; without it, every target is taken to be this app.
 pub fn check_router(router: Option<dp::TaskRouter>, app_id: Option<&str>) -> Result<(), Status> {
+    plain_router("router", &router)?;
     let target = router.and_then(|r| r.target_app_id).filter(|t| !t.is_empty());
     match (target, app_id) {
         (Some(target), Some(ours)) if target != ours => Err(Status::failed_precondition(format!(
@@ -40,6 +41,26 @@ pub fn check_router(router: Option<dp::TaskRouter>, app_id: Option<&str>) -> Res
         ))),
         _ => Ok(()),
     }
+}
+
+/// Ids and names never hold control characters; one that does is a message of the other
+/// dialect read under this one's field meanings (an embedded message read as a string).
+fn plain(field: &str, s: &str) -> Result<(), Status> {
+    if s.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{field} holds control characters: not a Dapr-dialect value (a Microsoft-dialect message on the Dapr listener?)"
+        )));
+    }
+    Ok(())
+}
+
+fn plain_router(field: &str, router: &Option<dp::TaskRouter>) -> Result<(), Status> {
+    if let Some(r) = router {
+        plain(&format!("{field}.sourceAppID"), &r.source_app_id)?;
+        plain(&format!("{field}.targetAppID"), r.target_app_id.as_deref().unwrap_or_default())?;
+        plain(&format!("{field}.targetAppNamespace"), r.target_app_namespace.as_deref().unwrap_or_default())?;
+    }
+    Ok(())
 }
 
 // ---- client requests (Dapr -> Microsoft) ----
@@ -181,6 +202,14 @@ pub fn activity_request(r: &ms::ActivityRequest) -> Result<dp::ActivityRequest, 
 // ---- worker answers (Dapr -> Microsoft) ----
 
 pub fn workflow_response(r: dp::WorkflowResponse, app_id: Option<&str>) -> Result<ms::OrchestratorResponse, Status> {
+    // Conflict C10: a Microsoft trace context here reads as a version with garbage patches.
+    // The version is not recorded (no versioning support), but garbage is refused.
+    if let Some(v) = &r.version {
+        for p in &v.patches {
+            plain("version.patches", p)?;
+        }
+        plain("version.name", v.name.as_deref().unwrap_or_default())?;
+    }
     Ok(ms::OrchestratorResponse {
         instance_id: r.instance_id,
         actions: r.actions.into_iter().map(|a| action(a, app_id)).collect::<Result<_, _>>()?,
@@ -195,18 +224,23 @@ pub fn workflow_response(r: dp::WorkflowResponse, app_id: Option<&str>) -> Resul
 fn action(a: dp::WorkflowAction, app_id: Option<&str>) -> Result<ms::OrchestratorAction, Status> {
     use dp::workflow_action::WorkflowActionType as Dp;
     use ms::orchestrator_action::OrchestratorActionType as Ms;
-    // Conflict C9: the action's router (tag 9) is not the rewind action.
+    // Conflict C9: the action's router (tag 9) is not the rewind action; a Microsoft rewind
+    // action read here is a router of garbage and no action type, and is refused.
     check_router(a.router, app_id).map_err(|e| Status::invalid_argument(e.message().to_string()))?;
     let kind = match a.workflow_action_type {
         None => None,
         Some(Dp::ScheduleTask(t)) => Some(Ms::ScheduleTask(ms::ScheduleTaskAction {
+            // Conflict C7: a Microsoft parentTraceContext reads as a taskExecutionId of garbage.
+            tags: {
+                plain("scheduleTask.taskExecutionId", &t.task_execution_id)?;
+                (!t.task_execution_id.is_empty())
+                    .then(|| (TASK_EXECUTION_ID.to_string(), t.task_execution_id))
+                    .into_iter()
+                    .collect()
+            },
             name: t.name,
             version: t.version,
             input: t.input,
-            tags: (!t.task_execution_id.is_empty())
-                .then(|| (TASK_EXECUTION_ID.to_string(), t.task_execution_id))
-                .into_iter()
-                .collect(),
             parent_trace_context: None,
         })),
         Some(Dp::CreateChildWorkflow(c)) => Some(Ms::CreateSubOrchestration(ms::CreateSubOrchestrationAction {

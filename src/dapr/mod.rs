@@ -9,6 +9,7 @@ pub mod proto {
 }
 
 pub mod convert;
+pub mod guard;
 mod service;
 
 pub use service::DaprService;

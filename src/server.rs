@@ -11,8 +11,8 @@ use tonic::codegen::http;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::dapr::{DaprService, guard};
 use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
+use crate::dapr::{DaprService, guard};
 use crate::dispatch::{self, AbortOnDrop, Dispatcher};
 use crate::grpc::Service;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
@@ -129,7 +129,9 @@ pub async fn serve(
                     .layer(tower::util::MapResponseLayer::new(
                         oversized_is_resource_exhausted::<tonic::body::Body>,
                     ))
-                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument("Microsoft")))
+                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument(
+                        "Microsoft",
+                    )))
                     .layer(guard::RefuseDaprClientsLayer)
                     .layer(RpcLayer::new(options.telemetry.clone()))
                     .add_service(health_service.clone())

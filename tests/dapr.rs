@@ -98,7 +98,10 @@ struct DaprWorker {
 impl DaprWorker {
     async fn next(&mut self) -> dp::WorkItem {
         loop {
-            let item = guarded("a Dapr work item", self.stream.message()).await.unwrap().expect("stream open");
+            let item = guarded("a Dapr work item", self.stream.message())
+                .await
+                .unwrap()
+                .expect("stream open");
             if !matches!(item.request, Some(dp::work_item::Request::HealthPing(_))) {
                 return item;
             }
@@ -145,7 +148,12 @@ fn dapr_complete(id: i32, result: &str) -> dp::WorkflowAction {
     )
 }
 
-async fn dapr_complete_turn(client: &mut DaprClient, token: &str, instance_id: &str, actions: Vec<dp::WorkflowAction>) -> Result<(), tonic::Status> {
+async fn dapr_complete_turn(
+    client: &mut DaprClient,
+    token: &str,
+    instance_id: &str,
+    actions: Vec<dp::WorkflowAction>,
+) -> Result<(), tonic::Status> {
     let response = dp::WorkflowResponse {
         instance_id: instance_id.into(),
         actions,
@@ -180,13 +188,20 @@ async fn dapr_wait(client: &mut DaprClient, id: &str) -> dp::WorkflowState {
         router: None,
     });
     r.set_timeout(GUARD);
-    let a = guarded("WaitForInstanceCompletion", client.wait_for_instance_completion(r)).await.unwrap();
+    let a = guarded("WaitForInstanceCompletion", client.wait_for_instance_completion(r))
+        .await
+        .unwrap();
     a.into_inner().workflow_state.expect("exists")
 }
 
 async fn dapr_history(client: &mut DaprClient, id: &str) -> Vec<dp::HistoryEvent> {
     let r = dp::GetInstanceHistoryRequest { instance_id: id.into() };
-    client.get_instance_history(r).await.expect("GetInstanceHistory").into_inner().events
+    client
+        .get_instance_history(r)
+        .await
+        .expect("GetInstanceHistory")
+        .into_inner()
+        .events
 }
 
 fn assert_refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, dialect: &str) {
@@ -289,7 +304,10 @@ async fn c7_c8_c9_c10_microsoft_turns_on_the_dapr_listener_are_refused() {
             actions: actions.clone(),
             ..Default::default()
         };
-        let e = client.complete_orchestrator_task(r).await.expect_err(&format!("{actions:?} must be refused"));
+        let e = client
+            .complete_orchestrator_task(r)
+            .await
+            .expect_err(&format!("{actions:?} must be refused"));
         assert_eq!(e.code(), Code::InvalidArgument, "{actions:?}: {e:?}");
     }
     // C10: a trace context, read as a workflow version with garbage patches.
@@ -393,7 +411,9 @@ async fn task_execution_ids_travel_and_microsoft_tags_do_not_become_them() {
                 ..Default::default()
             }),
         );
-        common::complete_orchestrator(&mut ms_client, &token, "tags", vec![tagged]).await.unwrap();
+        common::complete_orchestrator(&mut ms_client, &token, "tags", vec![tagged])
+            .await
+            .unwrap();
         // The activity went to this stream; dropping it releases the activity for the next.
     }
     let mut dapr = s.dapr.clone();
@@ -419,7 +439,10 @@ async fn task_execution_ids_travel_and_microsoft_tags_do_not_become_them() {
         })
         .expect("TaskScheduled in the past events");
     assert_eq!(scheduled.task_execution_id, "");
-    assert!(turn.router.is_none() && turn.propagated_history.is_none(), "C2/C3 fields stay empty");
+    assert!(
+        turn.router.is_none() && turn.propagated_history.is_none(),
+        "C2/C3 fields stay empty"
+    );
 
     // Now a Dapr worker's execution id.
     let id = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
@@ -443,7 +466,9 @@ async fn task_execution_ids_travel_and_microsoft_tags_do_not_become_them() {
     };
     dapr.complete_activity_task(done).await.unwrap();
     let (token, _) = worker.workflow().await;
-    dapr_complete_turn(&mut dapr, &token, "tags", vec![dapr_complete(3, "\"done\"")]).await.unwrap();
+    dapr_complete_turn(&mut dapr, &token, "tags", vec![dapr_complete(3, "\"done\"")])
+        .await
+        .unwrap();
     dapr_wait(&mut dapr, "tags").await;
 
     let history = dapr_history(&mut dapr, "tags").await;
@@ -485,7 +510,9 @@ async fn sub_orchestration_tags_do_not_become_rerun_markers() {
             ..Default::default()
         }),
     );
-    common::complete_orchestrator(&mut ms_client, &token, "parent", vec![child]).await.unwrap();
+    common::complete_orchestrator(&mut ms_client, &token, "parent", vec![child])
+        .await
+        .unwrap();
     let created = dapr_history(&mut s.dapr.clone(), "parent")
         .await
         .into_iter()
@@ -539,7 +566,9 @@ async fn stateful_workers_get_history_deltas() {
     assert!(again.cached_history.is_none(), "cold stream");
     assert_eq!(again.past_events, dapr_history(&mut dapr, "sf").await);
     let _ = token; // the first stream's lease went with it
-    dapr_complete_turn(&mut dapr, &token2, "sf", vec![dapr_complete(3, "1")]).await.unwrap();
+    dapr_complete_turn(&mut dapr, &token2, "sf", vec![dapr_complete(3, "1")])
+        .await
+        .unwrap();
     dapr_wait(&mut dapr, "sf").await;
 }
 
@@ -580,7 +609,10 @@ async fn health_pings_go_to_dapr_workers_that_ask_at_the_dapr_tag() {
     drop(stream);
     dapr_start(&mut s.dapr.clone(), "after-pings", "N").await.unwrap();
     let first = guarded("an item", quiet.stream.message()).await.unwrap().unwrap();
-    assert!(matches!(first.request, Some(dp::work_item::Request::WorkflowRequest(_))), "{first:?}");
+    assert!(
+        matches!(first.request, Some(dp::work_item::Request::WorkflowRequest(_))),
+        "{first:?}"
+    );
 }
 
 // ---- Dapr semantics ----
@@ -603,13 +635,20 @@ async fn enforce_unique_instance_id_refuses_live_and_finished_instances() {
     let mut ms_client = s.ms.clone();
     let mut ms_worker = Worker::connect(&mut ms_client, Default::default()).await;
     let (token, _) = ms_worker.orchestration().await;
-    common::complete_orchestrator(&mut ms_client, &token, "u1", vec![common::complete(1, ms::OrchestrationStatus::Completed, "1")])
-        .await
-        .unwrap();
+    common::complete_orchestrator(
+        &mut ms_client,
+        &token,
+        "u1",
+        vec![common::complete(1, ms::OrchestrationStatus::Completed, "1")],
+    )
+    .await
+    .unwrap();
     dapr_wait(&mut dapr, "u1").await;
     let e = dapr.start_instance(unique("u1")).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists);
-    dapr_start(&mut dapr, "u1", "N").await.expect("without the flag a finished instance starts afresh");
+    dapr_start(&mut dapr, "u1", "N")
+        .await
+        .expect("without the flag a finished instance starts afresh");
     let state = dapr_get(&mut dapr, "u1").await.workflow_state.unwrap();
     assert_eq!(state.workflow_status, dp::OrchestrationStatus::Pending as i32);
 }
@@ -681,7 +720,10 @@ async fn microsoft_started_instances_are_served_to_dapr_clients_and_workers() {
     let mut worker = s.dapr_worker(vec![]).await;
     let (token, turn) = worker.workflow().await;
     assert_eq!(turn.instance_id, "ms-1");
-    assert!(matches!(turn.new_events.iter().find_map(|e| e.event_type.clone()), Some(DpEvent::WorkflowStarted(_))));
+    assert!(matches!(
+        turn.new_events.iter().find_map(|e| e.event_type.clone()),
+        Some(DpEvent::WorkflowStarted(_))
+    ));
     dapr_complete_turn(&mut dapr, &token, "ms-1", vec![]).await.unwrap();
 
     let raise = dp::RaiseEventRequest {
@@ -692,7 +734,11 @@ async fn microsoft_started_instances_are_served_to_dapr_clients_and_workers() {
     };
     dapr.raise_event(raise).await.unwrap();
     let (token, turn) = worker.workflow().await;
-    assert!(turn.new_events.iter().any(|e| matches!(&e.event_type, Some(DpEvent::EventRaised(r)) if r.name == "go")));
+    assert!(
+        turn.new_events
+            .iter()
+            .any(|e| matches!(&e.event_type, Some(DpEvent::EventRaised(r)) if r.name == "go"))
+    );
     dapr_complete_turn(&mut dapr, &token, "ms-1", vec![]).await.unwrap();
 
     dapr.suspend_instance(dp::SuspendRequest {
@@ -729,7 +775,10 @@ async fn microsoft_started_instances_are_served_to_dapr_clients_and_workers() {
     dapr_complete_turn(&mut dapr, &token, "ms-1", vec![]).await.unwrap();
     let state = dapr_wait(&mut dapr, "ms-1").await;
     assert_eq!(state.workflow_status, dp::OrchestrationStatus::Terminated as i32);
-    assert_eq!(common::wait_completion(&mut ms_client, "ms-1").await.output.as_deref(), Some("\"bye\""));
+    assert_eq!(
+        common::wait_completion(&mut ms_client, "ms-1").await.output.as_deref(),
+        Some("\"bye\"")
+    );
 
     let purged = dapr
         .purge_instances(dp::PurgeInstancesRequest {
@@ -766,7 +815,11 @@ async fn dapr_started_instances_are_served_to_microsoft_clients_and_workers() {
         .await
         .unwrap();
     let (token, turn) = worker.orchestration().await;
-    assert!(turn.new_events.iter().any(|e| matches!(&e.event_type, Some(ms::history_event::EventType::EventRaised(r)) if r.name == "go")));
+    assert!(
+        turn.new_events
+            .iter()
+            .any(|e| matches!(&e.event_type, Some(ms::history_event::EventType::EventRaised(r)) if r.name == "go"))
+    );
     common::complete_orchestrator(&mut ms_client, &token, "dp-1", vec![]).await.unwrap();
 
     ms_client
@@ -781,7 +834,10 @@ async fn dapr_started_instances_are_served_to_microsoft_clients_and_workers() {
     common::complete_orchestrator(&mut ms_client, &token, "dp-1", vec![]).await.unwrap();
     let state = common::wait_completion(&mut ms_client, "dp-1").await;
     assert_eq!(state.orchestration_status(), ms::OrchestrationStatus::Terminated);
-    assert_eq!(dapr_wait(&mut dapr, "dp-1").await.workflow_status, dp::OrchestrationStatus::Terminated as i32);
+    assert_eq!(
+        dapr_wait(&mut dapr, "dp-1").await.workflow_status,
+        dp::OrchestrationStatus::Terminated as i32
+    );
 
     let purged = ms_client
         .purge_instances(ms::PurgeInstancesRequest {

@@ -58,7 +58,10 @@ fn plain_router(field: &str, router: &Option<dp::TaskRouter>) -> Result<(), Stat
     if let Some(r) = router {
         plain(&format!("{field}.sourceAppID"), &r.source_app_id)?;
         plain(&format!("{field}.targetAppID"), r.target_app_id.as_deref().unwrap_or_default())?;
-        plain(&format!("{field}.targetAppNamespace"), r.target_app_namespace.as_deref().unwrap_or_default())?;
+        plain(
+            &format!("{field}.targetAppNamespace"),
+            r.target_app_namespace.as_deref().unwrap_or_default(),
+        )?;
     }
     Ok(())
 }

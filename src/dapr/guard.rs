@@ -5,9 +5,9 @@
 
 use std::task::{Context, Poll};
 
-use tonic::codegen::http;
 use std::future::Future;
 use std::pin::Pin;
+use tonic::codegen::http;
 
 /// The `user-agent` prefix of `dapr-durabletask`, the Rust SDK, on clients and workers alike.
 const DAPR_RUST_SDK: &str = "dapr-durabletask/";

@@ -59,6 +59,7 @@ struct Warm {
 
 /// Per-stream translation of Microsoft work items into Dapr ones.
 struct WorkItems {
+    inner: Service,
     stateful: bool,
     health_pings: bool,
     warm: HashMap<String, Warm>,
@@ -80,8 +81,17 @@ impl WorkItems {
             // Only workers that asked for pings get them (at Dapr's tag).
             Ms::HealthPing(_) if self.health_pings => Dp::HealthPing(dp::HealthPing {}),
             Ms::HealthPing(_) => return None,
-            // Entities do not exist in the Dapr dialect.
-            Ms::EntityRequest(_) | Ms::EntityRequestV2(_) => return None,
+            // Entities do not exist in the Dapr dialect: the item goes back for a
+            // Microsoft-dialect worker to take.
+            Ms::EntityRequest(_) | Ms::EntityRequestV2(_) => {
+                let inner = self.inner.clone();
+                let completion_token = item.completion_token;
+                tokio::spawn(async move {
+                    let abandon = ms::AbandonEntityTaskRequest { completion_token };
+                    let _ = inner.abandon_task_entity_work_item(Request::new(abandon)).await;
+                });
+                return None;
+            }
         };
         Some(Ok(dp::WorkItem {
             request: Some(request),
@@ -200,6 +210,7 @@ impl dp::task_hub_sidecar_service_server::TaskHubSidecarService for DaprService 
     async fn get_work_items(&self, r: Request<dp::GetWorkItemsRequest>) -> Rpc<Self::GetWorkItemsStream> {
         let capabilities = &r.get_ref().capabilities;
         let mut items = WorkItems {
+            inner: self.inner.clone(),
             stateful: capabilities.contains(&(dp::WorkerCapability::StatefulHistory as i32)),
             health_pings: capabilities.contains(&(dp::WorkerCapability::HealthPing as i32)),
             warm: HashMap::new(),

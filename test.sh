@@ -71,6 +71,8 @@ if cargo build --locked --release; then
   fi
   echo "== Rust SDK suite (Dapr dialect) on SQLite"
   run_sdk_suite rust sqlite
+  echo "== Dapr Python SDK suite (older Dapr dialect) on SQLite"
+  run_sdk_suite python-dapr sqlite
 else
   failed=$((failed + 1)); status=1
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the SDK test suites against an outrigger binary.
 #
-#   sdk-tests/run.sh [python] [rust]   (no argument: every suite)
+#   sdk-tests/run.sh [python] [python-dapr] [rust]   (no argument: every suite)
 #
 # Builds target/release/outrigger with cargo unless OUTRIGGER_BIN names a binary.
 # OUTRIGGER_TEST_STORE=postgres runs the suites with Postgres as the sidecars' store
@@ -74,6 +74,31 @@ EOF
     return 0
 }
 
+# Dapr's Python SDK (durabletask-dapr, the older Dapr dialect) against the --dapr-port
+# listener, in its own virtualenv; the sidecar runs on an in-memory SQLite.
+run_python_dapr() {
+    local dir="$HERE/python-dapr"
+    local venv="$dir/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "sdk-tests: creating $venv" >&2
+        python3 -m venv "$venv" || return 1
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$dir/requirements.txt" || return 1
+    local log
+    log=$(mktemp)
+    (cd "$dir" && "$venv/bin/python" -m pytest -q -p no:cacheprovider) 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local p f
+    p=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | awk '{print $1+0}')
+    f=$(grep -Eo '[0-9]+ (failed|error|errors)' "$log" | awk '{s+=$1} END {print s+0}')
+    rm -f "$log"
+    if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+    echo "python-dapr: ${p:-0} passed, ${f:-0} failed"
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+    return 0
+}
+
 # The Rust SDK (dapr-durabletask, Dapr dialect) against the --dapr-port listener. Its own Cargo
 # project and target dir; each scenario starts its own sidecar on an in-memory (or file) SQLite.
 run_rust() {
@@ -99,11 +124,11 @@ run_rust() {
 }
 
 suites=("$@")
-if [ ${#suites[@]} -eq 0 ]; then suites=(python rust); fi
+if [ ${#suites[@]} -eq 0 ]; then suites=(python python-dapr rust); fi
 for suite in "${suites[@]}"; do
     case "$suite" in
-        python | rust) ;;
-        *) echo "sdk-tests: unknown suite '$suite' (known: python, rust)" >&2; failed=$((failed + 1)); finish ;;
+        python | python-dapr | rust) ;;
+        *) echo "sdk-tests: unknown suite '$suite' (known: python, python-dapr, rust)" >&2; failed=$((failed + 1)); finish ;;
     esac
 done
 
@@ -135,7 +160,7 @@ if [ -z "${OUTRIGGER_BIN:-}" ]; then
 fi
 
 for suite in "${suites[@]}"; do
-    if ! "run_$suite"; then
+    if ! "run_${suite//-/_}"; then
         echo "sdk-tests: could not set up the $suite suite" >&2
         failed=$((failed + 1))
     fi

@@ -118,17 +118,24 @@ pub fn instance(r: ms::GetInstanceResponse) -> Result<dp::GetInstanceResponse, S
 /// History for a Dapr worker or client. `TaskCompleted`/`TaskFailed` carry the execution id of
 /// the activity they answer, looked up from its `TaskScheduled` event in the same history.
 pub fn history(events: &[ms::HistoryEvent]) -> Result<Vec<dp::HistoryEvent>, Status> {
-    let mut execution_ids = HashMap::new();
-    events.iter().map(|e| event_to_dapr(e, &mut execution_ids)).collect()
+    history_after(&[], events)
 }
 
 /// Converts a run of events that continues `earlier` (so answers find their schedules).
+///
+/// The end-of-turn marker (`OrchestratorCompleted`) is left out: Dapr runtimes never record
+/// it, and the older Dapr Python worker fails on it. Work items and `GetInstanceHistory` leave
+/// it out alike, so stateful-history event counts agree.
 pub fn history_after(earlier: &[ms::HistoryEvent], events: &[ms::HistoryEvent]) -> Result<Vec<dp::HistoryEvent>, Status> {
     let mut execution_ids = HashMap::new();
     for e in earlier {
         event_to_dapr(e, &mut execution_ids)?;
     }
-    events.iter().map(|e| event_to_dapr(e, &mut execution_ids)).collect()
+    events
+        .iter()
+        .filter(|e| !matches!(e.event_type, Some(ms::history_event::EventType::OrchestratorCompleted(_))))
+        .map(|e| event_to_dapr(e, &mut execution_ids))
+        .collect()
 }
 
 fn event_to_dapr(e: &ms::HistoryEvent, execution_ids: &mut HashMap<i32, String>) -> Result<dp::HistoryEvent, Status> {

@@ -27,6 +27,9 @@ const GRACE: Duration = Duration::from_secs(5);
 pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
+    /// How long a WaitForInstance* call without a gRPC deadline may wait before it answers
+    /// DEADLINE_EXCEEDED (calls with a deadline wait until it).
+    pub max_wait: Duration,
     pub telemetry: Telemetry,
     /// The app the Dapr listener serves (routers naming another app are refused).
     pub dapr_app_id: Option<String>,
@@ -37,6 +40,7 @@ impl Default for Options {
         Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
+            max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
             dapr_app_id: None,
         }
@@ -88,7 +92,7 @@ pub async fn serve(
     let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
-    let handlers = Service::new(store, dispatcher.clone());
+    let handlers = Service::new(store, dispatcher.clone(), options.max_wait);
     let service = TaskHubSidecarServiceServer::new(handlers.clone())
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
@@ -126,6 +130,7 @@ pub async fn serve(
             None => Ok(()),
             Some(incoming) => {
                 tonic::transport::Server::builder()
+                    .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
                     .layer(tower::util::MapResponseLayer::new(
                         oversized_is_resource_exhausted::<tonic::body::Body>,
                     ))
@@ -146,6 +151,7 @@ pub async fn serve(
             None => Ok(()),
             Some(incoming) => {
                 tonic::transport::Server::builder()
+                    .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
                     .layer(tower::util::MapResponseLayer::new(
                         oversized_is_resource_exhausted::<tonic::body::Body>,
                     ))

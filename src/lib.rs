@@ -5,6 +5,7 @@
 //! - [`grpc`]: the `TaskHubSidecarService` handlers: input checks and wire <-> domain, nothing more.
 //! - [`dapr`]: the Dapr dialect of the same service, translated onto the [`grpc`] handlers.
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
+//! - [`limits`]: size limits on every field clients and workers send.
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`store`]: durable state behind one trait (SQLite).
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
@@ -15,6 +16,7 @@ pub mod dapr;
 pub mod dispatch;
 pub mod engine;
 pub mod grpc;
+pub mod limits;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -159,12 +159,24 @@ impl dp::task_hub_sidecar_service_server::TaskHubSidecarService for DaprService 
     }
 
     async fn wait_for_instance_start(&self, r: Request<dp::GetInstanceRequest>) -> Rpc<dp::GetInstanceResponse> {
-        let a = self.inner.wait_for_instance_start(routed!(self, r)).await?;
+        let r = routed!(self, r);
+        // Dapr reads an unknown instance as not existing, at once, rather than waiting for it
+        // to be created as the Microsoft dialect does.
+        if let Some(absent) = self.absent(r.get_ref()).await? {
+            return Ok(Response::new(absent));
+        }
+        let a = self.inner.wait_for_instance_start(r).await?;
         Ok(Response::new(convert::instance(a.into_inner())?))
     }
 
     async fn wait_for_instance_completion(&self, r: Request<dp::GetInstanceRequest>) -> Rpc<dp::GetInstanceResponse> {
-        let a = self.inner.wait_for_instance_completion(routed!(self, r)).await?;
+        let r = routed!(self, r);
+        // Dapr reads an unknown instance as not existing, at once, rather than waiting for it
+        // to be created as the Microsoft dialect does.
+        if let Some(absent) = self.absent(r.get_ref()).await? {
+            return Ok(Response::new(absent));
+        }
+        let a = self.inner.wait_for_instance_completion(r).await?;
         Ok(Response::new(convert::instance(a.into_inner())?))
     }
 
@@ -282,6 +294,19 @@ impl dp::task_hub_sidecar_service_server::TaskHubSidecarService for DaprService 
 }
 
 impl DaprService {
+    /// The answer for an instance that does not exist, or None when it does.
+    async fn absent(&self, r: &ms::GetInstanceRequest) -> Result<Option<dp::GetInstanceResponse>, Status> {
+        let get = ms::GetInstanceRequest {
+            instance_id: r.instance_id.clone(),
+            get_inputs_and_outputs: false,
+        };
+        let found = self.inner.get_instance(Request::new(get)).await?.into_inner();
+        Ok((!found.exists).then(|| dp::GetInstanceResponse {
+            exists: false,
+            workflow_state: None,
+        }))
+    }
+
     /// `force` purges an instance whatever its state: a live one is terminated first and
     /// purged once the termination is recorded.
     async fn force_finish(&self, id: &str) -> Result<(), Status> {

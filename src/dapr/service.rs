@@ -301,7 +301,7 @@ impl DaprService {
             get_inputs_and_outputs: false,
         };
         let found = self.inner.get_instance(Request::new(get)).await?.into_inner();
-        Ok((!found.exists).then(|| dp::GetInstanceResponse {
+        Ok((!found.exists).then_some(dp::GetInstanceResponse {
             exists: false,
             workflow_state: None,
         }))

@@ -24,9 +24,9 @@ pub fn undecodable_is_invalid_argument<B>(dialect: &'static str) -> impl Fn(http
                 .and_then(|m| m.to_str().ok())
                 .is_some_and(|m| m.contains("failed to decode Protobuf message") || m.contains("failed%20to%20decode"));
         if undecodable {
-            let original = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();
+            // Never the decoder's own text: it repeats the nesting path of the input, however long.
             let message = format!(
-                "{original}%20(this%20listener%20speaks%20the%20{dialect}%20dialect%20of%20TaskHubSidecarService;%20is%20the%20client%20built%20for%20the%20other%20one?)"
+                "the%20request%20could%20not%20be%20decoded%3A%20malformed%2C%20nested%20deeper%20than%20protobuf%20allows%2C%20or%20built%20for%20the%20other%20dialect%20(this%20listener%20speaks%20the%20{dialect}%20dialect%20of%20TaskHubSidecarService)"
             );
             let headers = response.headers_mut();
             headers.insert("grpc-status", http::HeaderValue::from_static("3"));

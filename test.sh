@@ -57,6 +57,13 @@ else
   failed=$((failed + 1)); status=1
 fi
 
+echo "== Style gates: cargo fmt --check, cargo clippy -D warnings"
+if cargo fmt --check && cargo clippy --locked --all-targets -- -D warnings; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); status=1
+fi
+
 echo "== Rust unit and service tests"
 run_cargo_tests
 

@@ -181,29 +181,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Statuses tonic answers for requests it cannot read, corrected to what they mean. A
-/// too-large request is refused with OUT_OF_RANGE, where gRPC's convention (and what clients
-/// test for) is RESOURCE_EXHAUSTED; one it cannot decode (nested deeper than protobuf allows,
-/// malformed) with INTERNAL and a message that repeats the nesting path, however long, where
-/// the fault is the caller's: INVALID_ARGUMENT with a short message. Such refusals are
-/// trailers-only responses, so the status sits in the headers.
+/// A too-large request is refused by tonic with OUT_OF_RANGE, where gRPC's convention (and what
+/// clients test for) is RESOURCE_EXHAUSTED. Such refusals are trailers-only responses, so the
+/// status sits in the headers. (Requests that cannot be decoded are mapped by
+/// `dapr::guard::undecodable_is_invalid_argument`, the layer inside this one on both listeners.)
 fn refusal_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers();
     let status = headers.get("grpc-status").and_then(|s| s.to_str().ok()).unwrap_or("");
     let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
-    let oversized = status == "11" && (message.contains("length too large") || message.contains("length%20too%20large"));
-    let undecodable = status == "13" && (message.starts_with("failed to decode") || message.starts_with("failed%20to%20decode"));
-    if oversized {
+    if status == "11" && (message.contains("length too large") || message.contains("length%20too%20large")) {
         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
-    } else if undecodable {
-        let headers = response.headers_mut();
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static(
-                "the%20request%20could%20not%20be%20decoded%3A%20malformed%20or%20nested%20deeper%20than%20protobuf%20allows",
-            ),
-        );
     }
     response
 }

@@ -58,6 +58,13 @@ else
   failed=$((failed + 1)); status=1
 fi
 
+echo "== Style gates: cargo fmt --check, cargo clippy -D warnings"
+if cargo fmt --check && cargo clippy --locked --all-targets -- -D warnings; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); status=1
+fi
+
 echo "== Rust unit and service tests"
 run_cargo_tests
 
@@ -90,6 +97,10 @@ if cargo build --locked --release; then
   else
     echo "== .NET scenario program: skipped (dotnet is not on PATH)"
   fi
+  echo "== Rust SDK suite (Dapr dialect) on SQLite"
+  run_sdk_suite rust sqlite
+  echo "== Dapr Python SDK suite (older Dapr dialect) on SQLite"
+  run_sdk_suite python-dapr sqlite
 else
   failed=$((failed + 1)); status=1
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the SDK test suites against an outrigger binary.
 #
-#   sdk-tests/run.sh [python] [js] [go] [java] [polyglot] [dotnet]
+#   sdk-tests/run.sh [python] [python-dapr] [rust] [js] [go] [java] [polyglot] [dotnet]
 #   (no argument: every suite; dotnet only with `dotnet` on PATH)
 #
 # Builds target/release/outrigger with cargo unless OUTRIGGER_BIN names a binary.
@@ -164,6 +164,55 @@ run_polyglot() {
     rm -f "$log"
 }
 
+# Dapr's Python SDK (durabletask-dapr, the older Dapr dialect) against the --dapr-port
+# listener, in its own virtualenv; the sidecar runs on an in-memory SQLite.
+run_python_dapr() {
+    local dir="$HERE/python-dapr"
+    local venv="$dir/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "sdk-tests: creating $venv" >&2
+        python3 -m venv "$venv" || return 1
+    fi
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$dir/requirements.txt" || return 1
+    local log
+    log=$(mktemp)
+    (cd "$dir" && "$venv/bin/python" -m pytest -q -p no:cacheprovider) 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local p f
+    p=$(grep -Eo '[0-9]+ passed' "$log" | tail -1 | awk '{print $1+0}')
+    f=$(grep -Eo '[0-9]+ (failed|error|errors)' "$log" | awk '{s+=$1} END {print s+0}')
+    rm -f "$log"
+    if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+    echo "python-dapr: ${p:-0} passed, ${f:-0} failed"
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+    return 0
+}
+
+# The Rust SDK (dapr-durabletask, Dapr dialect) against the --dapr-port listener. Its own Cargo
+# project and target dir; each scenario starts its own sidecar on an in-memory (or file) SQLite.
+run_rust() {
+    local dir="$HERE/rust"
+    if ! (cd "$dir" && CARGO_TARGET_DIR="$dir/target" cargo build --locked -q); then
+        echo "sdk-tests: building the Rust SDK suite failed" >&2
+        return 1
+    fi
+    local log
+    log=$(mktemp)
+    "$dir/target/debug/outrigger-rust-sdk-tests" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    local line p f
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+    rm -f "$log"
+    p=$(echo "$line" | awk '{print $1+0}')
+    f=$(echo "$line" | awk '{print $3+0}')
+    if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+    echo "rust: ${p:-0} passed, ${f:-0} failed"
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+    return 0
+}
+
 # The .NET scenario program (dotnet/) against one sidecar of its own, on the selected store.
 run_dotnet() {
     local dir="$HERE/dotnet"
@@ -227,13 +276,13 @@ run_dotnet() {
 
 suites=("$@")
 if [ ${#suites[@]} -eq 0 ]; then
-    suites=(python js go java polyglot)
+    suites=(python python-dapr rust js go java polyglot)
     if command -v dotnet >/dev/null 2>&1; then suites+=(dotnet); fi
 fi
 for suite in "${suites[@]}"; do
     case "$suite" in
-        python | js | go | java | polyglot | dotnet) ;;
-        *) echo "sdk-tests: unknown suite '$suite' (known: python, js, go, java, polyglot, dotnet)" >&2; failed=$((failed + 1)); finish ;;
+        python | python-dapr | rust | js | go | java | polyglot | dotnet) ;;
+        *) echo "sdk-tests: unknown suite '$suite' (known: python, python-dapr, rust, js, go, java, polyglot, dotnet)" >&2; failed=$((failed + 1)); finish ;;
     esac
 done
 
@@ -265,7 +314,7 @@ if [ -z "${OUTRIGGER_BIN:-}" ]; then
 fi
 
 for suite in "${suites[@]}"; do
-    if ! "run_$suite"; then
+    if ! "run_${suite//-/_}"; then
         echo "sdk-tests: could not set up the $suite suite" >&2
         failed=$((failed + 1))
     fi

@@ -19,9 +19,21 @@ pub struct Config {
     #[arg(long, env = "OUTRIGGER_HOST", default_value = "localhost")]
     pub host: String,
 
-    /// TCP port to listen on (0 picks a free port and logs it).
-    #[arg(long, env = "OUTRIGGER_PORT", default_value_t = 4001)]
-    pub port: u16,
+    /// TCP port of the Microsoft-dialect listener (0 picks a free port and logs it). [default:
+    /// 4001, or off when only --dapr-port is given]
+    #[arg(long, env = "OUTRIGGER_PORT")]
+    pub port: Option<u16>,
+
+    /// TCP port of the Dapr-dialect listener (the Rust SDK dapr-durabletask, Dapr's Go and
+    /// Python SDKs), on the same host, store and task hub. Off unless set; 0 picks a free port.
+    #[arg(long, env = "OUTRIGGER_DAPR_PORT", help_heading = "Dapr dialect")]
+    pub dapr_port: Option<u16>,
+
+    /// The Dapr app id this sidecar serves. Dapr requests and actions may name a target app;
+    /// with this set, targets other than this app are refused (there is no cross-app routing).
+    /// Unset, every target is taken to be this app.
+    #[arg(long, env = "OUTRIGGER_DAPR_APP_ID", help_heading = "Dapr dialect")]
+    pub dapr_app_id: Option<String>,
 
     /// Where history is kept: postgres://USER:PASSWORD@HOST:PORT/DB (several sidecars may share
     /// one), sqlite://PATH (created if missing, one sidecar) or sqlite::memory:. DATABASE_URL is
@@ -166,6 +178,15 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The Microsoft-dialect port: 4001 unless set, off when only the Dapr port is set.
+    pub fn microsoft_port(&self) -> Option<u16> {
+        match (self.port, self.dapr_port) {
+            (Some(p), _) => Some(p),
+            (None, Some(_)) => None,
+            (None, None) => Some(4001),
+        }
+    }
+
     /// The database URL after applying the DATABASE_URL fallback and the default.
     pub fn database_url(&self) -> String {
         self.database_url

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`config`]: flags and environment, validated once at start.
 //! - [`grpc`]: the `TaskHubSidecarService` handlers: input checks and wire <-> domain, nothing more.
+//! - [`dapr`]: the Dapr dialect of the same service, translated onto the [`grpc`] handlers.
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
 //! - [`limits`]: size limits on every field clients and workers send.
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
@@ -11,6 +12,7 @@
 //! - [`server`]: wires the pieces together and serves until shutdown.
 
 pub mod config;
+pub mod dapr;
 pub mod dispatch;
 pub mod engine;
 pub mod grpc;

@@ -60,7 +60,8 @@ async fn serve(config: Config) -> ExitCode {
     let database_url = config.database_url();
     info!(
         host = %config.host,
-        port = config.port,
+        port = ?config.microsoft_port(),
+        dapr_port = ?config.dapr_port,
         database_url = %config::redact(&database_url),
         log_format = ?config.log_format,
         pool_size = config.pool_size,
@@ -75,20 +76,27 @@ async fn serve(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "starting outrigger"
     );
-    let addresses = match addresses(&config.host, config.port).await {
-        Ok(a) => a,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let listeners = match bind(addresses).await {
-        Ok(l) => l,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::from(EX_UNAVAILABLE);
-        }
-    };
+    let mut listeners = server::Listeners::default();
+    for (port, bound) in [
+        (config.microsoft_port(), &mut listeners.microsoft),
+        (config.dapr_port, &mut listeners.dapr),
+    ] {
+        let Some(port) = port else { continue };
+        let addresses = match addresses(&config.host, port).await {
+            Ok(a) => a,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        *bound = match bind(addresses).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        };
+    }
     let store = match store::open(&database_url, &config.store_options()).await {
         Ok(s) => s,
         Err(e) => {
@@ -96,9 +104,14 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    for l in &listeners {
+    for (dialect, l) in listeners
+        .microsoft
+        .iter()
+        .map(|l| ("microsoft", l))
+        .chain(listeners.dapr.iter().map(|l| ("dapr", l)))
+    {
         if let Ok(addr) = l.local_addr() {
-            info!("listening addr={addr}");
+            info!(dialect, "listening addr={addr}");
         }
     }
     let telemetry = match config.telemetry() {
@@ -124,8 +137,9 @@ async fn serve(config: Config) -> ExitCode {
         keepalive: config.keepalive(),
         max_wait: config.max_wait(),
         telemetry: telemetry.clone(),
+        dapr_app_id: config.dapr_app_id.clone(),
     };
-    let outcome = server::run(listeners, store, options, shutdown_signal()).await;
+    let outcome = server::serve(listeners, store, options, shutdown_signal()).await;
     // The last spans are exported before exit; this blocks on the network, so off the runtime.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match outcome {

@@ -11,6 +11,8 @@ use tonic::codegen::http;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
+use crate::dapr::{DaprService, guard};
 use crate::dispatch::{self, AbortOnDrop, Dispatcher};
 use crate::grpc::Service;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
@@ -32,6 +34,8 @@ pub struct Options {
     /// DEADLINE_EXCEEDED (calls with a deadline wait until it).
     pub max_wait: Duration,
     pub telemetry: Telemetry,
+    /// The app the Dapr listener serves (routers naming another app are refused).
+    pub dapr_app_id: Option<String>,
 }
 
 impl Default for Options {
@@ -42,6 +46,7 @@ impl Default for Options {
             keepalive: Some(Duration::from_secs(10)),
             max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
+            dapr_app_id: None,
         }
     }
 }
@@ -52,15 +57,24 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
-    let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
+    let listeners = Listeners {
+        microsoft: listeners,
+        dapr: vec![],
+    };
+    serve(listeners, store, options, shutdown).await
+}
 
-    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone(), options.max_wait))
-        .max_decoding_message_size(options.max_message_bytes)
-        .max_encoding_message_size(options.max_message_bytes);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<TaskHubSidecarServiceServer<Service>>().await;
+/// The bound listeners of each dialect (either may be empty, not both).
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub microsoft: Vec<TcpListener>,
+    pub dapr: Vec<TcpListener>,
+}
 
+/// One stream of connections over all of a dialect's listeners.
+fn incoming(
+    listeners: Vec<TcpListener>,
+) -> Option<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>>> {
     let mut incoming = None::<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = _> + Send>>>;
     for listener in listeners {
         let stream = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -69,7 +83,32 @@ pub async fn run(
             Some(other) => Box::pin(other.merge(stream)),
         });
     }
-    let incoming = incoming.expect("at least one listener");
+    incoming
+}
+
+/// Serves both dialects over one dispatcher and store until `shutdown` resolves.
+pub async fn serve(
+    listeners: Listeners,
+    store: Arc<dyn Store>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
+    let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
+
+    let handlers = Service::new(store, dispatcher.clone(), options.max_wait);
+    let service = TaskHubSidecarServiceServer::new(handlers.clone())
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
+    let dapr_service = DaprServer::new(DaprService::new(handlers, options.dapr_app_id.clone()))
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TaskHubSidecarServiceServer<Service>>().await;
+
+    let microsoft = incoming(listeners.microsoft);
+    let dapr = incoming(listeners.dapr);
+    assert!(microsoft.is_some() || dapr.is_some(), "at least one listener");
 
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let closer = dispatcher.clone();
@@ -79,15 +118,58 @@ pub async fn run(
         closer.close_all();
         let _ = stopping_tx.send(true);
     };
-    let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(options.keepalive)
-        .http2_keepalive_timeout(options.keepalive)
-        .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
-        .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
-        .layer(RpcLayer::new(options.telemetry.clone()))
-        .add_service(health_service)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, graceful);
+    // Each dialect has its own server (both services are named TaskHubSidecarService), with
+    // the same layers; both stop when shutdown begins.
+    let stopped = {
+        let stopping = stopping.clone();
+        move || {
+            let mut stopping = stopping.clone();
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let serve_microsoft = async {
+        match microsoft {
+            None => Ok(()),
+            Some(incoming) => {
+                tonic::transport::Server::builder()
+                    .http2_keepalive_interval(options.keepalive)
+                    .http2_keepalive_timeout(options.keepalive)
+                    .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
+                    .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
+                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument(
+                        "Microsoft",
+                    )))
+                    .layer(guard::RefuseDaprClientsLayer)
+                    .layer(RpcLayer::new(options.telemetry.clone()))
+                    .add_service(health_service.clone())
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, stopped())
+                    .await
+            }
+        }
+    };
+    let serve_dapr = async {
+        match dapr {
+            None => Ok(()),
+            Some(incoming) => {
+                tonic::transport::Server::builder()
+                    .http2_keepalive_interval(options.keepalive)
+                    .http2_keepalive_timeout(options.keepalive)
+                    .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
+                    .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
+                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument("Dapr")))
+                    .layer(RpcLayer::new(options.telemetry.clone()))
+                    .add_service(health_service.clone())
+                    .add_service(dapr_service)
+                    .serve_with_incoming_shutdown(incoming, stopped())
+                    .await
+            }
+        }
+    };
+    let _graceful = AbortOnDrop(tokio::spawn(graceful));
+    let serve = async { tokio::try_join!(serve_microsoft, serve_dapr).map(|_| ()) };
     tokio::select! {
         result = serve => result?,
         _ = async {
@@ -99,29 +181,16 @@ pub async fn run(
     Ok(())
 }
 
-/// Statuses tonic answers for requests it cannot read, corrected to what they mean. A
-/// too-large request is refused with OUT_OF_RANGE, where gRPC's convention (and what clients
-/// test for) is RESOURCE_EXHAUSTED; one it cannot decode (nested deeper than protobuf allows,
-/// malformed) with INTERNAL and a message that repeats the nesting path, however long, where
-/// the fault is the caller's: INVALID_ARGUMENT with a short message. Such refusals are
-/// trailers-only responses, so the status sits in the headers.
+/// A too-large request is refused by tonic with OUT_OF_RANGE, where gRPC's convention (and what
+/// clients test for) is RESOURCE_EXHAUSTED. Such refusals are trailers-only responses, so the
+/// status sits in the headers. (Requests that cannot be decoded are mapped by
+/// `dapr::guard::undecodable_is_invalid_argument`, the layer inside this one on both listeners.)
 fn refusal_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers();
     let status = headers.get("grpc-status").and_then(|s| s.to_str().ok()).unwrap_or("");
     let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
-    let oversized = status == "11" && (message.contains("length too large") || message.contains("length%20too%20large"));
-    let undecodable = status == "13" && (message.starts_with("failed to decode") || message.starts_with("failed%20to%20decode"));
-    if oversized {
+    if status == "11" && (message.contains("length too large") || message.contains("length%20too%20large")) {
         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
-    } else if undecodable {
-        let headers = response.headers_mut();
-        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
-        headers.insert(
-            "grpc-message",
-            http::HeaderValue::from_static(
-                "the%20request%20could%20not%20be%20decoded%3A%20malformed%20or%20nested%20deeper%20than%20protobuf%20allows",
-            ),
-        );
     }
     response
 }

@@ -2,7 +2,7 @@
 //! Client-facing RPCs live in [`client`], worker-facing ones in [`worker`]; the store and the
 //! dispatcher do the work.
 
-mod client;
+pub(crate) mod client;
 mod worker;
 
 use std::sync::Arc;
@@ -30,6 +30,15 @@ impl std::fmt::Debug for Service {
 impl Service {
     pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>) -> Self {
         Service { store, dispatcher }
+    }
+
+    /// The store, for the HTTP listener's readiness probe and metrics.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
     }
 }
 
@@ -80,10 +89,10 @@ impl TaskHubSidecarService for Service {
             .map(Response::new)
     }
     async fn raise_event(&self, r: Request<RaiseEventRequest>) -> Rpc<RaiseEventResponse> {
-        self.raise(r.into_inner()).await.map(Response::new)
+        self.raise(r.into_inner()).await.map(|_| Response::new(RaiseEventResponse {}))
     }
     async fn terminate_instance(&self, r: Request<TerminateRequest>) -> Rpc<TerminateResponse> {
-        self.terminate(r.into_inner()).await.map(Response::new)
+        self.terminate(r.into_inner()).await.map(|_| Response::new(TerminateResponse {}))
     }
     async fn suspend_instance(&self, r: Request<SuspendRequest>) -> Rpc<SuspendResponse> {
         let r = r.into_inner();

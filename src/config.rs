@@ -143,8 +143,7 @@ pub enum Command {
     /// Apply pending database schema migrations, then exit (the server also applies them at
     /// start; this is for operators who migrate as a separate step).
     Migrate,
-    /// List, inspect and act on instances of a running sidecar (a gRPC client; see
-    /// `outrigger instances --help`).
+    // Its help text is the doc comment of `InstancesArgs`.
     Instances(crate::cli::InstancesArgs),
 }
 

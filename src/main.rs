@@ -115,14 +115,15 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    for l in &listeners {
-        if let Ok(addr) = l.local_addr() {
-            info!("listening addr={addr}");
-        }
-    }
+    // HTTP first: the gRPC line is what supervisors and tests take as "serving".
     for l in &http_listeners {
         if let Ok(addr) = l.local_addr() {
             info!("listening http={addr}");
+        }
+    }
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!("listening addr={addr}");
         }
     }
     outrigger::metrics::set_enabled(config.metrics);

@@ -2,7 +2,7 @@
 # Runs every test Outrigger has: the Rust unit and service tests, then the SDK suites against
 # a freshly built binary, once on SQLite and once on Postgres. Installs what the suites need: a
 # Postgres server (tests/postgres.sh: Debian's package when none is reachable) and a Python venv
-# with the pinned SDK.
+# with the pinned SDK. The .NET scenario program runs when the .NET 10 SDK (`dotnet`) is on PATH.
 # Ends with one line "N passed, N failed" over all suites; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -68,6 +68,16 @@ if cargo build --locked --release; then
   if [ "$have_postgres" -eq 1 ]; then
     echo "== Python SDK suite on Postgres (with the multi-sidecar and Postgres restart tests)"
     run_sdk_suite python postgres
+  fi
+  if command -v dotnet >/dev/null 2>&1; then
+    echo "== .NET scenario program on SQLite"
+    run_sdk_suite dotnet sqlite
+    if [ "$have_postgres" -eq 1 ]; then
+      echo "== .NET scenario program on Postgres"
+      run_sdk_suite dotnet postgres
+    fi
+  else
+    echo "== .NET scenario program: skipped (dotnet is not on PATH)"
   fi
 else
   failed=$((failed + 1)); status=1

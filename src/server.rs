@@ -25,6 +25,9 @@ const GRACE: Duration = Duration::from_secs(5);
 pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
+    /// How long a WaitForInstance* call without a gRPC deadline may wait before it answers
+    /// DEADLINE_EXCEEDED (calls with a deadline wait until it).
+    pub max_wait: Duration,
     pub telemetry: Telemetry,
     pub http: crate::http::Settings,
 }
@@ -34,6 +37,7 @@ impl Default for Options {
         Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
+            max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
             http: crate::http::Settings::default(),
         }
@@ -62,7 +66,7 @@ pub async fn run_with_http(
     let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
-    let handlers = Service::new(store, dispatcher.clone());
+    let handlers = Service::new(store, dispatcher.clone(), options.max_wait);
     let (http_stop_tx, mut http_stop) = tokio::sync::watch::channel(false);
     let _http = (!http_listeners.is_empty()).then(|| {
         let router = crate::http::router(handlers.clone(), options.http.clone());
@@ -101,6 +105,7 @@ pub async fn run_with_http(
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted::<tonic::body::Body>,
         ))

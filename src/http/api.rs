@@ -183,7 +183,11 @@ async fn started_response(app: &App, headers: &HeaderMap, id: &str, wait: Option
             instance_id: id.to_string(),
             get_inputs_and_outputs: true,
         };
-        match app.service.wait(request, Some(wait), is_terminal).await {
+        match app
+            .service
+            .wait(request, Some(tokio::time::Instant::now() + wait), is_terminal)
+            .await
+        {
             Ok(GetInstanceResponse {
                 orchestration_state: Some(s),
                 ..

@@ -256,7 +256,17 @@ async fn the_older_batch_shape_carries_operations_and_results_reach_the_caller()
         .await
         .expect("CompleteEntityTask");
 
-    let (token, request) = worker.orchestration().await;
+    // The caller's next step and the entity's remaining call are both due now, in either order.
+    let (mut step, mut rest) = (None, None);
+    while step.is_none() || rest.is_none() {
+        let item = guarded("the caller's step and the rest of the queue", worker.next()).await;
+        match item.request {
+            Some(Item::OrchestratorRequest(r)) => step = Some((item.completion_token, r)),
+            Some(Item::EntityRequest(b)) => rest = Some((item.completion_token, b)),
+            other => panic!("unexpected work item {other:?}"),
+        }
+    }
+    let (token, request) = step.unwrap();
     let results: Vec<_> = request.new_events.iter().filter_map(|e| e.event_type.clone()).collect();
     assert!(results.iter().any(|e| matches!(e,
         EventType::EntityOperationCompleted(c) if c.request_id == "call-1" && c.output.as_deref() == Some("10"))));
@@ -265,7 +275,7 @@ async fn the_older_batch_shape_carries_operations_and_results_reach_the_caller()
             && f.failure_details.as_ref().is_some_and(|d| d.error_message == "insufficient funds"))));
     complete_orchestrator(&mut client, &token, "caller", vec![]).await.expect("step");
 
-    let (token, batch) = guarded("the rest of the queue", entity_v1(&mut worker)).await;
+    let (token, batch) = rest.unwrap();
     assert_eq!(batch.entity_state.as_deref(), Some("10"));
     assert_eq!(batch.operations.len(), 1);
     assert_eq!(batch.operations[0].request_id, "call-3");

@@ -664,3 +664,74 @@ async fn without_tracing_trace_contexts_pass_through() {
     let (_, activity) = worker.activity().await;
     assert_eq!(activity.parent_trace_context, Some(sdk_context));
 }
+
+#[tokio::test]
+async fn an_entity_call_is_a_span_in_the_callers_trace() {
+    let (collector, endpoint) = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = serve(&dir.path().join("t.db"), telemetry(&endpoint, false)).await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    let request = CreateInstanceRequest {
+        instance_id: "caller".into(),
+        name: "Caller".into(),
+        parent_trace_context: Some(caller()),
+        ..Default::default()
+    };
+    client.start_instance(request).await.expect("start");
+    let (token, _) = worker.orchestration().await;
+    let call = SendEntityMessageAction {
+        entity_message_type: Some(send_entity_message_action::EntityMessageType::EntityOperationCalled(
+            EntityOperationCalledEvent {
+                request_id: "call-1".into(),
+                operation: "deposit".into(),
+                target_instance_id: Some("@account@a".into()),
+                ..Default::default()
+            },
+        )),
+    };
+    complete_orchestrator(&mut client, &token, "caller", vec![action(1, ActionType::SendEntityMessage(call))])
+        .await
+        .expect("call step");
+    let item = worker.next().await;
+    assert!(matches!(item.request, Some(Item::EntityRequestV2(_))), "{item:?}");
+    let failure = OperationResult {
+        result_type: Some(operation_result::ResultType::Failure(OperationResultFailure {
+            failure_details: Some(TaskFailureDetails {
+                error_message: "closed account".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    client
+        .complete_entity_task(EntityBatchResult {
+            results: vec![failure],
+            completion_token: item.completion_token,
+            ..Default::default()
+        })
+        .await
+        .expect("entity batch");
+    let (token, _) = worker.orchestration().await;
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "caller",
+        vec![complete(2, OrchestrationStatus::Completed, "1")],
+    )
+    .await
+    .expect("final step");
+
+    let spans = collector
+        .wait_for("the entity span", |s| {
+            has(s, "entity:account:deposit") && has(s, "orchestration:Caller")
+        })
+        .await;
+    let span = one(&spans, "entity:account:deposit");
+    assert_eq!(hex(&span.trace_id), "0af7651916cd43dd8448eb211c80319c", "in the caller's trace");
+    assert_eq!(attr(span, "durabletask.type").as_deref(), Some("entity"));
+    assert_eq!(attr(span, "durabletask.entity.operation").as_deref(), Some("deposit"));
+    assert_eq!(attr(span, "durabletask.entity.instance_id").as_deref(), Some("@account@a"));
+    assert_eq!(error_message(span).as_deref(), Some("closed account"));
+    sidecar.stop().await;
+}

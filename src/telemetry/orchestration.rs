@@ -10,7 +10,7 @@ use opentelemetry::{Context, KeyValue};
 use super::{Inner, Telemetry, context, ids};
 use crate::model::{Commit, HistoryWrite, Instance, NewInstance};
 use crate::proto::history_event::EventType;
-use crate::proto::{ExecutionStartedEvent, HistoryEvent, OrchestrationStatus};
+use crate::proto::{EntityOperationCompletedEvent, EntityOperationFailedEvent, ExecutionStartedEvent, HistoryEvent, OrchestrationStatus};
 use crate::time::{self, Millis};
 
 /// Attribute keys of the Durable Task conventions.
@@ -232,6 +232,8 @@ impl Telemetry {
 
         let mut schedulings = Schedulings::default();
         let mut timers: HashMap<i32, Millis> = HashMap::new();
+        // Entity calls by request id: when sent, to which entity, which operation.
+        let mut calls: HashMap<String, (Millis, String, String)> = HashMap::new();
         let mut scheduled_names: HashMap<i32, (String, Option<String>)> = HashMap::new();
         for e in history {
             match &e.event_type {
@@ -242,6 +244,10 @@ impl Telemetry {
                 Some(EventType::TaskCompleted(r)) => _ = schedulings.answer(r.task_scheduled_id),
                 Some(EventType::TaskFailed(r)) => _ = schedulings.answer(r.task_scheduled_id),
                 Some(EventType::TimerCreated(_)) => _ = timers.insert(e.event_id, event_time(e)),
+                Some(EventType::EntityOperationCalled(c)) => {
+                    let target = c.target_instance_id.clone().unwrap_or_default();
+                    calls.insert(c.request_id.clone(), (event_time(e), target, c.operation.clone()));
+                }
                 _ => {}
             }
         }
@@ -270,6 +276,39 @@ impl Telemetry {
                         attributes,
                         events: vec![],
                         error: None,
+                    });
+                    continue;
+                }
+                Some(EventType::EntityOperationCompleted(EntityOperationCompletedEvent { request_id, .. }))
+                | Some(EventType::EntityOperationFailed(EntityOperationFailedEvent { request_id, .. })) => {
+                    // One span per entity call, from the call to its result, in the caller's trace.
+                    let Some((sent, target, operation)) = calls.get(request_id) else {
+                        continue;
+                    };
+                    let error = match &e.event_type {
+                        Some(EventType::EntityOperationFailed(f)) => {
+                            Some(f.failure_details.as_ref().map(|d| d.error_message.clone()).unwrap_or_default())
+                        }
+                        _ => None,
+                    };
+                    let entity = target
+                        .strip_prefix('@')
+                        .and_then(|t| t.split_once('@'))
+                        .map(|(n, _)| n)
+                        .unwrap_or(target);
+                    let mut attributes = base("entity", entity);
+                    attributes.push(KeyValue::new("durabletask.entity.instance_id", target.clone()));
+                    attributes.push(KeyValue::new("durabletask.entity.operation", operation.clone()));
+                    step.records.push(Record {
+                        name: format!("entity:{entity}:{operation}"),
+                        kind: SpanKind::Client,
+                        parent: execution.create.clone(),
+                        id: None,
+                        start: *sent,
+                        end: event_time(e),
+                        attributes,
+                        events: vec![],
+                        error,
                     });
                     continue;
                 }

@@ -46,6 +46,28 @@ pub struct Config {
     #[arg(long, env = "OUTRIGGER_MAX_MESSAGE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_message_mib: u64,
 
+    /// Largest work item sent to a worker, in MiB (the SDKs' gRPC clients accept 4 MiB unless
+    /// configured otherwise). An orchestration whose next work item would be larger fails; an
+    /// activity result larger than this fails the activity.
+    #[arg(long, env = "OUTRIGGER_MAX_WORK_ITEM_MIB", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024), help_heading = "Limits")]
+    pub max_work_item_mib: u64,
+
+    /// MiB of work items queued for one worker stream that it has not read yet; a worker that
+    /// stops reading is sent nothing more until it catches up.
+    #[arg(long, env = "OUTRIGGER_WORKER_BUFFER_MIB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096), help_heading = "Limits")]
+    pub worker_buffer_mib: u64,
+
+    /// Seconds a worker may hold a work item without answering before it is given to another
+    /// worker (its late answer is then refused). 0: no deadline.
+    #[arg(long, env = "OUTRIGGER_ITEM_DEADLINE_SECONDS", default_value_t = 0, help_heading = "Limits")]
+    pub item_deadline_seconds: u64,
+
+    /// Seconds between HTTP/2 keepalive pings on every connection; a peer that does not answer
+    /// one within as long again is disconnected, and a worker's items go to other workers.
+    /// 0: no pings.
+    #[arg(long, env = "OUTRIGGER_KEEPALIVE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600), help_heading = "Limits")]
+    pub keepalive_seconds: u64,
+
     /// Longest a WaitForInstanceStart/Completion call without a gRPC deadline waits before it
     /// answers DEADLINE_EXCEEDED (the .NET client then asks again). Calls with a deadline wait
     /// until their deadline.
@@ -210,6 +232,21 @@ impl Config {
         (self.max_message_mib as usize) << 20
     }
 
+    /// Dispatch settings from the flags.
+    pub fn dispatch(&self) -> crate::dispatch::Settings {
+        crate::dispatch::Settings {
+            lease: self.lease(),
+            item_deadline: (self.item_deadline_seconds > 0).then(|| Duration::from_secs(self.item_deadline_seconds)),
+            worker_buffer_bytes: (self.worker_buffer_mib as usize) << 20,
+            max_work_item_bytes: (self.max_work_item_mib as usize) << 20,
+            ..Default::default()
+        }
+    }
+
+    pub fn keepalive(&self) -> Option<Duration> {
+        (self.keepalive_seconds > 0).then(|| Duration::from_secs(self.keepalive_seconds))
+    }
+
     /// Trace export settings, or `None` when no endpoint is configured.
     pub fn telemetry(&self) -> Option<telemetry::Settings> {
         let endpoint = self.otel_endpoint.clone().filter(|e| !e.is_empty());
@@ -241,18 +278,53 @@ impl Config {
     }
 }
 
-/// A database URL safe to log: any password is masked.
+/// A URL (database, OTLP endpoint) safe to log: the password of `user:password@` and the
+/// value of every query parameter that can carry a secret (`?password=...`, `sslpassword`,
+/// tokens, keys) are masked.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match (base.find("://"), base.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
+            let credentials = &base[scheme + 3..at];
             match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
+                Some((user, _)) => format!("{}{user}:***{}", &base[..scheme + 3], &base[at..]),
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if is_secret_param(key) => format!("{key}=***"),
+                _ => param.to_string(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&params.join("&"));
     }
+    shown
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+        "signature",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 #[cfg(test)]
@@ -286,5 +358,15 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact("sqlite://outrigger.db"), "sqlite://outrigger.db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("postgres://h/db?user=u&password=secret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact("postgres://h/db?sslpassword=s3"), "postgres://h/db?sslpassword=***");
+        assert_eq!(
+            redact("https://user:tok@collector:4318/v1/traces?api_key=k"),
+            "https://user:***@collector:4318/v1/traces?api_key=***"
+        );
+        assert_eq!(redact("http://collector:4318"), "http://collector:4318");
     }
 }

@@ -5,6 +5,7 @@
 //! worker's stream drops, which releases them at once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::engine::entities::{self as entity_rules, Plan};
 use crate::engine::{self, Prepared, events};
+use crate::limits;
 use crate::metrics::{Kind, METRICS};
 use crate::model::{Entity, Instance};
 use crate::proto::work_item::Request as Item;
@@ -37,6 +39,17 @@ pub struct Settings {
     pub abandon_delay: Duration,
     /// Re-check for expired leases and missed wake-ups at this interval (a safety net only).
     pub sweep_interval: Duration,
+    /// A work item a worker has held this long without answering is taken back and given to
+    /// another worker (its late answer is refused); `None` lets a worker hold an item as long
+    /// as its stream lives.
+    pub item_deadline: Option<Duration>,
+    /// Most bytes of work items queued for one worker stream and not yet taken by it: a worker
+    /// that stops reading gets nothing more, and what it has not read stays bounded.
+    pub worker_buffer_bytes: usize,
+    /// Largest work item sent to a worker (the receive limit of the SDKs' gRPC clients is 4 MiB
+    /// by default). An orchestration whose next work item would be larger fails, and an
+    /// activity result larger than this is recorded as the activity's failure.
+    pub max_work_item_bytes: usize,
     /// Sent on every orchestrator work item as `entityParameters.entityMessageReorderWindow`.
     /// The .NET SDK refuses every entity operation from an orchestration when the field is
     /// absent; SDKs that do not use it ignore it.
@@ -65,6 +78,9 @@ impl Default for Settings {
             history_streaming_threshold: 1 << 20,
             abandon_delay: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(5),
+            item_deadline: None,
+            worker_buffer_bytes: 16 << 20,
+            max_work_item_bytes: 4 << 20,
             entity_reorder_window: Duration::from_secs(30 * 60),
             entity_work_items: EntityWorkItems::default(),
         }
@@ -76,11 +92,19 @@ impl Default for Settings {
 const DEFAULT_LIMIT: usize = 1000;
 /// Most items leased in one store round trip.
 const BATCH: usize = 100;
+/// A work item whose worker's stream ended while holding it this many times in a row is not
+/// sent again: it evidently kills the workers that receive it (too large or too deeply nested
+/// for their parsers).
+const MAX_LOST_DELIVERIES: u32 = 3;
+/// Most bytes of actions buffered for one chunked answer (all its partial chunks together).
+const MAX_CHUNKED_BYTES: usize = 64 << 20;
 
 type Sender = mpsc::UnboundedSender<Result<WorkItem, Status>>;
 
 struct Worker {
     tx: Sender,
+    /// Bytes sent to the stream and not yet taken by it (shared with its [`WorkStream`]).
+    buffered: Arc<AtomicUsize>,
     max_orchestrations: usize,
     max_activities: usize,
     max_entities: usize,
@@ -92,6 +116,49 @@ struct Worker {
     _pinger: AbortOnDrop,
 }
 
+/// Keys of [`State::lost`].
+mod lost_key {
+    pub fn orchestration(instance_id: &str) -> String {
+        format!("o:{instance_id}")
+    }
+    pub fn activity(id: i64) -> String {
+        format!("a:{id}")
+    }
+}
+
+/// What became of an orchestrator work item offered to the workers.
+enum Handed {
+    Sent(u64),
+    NoWorker,
+    /// Too large to send: handed back for the instance to fail.
+    TooLarge(Box<Undeliverable>),
+}
+
+struct Undeliverable {
+    size: usize,
+    instance: Instance,
+    history: Vec<HistoryEvent>,
+    new_events: Vec<HistoryEvent>,
+    consumed: Vec<i64>,
+}
+
+impl Worker {
+    /// Whether the stream has taken enough of what was sent to it to be sent more.
+    fn has_room(&self, buffer: usize) -> bool {
+        self.buffered.load(Ordering::Acquire) < buffer
+    }
+
+    /// Queues a work item of `size` encoded bytes; false if the stream is gone.
+    fn send(&self, work: WorkItem, size: usize) -> bool {
+        self.buffered.fetch_add(size, Ordering::AcqRel);
+        if self.tx.send(Ok(work)).is_err() {
+            self.buffered.fetch_sub(size, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
 /// An orchestrator work item a worker holds.
 struct HeldOrchestration {
     worker: u64,
@@ -99,10 +166,12 @@ struct HeldOrchestration {
     history: Vec<HistoryEvent>,
     new_events: Vec<HistoryEvent>,
     consumed: Vec<i64>,
-    /// Actions of a chunked answer received so far, and the next chunk index expected.
+    /// Actions of a chunked answer received so far (and their size), and the next chunk
+    /// index expected.
     chunks: Vec<OrchestratorAction>,
+    chunk_bytes: usize,
     next_chunk: i32,
-    /// When it was handed out (the step latency metric).
+    /// When it was handed out (item deadlines, the step latency metric).
     since: Instant,
 }
 
@@ -130,6 +199,9 @@ struct State {
     entities: HashMap<String, HeldEntity>,
     /// Round-robin cursor over workers.
     cursor: u64,
+    /// Work items (by instance id, or activity row id) whose workers' streams ended while
+    /// holding them, and how often in a row.
+    lost: HashMap<String, u32>,
 }
 
 impl State {
@@ -162,6 +234,12 @@ impl Watchers {
             .subscribe()
     }
 
+    /// A guard that releases the instance's channel when dropped: when its wait ends, and
+    /// also when the call is cancelled (the future is dropped mid-wait).
+    pub fn releasing<'a>(&'a self, instance_id: &'a str) -> Release<'a> {
+        Release(self, instance_id)
+    }
+
     /// Forgets an instance's channel once nobody waits on it any more.
     pub fn release(&self, instance_id: &str) {
         let mut senders = self.senders.lock().unwrap();
@@ -185,6 +263,26 @@ impl Watchers {
                 senders.remove(id); // nobody is waiting any more
             }
         }
+    }
+}
+
+/// See [`Watchers::releasing`].
+pub struct Release<'a>(&'a Watchers, &'a str);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+impl Watchers {
+    /// How many instances have a channel (waiters, or channels not yet released).
+    pub fn len(&self) -> usize {
+        self.senders.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -267,6 +365,9 @@ impl Dispatcher {
                 let mut tick = tokio::time::interval(this.settings.lease / 3);
                 loop {
                     tick.tick().await;
+                    if let Some(deadline) = this.settings.item_deadline {
+                        this.take_back_overdue(deadline).await;
+                    }
                     let until = time::now() + this.settings.lease.as_millis() as Millis;
                     let tokens: Vec<String> = {
                         let state = this.state.lock().unwrap();
@@ -330,10 +431,16 @@ impl Dispatcher {
     async fn dispatch_once(&self) -> Result<bool, StoreError> {
         let (orchestration_room, activity_room, entity_room) = {
             let state = self.state.lock().unwrap();
+            // A worker that has not taken what it was sent gets nothing more for now; taking
+            // it wakes this loop.
+            let buffer = self.settings.worker_buffer_bytes;
+            let room = |n: usize, w: &Worker| if w.has_room(buffer) { n } else { 0 };
             (
-                state.free(|w| w.max_orchestrations.saturating_sub(w.orchestrations)).min(BATCH),
-                state.free(|w| w.max_activities.saturating_sub(w.activities)).min(BATCH),
-                state.free(|w| w.max_entities.saturating_sub(w.entities)).min(BATCH),
+                state
+                    .free(|w| room(w.max_orchestrations.saturating_sub(w.orchestrations), w))
+                    .min(BATCH),
+                state.free(|w| room(w.max_activities.saturating_sub(w.activities), w)).min(BATCH),
+                state.free(|w| room(w.max_entities.saturating_sub(w.entities), w)).min(BATCH),
             )
         };
         let mut more = false;
@@ -393,60 +500,171 @@ impl Dispatcher {
                 return self.store.release_orchestration(&id, &token, &[], later).await;
             }
         };
-        let sent = {
+        let key = lost_key::orchestration(&id);
+        let lost = self.state.lock().unwrap().lost.get(&key).copied().unwrap_or(0);
+        if lost >= MAX_LOST_DELIVERIES {
+            let why = format!(
+                "the orchestrator work item was sent to {lost} workers in a row whose streams ended before they answered; it is not sent again"
+            );
+            self.state.lock().unwrap().lost.remove(&key);
+            return self
+                .fail_step(token, &instance, &history, &new_events, consumed, "WorkItemUndeliverable", why)
+                .await;
+        }
+        let handed = {
             let mut state = self.state.lock().unwrap();
-            let chosen = state.choose(|w| w.orchestrations < w.max_orchestrations);
-            chosen.and_then(|worker_id| {
-                let worker = state.workers.get_mut(&worker_id)?;
-                let stream_history = worker.history_streaming
-                    && history.iter().map(|e| e.encoded_len()).sum::<usize>() > self.settings.history_streaming_threshold;
-                let request = OrchestratorRequest {
-                    instance_id: id.clone(),
-                    execution_id: Some(instance.execution_id.clone()),
-                    past_events: if stream_history { vec![] } else { history.clone() },
-                    new_events: new_events.clone(),
-                    requires_history_streaming: stream_history,
-                    orchestration_trace_context: instance.trace_context.clone(),
-                    entity_parameters: Some(self.entity_parameters()),
-                    ..Default::default()
-                };
-                let work = WorkItem {
-                    request: Some(Item::OrchestratorRequest(request)),
-                    completion_token: token.clone(),
-                };
-                worker.tx.send(Ok(work)).ok()?;
-                worker.orchestrations += 1;
-                state.orchestrations.insert(
-                    token.clone(),
-                    HeldOrchestration {
-                        worker: worker_id,
-                        instance,
-                        history,
-                        new_events,
-                        consumed,
-                        chunks: vec![],
-                        next_chunk: 0,
-                        since: Instant::now(),
-                    },
-                );
-                Some(worker_id)
-            })
+            let buffer = self.settings.worker_buffer_bytes;
+            let chosen = state.choose(|w| w.orchestrations < w.max_orchestrations && w.has_room(buffer));
+            match chosen.and_then(|worker_id| Some((worker_id, state.workers.get_mut(&worker_id)?))) {
+                None => Handed::NoWorker,
+                Some((worker_id, worker)) => {
+                    let stream_history = worker.history_streaming
+                        && history.iter().map(|e| e.encoded_len()).sum::<usize>() > self.settings.history_streaming_threshold;
+                    let request = OrchestratorRequest {
+                        instance_id: id.clone(),
+                        execution_id: Some(instance.execution_id.clone()),
+                        past_events: if stream_history { vec![] } else { history.clone() },
+                        new_events: new_events.clone(),
+                        requires_history_streaming: stream_history,
+                        orchestration_trace_context: instance.trace_context.clone(),
+                        entity_parameters: Some(self.entity_parameters()),
+                        ..Default::default()
+                    };
+                    let work = WorkItem {
+                        request: Some(Item::OrchestratorRequest(request)),
+                        completion_token: token.clone(),
+                    };
+                    let size = work.encoded_len();
+                    if size > self.settings.max_work_item_bytes {
+                        Handed::TooLarge(Box::new(Undeliverable {
+                            size,
+                            instance,
+                            history,
+                            new_events,
+                            consumed,
+                        }))
+                    } else if worker.send(work, size) {
+                        worker.orchestrations += 1;
+                        state.orchestrations.insert(
+                            token.clone(),
+                            HeldOrchestration {
+                                worker: worker_id,
+                                instance,
+                                history,
+                                new_events,
+                                consumed,
+                                chunks: vec![],
+                                chunk_bytes: 0,
+                                next_chunk: 0,
+                                since: Instant::now(),
+                            },
+                        );
+                        Handed::Sent(worker_id)
+                    } else {
+                        Handed::NoWorker
+                    }
+                }
+            }
         };
-        match sent {
-            Some(worker) => {
+        match handed {
+            Handed::Sent(worker) => {
                 METRICS.dispatched(Kind::Orchestration);
                 debug!(instance_id = %id, worker, "orchestration work item sent");
             }
-            None => self.store.release_orchestration(&id, &token, &[], 0).await?,
+            Handed::NoWorker => self.store.release_orchestration(&id, &token, &[], 0).await?,
+            Handed::TooLarge(item) => {
+                let Undeliverable {
+                    size,
+                    instance,
+                    history,
+                    new_events,
+                    consumed,
+                } = *item;
+                let why = format!(
+                    "the next orchestrator work item would be {size} bytes, more than the {} a worker accepts (--max-work-item-mib); the history has grown too large to deliver",
+                    self.settings.max_work_item_bytes
+                );
+                self.fail_step(token, &instance, &history, &new_events, consumed, "WorkItemTooLarge", why)
+                    .await?;
+            }
         }
         Ok(())
     }
 
+    /// Ends an orchestration that cannot go on (its next work item cannot be delivered, or its
+    /// step can never be stored) as FAILED, with `why` in its failure details: that instance
+    /// alone stops, instead of being dispatched again and again.
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_step(
+        &self,
+        token: String,
+        instance: &Instance,
+        history: &[HistoryEvent],
+        new_events: &[HistoryEvent],
+        consumed: Vec<i64>,
+        error_type: &str,
+        why: String,
+    ) -> Result<(), StoreError> {
+        warn!(instance_id = %instance.instance_id, error_type, reason = %why, "failing the orchestration");
+        let complete = CompleteOrchestrationAction {
+            orchestration_status: OrchestrationStatus::Failed as i32,
+            failure_details: Some(events::failure(error_type, why)),
+            ..Default::default()
+        };
+        let answer = engine::Response {
+            actions: vec![OrchestratorAction {
+                id: -1,
+                orchestrator_action_type: Some(orchestrator_action::OrchestratorActionType::CompleteOrchestration(complete)),
+            }],
+            ..Default::default()
+        };
+        let now = time::now();
+        let mut commit = engine::apply(instance, history, new_events, answer, now, &mut || {
+            uuid::Uuid::new_v4().simple().to_string()
+        });
+        let spans = self.telemetry.step(instance, history, new_events, &mut commit, now);
+        match self
+            .batcher
+            .write(Write::Step {
+                token,
+                consumed,
+                commit,
+                now,
+            })
+            .await
+        {
+            Ok(changed) => {
+                spans.committed();
+                self.changed(&changed);
+                Ok(())
+            }
+            Err(e) => {
+                spans.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
     async fn hand_activity(&self, item: LockedActivity) -> Result<(), StoreError> {
         let LockedActivity { id, token, task } = item;
+        let key = lost_key::activity(id);
+        let lost = self.state.lock().unwrap().lost.get(&key).copied().unwrap_or(0);
+        if lost >= MAX_LOST_DELIVERIES {
+            self.state.lock().unwrap().lost.remove(&key);
+            let why = format!(
+                "the activity work item was sent to {lost} workers in a row whose streams ended before they answered; it is not sent again"
+            );
+            warn!(instance_id = %task.instance_id, task_id = task.request.task_id, reason = %why, "failing the activity");
+            let now = time::now();
+            let result = events::task_result(now, task.request.task_id, None, Some(events::failure("WorkItemUndeliverable", why)));
+            let changed = self.batcher.write(Write::ActivityResult { id, token, result, now }).await?;
+            self.changed(&changed);
+            return Ok(());
+        }
         let sent = {
             let mut state = self.state.lock().unwrap();
-            let chosen = state.choose(|w| w.activities < w.max_activities);
+            let buffer = self.settings.worker_buffer_bytes;
+            let chosen = state.choose(|w| w.activities < w.max_activities && w.has_room(buffer));
             chosen.and_then(|worker_id| {
                 let worker = state.workers.get_mut(&worker_id)?;
                 let task_id = task.request.task_id;
@@ -454,7 +672,8 @@ impl Dispatcher {
                     request: Some(Item::ActivityRequest(task.request)),
                     completion_token: token.clone(),
                 };
-                worker.tx.send(Ok(work)).ok()?;
+                let size = work.encoded_len();
+                worker.send(work, size).then_some(())?;
                 worker.activities += 1;
                 state.activities.insert(
                     token.clone(),
@@ -490,7 +709,8 @@ impl Dispatcher {
         let shape = self.settings.entity_work_items;
         let sent = {
             let mut state = self.state.lock().unwrap();
-            let chosen = state.choose(|w| w.entities < w.max_entities);
+            let buffer = self.settings.worker_buffer_bytes;
+            let chosen = state.choose(|w| w.entities < w.max_entities && w.has_room(buffer));
             chosen.and_then(|worker_id| {
                 let worker = state.workers.get_mut(&worker_id)?;
                 let request = match shape {
@@ -511,7 +731,8 @@ impl Dispatcher {
                     request: Some(request),
                     completion_token: token.clone(),
                 };
-                worker.tx.send(Ok(work)).ok()?;
+                let size = work.encoded_len();
+                worker.send(work, size).then_some(())?;
                 worker.entities += 1;
                 state.entities.insert(
                     token.clone(),
@@ -533,16 +754,21 @@ impl Dispatcher {
 
     /// Registers a worker stream. The returned guard unregisters it (releasing what it holds)
     /// when the stream is dropped.
-    pub fn connect(self: &Arc<Self>, request: &GetWorkItemsRequest) -> (mpsc::UnboundedReceiver<Result<WorkItem, Status>>, WorkerGuard) {
+    pub fn connect(self: &Arc<Self>, request: &GetWorkItemsRequest) -> (Outbox, WorkerGuard) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let buffered = Arc::new(AtomicUsize::new(0));
         let limit = |n: i32| if n > 0 { n as usize } else { DEFAULT_LIMIT };
         // Pings let workers tell a quiet stream from a dead one (SDKs reconnect after 120 s of silence).
         let interval = self.settings.ping_interval;
         let ping_tx = tx.clone();
+        let unread = buffered.clone();
         let pinger = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             loop {
                 tick.tick().await;
+                if unread.load(Ordering::Acquire) > 0 {
+                    continue; // the stream is not idle: work items wait for it already
+                }
                 let ping = WorkItem {
                     request: Some(Item::HealthPing(HealthPing {})),
                     completion_token: String::new(),
@@ -554,6 +780,7 @@ impl Dispatcher {
         });
         let worker = Worker {
             tx,
+            buffered: buffered.clone(),
             _pinger: AbortOnDrop(pinger),
             max_orchestrations: limit(request.max_concurrent_orchestration_work_items),
             max_activities: limit(request.max_concurrent_activity_work_items),
@@ -578,8 +805,14 @@ impl Dispatcher {
             "worker connected"
         );
         self.wake();
-        (
+        let outbox = Outbox {
             rx,
+            buffered,
+            buffer: self.settings.worker_buffer_bytes,
+            dispatcher: self.clone(),
+        };
+        (
+            outbox,
             WorkerGuard {
                 dispatcher: self.clone(),
                 worker: id,
@@ -606,6 +839,13 @@ impl Dispatcher {
             let orchestrations: Vec<_> = state.orchestrations.extract_if(|_, h| h.worker == worker).collect();
             let activities: Vec<_> = state.activities.extract_if(|_, h| h.worker == worker).collect();
             let entities: Vec<_> = state.entities.extract_if(|_, h| h.worker == worker).collect();
+            let keys = orchestrations
+                .iter()
+                .map(|(_, h)| lost_key::orchestration(&h.instance.instance_id))
+                .chain(activities.iter().map(|(_, h)| lost_key::activity(h.id)));
+            for key in keys.collect::<Vec<_>>() {
+                *state.lost.entry(key).or_default() += 1;
+            }
             (orchestrations, activities, entities)
         };
         info!(
@@ -634,6 +874,48 @@ impl Dispatcher {
             }
             this.wake();
         });
+    }
+
+    /// Takes back the items workers have held longer than `deadline` and offers them again;
+    /// an answer that comes later is refused as stale.
+    async fn take_back_overdue(&self, deadline: Duration) {
+        let (orchestrations, activities) = {
+            let mut state = self.state.lock().unwrap();
+            let orchestrations: Vec<_> = state.orchestrations.extract_if(|_, h| h.since.elapsed() >= deadline).collect();
+            let activities: Vec<_> = state.activities.extract_if(|_, h| h.since.elapsed() >= deadline).collect();
+            for (_, h) in &orchestrations {
+                if let Some(w) = state.workers.get_mut(&h.worker) {
+                    w.orchestrations -= 1;
+                }
+            }
+            for (_, h) in &activities {
+                if let Some(w) = state.workers.get_mut(&h.worker) {
+                    w.activities -= 1;
+                }
+            }
+            (orchestrations, activities)
+        };
+        if orchestrations.is_empty() && activities.is_empty() {
+            return;
+        }
+        warn!(
+            orchestrations = orchestrations.len(),
+            activities = activities.len(),
+            deadline_seconds = deadline.as_secs_f64(),
+            "work items held past the item deadline; giving them to other workers"
+        );
+        let now = time::now();
+        for (token, held) in orchestrations {
+            if let Err(e) = self.store.release_orchestration(&held.instance.instance_id, &token, &[], 0).await {
+                debug!(error = %e, "releasing an overdue orchestration lease");
+            }
+        }
+        for (token, held) in activities {
+            if let Err(e) = self.store.release_activity(held.id, &token, now).await {
+                debug!(error = %e, "releasing an overdue activity lease");
+            }
+        }
+        self.wake();
     }
 
     /// Applies an orchestrator's answer (or buffers it, for a chunk that is not the last).
@@ -678,7 +960,19 @@ impl Dispatcher {
                         held.next_chunk
                     )));
                 }
+                let bytes = response.actions.iter().map(|a| a.encoded_len()).sum::<usize>();
+                if held.chunks.len() + response.actions.len() > limits::MAX_ACTIONS || held.chunk_bytes + bytes > MAX_CHUNKED_BYTES {
+                    // Nothing of the answer is kept; the item goes back to the queue.
+                    held.chunks = vec![];
+                    held.chunk_bytes = 0;
+                    held.next_chunk = 0;
+                    return Err(Status::resource_exhausted(format!(
+                        "a chunked answer may hold at most {} actions and {MAX_CHUNKED_BYTES} bytes; this chunk makes it larger, so the answer is discarded (abandon the work item)",
+                        limits::MAX_ACTIONS
+                    )));
+                }
                 held.next_chunk += 1;
+                held.chunk_bytes += bytes;
                 held.chunks.extend(response.actions.iter().cloned());
                 if response.is_partial {
                     return Ok(());
@@ -688,6 +982,7 @@ impl Dispatcher {
             if let Some(w) = state.workers.get_mut(&held.worker) {
                 w.orchestrations -= 1;
             }
+            state.lost.remove(&lost_key::orchestration(&held.instance.instance_id));
             if !chunked {
                 held.chunks = response.actions.clone();
             }
@@ -706,6 +1001,8 @@ impl Dispatcher {
             trace_context: response.orchestration_trace_context,
         };
         let now = time::now();
+        // Kept for failing the instance should its step turn out impossible to store.
+        let retained = (held.instance.clone(), held.new_events.clone(), held.consumed.clone());
         let mut commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || {
             uuid::Uuid::new_v4().simple().to_string()
         });
@@ -737,6 +1034,31 @@ impl Dispatcher {
                 METRICS.orchestrations_started(children);
                 self.changed(&changed);
                 Ok(())
+            }
+            Err(e) if e.is_permanent() => {
+                // Storing this step can never succeed (it would be refused again on every
+                // retry): the instance fails instead, and its worker hears why.
+                spans.failed(&e);
+                let (instance, new_events, consumed) = retained;
+                let why = format!("the orchestration step could not be stored: {e}");
+                if let Err(e) = self
+                    .fail_step(
+                        token.clone(),
+                        &instance,
+                        &held.history,
+                        &new_events,
+                        consumed,
+                        "StepNotStorable",
+                        why,
+                    )
+                    .await
+                {
+                    warn!(instance_id = %id, error = %e, "could not fail the orchestration either");
+                    self.release(&id, &token).await;
+                }
+                Err(Status::invalid_argument(format!(
+                    "the orchestration step could not be stored, so the orchestration was failed: {e}"
+                )))
             }
             Err(e) => {
                 spans.failed(&e);
@@ -787,10 +1109,37 @@ impl Dispatcher {
                 w.activities -= 1;
             }
             METRICS.completed(Kind::Activity, held.since.elapsed());
+            state.lost.remove(&lost_key::activity(held.id));
             (token, held)
         };
         let now = time::now();
-        let result = events::task_result(now, held.task_id, response.result, response.failure_details);
+        // A result the orchestration could never be sent fails the activity instead, so the
+        // orchestration sees a failure that says why rather than an undeliverable work item.
+        let size = response.result.as_ref().map_or(0, |r| r.len()) + response.failure_details.as_ref().map_or(0, |f| f.encoded_len());
+        let refused = if size > self.settings.max_work_item_bytes {
+            Some((
+                "ActivityResultTooLarge",
+                format!(
+                    "the activity's result is {size} bytes, more than the {} a work item may carry (--max-work-item-mib)",
+                    self.settings.max_work_item_bytes
+                ),
+            ))
+        } else {
+            limits::failure("failureDetails", response.failure_details.as_ref()).err().map(|e| {
+                (
+                    "InvalidFailureDetails",
+                    format!("the activity's failure could not be recorded: {e}"),
+                )
+            })
+        };
+        let (result, failure_details) = match refused {
+            Some((error_type, why)) => {
+                warn!(instance_id = %held.instance_id, task_id = held.task_id, size, reason = %why, "recording the activity as failed");
+                (None, Some(events::failure(error_type, why)))
+            }
+            None => (response.result, response.failure_details),
+        };
+        let result = events::task_result(now, held.task_id, result, failure_details);
         let outcome = self
             .batcher
             .write(Write::ActivityResult {
@@ -936,6 +1285,37 @@ impl Dispatcher {
         if let Err(e) = self.store.release_all(Some(&self.owner)).await {
             warn!(error = %e, "releasing leases at shutdown");
         }
+    }
+}
+
+/// What the dispatcher queued for one worker stream, counted out as the stream takes it, so
+/// a worker that stops reading is sent nothing more (see [`Settings::worker_buffer_bytes`]).
+pub struct Outbox {
+    rx: mpsc::UnboundedReceiver<Result<WorkItem, Status>>,
+    buffered: Arc<AtomicUsize>,
+    buffer: usize,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Outbox {
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<WorkItem, Status>>> {
+        let next = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(Ok(item))) = &next
+            && !matches!(item.request, Some(Item::HealthPing(_)))
+        {
+            let size = item.encoded_len();
+            let before = self.buffered.fetch_sub(size, Ordering::AcqRel);
+            if before >= self.buffer && before - size < self.buffer {
+                self.dispatcher.wake(); // room again: the loop may send this worker more
+            }
+        }
+        next
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("buffered", &self.buffered).finish()
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`config`]: flags and environment, validated once at start.
 //! - [`grpc`]: the `TaskHubSidecarService` handlers: input checks and wire <-> domain, nothing more.
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
+//! - [`limits`]: size limits on every field clients and workers send.
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`store`]: durable state behind one trait (SQLite).
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
@@ -18,6 +19,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod rfc3339;

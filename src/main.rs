@@ -73,6 +73,10 @@ async fn serve(config: Config) -> ExitCode {
         pool_size = config.pool_size,
         lease_seconds = config.lease_seconds,
         max_message_mib = config.max_message_mib,
+        max_work_item_mib = config.max_work_item_mib,
+        worker_buffer_mib = config.worker_buffer_mib,
+        item_deadline_seconds = config.item_deadline_seconds,
+        keepalive_seconds = config.keepalive_seconds,
         max_wait_seconds = config.max_wait_seconds,
         entity_reorder_window_minutes = config.entity_reorder_window_minutes,
         http_port = ?config.http_port,
@@ -133,7 +137,7 @@ async fn serve(config: Config) -> ExitCode {
         None => Telemetry::disabled(),
         Some(settings) => match Telemetry::start(&settings) {
             Ok(t) => {
-                info!(endpoint = %settings.traces_endpoint.as_deref().unwrap_or(&settings.endpoint), protocol = ?settings.protocol, "exporting traces");
+                info!(endpoint = %config::redact(settings.traces_endpoint.as_deref().unwrap_or(&settings.endpoint)), protocol = ?settings.protocol, "exporting traces");
                 t
             }
             Err(e) => {
@@ -144,12 +148,12 @@ async fn serve(config: Config) -> ExitCode {
     };
     let options = server::Options {
         dispatch: dispatch::Settings {
-            lease: config.lease(),
             entity_reorder_window: config.entity_reorder_window(),
             entity_work_items: config.entity_work_items(),
-            ..Default::default()
+            ..config.dispatch()
         },
         max_message_bytes: config.max_message_bytes(),
+        keepalive: config.keepalive(),
         max_wait: config.max_wait(),
         telemetry: telemetry.clone(),
         http: outrigger::http::Settings {

@@ -25,6 +25,9 @@ const GRACE: Duration = Duration::from_secs(5);
 pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
+    /// HTTP/2 keepalive ping interval on every connection (and how long an answer may take):
+    /// a frozen peer is disconnected, which releases a worker's items at once.
+    pub keepalive: Option<Duration>,
     /// How long a WaitForInstance* call without a gRPC deadline may wait before it answers
     /// DEADLINE_EXCEEDED (calls with a deadline wait until it).
     pub max_wait: Duration,
@@ -37,6 +40,7 @@ impl Default for Options {
         Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
+            keepalive: Some(Duration::from_secs(10)),
             max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
             http: crate::http::Settings::default(),
@@ -105,10 +109,10 @@ pub async fn run_with_http(
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(options.keepalive)
+        .http2_keepalive_timeout(options.keepalive)
         .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
-        .layer(tower::util::MapResponseLayer::new(
-            oversized_is_resource_exhausted::<tonic::body::Body>,
-        ))
+        .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
         .layer(RpcLayer::new(options.telemetry.clone()))
         .add_service(health_service)
         .add_service(service)
@@ -124,18 +128,29 @@ pub async fn run_with_http(
     Ok(())
 }
 
-/// tonic refuses a too-large request with OUT_OF_RANGE; gRPC's convention (and what clients
-/// test for) is RESOURCE_EXHAUSTED. Such refusals are trailers-only responses, so the status
-/// sits in the headers.
-fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+/// Statuses tonic answers for requests it cannot read, corrected to what they mean. A
+/// too-large request is refused with OUT_OF_RANGE, where gRPC's convention (and what clients
+/// test for) is RESOURCE_EXHAUSTED; one it cannot decode (nested deeper than protobuf allows,
+/// malformed) with INTERNAL and a message that repeats the nesting path, however long, where
+/// the fault is the caller's: INVALID_ARGUMENT with a short message. Such refusals are
+/// trailers-only responses, so the status sits in the headers.
+fn refusal_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers();
-    let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
-        && headers
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .is_some_and(|m| m.contains("length too large") || m.contains("length%20too%20large"));
+    let status = headers.get("grpc-status").and_then(|s| s.to_str().ok()).unwrap_or("");
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
+    let oversized = status == "11" && (message.contains("length too large") || message.contains("length%20too%20large"));
+    let undecodable = status == "13" && (message.starts_with("failed to decode") || message.starts_with("failed%20to%20decode"));
     if oversized {
         response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
+    } else if undecodable {
+        let headers = response.headers_mut();
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "the%20request%20could%20not%20be%20decoded%3A%20malformed%20or%20nested%20deeper%20than%20protobuf%20allows",
+            ),
+        );
     }
     response
 }

@@ -219,3 +219,338 @@ async fn all_ids(store: &dyn Store) -> std::collections::HashSet<String> {
         .map(|i| i.instance_id)
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Payloads too large or too deep for workers
+// ---------------------------------------------------------------------------------------------
+
+/// A neighbour instance run start to finish while a probe misbehaves: other clients' work
+/// keeps completing.
+async fn neighbour_completes(sidecar: &Sidecar, worker: &mut Worker, id: &str) {
+    let mut client = sidecar.new_client().await;
+    run_to_completion(&mut client, worker, id, "\"fine\"").await;
+}
+
+fn failure_of(state: &OrchestrationState) -> &TaskFailureDetails {
+    state.failure_details.as_ref().expect("failure details")
+}
+
+/// Starts an instance and answers its first step with `actions`, returning the token-less
+/// request the worker got.
+async fn first_step(client: &mut Client, worker: &mut Worker, id: &str, actions: Vec<OrchestratorAction>) {
+    start(client, id, "Probe", None).await;
+    let (token, request) = worker.orchestration().await;
+    assert_eq!(request.instance_id, id);
+    complete_orchestrator(client, &token, id, actions).await.expect("first step");
+}
+
+#[tokio::test]
+async fn an_activity_result_too_large_for_workers_fails_the_activity() {
+    let sidecar = Sidecar::with(|o| o.dispatch.max_work_item_bytes = 64 << 10).await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    first_step(&mut client, &mut worker, "big-result", vec![schedule_task(1, "Big", "1")]).await;
+    let (token, request) = worker.activity().await;
+    let huge = format!("\"{}\"", "r".repeat(100 << 10));
+    complete_activity(&mut client, &token, &request, &huge)
+        .await
+        .expect("the completion is taken (and recorded as a failure)");
+    let (token, step) = worker.orchestration().await;
+    let failed = step
+        .new_events
+        .iter()
+        .find_map(|e| match &e.event_type {
+            Some(history_event::EventType::TaskFailed(f)) => f.failure_details.clone(),
+            _ => None,
+        })
+        .expect("the orchestrator sees the activity fail");
+    assert_eq!(failed.error_type, "ActivityResultTooLarge");
+    assert!(failed.error_message.contains("--max-work-item-mib"), "{failed:?}");
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "big-result",
+        vec![complete(2, OrchestrationStatus::Completed, "0")],
+    )
+    .await
+    .expect("the orchestration goes on");
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}
+
+#[tokio::test]
+async fn an_orchestration_whose_history_outgrows_the_work_item_limit_fails_once() {
+    let sidecar = Sidecar::with(|o| o.dispatch.max_work_item_bytes = 64 << 10).await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    // Two results of 40 KiB each pass alone; together they make the next item too large.
+    first_step(
+        &mut client,
+        &mut worker,
+        "grows",
+        vec![schedule_task(1, "Half", "1"), schedule_task(2, "Half", "2")],
+    )
+    .await;
+    let result = format!("\"{}\"", "h".repeat(40 << 10));
+    for _ in 0..2 {
+        let (token, request) = worker.activity().await;
+        complete_activity(&mut client, &token, &request, &result).await.expect("result");
+    }
+    // The orchestration may get one step with the first result; answer it with nothing new.
+    let mut client2 = client.clone();
+    let state = loop {
+        tokio::select! {
+            state = async { wait_completion(&mut client2, "grows").await } => break state,
+            (token, _) = worker.orchestration() => {
+                complete_orchestrator(&mut client, &token, "grows", vec![]).await.expect("step");
+            }
+        }
+    };
+    assert_eq!(state.orchestration_status(), OrchestrationStatus::Failed);
+    let failure = failure_of(&state);
+    assert_eq!(failure.error_type, "WorkItemTooLarge");
+    assert!(failure.error_message.contains("--max-work-item-mib"), "{failure:?}");
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}
+
+fn nested_failure(depth: usize) -> TaskFailureDetails {
+    let mut details = TaskFailureDetails {
+        error_type: "Deep".into(),
+        ..Default::default()
+    };
+    for _ in 1..depth {
+        details = TaskFailureDetails {
+            error_type: "Deep".into(),
+            inner_failure: Some(Box::new(details)),
+            ..Default::default()
+        };
+    }
+    details
+}
+
+#[tokio::test]
+async fn deeply_nested_failure_details_are_refused_or_replaced() {
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+
+    // Nested beyond what protobuf parsers take at all: refused before anything is read.
+    start(&mut client, "deeper", "Probe", None).await;
+    let (token, _) = worker.orchestration().await;
+    let fail = action(
+        1,
+        orchestrator_action::OrchestratorActionType::CompleteOrchestration(CompleteOrchestrationAction {
+            orchestration_status: OrchestrationStatus::Failed as i32,
+            failure_details: Some(nested_failure(99)),
+            ..Default::default()
+        }),
+    );
+    let refused = expect_code(
+        complete_orchestrator(&mut client, &token, "deeper", vec![fail]).await,
+        Code::InvalidArgument,
+    );
+    assert!(refused.message().len() < 300, "no echo: {refused:?}");
+
+    // An orchestration failing with 60 levels: the answer is refused.
+    start(&mut client, "deep-orch", "Probe", None).await;
+    let (token, _) = worker.orchestration().await;
+    let fail = action(
+        1,
+        orchestrator_action::OrchestratorActionType::CompleteOrchestration(CompleteOrchestrationAction {
+            orchestration_status: OrchestrationStatus::Failed as i32,
+            failure_details: Some(nested_failure(60)),
+            ..Default::default()
+        }),
+    );
+    let refused = expect_code(
+        complete_orchestrator(&mut client, &token, "deep-orch", vec![fail]).await,
+        Code::InvalidArgument,
+    );
+    assert!(refused.message().contains("32 levels"), "{refused:?}");
+
+    // An activity failing with 99 levels: recorded as a plain failure saying why.
+    first_step(&mut client, &mut worker, "deep-act", vec![schedule_task(1, "Fails", "1")]).await;
+    let (token, request) = worker.activity().await;
+    let response = ActivityResponse {
+        instance_id: "deep-act".into(),
+        task_id: request.task_id,
+        completion_token: token,
+        failure_details: Some(nested_failure(60)),
+        ..Default::default()
+    };
+    client.complete_activity_task(response).await.expect("taken");
+    let (_, step) = worker.orchestration().await;
+    let failed = step
+        .new_events
+        .iter()
+        .find_map(|e| match &e.event_type {
+            Some(history_event::EventType::TaskFailed(f)) => f.failure_details.clone(),
+            _ => None,
+        })
+        .expect("a TaskFailed");
+    assert_eq!(failed.error_type, "InvalidFailureDetails");
+    assert!(failed.inner_failure.is_none());
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}
+
+/// A work item that kills every worker it reaches is not sent a fourth time: its
+/// orchestration fails, and the next worker carries on with other work.
+#[tokio::test]
+async fn a_work_item_whose_workers_keep_dying_fails_its_orchestration() {
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    start(&mut client, "poison", "Probe", None).await;
+    for _ in 0..3 {
+        let mut doomed = sidecar.worker().await;
+        let (_, request) = doomed.orchestration().await;
+        assert_eq!(request.instance_id, "poison");
+        drop(doomed); // the stream dies holding the item
+    }
+    // The next worker is not sent the item; the orchestration fails instead.
+    let mut worker = sidecar.worker().await;
+    let state = wait_completion(&mut client, "poison").await;
+    assert_eq!(state.orchestration_status(), OrchestrationStatus::Failed);
+    assert_eq!(failure_of(&state).error_type, "WorkItemUndeliverable");
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large steps (SQLite's bound-variable limit)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_activity_fan_out_commits() {
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar
+        .worker_with(GetWorkItemsRequest {
+            max_concurrent_activity_work_items: 1,
+            ..Default::default()
+        })
+        .await;
+    let actions: Vec<_> = (1..=10_000).map(|i| schedule_task(i, "Fan", "1")).collect();
+    first_step(&mut client, &mut worker, "fan-out", actions).await;
+    let scheduled = history(&mut client, "fan-out")
+        .await
+        .iter()
+        .filter(|e| matches!(e.event_type, Some(history_event::EventType::TaskScheduled(_))))
+        .count();
+    assert_eq!(scheduled, 10_000, "the whole step is stored");
+    let (_, first) = worker.activity().await;
+    assert_eq!(first.name, "Fan");
+    // This worker holds its one activity, so it gets only the neighbour's orchestration.
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile ids and fields
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ids_in_actions_obey_the_client_id_rules() {
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    start(&mut client, "parent", "Probe", None).await;
+    let (token, _) = worker.orchestration().await;
+    let cases = [
+        (
+            "sub-orchestration id with a newline",
+            orchestrator_action::OrchestratorActionType::CreateSubOrchestration(CreateSubOrchestrationAction {
+                instance_id: "child\nINFO forged".into(),
+                name: "Child".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "2 MiB sub-orchestration id",
+            orchestrator_action::OrchestratorActionType::CreateSubOrchestration(CreateSubOrchestrationAction {
+                instance_id: "c".repeat(2 << 20),
+                name: "Child".into(),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sendEvent target with a newline",
+            orchestrator_action::OrchestratorActionType::SendEvent(SendEventAction {
+                instance: Some(OrchestrationInstance {
+                    instance_id: "x\nERROR forged".into(),
+                    ..Default::default()
+                }),
+                name: "E".into(),
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (what, kind) in cases {
+        let status = expect_code(
+            complete_orchestrator(&mut client, &token, "parent", vec![action(1, kind)]).await,
+            Code::InvalidArgument,
+        );
+        assert!(status.message().len() < 300, "{what}: the message does not echo the input");
+        assert!(!status.message().contains('\n'), "{what}");
+    }
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}
+
+#[tokio::test]
+async fn oversized_fields_are_refused_with_invalid_argument() {
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    let big = "n".repeat(2 << 20);
+    let requests = [
+        (
+            "name",
+            CreateInstanceRequest {
+                name: big.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "version",
+            CreateInstanceRequest {
+                name: "Ok".into(),
+                version: Some(big.clone()),
+                ..Default::default()
+            },
+        ),
+        (
+            "tags",
+            CreateInstanceRequest {
+                name: "Ok".into(),
+                tags: [("k".to_string(), big.clone())].into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, request) in requests {
+        let status = expect_code(client.start_instance(request).await, Code::InvalidArgument);
+        assert!(status.message().starts_with(field), "{field}: {status:?}");
+        assert!(status.message().len() < 200, "{field}: no echo");
+    }
+    start_later(&mut client, "target").await;
+    let event = RaiseEventRequest {
+        instance_id: "target".into(),
+        name: big.clone(),
+        ..Default::default()
+    };
+    expect_code(client.raise_event(event).await, Code::InvalidArgument);
+
+    // Filters: huge status lists and continuation tokens are refused briefly.
+    let query = QueryInstancesRequest {
+        query: Some(InstanceQuery {
+            runtime_status: vec![OrchestrationStatus::Running as i32; 40_000],
+            ..Default::default()
+        }),
+    };
+    expect_code(client.query_instances(query).await, Code::InvalidArgument);
+    let query = QueryInstancesRequest {
+        query: Some(InstanceQuery {
+            continuation_token: Some("t".repeat(1 << 20)),
+            ..Default::default()
+        }),
+    };
+    let status = expect_code(client.query_instances(query).await, Code::InvalidArgument);
+    assert!(status.message().len() < 200, "no echo: {} bytes", status.message().len());
+    let mut worker = sidecar.worker().await;
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}

@@ -12,6 +12,7 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::limits;
 use crate::model::*;
 use crate::proto::history_event::EventType;
 use crate::proto::orchestrator_action::OrchestratorActionType as Action;
@@ -174,8 +175,16 @@ pub struct Response {
 /// Checks a worker's actions before anything is applied, so a malformed answer is refused
 /// with a precise message instead of corrupting history.
 pub fn validate(actions: &[OrchestratorAction]) -> Result<(), String> {
+    if actions.len() > limits::MAX_ACTIONS {
+        return Err(format!(
+            "the answer holds {} actions; at most {} are allowed",
+            actions.len(),
+            limits::MAX_ACTIONS
+        ));
+    }
     for a in actions {
         let id = a.id;
+        fields(a).map_err(|e| format!("action {id}: {e}"))?;
         match &a.orchestrator_action_type {
             None => return Err(format!("action {id} has no action type")),
             Some(Action::ScheduleTask(t)) if t.name.is_empty() => return Err(format!("scheduleTask action {id} has an empty name")),
@@ -211,6 +220,41 @@ pub fn validate(actions: &[OrchestratorAction]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The size and id rules of [`limits`] applied to an action's fields: ids created or
+/// addressed by an orchestrator obey the same rules as ids clients send.
+fn fields(a: &OrchestratorAction) -> Result<(), String> {
+    match &a.orchestrator_action_type {
+        Some(Action::ScheduleTask(t)) => {
+            limits::name("scheduleTask.name", &t.name)?;
+            limits::optional_name("scheduleTask.version", t.version.as_deref())?;
+            limits::tag_map("scheduleTask.tags", &t.tags)
+        }
+        Some(Action::CreateSubOrchestration(c)) => {
+            if !c.instance_id.is_empty() {
+                limits::instance_id("createSubOrchestration.instanceId", &c.instance_id)?;
+            }
+            limits::name("createSubOrchestration.name", &c.name)?;
+            limits::optional_name("createSubOrchestration.version", c.version.as_deref())?;
+            limits::tag_map("createSubOrchestration.tags", &c.tags)
+        }
+        Some(Action::SendEvent(e)) => {
+            if let Some(target) = e.instance.as_ref().filter(|i| !i.instance_id.is_empty()) {
+                limits::instance_id("sendEvent.instance.instanceId", &target.instance_id)?;
+            }
+            limits::name("sendEvent.name", &e.name)
+        }
+        Some(Action::TerminateOrchestration(t)) if !t.instance_id.is_empty() => {
+            limits::instance_id("terminateOrchestration.instanceId", &t.instance_id)
+        }
+        Some(Action::CompleteOrchestration(c)) => {
+            limits::optional_name("completeOrchestration.newVersion", c.new_version.as_deref())?;
+            limits::tag_map("completeOrchestration.tags", &c.tags)?;
+            limits::failure("completeOrchestration.failureDetails", c.failure_details.as_ref())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Everything needed to create an instance: from StartInstance, a sub-orchestration action,

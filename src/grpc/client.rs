@@ -8,13 +8,12 @@ use tonic::Status;
 
 use super::{Arrival, Service, status};
 use crate::engine::{self, StartSpec, events};
+use crate::limits;
 use crate::model::{Instance, Message, NewInstance, is_terminal};
 use crate::proto::*;
 use crate::store::{Delivery, FinishedFilter, InstanceFilter, Purge, Rewind};
 use crate::time::{self, Millis};
 
-/// Longest instance id accepted; ids are primary keys and appear in every log line.
-const MAX_ID_LEN: usize = 1024;
 const DEFAULT_PAGE: u32 = 100;
 const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 const MAX_PAGE: u32 = 1000;
@@ -32,19 +31,13 @@ const TERMINAL: [OrchestrationStatus; 4] = [
 ];
 
 fn instance_id(id: &str) -> Result<&str, Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("instanceId is required"));
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "instanceId is {} bytes; at most {MAX_ID_LEN} are allowed",
-            id.len()
-        )));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(Status::invalid_argument("instanceId must not contain control characters"));
-    }
+    limits::instance_id("instanceId", id).map_err(Status::invalid_argument)?;
     Ok(id)
+}
+
+/// A field check of [`limits`] as an INVALID_ARGUMENT.
+fn checked(check: Result<(), String>) -> Result<(), Status> {
+    check.map_err(Status::invalid_argument)
 }
 
 fn timestamp(field: &str, ts: &Option<prost_types::Timestamp>) -> Result<Option<Millis>, Status> {
@@ -54,6 +47,7 @@ fn timestamp(field: &str, ts: &Option<prost_types::Timestamp>) -> Result<Option<
 }
 
 fn statuses(field: &str, values: &[i32]) -> Result<Vec<OrchestrationStatus>, Status> {
+    checked(limits::status_filter(field, values.len()))?;
     values
         .iter()
         .map(|v| OrchestrationStatus::try_from(*v).map_err(|_| Status::invalid_argument(format!("{field}: unknown status {v}"))))
@@ -77,7 +71,7 @@ fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Milli
     let Some(token) = token.as_deref().filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
-    let bad = || Status::invalid_argument(format!("{field} '{token}' is not a token this sidecar issued"));
+    let bad = || Status::invalid_argument(format!("{field} is not a token this sidecar issued"));
     let (at, id) = token.split_once('|').ok_or_else(bad)?;
     Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
 }
@@ -153,6 +147,9 @@ impl Service {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the orchestrator to run) is required"));
         }
+        checked(limits::name("name", &r.name))?;
+        checked(limits::optional_name("version", r.version.as_deref()))?;
+        checked(limits::tag_map("tags", &r.tags))?;
         let now = time::now();
         // Epoch zero is what some clients send for "no scheduled start".
         let scheduled = timestamp("scheduledStartTimestamp", &r.scheduled_start_timestamp)?.filter(|at| *at > 0 && *at > now);
@@ -162,7 +159,7 @@ impl Service {
             None => TERMINAL.to_vec(),
         };
         let execution_id = match r.execution_id.filter(|e| !e.is_empty()) {
-            Some(e) if e.len() > MAX_ID_LEN => return Err(Status::invalid_argument("executionId is too long")),
+            Some(e) if e.len() > limits::MAX_ID_BYTES => return Err(Status::invalid_argument("executionId is too long")),
             Some(e) => e,
             None => new_execution_id(),
         };
@@ -212,6 +209,9 @@ impl Service {
     ) -> Result<GetInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?.to_string();
         let watchers = &self.dispatcher.watchers;
+        // Declared before the wait, so dropped after it (and its subscription) even when the
+        // call is cancelled.
+        let _release = watchers.releasing(&id);
         let seen = AtomicBool::new(false);
         let wait = async {
             let mut changes = watchers.subscribe(&id);
@@ -234,7 +234,7 @@ impl Service {
             Some(d) => d.checked_sub(DEADLINE_MARGIN).unwrap_or(d),
             None => Instant::now() + self.max_wait,
         };
-        let outcome = tokio::time::timeout_at(until, wait).await.unwrap_or_else(|_| {
+        tokio::time::timeout_at(until, wait).await.unwrap_or_else(|_| {
             let what = if seen.load(Ordering::Relaxed) {
                 "did not reach the awaited state"
             } else {
@@ -245,9 +245,7 @@ impl Service {
                 None => format!("{} s (the longest a wait without a deadline lasts)", self.max_wait.as_secs()),
             };
             Err(Status::deadline_exceeded(format!("instance '{id}' {what} within {within}")))
-        });
-        watchers.release(&id);
-        outcome
+        })
     }
 
     /// Returns whether the event was queued ([`Delivery::Queued`]) or ignored because the
@@ -257,6 +255,7 @@ impl Service {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the event name) is required"));
         }
+        checked(limits::name("name", &r.name))?;
         let now = time::now();
         self.send(id, events::event_raised(now, r.name, r.input), now).await
     }
@@ -304,7 +303,16 @@ impl Service {
             statuses: statuses("runtimeStatus", &q.runtime_status)?,
             created_from: timestamp("createdTimeFrom", &q.created_time_from)?,
             created_to: timestamp("createdTimeTo", &q.created_time_to)?,
-            id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
+            id_prefix: match q.instance_id_prefix.filter(|p| !p.is_empty()) {
+                Some(p) if p.len() > limits::MAX_ID_BYTES => {
+                    return Err(Status::invalid_argument(format!(
+                        "instanceIdPrefix is {} bytes; at most {} are allowed",
+                        p.len(),
+                        limits::MAX_ID_BYTES
+                    )));
+                }
+                p => p,
+            },
             after: parse_page_token("continuationToken", &q.continuation_token)?,
             limit: limit + 1, // one extra row tells whether another page exists
         };

@@ -4,17 +4,16 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::Service;
-use crate::dispatch::WorkerGuard;
+use crate::dispatch::{Outbox, WorkerGuard};
 use crate::proto::*;
 
 /// A worker's stream of work items; dropping it (the worker went away) releases its items.
 #[derive(Debug)]
 pub struct WorkStream {
-    rx: mpsc::UnboundedReceiver<Result<WorkItem, Status>>,
+    outbox: Outbox,
     _guard: WorkerGuard,
 }
 
@@ -22,7 +21,7 @@ impl tokio_stream::Stream for WorkStream {
     type Item = Result<WorkItem, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.outbox.poll_recv(cx)
     }
 }
 
@@ -44,7 +43,7 @@ impl Service {
                 return Err(Status::invalid_argument(format!("{name} must not be negative, got {n}")));
             }
         }
-        let (rx, guard) = self.dispatcher.connect(&r);
-        Ok(WorkStream { rx, _guard: guard })
+        let (outbox, guard) = self.dispatcher.connect(&r);
+        Ok(WorkStream { outbox, _guard: guard })
     }
 }

@@ -298,17 +298,20 @@ fn push_in<'a>(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, column: &str, values: i
     q.push(")");
 }
 
+/// Most rows one multi-row statement writes or names: SQLite binds at most 32,766 values per
+/// statement, so larger steps (a fan-out to thousands of activities) take several statements.
+const ROWS_PER_STATEMENT: usize = 1000;
+
 async fn delete_messages(conn: &mut SqliteConnection, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+    for ids in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new("DELETE FROM inbox WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
     }
-    let mut q = sqlx::QueryBuilder::new("DELETE FROM inbox WHERE id IN (");
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    q.push(")");
-    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -356,15 +359,14 @@ async fn write_history(conn: &mut SqliteConnection, id: &str, write: &HistoryWri
             (events, 0)
         }
     };
-    if events.is_empty() {
-        return Ok(());
+    for events in events.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO history (instance_id, seq, event) ");
+        q.push_values(events, |mut row, e| {
+            row.push_bind(id.to_string()).push_bind(seq).push_bind(encode(e));
+            seq += 1;
+        });
+        q.build().execute(&mut *conn).await?;
     }
-    let mut q = sqlx::QueryBuilder::new("INSERT INTO history (instance_id, seq, event) ");
-    q.push_values(events, |mut row, e| {
-        row.push_bind(id.to_string()).push_bind(seq).push_bind(encode(e));
-        seq += 1;
-    });
-    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -440,9 +442,9 @@ async fn step_in(
             .execute(&mut *conn)
             .await?;
     }
-    if !commit.activities.is_empty() {
+    for activities in commit.activities.chunks(ROWS_PER_STATEMENT) {
         let mut q = sqlx::QueryBuilder::new("INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at) ");
-        q.push_values(&commit.activities, |mut row, a| {
+        q.push_values(activities, |mut row, a| {
             row.push_bind(a.instance_id.clone())
                 .push_bind(a.execution_id.clone())
                 .push_bind(a.request.task_id)

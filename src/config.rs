@@ -127,6 +127,35 @@ pub struct Config {
     /// A server span for each client RPC (StartInstance, RaiseEvent, ...).
     #[arg(long, env = "OUTRIGGER_OTEL_RPC_SPANS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Tracing")]
     pub otel_rpc_spans: bool,
+
+    /// TCP port of the HTTP listener (Durable Functions management API, /metrics, /healthz,
+    /// /readyz); 0 picks a free one. No HTTP listener unless set.
+    #[arg(long, env = "OUTRIGGER_HTTP_PORT", help_heading = "HTTP")]
+    pub http_port: Option<u16>,
+
+    /// Host or IP address of the HTTP listener. "localhost" (the default, like the gRPC
+    /// listener's) is both 127.0.0.1 and ::1; the management API can terminate and purge, so
+    /// exposing it is a deliberate choice.
+    #[arg(long, env = "OUTRIGGER_HTTP_HOST", default_value = "localhost", help_heading = "HTTP")]
+    pub http_host: String,
+
+    /// Base URL the management payload's links start with, e.g. https://ops.example.com, when
+    /// callers reach the listener through a proxy. Without it links follow the request's
+    /// X-Forwarded-Proto/X-Forwarded-Host, else its Host header.
+    #[arg(long, env = "OUTRIGGER_HTTP_PUBLIC_URL", value_parser = public_url, help_heading = "HTTP")]
+    pub http_public_url: Option<String>,
+
+    /// Record Prometheus metrics (served at /metrics on the HTTP listener).
+    #[arg(long, env = "OUTRIGGER_METRICS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "HTTP")]
+    pub metrics: bool,
+}
+
+fn public_url(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_end_matches('/');
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) || trimmed.len() <= "https://".len() {
+        return Err(format!("'{text}' is not an http:// or https:// URL"));
+    }
+    Ok(trimmed.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -169,6 +198,8 @@ pub enum Command {
     /// Apply pending database schema migrations, then exit (the server also applies them at
     /// start; this is for operators who migrate as a separate step).
     Migrate,
+    // Its help text is the doc comment of `InstancesArgs`.
+    Instances(crate::cli::InstancesArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

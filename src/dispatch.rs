@@ -18,6 +18,7 @@ use crate::engine::entities::{self as entity_rules, Plan};
 use crate::engine::work_filters::WorkFilter;
 use crate::engine::{self, Prepared, events};
 use crate::limits;
+use crate::metrics::{Kind, METRICS};
 use crate::model::{Entity, Instance, Names};
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
@@ -173,6 +174,7 @@ struct HeldOrchestration {
     chunks: Vec<OrchestratorAction>,
     chunk_bytes: usize,
     next_chunk: i32,
+    /// When it was handed out (item deadlines, the step latency metric).
     since: Instant,
 }
 
@@ -417,8 +419,9 @@ impl Dispatcher {
                     if tokens.is_empty() {
                         continue;
                     }
-                    if let Err(e) = this.store.renew_leases(&tokens, until).await {
-                        warn!(error = %e, "renewing leases failed");
+                    match this.store.renew_leases(&tokens, until).await {
+                        Ok(()) => METRICS.leases_renewed(tokens.len()),
+                        Err(e) => warn!(error = %e, "renewing leases failed"),
                     }
                 }
             })
@@ -607,7 +610,10 @@ impl Dispatcher {
             }
         };
         match handed {
-            Handed::Sent(worker) => debug!(instance_id = %id, worker, "orchestration work item sent"),
+            Handed::Sent(worker) => {
+                METRICS.dispatched(Kind::Orchestration);
+                debug!(instance_id = %id, worker, "orchestration work item sent");
+            }
             Handed::NoWorker => self.store.release_orchestration(&id, &token, &[], 0).await?,
             Handed::TooLarge(item) => {
                 let Undeliverable {
@@ -728,11 +734,14 @@ impl Dispatcher {
             });
             (taken, sent)
         };
-        if sent.is_none() {
-            // Only an activity queued before names were stored can be leased for a filter that
-            // does not take it; it waits a moment before it is offered again.
-            let later = if taken { 0 } else { time::span(self.settings.abandon_delay) };
-            self.store.release_activity(id, &token, time::now() + later).await?;
+        match sent {
+            Some(()) => METRICS.dispatched(Kind::Activity),
+            None => {
+                // Only an activity queued before names were stored can be leased for a filter that
+                // does not take it; it waits a moment before it is offered again.
+                let later = if taken { 0 } else { time::span(self.settings.abandon_delay) };
+                self.store.release_activity(id, &token, time::now() + later).await?;
+            }
         }
         Ok(())
     }
@@ -1039,6 +1048,7 @@ impl Dispatcher {
             if !chunked {
                 held.chunks = response.actions.clone();
             }
+            METRICS.completed(Kind::Orchestration, held.since.elapsed());
             (token, held)
         };
         let id = held.instance.instance_id.clone();
@@ -1062,6 +1072,12 @@ impl Dispatcher {
         let spans = self
             .telemetry
             .step(&held.instance, &held.history, &held.new_events, &mut commit, now);
+        let ended = if commit.instance.execution_id != held.instance.execution_id {
+            Some(OrchestrationStatus::ContinuedAsNew)
+        } else {
+            (commit.instance.is_terminal() && !held.instance.is_terminal()).then_some(commit.instance.status)
+        };
+        let children = commit.children.len();
         match self
             .batcher
             .write(Write::Step {
@@ -1074,6 +1090,10 @@ impl Dispatcher {
         {
             Ok(changed) => {
                 spans.committed();
+                if let Some(status) = ended {
+                    METRICS.orchestration_finished(status);
+                }
+                METRICS.orchestrations_started(children);
                 self.changed(&changed);
                 Ok(())
             }
@@ -1150,6 +1170,7 @@ impl Dispatcher {
             if let Some(w) = state.workers.get_mut(&held.worker) {
                 w.activities -= 1;
             }
+            METRICS.completed(Kind::Activity, held.since.elapsed());
             state.lost.remove(&lost_key::activity(held.id));
             (token, held)
         };
@@ -1205,6 +1226,7 @@ impl Dispatcher {
             held
         };
         if let Some(held) = held {
+            METRICS.abandoned(Kind::Orchestration);
             let later = time::now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self
                 .store
@@ -1228,6 +1250,7 @@ impl Dispatcher {
             held
         };
         if let Some(held) = held {
+            METRICS.abandoned(Kind::Activity);
             let later = time::now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self.store.release_activity(held.id, token, later).await {
                 debug!(error = %e, "abandoning activity");
@@ -1312,6 +1335,11 @@ impl Dispatcher {
             }
             self.wake();
         }
+    }
+
+    /// Worker streams open now (the metrics' gauge).
+    pub fn connected_workers(&self) -> usize {
+        self.state.lock().unwrap().workers.len()
     }
 
     /// Releases everything this sidecar holds (at shutdown).

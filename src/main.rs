@@ -18,7 +18,13 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
+    let migrate_only = match config.command.take() {
+        // A client: no server logging, its own small runtime.
+        Some(Command::Instances(args)) => return outrigger::cli::main(args),
+        Some(Command::Migrate) => true,
+        None => false,
+    };
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -27,9 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match config.command {
-        Some(Command::Migrate) => runtime.block_on(migrate(config)),
-        None => runtime.block_on(serve(config)),
+    if migrate_only {
+        runtime.block_on(migrate(config))
+    } else {
+        runtime.block_on(serve(config))
     }
 }
 
@@ -73,16 +80,19 @@ async fn serve(config: Config) -> ExitCode {
         keepalive_seconds = config.keepalive_seconds,
         max_wait_seconds = config.max_wait_seconds,
         entity_reorder_window_minutes = config.entity_reorder_window_minutes,
+        http_port = ?config.http_port,
+        metrics = config.metrics,
         version = env!("CARGO_PKG_VERSION"),
         "starting outrigger"
     );
     let mut listeners = server::Listeners::default();
-    for (port, bound) in [
-        (config.microsoft_port(), &mut listeners.microsoft),
-        (config.dapr_port, &mut listeners.dapr),
+    for (host, port, bound) in [
+        (&config.host, config.microsoft_port(), &mut listeners.microsoft),
+        (&config.host, config.dapr_port, &mut listeners.dapr),
+        (&config.http_host, config.http_port, &mut listeners.http),
     ] {
         let Some(port) = port else { continue };
-        let addresses = match addresses(&config.host, port).await {
+        let addresses = match addresses(host, port).await {
             Ok(a) => a,
             Err(e) => {
                 error!("{e}");
@@ -104,6 +114,12 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    // HTTP first: the gRPC line is what supervisors and tests take as "serving".
+    for l in &listeners.http {
+        if let Ok(addr) = l.local_addr() {
+            info!("listening http={addr}");
+        }
+    }
     for (dialect, l) in listeners
         .microsoft
         .iter()
@@ -114,6 +130,7 @@ async fn serve(config: Config) -> ExitCode {
             info!(dialect, "listening addr={addr}");
         }
     }
+    outrigger::metrics::set_enabled(config.metrics);
     let telemetry = match config.telemetry() {
         None => Telemetry::disabled(),
         Some(settings) => match Telemetry::start(&settings) {
@@ -138,6 +155,9 @@ async fn serve(config: Config) -> ExitCode {
         max_wait: config.max_wait(),
         telemetry: telemetry.clone(),
         dapr_app_id: config.dapr_app_id.clone(),
+        http: outrigger::http::Settings {
+            public_url: config.http_public_url.clone(),
+        },
     };
     let outcome = server::serve(listeners, store, options, shutdown_signal()).await;
     // The last spans are exported before exit; this blocks on the network, so off the runtime.

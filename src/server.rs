@@ -36,6 +36,7 @@ pub struct Options {
     pub telemetry: Telemetry,
     /// The app the Dapr listener serves (routers naming another app are refused).
     pub dapr_app_id: Option<String>,
+    pub http: crate::http::Settings,
 }
 
 impl Default for Options {
@@ -47,10 +48,12 @@ impl Default for Options {
             max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
             dapr_app_id: None,
+            http: crate::http::Settings::default(),
         }
     }
 }
 
+/// Serves gRPC only.
 pub async fn run(
     listeners: Vec<TcpListener>,
     store: Arc<dyn Store>,
@@ -59,16 +62,18 @@ pub async fn run(
 ) -> Result<(), tonic::transport::Error> {
     let listeners = Listeners {
         microsoft: listeners,
-        dapr: vec![],
+        ..Listeners::default()
     };
     serve(listeners, store, options, shutdown).await
 }
 
-/// The bound listeners of each dialect (either may be empty, not both).
+/// The bound listeners of each dialect (either may be empty, not both) and of the HTTP API,
+/// metrics and probes (served only when not empty).
 #[derive(Debug, Default)]
 pub struct Listeners {
     pub microsoft: Vec<TcpListener>,
     pub dapr: Vec<TcpListener>,
+    pub http: Vec<TcpListener>,
 }
 
 /// One stream of connections over all of a dialect's listeners.
@@ -97,6 +102,19 @@ pub async fn serve(
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
     let handlers = Service::new(store, dispatcher.clone(), options.max_wait);
+    let http_listeners = listeners.http;
+    let (http_stop_tx, mut http_stop) = tokio::sync::watch::channel(false);
+    let _http = (!http_listeners.is_empty()).then(|| {
+        let router = crate::http::router(handlers.clone(), options.http.clone());
+        let stopped = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(http_listeners, router, stopped).await {
+                warn!(error = %e, "HTTP listener failed");
+            }
+        }))
+    });
     let service = TaskHubSidecarServiceServer::new(handlers.clone())
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
@@ -116,6 +134,7 @@ pub async fn serve(
         shutdown.await;
         info!("shutting down: ending worker streams and releasing leases");
         closer.close_all();
+        let _ = http_stop_tx.send(true);
         let _ = stopping_tx.send(true);
     };
     // Each dialect has its own server (both services are named TaskHubSidecarService), with

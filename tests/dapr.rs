@@ -56,6 +56,7 @@ impl Both {
             let listeners = Listeners {
                 microsoft: vec![ms_listener],
                 dapr: vec![dapr_listener],
+                http: vec![],
             };
             let shutdown = async move {
                 let _ = stopped.await;

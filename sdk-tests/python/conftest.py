@@ -21,7 +21,7 @@ from sidecar import Sidecar
 @pytest.fixture(scope="session")
 def sidecar(tmp_path_factory: pytest.TempPathFactory):
     db = new_database("suite", tmp_path_factory.mktemp("outrigger"))
-    sc = start_sidecar("outrigger", db)
+    sc = start_sidecar("outrigger", db, extra_args=["--http-port", "0"])
     yield sc
     sc.stop()
     db.drop()

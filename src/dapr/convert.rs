@@ -88,6 +88,7 @@ pub fn create(mut r: dp::CreateInstanceRequest, app_id: Option<&str>) -> Result<
             .map(|s| s as i32)
             .to_vec()
         },
+        action: ms::CreateOrchestrationAction::Error as i32,
     });
     Ok((out, enforce_unique))
 }

@@ -73,7 +73,7 @@ fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Micro
 
 /// The caller's deadline from the `grpc-timeout` header, if any, counted from the call's
 /// arrival (tonic enforces the header from then on too).
-pub(super) fn deadline<T>(request: &tonic::Request<T>) -> Result<Option<Instant>, Status> {
+pub(crate) fn deadline<T>(request: &tonic::Request<T>) -> Result<Option<Instant>, Status> {
     let Some(value) = request.metadata().get("grpc-timeout") else {
         return Ok(None);
     };
@@ -133,7 +133,7 @@ fn new_execution_id() -> String {
 }
 
 impl Service {
-    pub(super) async fn start(&self, r: CreateInstanceRequest) -> Result<CreateInstanceResponse, Status> {
+    pub(crate) async fn start(&self, r: CreateInstanceRequest) -> Result<CreateInstanceResponse, Status> {
         let id = if r.instance_id.is_empty() {
             new_execution_id()
         } else {
@@ -192,11 +192,12 @@ impl Service {
             return Err(e);
         }
         drop(creation); // ends the create span: the instance exists
+        crate::metrics::METRICS.orchestrations_started(1);
         self.dispatcher.changed([&id]);
         Ok(())
     }
 
-    pub(super) async fn get(&self, r: GetInstanceRequest) -> Result<GetInstanceResponse, Status> {
+    pub(crate) async fn get(&self, r: GetInstanceRequest) -> Result<GetInstanceResponse, Status> {
         let i = self.store.get_instance(instance_id(&r.instance_id)?).await.map_err(status)?;
         Ok(found(i, r.get_inputs_and_outputs))
     }
@@ -205,7 +206,7 @@ impl Service {
     /// rather than polling. An instance that does not exist yet is waited for (a client may
     /// wait on a sub-orchestration its parent has not created yet); a call that outlives its
     /// deadline, or `max_wait` when it has none, answers DEADLINE_EXCEEDED.
-    pub(super) async fn wait(
+    pub(crate) async fn wait(
         &self,
         r: GetInstanceRequest,
         deadline: Option<Instant>,
@@ -252,25 +253,26 @@ impl Service {
         })
     }
 
-    pub(super) async fn raise(&self, r: RaiseEventRequest) -> Result<RaiseEventResponse, Status> {
+    /// Returns whether the event was queued ([`Delivery::Queued`]) or ignored because the
+    /// instance has finished ([`Delivery::Finished`]); gRPC answers both alike, HTTP does not.
+    pub(crate) async fn raise(&self, r: RaiseEventRequest) -> Result<Delivery, Status> {
         let id = instance_id(&r.instance_id)?;
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the event name) is required"));
         }
         checked(limits::name("name", &r.name))?;
         let now = time::now();
-        self.send(id, events::event_raised(now, r.name, r.input), now).await?;
-        Ok(RaiseEventResponse {})
+        self.send(id, events::event_raised(now, r.name, r.input), now).await
     }
 
-    pub(super) async fn terminate(&self, r: TerminateRequest) -> Result<TerminateResponse, Status> {
+    pub(crate) async fn terminate(&self, r: TerminateRequest) -> Result<Delivery, Status> {
         let id = instance_id(&r.instance_id)?;
         let now = time::now();
-        self.send(id, events::terminated(now, r.output.clone(), r.recursive), now).await?;
+        let delivery = self.send(id, events::terminated(now, r.output.clone(), r.recursive), now).await?;
         if r.recursive {
             self.terminate_descendants(id, r.output, now).await?;
         }
-        Ok(TerminateResponse {})
+        Ok(delivery)
     }
 
     /// A recursive terminate travels down through the steps of running parents only: a
@@ -306,7 +308,7 @@ impl Service {
         Ok(())
     }
 
-    pub(super) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<(), Status> {
+    pub(crate) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<Delivery, Status> {
         let id = instance_id(&id)?;
         let now = time::now();
         let event = if suspend {
@@ -319,7 +321,7 @@ impl Service {
 
     /// Queues an event for an instance. Unknown instances are an error; finished ones
     /// silently ignore it (the event could not change anything).
-    async fn send(&self, id: &str, event: HistoryEvent, now: Micros) -> Result<(), Status> {
+    async fn send(&self, id: &str, event: HistoryEvent, now: Micros) -> Result<Delivery, Status> {
         let message = Message {
             instance_id: id.to_string(),
             execution_id: None,
@@ -329,14 +331,14 @@ impl Service {
         };
         match self.store.send(message).await.map_err(status)? {
             Delivery::Unknown => Err(Status::not_found(format!("no instance with id '{id}'"))),
-            Delivery::Finished | Delivery::Queued => {
+            delivery => {
                 self.dispatcher.wake();
-                Ok(())
+                Ok(delivery)
             }
         }
     }
 
-    pub(super) async fn query(&self, r: QueryInstancesRequest) -> Result<QueryInstancesResponse, Status> {
+    pub(crate) async fn query(&self, r: QueryInstancesRequest) -> Result<QueryInstancesResponse, Status> {
         let q = r.query.unwrap_or_default();
         let limit = page_size("maxInstanceCount", q.max_instance_count)?;
         let filter = InstanceFilter {
@@ -368,7 +370,7 @@ impl Service {
         })
     }
 
-    pub(super) async fn list_ids(&self, r: ListInstanceIdsRequest) -> Result<ListInstanceIdsResponse, Status> {
+    pub(crate) async fn list_ids(&self, r: ListInstanceIdsRequest) -> Result<ListInstanceIdsResponse, Status> {
         let limit = page_size("pageSize", r.page_size)?;
         let filter = FinishedFilter {
             statuses: statuses("runtimeStatus", &r.runtime_status)?,
@@ -387,7 +389,7 @@ impl Service {
         })
     }
 
-    pub(super) async fn purge(&self, r: PurgeInstancesRequest) -> Result<PurgeInstancesResponse, Status> {
+    pub(crate) async fn purge(&self, r: PurgeInstancesRequest) -> Result<PurgeInstancesResponse, Status> {
         use purge_instances_request::Request as Target;
         let complete = |deleted: u32, done: bool| PurgeInstancesResponse {
             deleted_instance_count: deleted as i32,
@@ -464,7 +466,7 @@ impl Service {
         }
     }
 
-    pub(super) async fn history(&self, r: StreamInstanceHistoryRequest) -> Result<Vec<HistoryChunk>, Status> {
+    pub(crate) async fn history(&self, r: StreamInstanceHistoryRequest) -> Result<Vec<HistoryChunk>, Status> {
         let id = instance_id(&r.instance_id)?;
         let Some(instance) = self.store.get_instance(id).await.map_err(status)? else {
             return Err(Status::not_found(format!("no instance with id '{id}'")));
@@ -493,7 +495,7 @@ impl Service {
         Ok(chunks)
     }
 
-    pub(super) async fn restart(&self, r: RestartInstanceRequest) -> Result<RestartInstanceResponse, Status> {
+    pub(crate) async fn restart(&self, r: RestartInstanceRequest) -> Result<RestartInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         let Some(old) = self.store.get_instance(id).await.map_err(status)? else {
             return Err(Status::not_found(format!("no instance with id '{id}'")));
@@ -531,7 +533,7 @@ impl Service {
         Ok(RestartInstanceResponse { instance_id: new_id })
     }
 
-    pub(super) async fn rewind(&self, r: RewindInstanceRequest) -> Result<RewindInstanceResponse, Status> {
+    pub(crate) async fn rewind(&self, r: RewindInstanceRequest) -> Result<RewindInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         let now = time::now();
         match self

@@ -2,7 +2,7 @@
 //! Client-facing RPCs live in [`client`], worker-facing ones in [`worker`]; the store and the
 //! dispatcher do the work.
 
-mod client;
+pub(crate) mod client;
 mod entities;
 mod worker;
 
@@ -38,6 +38,15 @@ impl Service {
             dispatcher,
             max_wait,
         }
+    }
+
+    /// The store, for the HTTP listener's readiness probe and metrics.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
     }
 }
 
@@ -94,10 +103,10 @@ impl TaskHubSidecarService for Service {
             .map(Response::new)
     }
     async fn raise_event(&self, r: Request<RaiseEventRequest>) -> Rpc<RaiseEventResponse> {
-        self.raise(r.into_inner()).await.map(Response::new)
+        self.raise(r.into_inner()).await.map(|_| Response::new(RaiseEventResponse {}))
     }
     async fn terminate_instance(&self, r: Request<TerminateRequest>) -> Rpc<TerminateResponse> {
-        self.terminate(r.into_inner()).await.map(Response::new)
+        self.terminate(r.into_inner()).await.map(|_| Response::new(TerminateResponse {}))
     }
     async fn suspend_instance(&self, r: Request<SuspendRequest>) -> Rpc<SuspendResponse> {
         let r = r.into_inner();

@@ -60,8 +60,12 @@ async fn writer(store: Arc<dyn Store>, queue: Arc<Mutex<mpsc::UnboundedReceiver<
             batch
         };
         let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let began = std::time::Instant::now();
         let results = match write(&*store, &writes).await {
-            Ok(results) => results,
+            Ok(results) => {
+                crate::metrics::METRICS.committed(writes.len(), began.elapsed());
+                results
+            }
             Err(e) if writes.len() == 1 => {
                 warn!(error = %e, "write failed; nothing of it was written");
                 vec![Err(e)]

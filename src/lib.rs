@@ -8,7 +8,9 @@
 //! - [`store`]: durable state behind one trait (SQLite).
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
 //! - [`server`]: wires the pieces together and serves until shutdown.
+//! - [`auth`], [`tls`]: API keys and roles, TLS with reload; shared by every listener.
 
+pub mod auth;
 pub mod config;
 pub mod dispatch;
 pub mod engine;
@@ -18,6 +20,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 /// Types generated from `proto/orchestrator_service.proto`.
 pub mod proto {

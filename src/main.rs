@@ -29,6 +29,9 @@ fn main() -> ExitCode {
     };
     match config.command {
         Some(Command::Migrate) => runtime.block_on(migrate(config)),
+        Some(Command::Health { ref address, ref service }) => {
+            runtime.block_on(health(config.health_target(address.as_deref()), service.clone()))
+        }
         None => runtime.block_on(serve(config)),
     }
 }
@@ -43,6 +46,42 @@ async fn migrate(config: Config) -> ExitCode {
         Err(e) => {
             error!("{e}");
             ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}
+
+/// `outrigger health`: one Check call, for container health checks.
+async fn health(target: String, service: String) -> ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(target.clone())
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: service.clone() })
+            .await
+            .map_err(|e| e.message().to_string())?;
+        Ok::<_, String>(answer.into_inner().status())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ask).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("{target}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("{target}: no answer within 5 s");
+            ExitCode::FAILURE
         }
     }
 }
@@ -83,6 +122,50 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let keys = match config.keys() {
+        Ok(k) => k,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let tls = match config.tls_files().map(outrigger::tls::Acceptor::new).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let health_listeners = match config.health_address {
+        None => vec![],
+        Some(a) => match bind(vec![a]).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("health listener: {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+    };
+    let beyond_loopback = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .any(|a| !a.ip().is_loopback());
+    info!(
+        tls = tls.is_some(),
+        mtls = config.tls_client_ca.is_some(),
+        api_keys = keys.len(),
+        allow_destructive_rpcs = config.allow_destructive_rpcs,
+        drain_seconds = config.drain_seconds,
+        "security"
+    );
+    if beyond_loopback && (tls.is_none() || keys.is_empty()) {
+        let missing = match (tls.is_none(), keys.is_empty()) {
+            (true, true) => "without TLS and without API keys: anyone who can reach it may read, change or delete every instance",
+            (true, false) => "without TLS: API keys and payloads cross the network in the clear",
+            _ => "without API keys: any client that can reach it may read, change or delete every instance",
+        };
+        warn!("!!! listening beyond loopback {missing}; set OUTRIGGER_TLS_CERT/OUTRIGGER_TLS_KEY and OUTRIGGER_API_KEYS_FILE !!!");
+    }
     let store = match store::open(&database_url, &config.store_options()).await {
         Ok(s) => s,
         Err(e) => {
@@ -90,6 +173,11 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    for l in &health_listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!("health service only: addr={addr}");
+        }
+    }
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
             info!("listening addr={addr}");
@@ -115,6 +203,10 @@ async fn serve(config: Config) -> ExitCode {
         },
         max_message_bytes: config.max_message_bytes(),
         telemetry: telemetry.clone(),
+        keys,
+        tls,
+        health_listeners,
+        drain: config.drain(),
     };
     let outcome = server::run(listeners, store, options, shutdown_signal()).await;
     // The last spans are exported before exit; this blocks on the network, so off the runtime.

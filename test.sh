@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test Outrigger has: the Rust unit and service tests, then the SDK suites against
 # a freshly built binary, once on SQLite and once on Postgres. Installs what the suites need: a
-# Postgres server (tests/postgres.sh: Debian's package when none is reachable) and a Python venv
-# with the pinned SDK.
+# Postgres server (tests/postgres.sh: Debian's package when none is reachable), a Python venv
+# with the pinned SDK, and podman for the image test (deploy/tests/run.sh).
 # Ends with one line "N passed, N failed" over all suites; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -43,6 +43,23 @@ run_sdk_suite() {
   rm -f "$log"
 }
 
+# Adds the closing "N passed, N failed" line of the deployment suite (image, manifests, TLS,
+# keys, drain; deploy/tests/run.sh).
+run_deploy_suite() {
+  local log
+  log=$(mktemp)
+  deploy/tests/run.sh 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local line p f
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+  p=$(echo "$line" | awk '{print $1+0}')
+  f=$(echo "$line" | awk '{print $3+0}')
+  if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  [ "$rc" -eq 0 ] || status=1
+  rm -f "$log"
+}
+
 # The Postgres store tests read OUTRIGGER_TEST_POSTGRES_URL (and the restart test
 # OUTRIGGER_TEST_POSTGRES_CLUSTER); without a server they cannot run, which counts as a failure.
 echo "== Postgres server for the tests"
@@ -69,6 +86,8 @@ if cargo build --locked --release; then
     echo "== Python SDK suite on Postgres (with the multi-sidecar and Postgres restart tests)"
     run_sdk_suite python postgres
   fi
+  echo "== Deployment suite: container image, manifests, TLS, API keys, SIGTERM drain"
+  run_deploy_suite
 else
   failed=$((failed + 1)); status=1
 fi

@@ -162,8 +162,9 @@ pub async fn run(
     let drain = options.drain;
     let graceful = async move {
         shutdown.await;
-        set_health(&health, ServingStatus::NotServing).await;
+        // No new work first, then readiness: whoever sees NOT_SERVING may rely on both.
         closer.drain();
+        set_health(&health, ServingStatus::NotServing).await;
         info!(
             in_flight = closer.held(),
             deadline_seconds = drain.as_secs_f64(),

@@ -6,7 +6,8 @@
 #
 #   deploy/image.sh [TAG]            # default tag outrigger:latest
 #
-# OUTRIGGER_BIN names a binary to package instead of building target/release/outrigger.
+# OUTRIGGER_IMAGE_BIN names a binary to package instead of building target/image/outrigger
+# (the `image` cargo profile: release, optimised across crates, no symbols).
 # OUTRIGGER_CONTAINER_ENGINE picks the engine (default: podman, else docker). Prints the tag
 # and the image size on its last line.
 set -euo pipefail
@@ -28,10 +29,10 @@ case "${OUTRIGGER_CONTAINER_ENGINE:-}" in
   *) read -r -a engine <<<"$OUTRIGGER_CONTAINER_ENGINE" ;;
 esac
 
-binary=${OUTRIGGER_BIN:-}
+binary=${OUTRIGGER_IMAGE_BIN:-}
 if [ -z "$binary" ]; then
-  (cd "$ROOT" && cargo build --locked --release --bin outrigger)
-  binary="$ROOT/target/release/outrigger"
+  (cd "$ROOT" && cargo build --locked --profile image --bin outrigger)
+  binary="$ROOT/target/image/outrigger"
 fi
 
 context=$(mktemp -d)
@@ -39,13 +40,13 @@ trap 'rm -rf "$context"' EXIT
 rootfs="$context/rootfs"
 mkdir -p "$rootfs/etc" "$rootfs/tmp" "$context/owned/data"
 
-# The binary without debug sections: line tables are for profiling, not for the image.
-strip --strip-debug -o "$rootfs/outrigger" "$binary"
+# Symbols and line tables are for profiling, not for the image.
+strip --strip-all -o "$rootfs/outrigger" "$binary"
 chmod 0755 "$rootfs/outrigger"
 
 # Every library the dynamic loader will open, at the path it will look for it (the loader
 # itself appears as an absolute path without "=>").
-libraries=$(ldd "$binary" | awk '/=> \// {print $3} /^\s*\// {print $1}')
+libraries=$(ldd "$binary" | awk '/=> \// {print $3} /^[[:space:]]*\// {print $1}')
 if [ -z "$libraries" ]; then
   echo "image.sh: ldd lists no libraries for $binary (a static binary needs none)" >&2
 fi

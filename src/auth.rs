@@ -63,9 +63,9 @@ impl Denied {
     pub fn status(&self) -> Status {
         match self {
             Denied::Unauthenticated(why) => Status::unauthenticated(*why),
-            Denied::Forbidden { needed, held } => Status::permission_denied(format!(
-                "this call needs the '{needed}' role; the key presented has '{held}'"
-            )),
+            Denied::Forbidden { needed, held } => {
+                Status::permission_denied(format!("this call needs the '{needed}' role; the key presented has '{held}'"))
+            }
         }
     }
 }
@@ -129,7 +129,11 @@ impl Keys {
     /// starting with `#` are skipped. `origin` names the source in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Vec<(String, Role)>, String> {
         let mut out = vec![];
-        for (n, entry) in text.lines().enumerate().flat_map(|(n, l)| l.split(',').map(move |e| (n + 1, e.trim()))) {
+        for (n, entry) in text
+            .lines()
+            .enumerate()
+            .flat_map(|(n, l)| l.split(',').map(move |e| (n + 1, e.trim())))
+        {
             if entry.is_empty() || entry.starts_with('#') {
                 continue;
             }
@@ -193,10 +197,7 @@ impl Keys {
     pub fn authorize(&self, headers: &http::HeaderMap, needed: Role) -> Result<Caller, Denied> {
         let caller = self.authenticate(headers)?;
         if caller.role < needed {
-            return Err(Denied::Forbidden {
-                needed,
-                held: caller.role,
-            });
+            return Err(Denied::Forbidden { needed, held: caller.role });
         }
         Ok(caller)
     }
@@ -209,7 +210,10 @@ fn digest(key: &str) -> [u8; 32] {
 fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, token) = value.trim().split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim())
+            .filter(|t| !t.is_empty());
     }
     headers
         .get("dapr-api-token")
@@ -225,13 +229,35 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
 /// by accident.
 pub fn needed_role(method: &str) -> Role {
     match method {
-        "Hello" | "GetInstance" | "WaitForInstanceStart" | "WaitForInstanceCompletion" | "QueryInstances"
-        | "ListInstanceIds" | "StreamInstanceHistory" | "GetEntity" | "QueryEntities" => Role::Read,
-        "StartInstance" | "RewindInstance" | "RestartInstance" | "RaiseEvent" | "TerminateInstance"
-        | "SuspendInstance" | "ResumeInstance" | "PurgeInstances" | "GetWorkItems" | "CompleteActivityTask"
-        | "CompleteOrchestratorTask" | "CompleteEntityTask" | "AbandonTaskActivityWorkItem"
-        | "AbandonTaskOrchestratorWorkItem" | "AbandonTaskEntityWorkItem" | "SignalEntity" | "CleanEntityStorage"
-        | "SkipGracefulOrchestrationTerminations" | "CreateTaskHub" | "DeleteTaskHub" => Role::Write,
+        "Hello"
+        | "GetInstance"
+        | "WaitForInstanceStart"
+        | "WaitForInstanceCompletion"
+        | "QueryInstances"
+        | "ListInstanceIds"
+        | "StreamInstanceHistory"
+        | "GetEntity"
+        | "QueryEntities" => Role::Read,
+        "StartInstance"
+        | "RewindInstance"
+        | "RestartInstance"
+        | "RaiseEvent"
+        | "TerminateInstance"
+        | "SuspendInstance"
+        | "ResumeInstance"
+        | "PurgeInstances"
+        | "GetWorkItems"
+        | "CompleteActivityTask"
+        | "CompleteOrchestratorTask"
+        | "CompleteEntityTask"
+        | "AbandonTaskActivityWorkItem"
+        | "AbandonTaskOrchestratorWorkItem"
+        | "AbandonTaskEntityWorkItem"
+        | "SignalEntity"
+        | "CleanEntityStorage"
+        | "SkipGracefulOrchestrationTerminations"
+        | "CreateTaskHub"
+        | "DeleteTaskHub" => Role::Write,
         _ => Role::Full,
     }
 }
@@ -337,7 +363,11 @@ mod tests {
     #[test]
     fn parses_roles_and_refuses_bad_entries() {
         assert_eq!(keys(false).len(), 3);
-        assert!(Keys::parse("admin:0123456789abcdef", "f").unwrap_err().contains("unknown role 'admin'"));
+        assert!(
+            Keys::parse("admin:0123456789abcdef", "f")
+                .unwrap_err()
+                .contains("unknown role 'admin'")
+        );
         assert!(Keys::parse("read:short", "f").unwrap_err().contains("at least 16"));
         assert!(Keys::parse("0123456789abcdef", "f").unwrap_err().contains("ROLE:KEY"));
         assert!(Keys::parse("read:a:b:0123456789abcdef", "f").is_ok(), "a key may contain ':'");

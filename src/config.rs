@@ -196,8 +196,7 @@ impl Config {
     pub fn keys(&self) -> Result<crate::auth::Keys, String> {
         let mut entries = vec![];
         if let Some(path) = &self.api_keys_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --api-keys-file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read --api-keys-file {}: {e}", path.display()))?;
             entries.extend(crate::auth::Keys::parse(&text, &path.display().to_string())?);
         }
         if let Some(text) = &self.api_keys {
@@ -309,7 +308,10 @@ mod tests {
 
     #[test]
     fn security_flags_go_together() {
-        assert!(Config::try_parse_from(["outrigger", "--tls-cert=c.pem"]).is_err(), "a cert needs a key");
+        assert!(
+            Config::try_parse_from(["outrigger", "--tls-cert=c.pem"]).is_err(),
+            "a cert needs a key"
+        );
         assert!(Config::try_parse_from(["outrigger", "--tls-client-ca=ca.pem"]).is_err());
         let config = Config::try_parse_from(["outrigger", "--tls-cert=c.pem", "--tls-key=k.pem"]).unwrap();
         assert_eq!(config.tls_files().unwrap().client_ca, None);
@@ -321,7 +323,12 @@ mod tests {
         .unwrap();
         assert_eq!(config.keys().unwrap().len(), 2);
         assert!(config.allow_destructive_rpcs);
-        assert!(Config::try_parse_from(["outrigger", "--api-keys=read:short"]).unwrap().keys().is_err());
+        assert!(
+            Config::try_parse_from(["outrigger", "--api-keys=read:short"])
+                .unwrap()
+                .keys()
+                .is_err()
+        );
     }
 
     #[test]

@@ -146,10 +146,7 @@ async fn serve(config: Config) -> ExitCode {
             }
         },
     };
-    let beyond_loopback = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .any(|a| !a.ip().is_loopback());
+    let beyond_loopback = listeners.iter().filter_map(|l| l.local_addr().ok()).any(|a| !a.ip().is_loopback());
     info!(
         tls = tls.is_some(),
         mtls = config.tls_client_ca.is_some(),

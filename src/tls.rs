@@ -49,8 +49,7 @@ pub fn load(files: &Files) -> Result<Arc<ServerConfig>, String> {
     if certs.is_empty() {
         return Err(format!("no certificate in {}", files.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| format!("cannot read TLS key {}: {e}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| format!("cannot read TLS key {}: {e}", files.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -72,9 +71,13 @@ pub fn load(files: &Files) -> Result<Arc<ServerConfig>, String> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("TLS certificate {} and key {} do not fit: {e}", files.cert.display(), files.key.display()))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
+        format!(
+            "TLS certificate {} and key {} do not fit: {e}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -214,11 +217,7 @@ impl AsyncWrite for Conn {
         }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),

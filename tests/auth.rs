@@ -73,8 +73,15 @@ const RPCS: [&str; 29] = [
 /// The role each RPC needs, as documented in the README.
 fn expected(method: &str) -> Role {
     match method {
-        "Hello" | "GetInstance" | "WaitForInstanceStart" | "WaitForInstanceCompletion" | "QueryInstances"
-        | "ListInstanceIds" | "StreamInstanceHistory" | "GetEntity" | "QueryEntities" => Role::Read,
+        "Hello"
+        | "GetInstance"
+        | "WaitForInstanceStart"
+        | "WaitForInstanceCompletion"
+        | "QueryInstances"
+        | "ListInstanceIds"
+        | "StreamInstanceHistory"
+        | "GetEntity"
+        | "QueryEntities" => Role::Read,
         "DeleteTaskHub" => Role::Full,
         _ => Role::Write,
     }
@@ -93,48 +100,188 @@ async fn call(client: &mut Client, method: &str, key: Option<&str>) -> Result<()
             };
             c.start_instance(req(r, key)).await.map(drop)
         }
-        "GetInstance" => c.get_instance(req(GetInstanceRequest { instance_id: id(), ..Default::default() }, key)).await.map(drop),
-        "RewindInstance" => c.rewind_instance(req(RewindInstanceRequest { instance_id: id(), ..Default::default() }, key)).await.map(drop),
-        "RestartInstance" => c.restart_instance(req(RestartInstanceRequest { instance_id: id(), ..Default::default() }, key)).await.map(drop),
-        "WaitForInstanceStart" => c.wait_for_instance_start(req(GetInstanceRequest { instance_id: id(), ..Default::default() }, key)).await.map(drop),
-        "WaitForInstanceCompletion" => c
-            .wait_for_instance_completion(req(GetInstanceRequest { instance_id: id(), ..Default::default() }, key))
+        "GetInstance" => c
+            .get_instance(req(
+                GetInstanceRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
             .await
             .map(drop),
-        "RaiseEvent" => c.raise_event(req(RaiseEventRequest { instance_id: id(), name: "e".into(), ..Default::default() }, key)).await.map(drop),
-        "TerminateInstance" => c.terminate_instance(req(TerminateRequest { instance_id: id(), ..Default::default() }, key)).await.map(drop),
-        "SuspendInstance" => c.suspend_instance(req(SuspendRequest { instance_id: id(), ..Default::default() }, key)).await.map(drop),
-        "ResumeInstance" => c.resume_instance(req(ResumeRequest { instance_id: id(), ..Default::default() }, key)).await.map(drop),
+        "RewindInstance" => c
+            .rewind_instance(req(
+                RewindInstanceRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "RestartInstance" => c
+            .restart_instance(req(
+                RestartInstanceRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "WaitForInstanceStart" => c
+            .wait_for_instance_start(req(
+                GetInstanceRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "WaitForInstanceCompletion" => c
+            .wait_for_instance_completion(req(
+                GetInstanceRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "RaiseEvent" => c
+            .raise_event(req(
+                RaiseEventRequest {
+                    instance_id: id(),
+                    name: "e".into(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "TerminateInstance" => c
+            .terminate_instance(req(
+                TerminateRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "SuspendInstance" => c
+            .suspend_instance(req(
+                SuspendRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "ResumeInstance" => c
+            .resume_instance(req(
+                ResumeRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
         "QueryInstances" => c.query_instances(req(QueryInstancesRequest::default(), key)).await.map(drop),
         "ListInstanceIds" => c.list_instance_ids(req(ListInstanceIdsRequest::default(), key)).await.map(drop),
         "PurgeInstances" => c.purge_instances(req(purge(PurgeTarget::InstanceId(id())), key)).await.map(drop),
         "GetWorkItems" => c.get_work_items(req(GetWorkItemsRequest::default(), key)).await.map(drop),
-        "CompleteActivityTask" => c.complete_activity_task(req(ActivityResponse { completion_token: "x".into(), ..Default::default() }, key)).await.map(drop),
+        "CompleteActivityTask" => c
+            .complete_activity_task(req(
+                ActivityResponse {
+                    completion_token: "x".into(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
         "CompleteOrchestratorTask" => c
-            .complete_orchestrator_task(req(OrchestratorResponse { completion_token: "x".into(), ..Default::default() }, key))
+            .complete_orchestrator_task(req(
+                OrchestratorResponse {
+                    completion_token: "x".into(),
+                    ..Default::default()
+                },
+                key,
+            ))
             .await
             .map(drop),
         "CompleteEntityTask" => c.complete_entity_task(req(EntityBatchResult::default(), key)).await.map(drop),
         "StreamInstanceHistory" => c
-            .stream_instance_history(req(StreamInstanceHistoryRequest { instance_id: id(), ..Default::default() }, key))
+            .stream_instance_history(req(
+                StreamInstanceHistoryRequest {
+                    instance_id: id(),
+                    ..Default::default()
+                },
+                key,
+            ))
             .await
             .map(drop),
-        "CreateTaskHub" => c.create_task_hub(req(CreateTaskHubRequest { recreate_if_exists: false }, key)).await.map(drop),
+        "CreateTaskHub" => c
+            .create_task_hub(req(CreateTaskHubRequest { recreate_if_exists: false }, key))
+            .await
+            .map(drop),
         "DeleteTaskHub" => c.delete_task_hub(req(DeleteTaskHubRequest {}, key)).await.map(drop),
-        "SignalEntity" => c.signal_entity(req(SignalEntityRequest { instance_id: "@e@k".into(), name: "op".into(), ..Default::default() }, key)).await.map(drop),
-        "GetEntity" => c.get_entity(req(GetEntityRequest { instance_id: "@e@k".into(), ..Default::default() }, key)).await.map(drop),
+        "SignalEntity" => c
+            .signal_entity(req(
+                SignalEntityRequest {
+                    instance_id: "@e@k".into(),
+                    name: "op".into(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
+        "GetEntity" => c
+            .get_entity(req(
+                GetEntityRequest {
+                    instance_id: "@e@k".into(),
+                    ..Default::default()
+                },
+                key,
+            ))
+            .await
+            .map(drop),
         "QueryEntities" => c.query_entities(req(QueryEntitiesRequest::default(), key)).await.map(drop),
-        "CleanEntityStorage" => c.clean_entity_storage(req(CleanEntityStorageRequest::default(), key)).await.map(drop),
+        "CleanEntityStorage" => c
+            .clean_entity_storage(req(CleanEntityStorageRequest::default(), key))
+            .await
+            .map(drop),
         "AbandonTaskActivityWorkItem" => c
-            .abandon_task_activity_work_item(req(AbandonActivityTaskRequest { completion_token: "x".into() }, key))
+            .abandon_task_activity_work_item(req(
+                AbandonActivityTaskRequest {
+                    completion_token: "x".into(),
+                },
+                key,
+            ))
             .await
             .map(drop),
         "AbandonTaskOrchestratorWorkItem" => c
-            .abandon_task_orchestrator_work_item(req(AbandonOrchestrationTaskRequest { completion_token: "x".into() }, key))
+            .abandon_task_orchestrator_work_item(req(
+                AbandonOrchestrationTaskRequest {
+                    completion_token: "x".into(),
+                },
+                key,
+            ))
             .await
             .map(drop),
         "AbandonTaskEntityWorkItem" => c
-            .abandon_task_entity_work_item(req(AbandonEntityTaskRequest { completion_token: "x".into() }, key))
+            .abandon_task_entity_work_item(req(
+                AbandonEntityTaskRequest {
+                    completion_token: "x".into(),
+                },
+                key,
+            ))
             .await
             .map(drop),
         "SkipGracefulOrchestrationTerminations" => c
@@ -202,7 +349,9 @@ async fn destructive_calls_need_full_or_the_flag() {
         for key in [READ, WRITE, FULL] {
             let allowed = key == FULL || (flag && key == WRITE);
             let outcomes = [
-                c.create_task_hub(req(CreateTaskHubRequest { recreate_if_exists: true }, Some(key))).await.map(drop),
+                c.create_task_hub(req(CreateTaskHubRequest { recreate_if_exists: true }, Some(key)))
+                    .await
+                    .map(drop),
                 c.purge_instances(req(filter(), Some(key))).await.map(drop),
                 c.delete_task_hub(req(DeleteTaskHubRequest {}, Some(key))).await.map(drop),
             ];
@@ -242,15 +391,21 @@ async fn a_write_key_runs_an_orchestration_and_a_read_key_only_watches() {
     };
     let refused = client.complete_orchestrator_task(req(answer.clone(), Some(READ))).await;
     assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
-    client.complete_orchestrator_task(req(answer, Some(WRITE))).await.expect("completion");
+    client
+        .complete_orchestrator_task(req(answer, Some(WRITE)))
+        .await
+        .expect("completion");
     let mut wait = Request::new(GetInstanceRequest {
         instance_id: "keyed".into(),
         get_inputs_and_outputs: true,
     });
-    wait.metadata_mut().insert("authorization", format!("Bearer {READ}").parse().unwrap());
-    let state = guarded("completion", client.wait_for_instance_completion(wait)).await.expect("read key waits");
+    wait.metadata_mut()
+        .insert("authorization", format!("Bearer {READ}").parse().unwrap());
+    let state = guarded("completion", client.wait_for_instance_completion(wait))
+        .await
+        .expect("read key waits");
     let state = state.into_inner().orchestration_state.unwrap();
-    assert_eq!(state.serialized_output.as_deref(), Some("\"done\""));
+    assert_eq!(state.output.as_deref(), Some("\"done\""));
 }
 
 #[tokio::test]

@@ -41,7 +41,9 @@ async fn serve(db: &Path, drain: Duration) -> Running {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        outrigger::server::run(vec![listener], store, options, shutdown).await.expect("server");
+        outrigger::server::run(vec![listener], store, options, shutdown)
+            .await
+            .expect("server");
     });
     let client = Client::connect(format!("http://{addr}")).await.unwrap();
     let health = HealthClient::new(
@@ -147,10 +149,7 @@ async fn worker_message(worker: &mut Worker) -> Option<Item> {
 async fn the_drain_deadline_bounds_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let Running {
-        mut client,
-        stop,
-        server,
-        ..
+        mut client, stop, server, ..
     } = serve(&dir.path().join("deadline.db"), Duration::from_millis(300)).await;
     let mut worker = Worker::connect(&mut client, GetWorkItemsRequest::default()).await;
     start(&mut client, "stuck", "Stuck", None).await;

@@ -196,6 +196,7 @@ async fn serve(config: Config) -> ExitCode {
     let options = server::Options {
         dispatch: dispatch::Settings {
             lease: config.lease(),
+            entity_work_items: config.entity_work_items(),
             ..Default::default()
         },
         max_message_bytes: config.max_message_bytes(),

@@ -16,7 +16,7 @@ use tonic::async_trait;
 
 pub use batch::Batcher;
 
-use crate::model::{ActivityTask, Commit, Instance, Message, NewInstance};
+use crate::model::{ActivityTask, Commit, Entity, EntityCommit, Instance, Message, NewInstance};
 use crate::proto::{HistoryEvent, OrchestrationStatus};
 use crate::time::Millis;
 
@@ -31,8 +31,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// Another write in the same batch failed, so the whole batch was rolled back.
-    #[error("database error (batch rolled back): {0}")]
+    /// The batch writer is gone (the sidecar is stopping); nothing was written.
+    #[error("database error (nothing written): {0}")]
     BatchFailed(String),
 }
 
@@ -41,6 +41,31 @@ impl StoreError {
     /// running it again is the documented remedy.
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
+    }
+}
+
+impl StoreError {
+    /// A write the database refuses for what it is, not for the state it is in: running it
+    /// again can never succeed (a value or statement over a limit, a violated constraint).
+    /// Full disks, lost connections and locks are not permanent.
+    pub fn is_permanent(&self) -> bool {
+        let StoreError::Database(e) = self else { return false };
+        match e {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(e) => {
+                let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
+                if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+                    // Classes 22 (data exception), 23 (integrity), 54 (program limit).
+                    return ["22", "23", "54"].iter().any(|class| code.starts_with(class));
+                }
+                // SQLite's primary code is the low byte of the extended one: TOOBIG (18),
+                // CONSTRAINT (19), MISMATCH (20), RANGE (25); "too many SQL variables" comes
+                // as a plain SQLITE_ERROR.
+                let primary = code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0);
+                matches!(primary, 18 | 19 | 20 | 25) || e.message().contains("too many SQL variables")
+            }
+            _ => false,
+        }
     }
 }
 
@@ -111,6 +136,43 @@ pub struct LockedActivity {
     pub task: ActivityTask,
 }
 
+/// An entity work item the store has leased to this sidecar: the entity and its visible
+/// queue, oldest first, with row ids.
+#[derive(Debug)]
+pub struct LockedEntity {
+    pub token: String,
+    pub entity: Entity,
+    pub queue: Vec<(i64, HistoryEvent)>,
+}
+
+/// An entity with the number of messages queued for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntitySummary {
+    pub entity: Entity,
+    pub backlog: u32,
+}
+
+/// Filter and page for listing entities by id.
+#[derive(Debug, Default, Clone)]
+pub struct EntityListFilter {
+    pub id_prefix: Option<String>,
+    pub modified_from: Option<Millis>,
+    /// Exclusive.
+    pub modified_to: Option<Millis>,
+    /// Also entities without state that are locked or have queued messages.
+    pub include_transient: bool,
+    /// Resume after this entity id.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// What CleanEntityStorage did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    pub removed: u32,
+    pub released: u32,
+}
+
 /// Filter and page for listing instances by creation time.
 #[derive(Debug, Default, Clone)]
 pub struct InstanceFilter {
@@ -151,6 +213,9 @@ pub enum Write {
         result: HistoryEvent,
         now: Millis,
     },
+    /// An entity step: write the entity, consume its queue rows, send its messages, start its
+    /// orchestrations, end the lease.
+    EntityStep { token: String, commit: EntityCommit },
 }
 
 /// Lease parameters: who takes the lease and until when.
@@ -210,7 +275,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies several writes in one transaction (group commit: one flush to disk for all).
     /// Each write either happens whole or, when its lease is gone, not at all
-    /// ([`StoreError::LeaseLost`] in its slot); a database failure fails the whole batch.
+    /// ([`StoreError::LeaseLost`] in its slot); a database failure rolls the whole batch back
+    /// and is returned (the [`Batcher`] then writes each alone). An `Ok` means committed.
     async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>>;
 
     /// How many batches may be written at once (one for a single-writer database).
@@ -262,6 +328,22 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest future time at which some work becomes visible (a timer, a scheduled
     /// start, the end of a back-off, or a lease that will expire unless renewed).
     async fn next_due(&self, now: Millis) -> Result<Option<Millis>>;
+
+    /// An entity, if it has a row (it may have no state).
+    async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>>;
+
+    /// Entities by id, ascending.
+    async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>>;
+
+    /// Removes entities with no state, no lock and no queued messages, and/or releases locks
+    /// held by orchestrations that no longer run.
+    async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned>;
+
+    /// Leases up to `max` entities that have runnable (visible, not deferred) messages.
+    async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>>;
+
+    /// Releases an entity lease; the entity is not dispatched again before `ready_at`.
+    async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Millis) -> Result<()>;
 
     /// Changes made by other processes sharing this store, for a store that can be shared.
     fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {

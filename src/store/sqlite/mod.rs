@@ -3,16 +3,18 @@
 //! small pool of readers, which WAL mode lets run beside the writer.
 
 mod cache;
+mod entities;
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Executor, Row, Sqlite, SqliteConnection, SqlitePool};
 use tonic::async_trait;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::encoding::{bind_fields, decode, decode_tags, encode, status};
 use super::filters;
@@ -96,6 +98,78 @@ impl SqliteStore {
         })?;
         info!(%url, "sqlite store open");
         Ok(store)
+    }
+}
+
+/// A transaction on the writer connection, begun, committed and rolled back by hand.
+///
+/// sqlx's own transactions keep a nesting count beside the connection, and it goes wrong when
+/// SQLite has already rolled a transaction back by itself (it does on a full disk and on I/O
+/// errors): the ROLLBACK that follows fails, the count stays at one, and from then on every
+/// "transaction" is a savepoint inside one that is never committed, so each write is answered
+/// OK and lost. Here nothing is counted: a failed statement or COMMIT is followed by a ROLLBACK
+/// (its "no transaction is active" error is expected and harmless), and a transaction dropped
+/// unfinished (an early error return, a cancelled call) is rolled back before the connection
+/// serves anyone else.
+struct WriteTx {
+    conn: Option<PoolConnection<Sqlite>>,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<WriteTx> {
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+            // Still inside a transaction that a failed rollback left open: end it, once more.
+            warn!(error = %e, "could not begin a write transaction; rolling back and retrying");
+            rollback(&mut conn).await;
+            conn.execute("BEGIN IMMEDIATE").await?;
+        }
+        Ok(WriteTx { conn: Some(conn) })
+    }
+
+    /// Commits; on failure the transaction is rolled back and the error returned, so the
+    /// caller never acknowledges what is not on disk.
+    async fn commit(mut self) -> Result<()> {
+        let mut conn = self.conn.take().expect("a transaction is committed once");
+        if let Err(e) = conn.execute("COMMIT").await {
+            rollback(&mut conn).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Ends whatever transaction the connection is in; the connection is in autocommit afterwards
+/// unless the ROLLBACK itself failed for another reason (then the next begin tries again).
+async fn rollback(conn: &mut SqliteConnection) {
+    if let Err(e) = conn.execute("ROLLBACK").await {
+        debug!(error = %e, "rollback (the transaction may already have been rolled back by SQLite)");
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        // The connection goes back to the pool only after the rollback, as the task owns it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { rollback(&mut conn).await });
+            }
+            Err(_) => conn.close_on_drop(),
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_ref().expect("an open transaction")
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("an open transaction")
     }
 }
 
@@ -193,6 +267,9 @@ async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> Result<()> 
 /// Queues a message if its target exists, is running and (for execution-bound messages) is
 /// still on that execution; otherwise drops it with a log line.
 async fn deliver(conn: &mut SqliteConnection, m: &Message) -> Result<Delivery> {
+    if m.is_for_entity() {
+        return entities::enqueue(conn, m).await;
+    }
     let row = sqlx::query("SELECT status, execution_id FROM instances WHERE instance_id = ?")
         .bind(&m.instance_id)
         .fetch_optional(&mut *conn)
@@ -466,7 +543,7 @@ async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, r
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
             .bind(&new.instance.instance_id)
             .fetch_optional(&mut *tx)
@@ -493,14 +570,14 @@ impl Store for SqliteStore {
     }
 
     async fn send(&self, message: Message) -> Result<Delivery> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let delivery = deliver(&mut tx, &message).await?;
         tx.commit().await?;
         Ok(delivery)
     }
 
     async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let outcome = rewind_in(&mut tx, instance_id, event, now).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -520,7 +597,12 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        if let Ok(entity) = crate::engine::entities::normalize_id(instance_id) {
+            let deleted = entities::purge(&mut tx, &entity).await?;
+            tx.commit().await?;
+            return Ok(Purge::Deleted(deleted));
+        }
         let mut pending = vec![instance_id.to_string()];
         let mut deleted = 0;
         while let Some(id) = pending.pop() {
@@ -554,9 +636,12 @@ impl Store for SqliteStore {
     }
 
     async fn delete_all(&self) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         for table in ["history", "inbox", "activities", "instances"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
+        }
+        for sql in entities::DELETE_ALL {
+            sqlx::query(sql).execute(&mut *tx).await?;
         }
         self.histories.clear();
         tx.commit().await?;
@@ -635,7 +720,7 @@ impl Store for SqliteStore {
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let mut results = Vec::with_capacity(writes.len());
         let mut changes = vec![];
         for w in writes {
@@ -647,6 +732,7 @@ impl Store for SqliteStore {
                     now,
                 } => step_in(&mut tx, token, consumed, commit, *now, &self.histories, &mut changes).await,
                 Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
+                Write::EntityStep { token, commit } => entities::step_in(&mut tx, token, commit).await,
             };
             match result {
                 Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
@@ -667,7 +753,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let held = sqlx::query(
             "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, ready_at = ? \
              WHERE instance_id = ? AND lock_token = ?",
@@ -731,11 +817,12 @@ impl Store for SqliteStore {
     }
 
     async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         for token in tokens {
             for sql in [
                 "UPDATE instances SET lock_expires = ? WHERE lock_token = ?",
                 "UPDATE activities SET lock_expires = ? WHERE lock_token = ?",
+                "UPDATE entities SET lease_expires = ? WHERE lease_token = ?",
             ] {
                 sqlx::query(sql).bind(until).bind(token).execute(&mut *tx).await?;
             }
@@ -745,15 +832,44 @@ impl Store for SqliteStore {
     }
 
     async fn release_all(&self, owner: Option<&str>) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         for table in ["instances", "activities"] {
             let sql = format!(
                 "UPDATE {table} SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)"
             );
             sqlx::query(AssertSqlSafe(sql)).bind(owner).execute(&mut *tx).await?;
         }
+        sqlx::query(
+            "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE lease_owner IS NOT NULL AND (?1 IS NULL OR lease_owner = ?1)",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>> {
+        entities::get(&self.reader, instance_id).await
+    }
+
+    async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>> {
+        entities::query(&self.reader, filter).await
+    }
+
+    async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        let cleaned = entities::clean(&mut tx, remove_empty, release_orphaned_locks).await?;
+        tx.commit().await?;
+        Ok(cleaned)
+    }
+
+    async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
+        entities::lock(&self.writer, &self.reader, lease, max).await
+    }
+
+    async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Millis) -> Result<()> {
+        entities::release(&self.writer, instance_id, token, ready_at).await
     }
 
     async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
@@ -761,7 +877,9 @@ impl Store for SqliteStore {
             "SELECT MIN(t) FROM ( \
                SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \
                UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > ?1 \
-               UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1)",
+               UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1 \
+               UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > ?1 \
+               UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > ?1)",
         )
         .bind(now)
         .fetch_one(&self.reader)

@@ -255,7 +255,8 @@ impl Dispatcher {
             if self.held() == 0 {
                 return;
             }
-            notified.await;
+            // A few paths let an item go without a wake-up (a lost lease): look again anyway.
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
         }
     }
 

@@ -2,7 +2,8 @@
 # Runs every test Outrigger has: the Rust unit and service tests, then the SDK suites against
 # a freshly built binary, once on SQLite and once on Postgres. Installs what the suites need: a
 # Postgres server (tests/postgres.sh: Debian's package when none is reachable), a Python venv
-# with the pinned SDK, and podman for the image test (deploy/tests/run.sh).
+# with the pinned SDK, and podman for the image test (deploy/tests/run.sh). The .NET scenario
+# program runs when the .NET 10 SDK (`dotnet`) is on PATH.
 # Ends with one line "N passed, N failed" over all suites; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -85,6 +86,16 @@ if cargo build --locked --release; then
   if [ "$have_postgres" -eq 1 ]; then
     echo "== Python SDK suite on Postgres (with the multi-sidecar and Postgres restart tests)"
     run_sdk_suite python postgres
+  fi
+  if command -v dotnet >/dev/null 2>&1; then
+    echo "== .NET scenario program on SQLite"
+    run_sdk_suite dotnet sqlite
+    if [ "$have_postgres" -eq 1 ]; then
+      echo "== .NET scenario program on Postgres"
+      run_sdk_suite dotnet postgres
+    fi
+  else
+    echo "== .NET scenario program: skipped (dotnet is not on PATH)"
   fi
   echo "== Deployment suite: container image, manifests, TLS, API keys, SIGTERM drain"
   run_deploy_suite

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the SDK test suites against an outrigger binary.
 #
-#   sdk-tests/run.sh [python]          (no argument: every suite)
+#   sdk-tests/run.sh [python] [dotnet]   (no argument: every suite; dotnet only with `dotnet` on PATH)
 #
 # Builds target/release/outrigger with cargo unless OUTRIGGER_BIN names a binary.
 # OUTRIGGER_TEST_STORE=postgres runs the suites with Postgres as the sidecars' store
@@ -74,12 +74,76 @@ EOF
     return 0
 }
 
+# The .NET scenario program (dotnet/) against one sidecar of its own, on the selected store.
+run_dotnet() {
+    local dir="$HERE/dotnet"
+    if ! command -v dotnet >/dev/null 2>&1; then
+        echo "sdk-tests: the dotnet suite needs the .NET 10 SDK (dotnet) on PATH" >&2
+        return 1
+    fi
+    local logs="$dir/.logs/$(date +%Y%m%d-%H%M%S)-$$"
+    mkdir -p "$logs"
+    echo "sdk-tests: building the .NET scenario program (log: $logs/build.log)" >&2
+    if ! dotnet build "$dir/Scenarios.csproj" -c Release -nologo >"$logs/build.log" 2>&1; then
+        tail -40 "$logs/build.log" >&2
+        return 1
+    fi
+
+    local url database=""
+    if [ "$store" = postgres ]; then
+        database="outrigger_dotnet_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+        psql "$OUTRIGGER_TEST_POSTGRES_URL" -X -q -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$database\"" || return 1
+        url=$(echo "$OUTRIGGER_TEST_POSTGRES_URL" | sed -E "s#^([a-z]+://[^/?]+)(/[^?]*)?#\1/$database#")
+    else
+        url="sqlite://$logs/outrigger.db"
+    fi
+
+    : >"$logs/sidecar.log"
+    "$OUTRIGGER_BIN" --host 127.0.0.1 --port 0 --database-url "$url" >>"$logs/sidecar.log" 2>&1 &
+    local sidecar=$!
+    # Ready when it logs the address it listens on.
+    local addr="" waited=0
+    while [ -z "$addr" ] && [ "$waited" -lt 300 ] && kill -0 "$sidecar" 2>/dev/null; do
+        addr=$(grep -o 'listening addr=[^ ]*' "$logs/sidecar.log" | head -1 | cut -d= -f2)
+        [ -n "$addr" ] || { sleep 0.1; waited=$((waited + 1)); }
+    done
+
+    local rc=1
+    if [ -n "$addr" ]; then
+        OUTRIGGER_ADDRESS="http://$addr" dotnet "$dir/bin/Release/net10.0/Scenarios.dll" 2>"$logs/scenarios.err" | tee "$logs/scenarios.out"
+        rc=${PIPESTATUS[0]}
+    else
+        echo "sdk-tests: the sidecar did not start (log: $logs/sidecar.log)" >&2
+        tail -20 "$logs/sidecar.log" >&2
+    fi
+    kill "$sidecar" 2>/dev/null
+    wait "$sidecar" 2>/dev/null
+    if [ -n "$database" ]; then
+        psql "$OUTRIGGER_TEST_POSTGRES_URL" -X -q -c "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 ||
+            echo "sdk-tests: left database $database behind" >&2
+    fi
+
+    local line p f
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$logs/scenarios.out" 2>/dev/null | tail -1)
+    p=$(echo "$line" | awk '{print $1+0}')
+    f=$(echo "$line" | awk '{print $3+0}')
+    # A program that crashed or never ran still fails.
+    if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+    echo "dotnet ($store): ${p:-0} passed, ${f:-0} failed (logs: $logs)"
+    passed=$((passed + ${p:-0}))
+    failed=$((failed + ${f:-0}))
+    return 0
+}
+
 suites=("$@")
-if [ ${#suites[@]} -eq 0 ]; then suites=(python); fi
+if [ ${#suites[@]} -eq 0 ]; then
+    suites=(python)
+    if command -v dotnet >/dev/null 2>&1; then suites+=(dotnet); fi
+fi
 for suite in "${suites[@]}"; do
     case "$suite" in
-        python) ;;
-        *) echo "sdk-tests: unknown suite '$suite' (known: python)" >&2; failed=$((failed + 1)); finish ;;
+        python | dotnet) ;;
+        *) echo "sdk-tests: unknown suite '$suite' (known: python, dotnet)" >&2; failed=$((failed + 1)); finish ;;
     esac
 done
 

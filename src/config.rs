@@ -48,6 +48,16 @@ pub struct Config {
     #[arg(long, env = "OUTRIGGER_MAX_MESSAGE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_message_mib: u64,
 
+    /// Longest a WaitForInstanceStart/Completion call without a gRPC deadline waits before it
+    /// answers DEADLINE_EXCEEDED (the .NET client then asks again). Calls with a deadline wait
+    /// until their deadline.
+    #[arg(long, env = "OUTRIGGER_MAX_WAIT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400), help_heading = "Protocol")]
+    pub max_wait_seconds: u64,
+
+    /// Entity message reorder window told to workers on every orchestrator work item
+    /// (`entityParameters`; the .NET SDK needs it to use entities from orchestrations).
+    #[arg(long, env = "OUTRIGGER_ENTITY_REORDER_WINDOW_MINUTES", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=10080), help_heading = "Entities")]
+    pub entity_reorder_window_minutes: u64,
     /// Which work item carries entity batches: `request` (EntityRequest, read by every SDK that
     /// runs entities) or `batch-request` (the older EntityBatchRequest, for older workers).
     #[arg(long, env = "OUTRIGGER_ENTITY_WORK_ITEMS", value_enum, default_value_t = EntityWorkItems::Request, help_heading = "Entities")]
@@ -204,6 +214,14 @@ impl Config {
 
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds)
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.max_wait_seconds)
+    }
+
+    pub fn entity_reorder_window(&self) -> Duration {
+        Duration::from_secs(self.entity_reorder_window_minutes * 60)
     }
 
     pub fn drain(&self) -> Duration {

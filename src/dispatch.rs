@@ -37,6 +37,10 @@ pub struct Settings {
     pub abandon_delay: Duration,
     /// Re-check for expired leases and missed wake-ups at this interval (a safety net only).
     pub sweep_interval: Duration,
+    /// Sent on every orchestrator work item as `entityParameters.entityMessageReorderWindow`.
+    /// The .NET SDK refuses every entity operation from an orchestration when the field is
+    /// absent; SDKs that do not use it ignore it.
+    pub entity_reorder_window: Duration,
     /// Which work item carries entity batches.
     pub entity_work_items: EntityWorkItems,
 }
@@ -61,6 +65,7 @@ impl Default for Settings {
             history_streaming_threshold: 1 << 20,
             abandon_delay: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(5),
+            entity_reorder_window: Duration::from_secs(30 * 60),
             entity_work_items: EntityWorkItems::default(),
         }
     }
@@ -274,6 +279,16 @@ impl Dispatcher {
         }
     }
 
+    fn entity_parameters(&self) -> OrchestratorEntityParameters {
+        let window = self.settings.entity_reorder_window;
+        OrchestratorEntityParameters {
+            entity_message_reorder_window: Some(prost_types::Duration {
+                seconds: window.as_secs() as i64,
+                nanos: window.subsec_nanos() as i32,
+            }),
+        }
+    }
+
     /// Runs the dispatch loop and the lease renewer until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let renewer = {
@@ -424,6 +439,7 @@ impl Dispatcher {
                     new_events: new_events.clone(),
                     requires_history_streaming: stream_history,
                     orchestration_trace_context: instance.trace_context.clone(),
+                    entity_parameters: Some(self.entity_parameters()),
                     ..Default::default()
                 };
                 let work = WorkItem {

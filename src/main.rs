@@ -105,6 +105,8 @@ async fn serve(config: Config) -> ExitCode {
         pool_size = config.pool_size,
         lease_seconds = config.lease_seconds,
         max_message_mib = config.max_message_mib,
+        max_wait_seconds = config.max_wait_seconds,
+        entity_reorder_window_minutes = config.entity_reorder_window_minutes,
         version = env!("CARGO_PKG_VERSION"),
         "starting outrigger"
     );
@@ -196,10 +198,12 @@ async fn serve(config: Config) -> ExitCode {
     let options = server::Options {
         dispatch: dispatch::Settings {
             lease: config.lease(),
+            entity_reorder_window: config.entity_reorder_window(),
             entity_work_items: config.entity_work_items(),
             ..Default::default()
         },
         max_message_bytes: config.max_message_bytes(),
+        max_wait: config.max_wait(),
         telemetry: telemetry.clone(),
         keys,
         tls,

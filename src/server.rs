@@ -38,6 +38,9 @@ pub const LIVENESS: &str = "liveness";
 pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
+    /// How long a WaitForInstance* call without a gRPC deadline may wait before it answers
+    /// DEADLINE_EXCEEDED (calls with a deadline wait until it).
+    pub max_wait: Duration,
     pub telemetry: Telemetry,
     /// API keys every call is checked against (none: everyone may do everything).
     pub keys: Keys,
@@ -55,6 +58,7 @@ impl Default for Options {
         Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
+            max_wait: Duration::from_secs(60),
             telemetry: Telemetry::disabled(),
             keys: Keys::none(),
             tls: None,
@@ -128,7 +132,7 @@ pub async fn run(
     let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
-    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone()))
+    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone(), options.max_wait))
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -178,6 +182,7 @@ pub async fn run(
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted::<tonic::body::Body>,
         ))

@@ -395,3 +395,24 @@ async fn query_and_clean_entities() {
     assert_eq!((cleaned.empty_entities_removed, cleaned.orphaned_locks_released), (0, 0));
     assert_eq!(cleaned.continuation_token, None);
 }
+
+#[tokio::test]
+async fn an_older_worker_without_completion_tokens_completes_its_only_batch() {
+    let sidecar = Sidecar::with(|o| o.dispatch.entity_work_items = EntityWorkItems::BatchRequest).await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    signal(&mut client, "@c@1", "add", "1", "r1").await;
+    let (_, batch) = guarded("the batch", entity_v1(&mut worker)).await;
+    assert_eq!(batch.operations.len(), 1);
+    // EntityBatchResult has no instance id: an empty token names the one outstanding batch.
+    complete_entity(&mut client, "", vec![ok("")], Some("1"))
+        .await
+        .expect("complete without a token");
+    let meta = get_entity(&mut client, "@c@1", true).await.entity.expect("metadata");
+    assert_eq!(meta.serialized_state.as_deref(), Some("1"));
+    // With nothing outstanding, an empty token is refused.
+    expect_code(
+        complete_entity(&mut client, "", vec![ok("")], Some("2")).await,
+        Code::FailedPrecondition,
+    );
+}

@@ -18,7 +18,8 @@ use outrigger::store::{
     Store, StoreError, Write,
 };
 use outrigger::time::{Millis, to_timestamp};
-use sqlx::Connection;
+#[path = "common/postgres.rs"]
+mod pg;
 
 const T0: Millis = 1_700_000_000_000;
 const LEASE: Millis = 10_000;
@@ -60,13 +61,10 @@ impl Harness {
     }
 
     async fn postgres() -> Harness {
-        let admin = std::env::var("OUTRIGGER_TEST_POSTGRES_URL").expect(
-            "OUTRIGGER_TEST_POSTGRES_URL is not set: run the tests with ./test.sh, which provisions Postgres, \
-             or point it at a database whose user may create databases",
-        );
+        let admin = pg::admin_url();
         let database = format!("conformance_{}", uuid::Uuid::new_v4().simple());
-        create_database(&admin, &database).await;
-        let url = with_database(&admin, &database);
+        pg::create_database(&admin, &database).await;
+        let url = pg::with_database(&admin, &database);
         let store = store::open(&url, &options()).await.unwrap();
         Harness {
             engine: Engine::Postgres { admin, database },
@@ -87,57 +85,8 @@ impl Harness {
     async fn finish(self) {
         if let Engine::Postgres { admin, database } = self.engine {
             drop(self.store);
-            // Best effort: a test that passed does not fail over cleanup. An autovacuum worker
-            // in the database can make the drop fail for a moment (it is not ours to end).
-            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-            let drop = format!("DROP DATABASE {database} WITH (FORCE)");
-            for attempt in 1..=10 {
-                match sqlx::query(sqlx::AssertSqlSafe(drop.clone())).execute(&mut conn).await {
-                    Ok(_) => return,
-                    Err(e) if attempt == 10 => eprintln!("left database {database} behind: {e}"),
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-                }
-            }
+            pg::drop_database(&admin, &database).await;
         }
-    }
-}
-
-/// Creates a database. Postgres refuses to copy its template while another CREATE DATABASE
-/// uses it ("source database is being accessed by other users"), so creations in this process
-/// take turns, and one that still collides (with another process) is tried again.
-async fn create_database(admin: &str, database: &str) {
-    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _turn = TURN.lock().await;
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
-    let mut attempts = 0;
-    loop {
-        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .execute(&mut conn)
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if attempts < 20 && e.to_string().contains("being accessed by other users") => {
-                attempts += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("CREATE DATABASE {database}: {e}"),
-        }
-    }
-}
-
-/// The same server URL naming another database (query parameters kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[authority..].find('/') {
-        Some(slash) => &base[..authority + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{server}/{database}?{q}"),
-        None => format!("{server}/{database}"),
     }
 }
 
@@ -763,12 +712,12 @@ async fn postgres_commits_notify_other_sidecars() {
 
 #[test]
 fn database_urls_swap_only_the_database() {
-    assert_eq!(with_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
+    assert_eq!(pg::with_database("postgres://u:p@h:5432/postgres", "x"), "postgres://u:p@h:5432/x");
     assert_eq!(
-        with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+        pg::with_database("postgres://u:p@h/db?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
     );
-    assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    assert_eq!(pg::with_database("postgres://h", "x"), "postgres://h/x");
 }
 
 async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {

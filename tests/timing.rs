@@ -225,27 +225,3 @@ async fn wait_for_completion_returns_when_the_instance_completes() {
     let state = guarded("waiter", waiter).await.expect("waiter task");
     assert_eq!(state.orchestration_status(), OrchestrationStatus::Failed);
 }
-
-#[tokio::test]
-async fn waiting_on_an_unknown_instance_answers_at_once() {
-    let sidecar = Sidecar::start().await;
-    let mut client = sidecar.client.clone();
-    for start_not_completion in [true, false] {
-        let request = with_deadline("nobody", Duration::from_secs(30));
-        let (response, took) = timed(guarded("WaitForInstance*", async {
-            if start_not_completion {
-                client.wait_for_instance_start(request).await
-            } else {
-                client.wait_for_instance_completion(request).await
-            }
-        }))
-        .await;
-        let response = response.expect("waiting on an unknown instance is not an error").into_inner();
-        assert!(!response.exists);
-        assert!(response.orchestration_state.is_none());
-        assert!(
-            took < Duration::from_secs(2),
-            "took {took:?}: an unknown instance must not be waited on"
-        );
-    }
-}

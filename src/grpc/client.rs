@@ -1,11 +1,12 @@
 //! Client-facing RPCs: create, inspect, signal, query and purge instances.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::Status;
-use tonic::metadata::MetadataMap;
 
-use super::{Service, status};
+use super::{Arrival, Service, status};
 use crate::engine::{self, StartSpec, events};
 use crate::model::{Instance, Message, NewInstance, is_terminal};
 use crate::proto::*;
@@ -81,9 +82,10 @@ fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Milli
     Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
 }
 
-/// The caller's deadline from the `grpc-timeout` header, if any.
-pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
-    let Some(value) = metadata.get("grpc-timeout") else {
+/// The caller's deadline from the `grpc-timeout` header, if any, counted from the call's
+/// arrival (tonic enforces the header from then on too).
+pub(super) fn deadline<T>(request: &tonic::Request<T>) -> Result<Option<Instant>, Status> {
+    let Some(value) = request.metadata().get("grpc-timeout") else {
         return Ok(None);
     };
     let bad = || Status::invalid_argument("malformed grpc-timeout header");
@@ -93,7 +95,7 @@ pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Statu
     }
     let (digits, unit) = text.split_at(text.len() - 1);
     let n: u64 = digits.parse().map_err(|_| bad())?;
-    Ok(Some(match unit {
+    let timeout = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
@@ -101,7 +103,10 @@ pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Statu
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return Err(bad()),
-    }))
+    };
+    let arrived = request.extensions().get::<Arrival>().map_or_else(Instant::now, |a| a.0);
+    // The header allows about 11,000 years; no call waits longer than a year.
+    Ok(Some(arrived + timeout.min(Duration::from_secs(365 * 86_400))))
 }
 
 fn state(i: Instance, with_payloads: bool) -> OrchestrationState {
@@ -113,11 +118,13 @@ fn state(i: Instance, with_payloads: bool) -> OrchestrationState {
         scheduled_start_timestamp: i.scheduled_start_at.map(time::to_timestamp),
         created_timestamp: Some(time::to_timestamp(i.created_at)),
         last_updated_timestamp: Some(time::to_timestamp(i.updated_at)),
-        input: if with_payloads { i.input } else { None },
-        output: if with_payloads { i.output } else { None },
-        // Small and what dashboards poll for, so always returned.
-        custom_status: i.custom_status,
-        failure_details: i.failure_details,
+        // Payloads travel together: a caller that did not ask for inputs and outputs gets no
+        // custom status and no failure details either (the reference servers' rule, which the
+        // .NET SDK's own tests assert).
+        input: i.input.filter(|_| with_payloads),
+        output: i.output.filter(|_| with_payloads),
+        custom_status: i.custom_status.filter(|_| with_payloads),
+        failure_details: i.failure_details.filter(|_| with_payloads),
         execution_id: Some(i.execution_id),
         completed_timestamp: i.completed_at.map(time::to_timestamp),
         parent_instance_id: i.parent_instance_id,
@@ -192,22 +199,27 @@ impl Service {
         Ok(found(i, r.get_inputs_and_outputs))
     }
 
-    /// Answers once `done(status)` holds, woken by state changes rather than polling.
+    /// Answers once the instance exists and `done(status)` holds, woken by state changes
+    /// rather than polling. An instance that does not exist yet is waited for (a client may
+    /// wait on a sub-orchestration its parent has not created yet); a call that outlives its
+    /// deadline, or `max_wait` when it has none, answers DEADLINE_EXCEEDED.
     pub(super) async fn wait(
         &self,
         r: GetInstanceRequest,
-        deadline: Option<Duration>,
+        deadline: Option<Instant>,
         done: impl Fn(OrchestrationStatus) -> bool,
     ) -> Result<GetInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?.to_string();
         let watchers = &self.dispatcher.watchers;
+        let seen = AtomicBool::new(false);
         let wait = async {
             let mut changes = watchers.subscribe(&id);
             loop {
-                let i = self.store.get_instance(&id).await.map_err(status)?;
-                match i {
-                    Some(i) if !done(i.status) => {}
-                    other => return Ok(found(other, r.get_inputs_and_outputs)),
+                if let Some(i) = self.store.get_instance(&id).await.map_err(status)? {
+                    seen.store(true, Ordering::Relaxed);
+                    if done(i.status) {
+                        return Ok(found(Some(i), r.get_inputs_and_outputs));
+                    }
                 }
                 if changes.changed().await.is_err() {
                     // The sender was dropped (no one else watching); subscribe afresh.
@@ -215,18 +227,24 @@ impl Service {
                 }
             }
         };
-        let outcome = match deadline {
-            None => wait.await,
-            // tonic enforces grpc-timeout too, answering CANCELLED; finishing a moment early
-            // makes the caller see the precise DEADLINE_EXCEEDED instead.
-            Some(d) => tokio::time::timeout(d.saturating_sub(DEADLINE_MARGIN), wait)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(format!(
-                        "instance '{id}' did not reach the awaited state in time"
-                    )))
-                }),
+        // tonic enforces grpc-timeout too, from the same moment, answering CANCELLED; finishing a
+        // moment early makes the caller see the precise DEADLINE_EXCEEDED instead.
+        let until = match deadline {
+            Some(d) => d.checked_sub(DEADLINE_MARGIN).unwrap_or(d),
+            None => Instant::now() + self.max_wait,
         };
+        let outcome = tokio::time::timeout_at(until, wait).await.unwrap_or_else(|_| {
+            let what = if seen.load(Ordering::Relaxed) {
+                "did not reach the awaited state"
+            } else {
+                "does not exist (it may not have been created yet)"
+            };
+            let within = match deadline {
+                Some(_) => "the call's deadline".to_string(),
+                None => format!("{} s (the longest a wait without a deadline lasts)", self.max_wait.as_secs()),
+            };
+            Err(Status::deadline_exceeded(format!("instance '{id}' {what} within {within}")))
+        });
         watchers.release(&id);
         outcome
     }

@@ -7,6 +7,7 @@ mod entities;
 mod worker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -21,6 +22,8 @@ use crate::store::{Store, StoreError};
 pub struct Service {
     store: Arc<dyn Store>,
     dispatcher: Arc<Dispatcher>,
+    /// How long a WaitForInstance* call without a deadline may wait.
+    max_wait: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -30,9 +33,23 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>) -> Self {
-        Service { store, dispatcher }
+    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>, max_wait: Duration) -> Self {
+        Service {
+            store,
+            dispatcher,
+            max_wait,
+        }
     }
+}
+
+/// When a call reached the server, stamped on every request by [`stamp_arrival`] (the
+/// outermost layer) so that deadlines count from the same moment tonic's own enforcement does.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub tokio::time::Instant);
+
+pub fn stamp_arrival<B>(mut request: tonic::codegen::http::Request<B>) -> tonic::codegen::http::Request<B> {
+    request.extensions_mut().insert(Arrival(tokio::time::Instant::now()));
+    request
 }
 
 /// The one mapping from store failures to gRPC statuses.
@@ -66,13 +83,13 @@ impl TaskHubSidecarService for Service {
         self.restart(r.into_inner()).await.map(Response::new)
     }
     async fn wait_for_instance_start(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
-        let deadline = client::deadline(r.metadata())?;
+        let deadline = client::deadline(&r)?;
         self.wait(r.into_inner(), deadline, |s| s != OrchestrationStatus::Pending)
             .await
             .map(Response::new)
     }
     async fn wait_for_instance_completion(&self, r: Request<GetInstanceRequest>) -> Rpc<GetInstanceResponse> {
-        let deadline = client::deadline(r.metadata())?;
+        let deadline = client::deadline(&r)?;
         self.wait(r.into_inner(), deadline, crate::model::is_terminal)
             .await
             .map(Response::new)

@@ -1,10 +1,11 @@
 //! Test harness: a real sidecar on a real socket, spoken to with the generated gRPC client.
 //!
-//! Every test starts its own [`Sidecar`] (fresh SQLite file in a temp dir), so tests never see
-//! each other's instances. Waiting is always done on something the server sends (a work item,
+//! Every test starts its own [`Sidecar`] (fresh SQLite file in a temp dir, or a fresh Postgres
+//! database with [`Sidecar::on`]), so tests never see each other's instances. Waiting is always done on something the server sends (a work item,
 //! a WaitForInstance* answer); `tokio::time::timeout` is only a guard against hangs.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -29,12 +30,21 @@ pub type Client = TaskHubSidecarServiceClient<Channel>;
 /// How long any single wait may take before the test is declared hung.
 pub const GUARD: Duration = Duration::from_secs(10);
 
-/// A running sidecar. Dropping it shuts the server down.
+/// The store a test sidecar keeps its state in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// A database of the test's own on `OUTRIGGER_TEST_POSTGRES_URL`'s server.
+    Postgres,
+}
+
+/// A running sidecar. Dropping it shuts the server down (and drops its Postgres database).
 pub struct Sidecar {
     pub client: Client,
     pub addr: SocketAddr,
     _stop: oneshot::Sender<()>,
     _dir: tempfile::TempDir,
+    _database: Option<postgres::TestDatabase>,
 }
 
 impl Sidecar {
@@ -45,10 +55,22 @@ impl Sidecar {
 
     /// A sidecar with options adjusted by `adjust` (e.g. a short ping interval).
     pub async fn with(adjust: impl FnOnce(&mut Options)) -> Sidecar {
+        Sidecar::on(Backend::Sqlite, adjust).await
+    }
+
+    /// A sidecar on the given store, with options adjusted by `adjust`.
+    pub async fn on(backend: Backend, adjust: impl FnOnce(&mut Options)) -> Sidecar {
         let mut options = Options::default();
         adjust(&mut options);
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(postgres::TestDatabase::create("sidecar").await),
+        };
+        let url = match &database {
+            None => format!("sqlite://{}", dir.path().join("t.db").display()),
+            Some(db) => db.url.clone(),
+        };
         let store = outrigger::store::open(&url, &Default::default()).await.expect("open store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -68,6 +90,7 @@ impl Sidecar {
             addr,
             _stop: stop,
             _dir: dir,
+            _database: database,
         }
     }
 

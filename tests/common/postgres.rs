@@ -1,0 +1,100 @@
+//! A Postgres database of a test's own, on the server `OUTRIGGER_TEST_POSTGRES_URL` names (its
+//! user may create databases; `./test.sh` provisions one). Shared by the store conformance suite
+//! and the service tests that run a sidecar on Postgres.
+#![allow(dead_code)]
+
+use sqlx::Connection;
+
+/// The admin URL the Postgres tests read.
+pub fn admin_url() -> String {
+    std::env::var("OUTRIGGER_TEST_POSTGRES_URL").expect(
+        "OUTRIGGER_TEST_POSTGRES_URL is not set: run the tests with ./test.sh, which provisions Postgres, \
+         or point it at a database whose user may create databases",
+    )
+}
+
+/// A fresh database named `<prefix>_<uuid>`, dropped (best effort) when this is dropped.
+pub struct TestDatabase {
+    admin: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(prefix: &str) -> TestDatabase {
+        let admin = admin_url();
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        create_database(&admin, &name).await;
+        let url = with_database(&admin, &name);
+        TestDatabase { admin, name, url }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop has no runtime of its own to await on; a short-lived one on another thread does it.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(drop_database(&admin, &name));
+            Ok::<_, std::io::Error>(())
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// Creates a database. Postgres refuses to copy its template while another CREATE DATABASE
+/// uses it ("source database is being accessed by other users"), so creations in this process
+/// take turns, and one that still collides (with another process) is tried again.
+pub async fn create_database(admin: &str, database: &str) {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = TURN.lock().await;
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
+    let mut attempts = 0;
+    loop {
+        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if attempts < 20 && e.to_string().contains("being accessed by other users") => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("CREATE DATABASE {database}: {e}"),
+        }
+    }
+}
+
+/// Best effort: a test that passed does not fail over cleanup. An autovacuum worker in the
+/// database can make the drop fail for a moment (it is not ours to end).
+pub async fn drop_database(admin: &str, database: &str) {
+    let Ok(mut conn) = sqlx::PgConnection::connect(admin).await else {
+        eprintln!("left database {database} behind: cannot connect");
+        return;
+    };
+    let drop = format!("DROP DATABASE {database} WITH (FORCE)");
+    for attempt in 1..=10 {
+        match sqlx::query(sqlx::AssertSqlSafe(drop.clone())).execute(&mut conn).await {
+            Ok(_) => return,
+            Err(e) if attempt == 10 => eprintln!("left database {database} behind: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The same server URL naming another database (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}

@@ -2,8 +2,9 @@
 # Runs every test Outrigger has: the Rust unit and service tests, then the SDK suites against
 # a freshly built binary, once on SQLite and once on Postgres. Installs what the suites need: a
 # Postgres server (tests/postgres.sh: Debian's package when none is reachable), a Python venv
-# with the pinned SDK, and the JavaScript, Go and Java SDKs (npm, the Go module proxy, Maven).
-# The .NET scenario program runs when the .NET 10 SDK (`dotnet`) is on PATH.
+# with the pinned SDK, the JavaScript, Go and Java SDKs (npm, the Go module proxy, Maven), and
+# podman for the image test (deploy/tests/run.sh). The .NET scenario program runs when the .NET
+# 10 SDK (`dotnet`) is on PATH.
 # Ends with one line "N passed, N failed" over all suites; exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -33,6 +34,23 @@ run_sdk_suite() {
   local log
   log=$(mktemp)
   OUTRIGGER_TEST_STORE="$2" sdk-tests/run.sh "$1" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local line p f
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+  p=$(echo "$line" | awk '{print $1+0}')
+  f=$(echo "$line" | awk '{print $3+0}')
+  if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  [ "$rc" -eq 0 ] || status=1
+  rm -f "$log"
+}
+
+# Adds the closing "N passed, N failed" line of the deployment suite (image, manifests, TLS,
+# keys, drain; deploy/tests/run.sh).
+run_deploy_suite() {
+  local log
+  log=$(mktemp)
+  deploy/tests/run.sh 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local line p f
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
@@ -101,6 +119,8 @@ if cargo build --locked --release; then
   run_sdk_suite rust sqlite
   echo "== Dapr Python SDK suite (older Dapr dialect) on SQLite"
   run_sdk_suite python-dapr sqlite
+  echo "== Deployment suite: container image, manifests, TLS, API keys, SIGTERM drain"
+  run_deploy_suite
 else
   failed=$((failed + 1)); status=1
 fi

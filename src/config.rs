@@ -1,6 +1,8 @@
 //! Configuration: command-line flags, each with an environment twin. Parsed and checked once
 //! at start; nothing else reads the environment.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -148,6 +150,43 @@ pub struct Config {
     /// Record Prometheus metrics (served at /metrics on the HTTP listener).
     #[arg(long, env = "OUTRIGGER_METRICS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "HTTP")]
     pub metrics: bool,
+
+    /// PEM certificate chain for TLS on the gRPC listener (with --tls-key). Reloaded on SIGHUP
+    /// and when the file changes.
+    #[arg(long, env = "OUTRIGGER_TLS_CERT", requires = "tls_key", help_heading = "Security")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "OUTRIGGER_TLS_KEY", requires = "tls_cert", help_heading = "Security")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS). Needs --tls-cert.
+    #[arg(long, env = "OUTRIGGER_TLS_CLIENT_CA", requires = "tls_cert", help_heading = "Security")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of API keys, one ROLE:KEY per line (roles: read, write, full). With keys, every
+    /// call needs `authorization: Bearer KEY`; without, every caller has the full role.
+    #[arg(long, env = "OUTRIGGER_API_KEYS_FILE", help_heading = "Security")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// API keys given directly, ROLE:KEY entries separated by commas (added to the file's).
+    #[arg(long, env = "OUTRIGGER_API_KEYS", hide_env_values = true, help_heading = "Security")]
+    pub api_keys: Option<String>,
+
+    /// Lets write keys make the destructive admin calls (DeleteTaskHub, CreateTaskHub with
+    /// recreate, purge by filter), which otherwise need a full key.
+    #[arg(long, env = "OUTRIGGER_ALLOW_DESTRUCTIVE_RPCS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    pub allow_destructive_rpcs: bool,
+
+    /// Also serve only the gRPC health service, in the clear and without keys, on this
+    /// address (e.g. 0.0.0.0:4002), for probes that can present neither.
+    #[arg(long, env = "OUTRIGGER_HEALTH_ADDRESS", help_heading = "Deployment")]
+    pub health_address: Option<SocketAddr>,
+
+    /// At SIGTERM, how long work items in flight may take to finish before their leases are
+    /// released (readiness is off and no new work is handed out meanwhile).
+    #[arg(long, env = "OUTRIGGER_DRAIN_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600), help_heading = "Deployment")]
+    pub drain_seconds: u64,
 }
 
 fn public_url(text: &str) -> Result<String, String> {
@@ -200,6 +239,16 @@ pub enum Command {
     Migrate,
     // Its help text is the doc comment of `InstancesArgs`.
     Instances(crate::cli::InstancesArgs),
+    /// Ask a running sidecar's gRPC health service; exits 0 when it answers SERVING, 1
+    /// otherwise (for container health checks, where no probe tool is installed).
+    Health {
+        /// Where to ask [default: --health-address if set, else http://127.0.0.1:--port].
+        #[arg(long)]
+        address: Option<String>,
+        /// The health service name: "" (the whole server), readiness or liveness.
+        #[arg(long, default_value = "")]
+        service: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -247,6 +296,49 @@ impl Config {
 
     pub fn entity_reorder_window(&self) -> Duration {
         Duration::from_secs(self.entity_reorder_window_minutes * 60)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+
+    /// The API keys from --api-keys-file and --api-keys.
+    pub fn keys(&self) -> Result<crate::auth::Keys, String> {
+        let mut entries = vec![];
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read --api-keys-file {}: {e}", path.display()))?;
+            entries.extend(crate::auth::Keys::parse(&text, &path.display().to_string())?);
+        }
+        if let Some(text) = &self.api_keys {
+            entries.extend(crate::auth::Keys::parse(text, "OUTRIGGER_API_KEYS")?);
+        }
+        Ok(crate::auth::Keys::new(entries, self.allow_destructive_rpcs))
+    }
+
+    /// The TLS files, when TLS is configured.
+    pub fn tls_files(&self) -> Option<crate::tls::Files> {
+        Some(crate::tls::Files {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// Where `outrigger health` asks.
+    pub fn health_target(&self, address: Option<&str>) -> String {
+        if let Some(a) = address {
+            return if a.contains("://") { a.to_string() } else { format!("http://{a}") };
+        }
+        let (ip, port) = match self.health_address {
+            Some(a) if a.ip().is_unspecified() => (None, a.port()),
+            Some(a) => (Some(a.ip()), a.port()),
+            None => (None, self.microsoft_port().or(self.dapr_port).unwrap_or(4001)),
+        };
+        match ip {
+            Some(std::net::IpAddr::V6(ip)) => format!("http://[{ip}]:{port}"),
+            Some(ip) => format!("http://{ip}:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        }
     }
 
     pub fn max_message_bytes(&self) -> usize {
@@ -372,6 +464,40 @@ mod tests {
         assert!(!settings.rpc_spans);
         assert!(Config::try_parse_from(["outrigger", "--otel-protocol=http/json"]).is_err());
         assert!(Config::try_parse_from(["outrigger", "--otel-traces-sampler-arg=2"]).is_err());
+    }
+
+    #[test]
+    fn security_flags_go_together() {
+        assert!(
+            Config::try_parse_from(["outrigger", "--tls-cert=c.pem"]).is_err(),
+            "a cert needs a key"
+        );
+        assert!(Config::try_parse_from(["outrigger", "--tls-client-ca=ca.pem"]).is_err());
+        let config = Config::try_parse_from(["outrigger", "--tls-cert=c.pem", "--tls-key=k.pem"]).unwrap();
+        assert_eq!(config.tls_files().unwrap().client_ca, None);
+        let config = Config::try_parse_from([
+            "outrigger",
+            "--api-keys=read:0123456789abcdef,full:fedcba9876543210",
+            "--allow-destructive-rpcs",
+        ])
+        .unwrap();
+        assert_eq!(config.keys().unwrap().len(), 2);
+        assert!(config.allow_destructive_rpcs);
+        assert!(
+            Config::try_parse_from(["outrigger", "--api-keys=read:short"])
+                .unwrap()
+                .keys()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn health_asks_the_health_listener_when_there_is_one() {
+        let config = Config::try_parse_from(["outrigger", "--port=4100"]).unwrap();
+        assert_eq!(config.health_target(None), "http://127.0.0.1:4100");
+        let config = Config::try_parse_from(["outrigger", "--health-address=0.0.0.0:4002"]).unwrap();
+        assert_eq!(config.health_target(None), "http://127.0.0.1:4002");
+        assert_eq!(config.health_target(Some("db:9")), "http://db:9");
     }
 
     #[test]

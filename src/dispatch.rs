@@ -5,7 +5,7 @@
 //! worker's stream drops, which releases them at once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -333,6 +333,11 @@ pub struct Dispatcher {
     owner: String,
     state: Mutex<State>,
     wake: Notify,
+    /// Set when shutdown begins: nothing more is handed out; answers are still taken.
+    draining: AtomicBool,
+    /// Woken with every wake-up of the loop, which follows every item let go; the drain waits
+    /// on it.
+    settled: Notify,
     pub watchers: Watchers,
     pub telemetry: Telemetry,
 }
@@ -360,6 +365,8 @@ impl Dispatcher {
             owner,
             state: Mutex::default(),
             wake: Notify::new(),
+            draining: AtomicBool::new(false),
+            settled: Notify::new(),
             watchers: Watchers::default(),
             telemetry,
         })
@@ -368,6 +375,32 @@ impl Dispatcher {
     /// Tells the loop that new work may be due (after any commit).
     pub fn wake(&self) {
         self.wake.notify_one();
+        self.settled.notify_waiters();
+    }
+
+    /// Stops handing out work (at shutdown); items already held may still be answered.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// How many work items workers hold.
+    pub fn held(&self) -> usize {
+        let state = self.state.lock().unwrap();
+        state.orchestrations.len() + state.activities.len() + state.entities.len()
+    }
+
+    /// Resolves once workers hold no work items.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.held() == 0 {
+                return;
+            }
+            // A few paths let an item go without a wake-up (a lost lease): look again anyway.
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
     }
 
     /// Called after a store change outside a work item (client RPCs).
@@ -464,6 +497,9 @@ impl Dispatcher {
     /// back full, so more work may be waiting. (Work committed after the lease query wakes the
     /// loop anyway.)
     async fn dispatch_once(&self) -> Result<bool, StoreError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         let groups = self.state.lock().unwrap().groups(self.settings.worker_buffer_bytes);
         // Entities are leased for every worker that takes any; `hand_entity` picks by name.
         let entity_room = groups.iter().map(|g| g.entities).sum::<usize>().min(BATCH);

@@ -13,7 +13,9 @@
 //! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.
 //! - [`cli`]: `outrigger instances ...`, a gRPC client of a running sidecar.
 //! - [`server`]: wires the pieces together and serves until shutdown.
+//! - [`auth`], [`tls`]: API keys and roles, TLS with reload; shared by every listener.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dapr;
@@ -29,6 +31,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 /// Types generated from `proto/orchestrator_service.proto`.
 pub mod proto {

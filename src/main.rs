@@ -19,11 +19,10 @@ const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
     let mut config = Config::parse();
-    let migrate_only = match config.command.take() {
+    let command = match config.command.take() {
         // A client: no server logging, its own small runtime.
         Some(Command::Instances(args)) => return outrigger::cli::main(args),
-        Some(Command::Migrate) => true,
-        None => false,
+        other => other,
     };
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -33,10 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if migrate_only {
-        runtime.block_on(migrate(config))
-    } else {
-        runtime.block_on(serve(config))
+    match command {
+        Some(Command::Migrate) => runtime.block_on(migrate(config)),
+        Some(Command::Health { address, service }) => runtime.block_on(health(config.health_target(address.as_deref()), service)),
+        Some(Command::Instances(_)) => unreachable!("handled above"),
+        None => runtime.block_on(serve(config)),
     }
 }
 
@@ -50,6 +50,42 @@ async fn migrate(config: Config) -> ExitCode {
         Err(e) => {
             error!("{e}");
             ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}
+
+/// `outrigger health`: one Check call, for container health checks.
+async fn health(target: String, service: String) -> ExitCode {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(target.clone())
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: service.clone() })
+            .await
+            .map_err(|e| e.message().to_string())?;
+        Ok::<_, String>(answer.into_inner().status())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ask).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            println!("SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            println!("{}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("{target}: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("{target}: no answer within 5 s");
+            ExitCode::FAILURE
         }
     }
 }
@@ -107,6 +143,53 @@ async fn serve(config: Config) -> ExitCode {
             }
         };
     }
+    let keys = match config.keys() {
+        Ok(k) => k,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let tls = match config.tls_files().map(outrigger::tls::Acceptor::new).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let health_listeners = match config.health_address {
+        None => vec![],
+        Some(a) => match bind(vec![a]).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("health listener: {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+    };
+    let beyond_loopback = listeners
+        .microsoft
+        .iter()
+        .chain(&listeners.dapr)
+        .chain(&listeners.http)
+        .filter_map(|l| l.local_addr().ok())
+        .any(|a| !a.ip().is_loopback());
+    info!(
+        tls = tls.is_some(),
+        mtls = config.tls_client_ca.is_some(),
+        api_keys = keys.len(),
+        allow_destructive_rpcs = config.allow_destructive_rpcs,
+        drain_seconds = config.drain_seconds,
+        "security"
+    );
+    if beyond_loopback && (tls.is_none() || keys.is_empty()) {
+        let missing = match (tls.is_none(), keys.is_empty()) {
+            (true, true) => "without TLS and without API keys: anyone who can reach it may read, change or delete every instance",
+            (true, false) => "without TLS: API keys and payloads cross the network in the clear",
+            _ => "without API keys: any client that can reach it may read, change or delete every instance",
+        };
+        warn!("!!! listening beyond loopback {missing}; set OUTRIGGER_TLS_CERT/OUTRIGGER_TLS_KEY and OUTRIGGER_API_KEYS_FILE !!!");
+    }
     let store = match store::open(&database_url, &config.store_options()).await {
         Ok(s) => s,
         Err(e) => {
@@ -114,6 +197,11 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    for l in &health_listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!("health service only: addr={addr}");
+        }
+    }
     // HTTP first: the gRPC line is what supervisors and tests take as "serving".
     for l in &listeners.http {
         if let Ok(addr) = l.local_addr() {
@@ -158,6 +246,10 @@ async fn serve(config: Config) -> ExitCode {
         http: outrigger::http::Settings {
             public_url: config.http_public_url.clone(),
         },
+        keys,
+        tls,
+        health_listeners,
+        drain: config.drain(),
     };
     let outcome = server::serve(listeners, store, options, shutdown_signal()).await;
     // The last spans are exported before exit; this blocks on the network, so off the runtime.

@@ -1,16 +1,22 @@
-//! Serves the sidecar on already-bound listeners until `shutdown` resolves, then drains: worker
-//! streams end cleanly, leases are released, and in-flight calls get a short grace period.
+//! Serves the sidecar on already-bound listeners until `shutdown` resolves, then drains in the
+//! order a sidecar's pod needs: readiness turns false, no new work is handed out, work items in
+//! flight may finish until the drain deadline, then worker streams end cleanly, leases are
+//! released, and in-flight calls get a short grace period.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 use tonic::codegen::http;
 use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::{debug, info, warn};
 
+use crate::auth::{AuthLayer, Keys};
 use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
 use crate::dapr::{DaprService, guard};
 use crate::dispatch::{self, AbortOnDrop, Dispatcher};
@@ -18,12 +24,19 @@ use crate::grpc::Service;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
 use crate::store::Store;
 use crate::telemetry::{RpcLayer, Telemetry};
+use crate::tls::{self, Conn};
 
-/// How long in-flight calls may take to finish after shutdown begins.
+/// How long in-flight calls (long waits, mostly) may take to finish once the drain is over.
 const GRACE: Duration = Duration::from_secs(5);
 
+/// Health service names besides the whole server (""): `readiness` turns NOT_SERVING when the
+/// drain starts; `liveness` stays SERVING until the process exits, so a probe never restarts a
+/// draining sidecar.
+pub const READINESS: &str = "readiness";
+pub const LIVENESS: &str = "liveness";
+
 /// Everything `run` needs besides the listeners.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
@@ -37,6 +50,15 @@ pub struct Options {
     /// The app the Dapr listener serves (routers naming another app are refused).
     pub dapr_app_id: Option<String>,
     pub http: crate::http::Settings,
+    /// API keys every call is checked against (none: everyone may do everything).
+    pub keys: Keys,
+    /// TLS on the API listeners; `None` serves in the clear.
+    pub tls: Option<tls::Acceptor>,
+    /// Listeners that serve only the health service, always in the clear and without keys,
+    /// for probes that cannot present either.
+    pub health_listeners: Vec<TcpListener>,
+    /// How long work items in flight at shutdown may take to finish.
+    pub drain: Duration,
 }
 
 impl Default for Options {
@@ -49,11 +71,72 @@ impl Default for Options {
             telemetry: Telemetry::disabled(),
             dapr_app_id: None,
             http: crate::http::Settings::default(),
+            keys: Keys::none(),
+            tls: None,
+            health_listeners: vec![],
+            drain: Duration::from_secs(10),
         }
     }
 }
 
-/// Serves gRPC only.
+type Incoming = Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>>;
+
+/// One stream of accepted connections over every listener; with TLS, each handshake runs in a
+/// task of its own so a slow client never holds up the others.
+fn incoming(listeners: Vec<TcpListener>, tls: Option<tls::Acceptor>) -> (Option<Incoming>, Vec<AbortOnDrop>) {
+    let Some(acceptor) = tls else {
+        let mut merged = None::<Incoming>;
+        for listener in listeners {
+            let stream = TcpIncoming::from(listener).with_nodelay(Some(true)).map(|c| c.map(Conn::Plain));
+            merged = Some(match merged {
+                None => Box::pin(stream),
+                Some(other) => Box::pin(other.merge(stream)),
+            });
+        }
+        return (merged, vec![]);
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let tasks: Vec<AbortOnDrop> = listeners
+        .into_iter()
+        .map(|listener| {
+            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    let tcp = match listener.accept().await {
+                        Ok((tcp, _)) => tcp,
+                        Err(e) => {
+                            // Out of descriptors, mostly: give closing connections a moment.
+                            warn!(error = %e, "accepting a connection failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let (tx, acceptor) = (tx.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        match acceptor.accept(tcp).await {
+                            Ok(stream) => {
+                                let _ = tx.send(Ok(Conn::Tls(Box::new(stream)))).await;
+                            }
+                            Err(e) => debug!(error = %e, "TLS handshake failed"),
+                        }
+                    });
+                }
+            }))
+        })
+        .collect();
+    if tasks.is_empty() {
+        return (None, tasks);
+    }
+    (Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))), tasks)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in ["", READINESS, "TaskHubSidecarService"] {
+        health.set_service_status(service, status).await;
+    }
+}
+
 pub async fn run(
     listeners: Vec<TcpListener>,
     store: Arc<dyn Store>,
@@ -74,21 +157,6 @@ pub struct Listeners {
     pub microsoft: Vec<TcpListener>,
     pub dapr: Vec<TcpListener>,
     pub http: Vec<TcpListener>,
-}
-
-/// One stream of connections over all of a dialect's listeners.
-fn incoming(
-    listeners: Vec<TcpListener>,
-) -> Option<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send>>> {
-    let mut incoming = None::<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = _> + Send>>>;
-    for listener in listeners {
-        let stream = TcpIncoming::from(listener).with_nodelay(Some(true));
-        incoming = Some(match incoming {
-            None => Box::pin(stream),
-            Some(other) => Box::pin(other.merge(stream)),
-        });
-    }
-    incoming
 }
 
 /// Serves both dialects over one dispatcher and store until `shutdown` resolves.
@@ -122,17 +190,50 @@ pub async fn serve(
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<TaskHubSidecarServiceServer<Service>>().await;
+    set_health(&health, ServingStatus::Serving).await;
+    health.set_service_status(LIVENESS, ServingStatus::Serving).await;
 
-    let microsoft = incoming(listeners.microsoft);
-    let dapr = incoming(listeners.dapr);
+    let _tls_watch = options.tls.as_ref().map(|t| t.watch());
+    let (microsoft, _microsoft_acceptors) = incoming(listeners.microsoft, options.tls.clone());
+    let (dapr, _dapr_acceptors) = incoming(listeners.dapr, options.tls.clone());
     assert!(microsoft.is_some() || dapr.is_some(), "at least one listener");
 
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let _health_servers: Vec<AbortOnDrop> = options
+        .health_listeners
+        .into_iter()
+        .map(|listener| {
+            let (service, mut stopping) = (health_service.clone(), stopping.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                let result = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    warn!(error = %e, "health listener failed");
+                }
+            }))
+        })
+        .collect();
+
     let closer = dispatcher.clone();
+    let drain = options.drain;
     let graceful = async move {
         shutdown.await;
-        info!("shutting down: ending worker streams and releasing leases");
+        // No new work first, then readiness: whoever sees NOT_SERVING may rely on both.
+        closer.drain();
+        set_health(&health, ServingStatus::NotServing).await;
+        info!(
+            in_flight = closer.held(),
+            deadline_seconds = drain.as_secs_f64(),
+            "shutting down: readiness off, no new work handed out; waiting for work items in flight"
+        );
+        if tokio::time::timeout(drain, closer.settled()).await.is_err() {
+            warn!(still_held = closer.held(), "drain deadline reached; releasing what is still held");
+        }
+        info!("ending worker streams and releasing leases");
         closer.close_all();
         let _ = http_stop_tx.send(true);
         let _ = stopping_tx.send(true);
@@ -162,6 +263,7 @@ pub async fn serve(
                     )))
                     .layer(guard::RefuseDaprClientsLayer)
                     .layer(RpcLayer::new(options.telemetry.clone()))
+                    .layer(AuthLayer::new(options.keys.clone()))
                     .add_service(health_service.clone())
                     .add_service(service)
                     .serve_with_incoming_shutdown(incoming, stopped())
@@ -180,6 +282,7 @@ pub async fn serve(
                     .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
                     .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument("Dapr")))
                     .layer(RpcLayer::new(options.telemetry.clone()))
+                    .layer(AuthLayer::new(options.keys.clone()))
                     .add_service(health_service.clone())
                     .add_service(dapr_service)
                     .serve_with_incoming_shutdown(incoming, stopped())

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::dispatch::Dispatcher;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService;
 use crate::proto::*;
@@ -127,7 +128,12 @@ impl TaskHubSidecarService for Service {
         self.list_ids(r.into_inner()).await.map(Response::new)
     }
     async fn purge_instances(&self, r: Request<PurgeInstancesRequest>) -> Rpc<PurgeInstancesResponse> {
-        self.purge(r.into_inner()).await.map(Response::new)
+        let caller = Caller::of(&r);
+        let r = r.into_inner();
+        if matches!(r.request, Some(purge_instances_request::Request::PurgeInstanceFilter(_))) {
+            caller.may_destroy()?;
+        }
+        self.purge(r).await.map(Response::new)
     }
 
     type GetWorkItemsStream = worker::WorkStream;
@@ -161,12 +167,15 @@ impl TaskHubSidecarService for Service {
     }
     async fn create_task_hub(&self, r: Request<CreateTaskHubRequest>) -> Rpc<CreateTaskHubResponse> {
         // The schema is created when the sidecar starts; "recreate" means start empty.
+        let caller = Caller::of(&r);
         if r.into_inner().recreate_if_exists {
+            caller.may_destroy()?;
             self.store.delete_all().await.map_err(status)?;
         }
         Ok(Response::new(CreateTaskHubResponse {}))
     }
-    async fn delete_task_hub(&self, _: Request<DeleteTaskHubRequest>) -> Rpc<DeleteTaskHubResponse> {
+    async fn delete_task_hub(&self, r: Request<DeleteTaskHubRequest>) -> Rpc<DeleteTaskHubResponse> {
+        Caller::of(&r).may_destroy()?;
         self.store.delete_all().await.map_err(status)?;
         Ok(Response::new(DeleteTaskHubResponse {}))
     }

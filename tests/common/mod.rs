@@ -143,6 +143,11 @@ impl Worker {
         }
     }
 
+    /// The next message, or `None` once the server has ended the stream cleanly.
+    pub async fn stream_message(&mut self) -> Option<WorkItem> {
+        self.stream.message().await.expect("work item stream failed")
+    }
+
     /// The next message on the stream, health pings included.
     pub async fn next_raw(&mut self) -> WorkItem {
         self.next_within(GUARD).await

@@ -36,6 +36,19 @@ pub struct SqliteStore {
 const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution_id, status, input, output, custom_status, \
      failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context";
 
+/// Creates a missing database file readable and writable by its owner only: it holds every
+/// payload. SQLite gives its -wal and -shm files the same mode. An existing file is left as it
+/// is, and a failure here is left for SQLite to report when it opens the file.
+fn create_private(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
@@ -51,6 +64,9 @@ impl SqliteStore {
             // what was acknowledged.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        if !memory {
+            create_private(options.get_filename());
+        }
         // An in-memory database lives and dies with its connection, so it gets exactly one,
         // kept forever, shared by readers and the writer.
         let writer = SqlitePoolOptions::new()

@@ -13,6 +13,7 @@ pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod grpc;
+pub mod http;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -119,3 +119,35 @@ pub struct Commit {
     pub children: Vec<ChildStart>,
     pub rewinds: Vec<ChildRewind>,
 }
+
+/// Runtime status names as the Durable Functions HTTP API and the CLI show them.
+pub const RUNTIME_STATUSES: [(OrchestrationStatus, &str); 8] = [
+    (OrchestrationStatus::Running, "Running"),
+    (OrchestrationStatus::Completed, "Completed"),
+    (OrchestrationStatus::ContinuedAsNew, "ContinuedAsNew"),
+    (OrchestrationStatus::Failed, "Failed"),
+    (OrchestrationStatus::Canceled, "Canceled"),
+    (OrchestrationStatus::Terminated, "Terminated"),
+    (OrchestrationStatus::Pending, "Pending"),
+    (OrchestrationStatus::Suspended, "Suspended"),
+];
+
+pub fn runtime_status_name(status: OrchestrationStatus) -> &'static str {
+    RUNTIME_STATUSES
+        .iter()
+        .find(|(s, _)| *s == status)
+        .map(|(_, n)| *n)
+        .unwrap_or("Unknown")
+}
+
+/// Parses a runtime status name, ignoring case.
+pub fn parse_runtime_status(name: &str) -> Result<OrchestrationStatus, String> {
+    RUNTIME_STATUSES
+        .iter()
+        .find(|(_, n)| n.eq_ignore_ascii_case(name.trim()))
+        .map(|(s, _)| *s)
+        .ok_or_else(|| {
+            let known: Vec<_> = RUNTIME_STATUSES.iter().map(|(_, n)| *n).collect();
+            format!("unknown runtime status '{name}' (known: {})", known.join(", "))
+        })
+}

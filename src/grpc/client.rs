@@ -82,7 +82,7 @@ fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Milli
 }
 
 /// The caller's deadline from the `grpc-timeout` header, if any.
-pub(super) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
+pub(crate) fn deadline(metadata: &MetadataMap) -> Result<Option<Duration>, Status> {
     let Some(value) = metadata.get("grpc-timeout") else {
         return Ok(None);
     };
@@ -137,7 +137,7 @@ fn new_execution_id() -> String {
 }
 
 impl Service {
-    pub(super) async fn start(&self, r: CreateInstanceRequest) -> Result<CreateInstanceResponse, Status> {
+    pub(crate) async fn start(&self, r: CreateInstanceRequest) -> Result<CreateInstanceResponse, Status> {
         let id = if r.instance_id.is_empty() {
             new_execution_id()
         } else {
@@ -187,13 +187,13 @@ impl Service {
         Ok(())
     }
 
-    pub(super) async fn get(&self, r: GetInstanceRequest) -> Result<GetInstanceResponse, Status> {
+    pub(crate) async fn get(&self, r: GetInstanceRequest) -> Result<GetInstanceResponse, Status> {
         let i = self.store.get_instance(instance_id(&r.instance_id)?).await.map_err(status)?;
         Ok(found(i, r.get_inputs_and_outputs))
     }
 
     /// Answers once `done(status)` holds, woken by state changes rather than polling.
-    pub(super) async fn wait(
+    pub(crate) async fn wait(
         &self,
         r: GetInstanceRequest,
         deadline: Option<Duration>,
@@ -231,7 +231,7 @@ impl Service {
         outcome
     }
 
-    pub(super) async fn raise(&self, r: RaiseEventRequest) -> Result<RaiseEventResponse, Status> {
+    pub(crate) async fn raise(&self, r: RaiseEventRequest) -> Result<RaiseEventResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the event name) is required"));
@@ -241,14 +241,14 @@ impl Service {
         Ok(RaiseEventResponse {})
     }
 
-    pub(super) async fn terminate(&self, r: TerminateRequest) -> Result<TerminateResponse, Status> {
+    pub(crate) async fn terminate(&self, r: TerminateRequest) -> Result<TerminateResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         let now = time::now();
         self.send(id, events::terminated(now, r.output, r.recursive), now).await?;
         Ok(TerminateResponse {})
     }
 
-    pub(super) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<(), Status> {
+    pub(crate) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<(), Status> {
         let id = instance_id(&id)?;
         let now = time::now();
         let event = if suspend {
@@ -278,7 +278,7 @@ impl Service {
         }
     }
 
-    pub(super) async fn query(&self, r: QueryInstancesRequest) -> Result<QueryInstancesResponse, Status> {
+    pub(crate) async fn query(&self, r: QueryInstancesRequest) -> Result<QueryInstancesResponse, Status> {
         let q = r.query.unwrap_or_default();
         let limit = page_size("maxInstanceCount", q.max_instance_count)?;
         let filter = InstanceFilter {
@@ -288,6 +288,7 @@ impl Service {
             id_prefix: q.instance_id_prefix.filter(|p| !p.is_empty()),
             after: parse_page_token("continuationToken", &q.continuation_token)?,
             limit: limit + 1, // one extra row tells whether another page exists
+            ..Default::default()
         };
         let mut rows = self.store.query(&filter).await.map_err(status)?;
         let more = rows.len() > limit as usize;
@@ -301,7 +302,7 @@ impl Service {
         })
     }
 
-    pub(super) async fn list_ids(&self, r: ListInstanceIdsRequest) -> Result<ListInstanceIdsResponse, Status> {
+    pub(crate) async fn list_ids(&self, r: ListInstanceIdsRequest) -> Result<ListInstanceIdsResponse, Status> {
         let limit = page_size("pageSize", r.page_size)?;
         let filter = FinishedFilter {
             statuses: statuses("runtimeStatus", &r.runtime_status)?,
@@ -320,7 +321,7 @@ impl Service {
         })
     }
 
-    pub(super) async fn purge(&self, r: PurgeInstancesRequest) -> Result<PurgeInstancesResponse, Status> {
+    pub(crate) async fn purge(&self, r: PurgeInstancesRequest) -> Result<PurgeInstancesResponse, Status> {
         use purge_instances_request::Request as Target;
         let complete = |deleted: u32, done: bool| PurgeInstancesResponse {
             deleted_instance_count: deleted as i32,
@@ -397,7 +398,7 @@ impl Service {
         }
     }
 
-    pub(super) async fn history(&self, r: StreamInstanceHistoryRequest) -> Result<Vec<HistoryChunk>, Status> {
+    pub(crate) async fn history(&self, r: StreamInstanceHistoryRequest) -> Result<Vec<HistoryChunk>, Status> {
         let id = instance_id(&r.instance_id)?;
         let Some(instance) = self.store.get_instance(id).await.map_err(status)? else {
             return Err(Status::not_found(format!("no instance with id '{id}'")));
@@ -426,7 +427,7 @@ impl Service {
         Ok(chunks)
     }
 
-    pub(super) async fn restart(&self, r: RestartInstanceRequest) -> Result<RestartInstanceResponse, Status> {
+    pub(crate) async fn restart(&self, r: RestartInstanceRequest) -> Result<RestartInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         let Some(old) = self.store.get_instance(id).await.map_err(status)? else {
             return Err(Status::not_found(format!("no instance with id '{id}'")));
@@ -462,7 +463,7 @@ impl Service {
         Ok(RestartInstanceResponse { instance_id: new_id })
     }
 
-    pub(super) async fn rewind(&self, r: RewindInstanceRequest) -> Result<RewindInstanceResponse, Status> {
+    pub(crate) async fn rewind(&self, r: RewindInstanceRequest) -> Result<RewindInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?;
         let now = time::now();
         match self

@@ -2,7 +2,7 @@
 //! Client-facing RPCs live in [`client`], worker-facing ones in [`worker`]; the store and the
 //! dispatcher do the work.
 
-mod client;
+pub(crate) mod client;
 mod worker;
 
 use std::sync::Arc;
@@ -30,6 +30,15 @@ impl std::fmt::Debug for Service {
 impl Service {
     pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>) -> Self {
         Service { store, dispatcher }
+    }
+
+    /// The store, for the HTTP listener's readiness probe and metrics.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
     }
 }
 

@@ -78,6 +78,55 @@ pub struct Config {
     /// A server span for each client RPC (StartInstance, RaiseEvent, ...).
     #[arg(long, env = "OUTRIGGER_OTEL_RPC_SPANS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Tracing")]
     pub otel_rpc_spans: bool,
+
+    /// TCP port of the HTTP listener (Durable Functions management API, /metrics, /healthz,
+    /// /readyz); 0 picks a free one. No HTTP listener unless set.
+    #[arg(long, env = "OUTRIGGER_HTTP_PORT", help_heading = "HTTP")]
+    pub http_port: Option<u16>,
+
+    /// Host or IP address of the HTTP listener. "localhost" (the default, like the gRPC
+    /// listener's) is both 127.0.0.1 and ::1; the management API can terminate and purge, so
+    /// exposing it is a deliberate choice.
+    #[arg(long, env = "OUTRIGGER_HTTP_HOST", default_value = "localhost", help_heading = "HTTP")]
+    pub http_host: String,
+
+    /// Base URL the management payload's links start with, e.g. https://ops.example.com, when
+    /// callers reach the listener through a proxy. Without it links follow the request's
+    /// X-Forwarded-Proto/X-Forwarded-Host, else its Host header.
+    #[arg(long, env = "OUTRIGGER_HTTP_PUBLIC_URL", value_parser = public_url, help_heading = "HTTP")]
+    pub http_public_url: Option<String>,
+
+    /// Record Prometheus metrics (served at /metrics on the HTTP listener).
+    #[arg(long, env = "OUTRIGGER_METRICS", default_value_t = true, action = clap::ArgAction::Set, help_heading = "HTTP")]
+    pub metrics: bool,
+
+    /// Serve the dashboard at / on the HTTP listener.
+    #[arg(long, env = "OUTRIGGER_DASHBOARD", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Dashboard")]
+    pub dashboard: bool,
+
+    /// The dashboard shows state but takes no actions (no terminate, purge, restart, ...).
+    #[arg(long, env = "OUTRIGGER_DASHBOARD_READ_ONLY", help_heading = "Dashboard")]
+    pub dashboard_read_only: bool,
+
+    /// Link from an instance to its trace in your tracing UI: {traceId} (and {instanceId}) are
+    /// filled in, e.g. http://localhost:16686/trace/{traceId} for Jaeger.
+    #[arg(long, env = "OUTRIGGER_DASHBOARD_TRACE_URL", value_parser = trace_url, help_heading = "Dashboard")]
+    pub dashboard_trace_url: Option<String>,
+}
+
+fn trace_url(text: &str) -> Result<String, String> {
+    if !(text.starts_with("http://") || text.starts_with("https://")) || !text.contains("{traceId}") {
+        return Err(format!("'{text}' is not an http(s):// URL with {{traceId}} in it"));
+    }
+    Ok(text.to_string())
+}
+
+fn public_url(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_end_matches('/');
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) || trimmed.len() <= "https://".len() {
+        return Err(format!("'{text}' is not an http:// or https:// URL"));
+    }
+    Ok(trimmed.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,6 +163,9 @@ pub enum Command {
     /// Apply pending database schema migrations, then exit (the server also applies them at
     /// start; this is for operators who migrate as a separate step).
     Migrate,
+    /// List, inspect and act on instances of a running sidecar (a gRPC client; see
+    /// `outrigger instances --help`).
+    Instances(crate::cli::InstancesArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
@@ -14,6 +14,7 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::engine::{self, Prepared, events};
+use crate::metrics::{Kind, METRICS};
 use crate::model::Instance;
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
@@ -78,6 +79,8 @@ struct HeldOrchestration {
     /// Actions of a chunked answer received so far, and the next chunk index expected.
     chunks: Vec<OrchestratorAction>,
     next_chunk: i32,
+    /// When it was handed out (the step latency metric).
+    since: Instant,
 }
 
 struct HeldActivity {
@@ -85,6 +88,7 @@ struct HeldActivity {
     id: i64,
     instance_id: String,
     task_id: i32,
+    since: Instant,
 }
 
 #[derive(Default)]
@@ -257,8 +261,9 @@ impl Dispatcher {
                     if tokens.is_empty() {
                         continue;
                     }
-                    if let Err(e) = this.store.renew_leases(&tokens, until).await {
-                        warn!(error = %e, "renewing leases failed");
+                    match this.store.renew_leases(&tokens, until).await {
+                        Ok(()) => METRICS.leases_renewed(tokens.len()),
+                        Err(e) => warn!(error = %e, "renewing leases failed"),
                     }
                 }
             })
@@ -388,13 +393,17 @@ impl Dispatcher {
                         consumed,
                         chunks: vec![],
                         next_chunk: 0,
+                        since: Instant::now(),
                     },
                 );
                 Some(worker_id)
             })
         };
         match sent {
-            Some(worker) => debug!(instance_id = %id, worker, "orchestration work item sent"),
+            Some(worker) => {
+                METRICS.dispatched(Kind::Orchestration);
+                debug!(instance_id = %id, worker, "orchestration work item sent");
+            }
             None => self.store.release_orchestration(&id, &token, &[], 0).await?,
         }
         Ok(())
@@ -421,13 +430,15 @@ impl Dispatcher {
                         id,
                         instance_id: task.instance_id,
                         task_id,
+                        since: Instant::now(),
                     },
                 );
                 Some(())
             })
         };
-        if sent.is_none() {
-            self.store.release_activity(id, &token, time::now()).await?;
+        match sent {
+            Some(()) => METRICS.dispatched(Kind::Activity),
+            None => self.store.release_activity(id, &token, time::now()).await?,
         }
         Ok(())
     }
@@ -583,6 +594,7 @@ impl Dispatcher {
             if !chunked {
                 held.chunks = response.actions.clone();
             }
+            METRICS.completed(Kind::Orchestration, held.since.elapsed());
             (token, held)
         };
         let id = held.instance.instance_id.clone();
@@ -604,6 +616,12 @@ impl Dispatcher {
         let spans = self
             .telemetry
             .step(&held.instance, &held.history, &held.new_events, &mut commit, now);
+        let ended = if commit.instance.execution_id != held.instance.execution_id {
+            Some(OrchestrationStatus::ContinuedAsNew)
+        } else {
+            (commit.instance.is_terminal() && !held.instance.is_terminal()).then_some(commit.instance.status)
+        };
+        let children = commit.children.len();
         match self
             .batcher
             .write(Write::Step {
@@ -616,6 +634,10 @@ impl Dispatcher {
         {
             Ok(changed) => {
                 spans.committed();
+                if let Some(status) = ended {
+                    METRICS.orchestration_finished(status);
+                }
+                METRICS.orchestrations_started(children);
                 self.changed(&changed);
                 Ok(())
             }
@@ -667,6 +689,7 @@ impl Dispatcher {
             if let Some(w) = state.workers.get_mut(&held.worker) {
                 w.activities -= 1;
             }
+            METRICS.completed(Kind::Activity, held.since.elapsed());
             (token, held)
         };
         let now = time::now();
@@ -695,6 +718,7 @@ impl Dispatcher {
             held
         };
         if let Some(held) = held {
+            METRICS.abandoned(Kind::Orchestration);
             let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
             if let Err(e) = self
                 .store
@@ -718,12 +742,18 @@ impl Dispatcher {
             held
         };
         if let Some(held) = held {
+            METRICS.abandoned(Kind::Activity);
             let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
             if let Err(e) = self.store.release_activity(held.id, token, later).await {
                 debug!(error = %e, "abandoning activity");
             }
             self.wake();
         }
+    }
+
+    /// Worker streams open now (the metrics' gauge).
+    pub fn connected_workers(&self) -> usize {
+        self.state.lock().unwrap().workers.len()
     }
 
     /// Releases everything this sidecar holds (at shutdown).

@@ -7,14 +7,20 @@
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`store`]: durable state behind one trait (SQLite).
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
+//! - [`http`]: the Durable Functions HTTP management API, probes and `/metrics`.
+//! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.
+//! - [`cli`]: `outrigger instances ...`, a gRPC client of a running sidecar.
 //! - [`server`]: wires the pieces together and serves until shutdown.
 
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod model;
+pub mod rfc3339;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -18,7 +18,13 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let config = Config::parse();
+    let mut config = Config::parse();
+    let migrate_only = match config.command.take() {
+        // A client: no server logging, its own small runtime.
+        Some(Command::Instances(args)) => return outrigger::cli::main(args),
+        Some(Command::Migrate) => true,
+        None => false,
+    };
     init_logging(config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -27,9 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match config.command {
-        Some(Command::Migrate) => runtime.block_on(migrate(config)),
-        None => runtime.block_on(serve(config)),
+    if migrate_only {
+        runtime.block_on(migrate(config))
+    } else {
+        runtime.block_on(serve(config))
     }
 }
 
@@ -66,6 +73,8 @@ async fn serve(config: Config) -> ExitCode {
         pool_size = config.pool_size,
         lease_seconds = config.lease_seconds,
         max_message_mib = config.max_message_mib,
+        http_port = ?config.http_port,
+        metrics = config.metrics,
         version = env!("CARGO_PKG_VERSION"),
         "starting outrigger"
     );
@@ -83,6 +92,22 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let http_listeners = match config.http_port {
+        None => vec![],
+        Some(port) => match self::addresses(&config.http_host, port).await {
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(EX_USAGE);
+            }
+            Ok(a) => match bind(a).await {
+                Ok(l) => l,
+                Err(e) => {
+                    error!("{e} (--http-port)");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                }
+            },
+        },
+    };
     let store = match store::open(&database_url, &config.store_options()).await {
         Ok(s) => s,
         Err(e) => {
@@ -95,6 +120,12 @@ async fn serve(config: Config) -> ExitCode {
             info!("listening addr={addr}");
         }
     }
+    for l in &http_listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!("listening http={addr}");
+        }
+    }
+    outrigger::metrics::set_enabled(config.metrics);
     let telemetry = match config.telemetry() {
         None => Telemetry::disabled(),
         Some(settings) => match Telemetry::start(&settings) {
@@ -115,8 +146,15 @@ async fn serve(config: Config) -> ExitCode {
         },
         max_message_bytes: config.max_message_bytes(),
         telemetry: telemetry.clone(),
+        http: outrigger::http::Settings {
+            public_url: config.http_public_url.clone(),
+            dashboard: config.dashboard.then(|| outrigger::http::dashboard::Settings {
+                read_only: config.dashboard_read_only,
+                trace_url: config.dashboard_trace_url.clone(),
+            }),
+        },
     };
-    let outcome = server::run(listeners, store, options, shutdown_signal()).await;
+    let outcome = server::run_with_http(listeners, http_listeners, store, options, shutdown_signal()).await;
     // The last spans are exported before exit; this blocks on the network, so off the runtime.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match outcome {

@@ -26,6 +26,7 @@ pub struct Options {
     pub dispatch: dispatch::Settings,
     pub max_message_bytes: usize,
     pub telemetry: Telemetry,
+    pub http: crate::http::Settings,
 }
 
 impl Default for Options {
@@ -34,12 +35,26 @@ impl Default for Options {
             dispatch: dispatch::Settings::default(),
             max_message_bytes: 32 << 20,
             telemetry: Telemetry::disabled(),
+            http: crate::http::Settings::default(),
         }
     }
 }
 
+/// Serves gRPC only.
 pub async fn run(
     listeners: Vec<TcpListener>,
+    store: Arc<dyn Store>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    run_with_http(listeners, vec![], store, options, shutdown).await
+}
+
+/// Serves gRPC on `listeners` and, when `http_listeners` is not empty, the HTTP API, metrics
+/// and probes on those, over the same store and dispatcher.
+pub async fn run_with_http(
+    listeners: Vec<TcpListener>,
+    http_listeners: Vec<TcpListener>,
     store: Arc<dyn Store>,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -47,7 +62,20 @@ pub async fn run(
     let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
     let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
 
-    let service = TaskHubSidecarServiceServer::new(Service::new(store, dispatcher.clone()))
+    let handlers = Service::new(store, dispatcher.clone());
+    let (http_stop_tx, mut http_stop) = tokio::sync::watch::channel(false);
+    let _http = (!http_listeners.is_empty()).then(|| {
+        let router = crate::http::router(handlers.clone(), options.http.clone());
+        let stopped = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(http_listeners, router, stopped).await {
+                warn!(error = %e, "HTTP listener failed");
+            }
+        }))
+    });
+    let service = TaskHubSidecarServiceServer::new(handlers)
         .max_decoding_message_size(options.max_message_bytes)
         .max_encoding_message_size(options.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -69,6 +97,7 @@ pub async fn run(
         shutdown.await;
         info!("shutting down: ending worker streams and releasing leases");
         closer.close_all();
+        let _ = http_stop_tx.send(true);
         let _ = stopping_tx.send(true);
     };
     let serve = tonic::transport::Server::builder()

@@ -183,6 +183,7 @@ impl Service {
             return Err(status(e));
         }
         drop(creation); // ends the create span: the instance exists
+        crate::metrics::METRICS.orchestrations_started(1);
         self.dispatcher.changed([&id]);
         Ok(())
     }
@@ -231,24 +232,24 @@ impl Service {
         outcome
     }
 
-    pub(crate) async fn raise(&self, r: RaiseEventRequest) -> Result<RaiseEventResponse, Status> {
+    /// Returns whether the event was queued ([`Delivery::Queued`]) or ignored because the
+    /// instance has finished ([`Delivery::Finished`]); gRPC answers both alike, HTTP does not.
+    pub(crate) async fn raise(&self, r: RaiseEventRequest) -> Result<Delivery, Status> {
         let id = instance_id(&r.instance_id)?;
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the event name) is required"));
         }
         let now = time::now();
-        self.send(id, events::event_raised(now, r.name, r.input), now).await?;
-        Ok(RaiseEventResponse {})
+        self.send(id, events::event_raised(now, r.name, r.input), now).await
     }
 
-    pub(crate) async fn terminate(&self, r: TerminateRequest) -> Result<TerminateResponse, Status> {
+    pub(crate) async fn terminate(&self, r: TerminateRequest) -> Result<Delivery, Status> {
         let id = instance_id(&r.instance_id)?;
         let now = time::now();
-        self.send(id, events::terminated(now, r.output, r.recursive), now).await?;
-        Ok(TerminateResponse {})
+        self.send(id, events::terminated(now, r.output, r.recursive), now).await
     }
 
-    pub(crate) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<(), Status> {
+    pub(crate) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<Delivery, Status> {
         let id = instance_id(&id)?;
         let now = time::now();
         let event = if suspend {
@@ -261,7 +262,7 @@ impl Service {
 
     /// Queues an event for an instance. Unknown instances are an error; finished ones
     /// silently ignore it (the event could not change anything).
-    async fn send(&self, id: &str, event: HistoryEvent, now: Millis) -> Result<(), Status> {
+    async fn send(&self, id: &str, event: HistoryEvent, now: Millis) -> Result<Delivery, Status> {
         let message = Message {
             instance_id: id.to_string(),
             execution_id: None,
@@ -271,9 +272,9 @@ impl Service {
         };
         match self.store.send(message).await.map_err(status)? {
             Delivery::Unknown => Err(Status::not_found(format!("no instance with id '{id}'"))),
-            Delivery::Finished | Delivery::Queued => {
+            delivery => {
                 self.dispatcher.wake();
-                Ok(())
+                Ok(delivery)
             }
         }
     }

@@ -89,10 +89,10 @@ impl TaskHubSidecarService for Service {
             .map(Response::new)
     }
     async fn raise_event(&self, r: Request<RaiseEventRequest>) -> Rpc<RaiseEventResponse> {
-        self.raise(r.into_inner()).await.map(Response::new)
+        self.raise(r.into_inner()).await.map(|_| Response::new(RaiseEventResponse {}))
     }
     async fn terminate_instance(&self, r: Request<TerminateRequest>) -> Rpc<TerminateResponse> {
-        self.terminate(r.into_inner()).await.map(Response::new)
+        self.terminate(r.into_inner()).await.map(|_| Response::new(TerminateResponse {}))
     }
     async fn suspend_instance(&self, r: Request<SuspendRequest>) -> Rpc<SuspendResponse> {
         let r = r.into_inner();

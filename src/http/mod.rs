@@ -1,4 +1,97 @@
-//! The HTTP listener (placeholder until the HTTP API lands): the dashboard.
+//! The HTTP listener: the Durable Functions management API under
+//! `/runtime/webhooks/durabletask` ([`api`]), its OpenAPI document ([`openapi`]), Prometheus
+//! metrics at `/metrics` and liveness/readiness probes ([`probes`]).
+//!
+//! Handlers translate HTTP to the same request types the gRPC service takes and call the same
+//! [`Service`] methods, so every rule (id checks, reuse policy, which instances may be purged)
+//! lives in one place. [`router`] is the one place the routes are put together: later layers
+//! (TLS, API keys) and later routes (dashboard assets, live updates) are added there.
 
-mod error;
+mod api;
 pub mod dashboard;
+mod error;
+mod links;
+mod openapi;
+pub(crate) mod payload;
+mod probes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tracing::warn;
+
+use crate::grpc::Service;
+
+pub use api::BASE_PATH;
+pub use openapi::DOCUMENT as OPENAPI_DOCUMENT;
+
+/// What the HTTP listener needs besides the service.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Links in payloads start with this (no trailing slash) instead of what the request's
+    /// forwarding headers or Host say.
+    pub public_url: Option<String>,
+    /// The dashboard at `/`, unless `None` (`--dashboard false`).
+    pub dashboard: Option<dashboard::Settings>,
+}
+
+/// Shared by every handler.
+#[derive(Clone, Debug)]
+pub(crate) struct State {
+    pub service: Service,
+    pub public_url: Option<Arc<str>>,
+}
+
+/// Every route the listener serves.
+pub fn router(service: Service, settings: Settings) -> Router {
+    let dashboard = settings.dashboard.map(|d| dashboard::routes(service.clone(), d));
+    let state = State {
+        service,
+        public_url: settings.public_url.map(Arc::from),
+    };
+    let router = Router::new()
+        .merge(api::routes())
+        .merge(probes::routes())
+        .merge(openapi::routes())
+        .fallback(error::no_route)
+        .with_state(state);
+    match dashboard {
+        Some(d) => router.merge(d),
+        None => router,
+    }
+}
+
+/// Serves `router` on every listener until `shutdown` resolves; open requests may finish.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let mut stop = stop_rx.clone();
+        let app = router.clone();
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    while let Some(result) = servers.join_next().await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => warn!(error = %e, "HTTP server task failed"),
+        }
+    }
+    Ok(())
+}

@@ -59,8 +59,10 @@ async fn writer(store: Arc<dyn Store>, queue: Arc<Mutex<mpsc::UnboundedReceiver<
             batch
         };
         let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (count, began) = (writes.len(), std::time::Instant::now());
         match write(&*store, writes).await {
             Ok(results) => {
+                crate::metrics::METRICS.committed(count, began.elapsed());
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }

@@ -185,6 +185,20 @@ pub struct Lease<'a> {
 }
 
 /// A change another process sharing the database made.
+/// What is waiting in the store, for the metrics (counted when scraped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Instances with an event due now that nobody holds.
+    pub orchestrations: u64,
+    /// Activities due now that nobody holds.
+    pub activities: u64,
+    /// Timers and other events not due yet.
+    pub timers: u64,
+    /// Work items whose lease ran out without being released (a dead sidecar's work, about to
+    /// be taken over).
+    pub expired_leases: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// These instances changed state or received work; an empty list means only that some
@@ -289,6 +303,9 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest future time at which some work becomes visible (a timer, a scheduled
     /// start, the end of a back-off, or a lease that will expire unless renewed).
     async fn next_due(&self, now: Millis) -> Result<Option<Millis>>;
+
+    /// Counts what is waiting (read-only; for the metrics and readiness).
+    async fn backlog(&self, now: Millis) -> Result<Backlog>;
 
     /// Changes made by other processes sharing this store, for a store that can be shared.
     fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {

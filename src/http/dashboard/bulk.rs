@@ -16,7 +16,7 @@ use super::{Dashboard, Need};
 use crate::http::error::{ApiError, ApiResult};
 use crate::proto::purge_instances_request::Request as PurgeTarget;
 use crate::proto::*;
-use crate::store::SortKey;
+use crate::store::{Delivery, SortKey};
 
 /// Most instances one request acts on; the answer's `more` says whether others still match.
 pub const MAX_BULK: usize = 10_000;
@@ -128,6 +128,12 @@ pub async fn run(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers:
     let mut errors: Vec<Value> = vec![];
     let mut failed = 0u64;
     for id in &ids {
+        // An event (terminate, suspend, resume, raise) sent to a finished instance changes
+        // nothing: that is not a success.
+        let delivered = |d: Delivery| match d {
+            Delivery::Finished => Err(tonic::Status::failed_precondition(format!("instance '{id}' has already finished"))),
+            _ => Ok(()),
+        };
         let outcome: Result<(), tonic::Status> = match action {
             Action::Terminate => d
                 .service
@@ -137,12 +143,12 @@ pub async fn run(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers:
                     recursive: false,
                 })
                 .await
-                .map(|_| ()),
+                .and_then(delivered),
             Action::Suspend | Action::Resume => d
                 .service
                 .suspend_or_resume(id.clone(), reason.clone(), action == Action::Suspend)
                 .await
-                .map(|_| ()),
+                .and_then(delivered),
             Action::Rewind => d
                 .service
                 .rewind(RewindInstanceRequest {
@@ -159,7 +165,7 @@ pub async fn run(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers:
                     input: data.clone(),
                 })
                 .await
-                .map(|_| ()),
+                .and_then(delivered),
             Action::Restart => d
                 .service
                 .restart(RestartInstanceRequest {

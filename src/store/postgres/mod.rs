@@ -644,6 +644,20 @@ impl Store for PostgresStore {
         Ok(sqlx::query_scalar(NEXT_DUE).bind(now).fetch_one(&self.pool).await?)
     }
 
+    async fn backlog(&self, now: Millis) -> Result<Backlog> {
+        let (orchestrations, activities, timers, expired): (i64, i64, i64, i64) = sqlx::query_as(BACKLOG)
+            .bind(now)
+            .bind(OrchestrationStatus::Suspended as i32)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Backlog {
+            orchestrations: orchestrations as u64,
+            activities: activities as u64,
+            timers: timers as u64,
+            expired_leases: expired as u64,
+        })
+    }
+
     fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }

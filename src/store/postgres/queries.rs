@@ -148,3 +148,14 @@ pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
        UNION ALL SELECT MIN(lock_expires) FROM instances WHERE lock_token IS NOT NULL AND lock_expires > $1 \
        UNION ALL SELECT MIN(lock_expires) FROM activities WHERE lock_token IS NOT NULL AND lock_expires > $1 \
      ) due";
+
+/// What is waiting at $1 (the metrics' backlog gauges): instances with a due event nobody
+/// holds (as LOCK_ORCHESTRATIONS picks them, suspended ones only for a waking event), due
+/// activities nobody holds, events not yet due, and leases that ran out unreleased.
+pub const BACKLOG: &str = "SELECT \
+     (SELECT COUNT(DISTINCT m.instance_id) FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+       WHERE m.visible_at <= $1 AND i.lock_expires <= $1 AND i.ready_at <= $1 AND (i.status <> $2 OR m.kind = 1)), \
+     (SELECT COUNT(*) FROM activities WHERE lock_expires <= $1 AND visible_at <= $1), \
+     (SELECT COUNT(*) FROM inbox WHERE visible_at > $1), \
+     (SELECT COUNT(*) FROM instances WHERE lock_token IS NOT NULL AND lock_expires <= $1) \
+       + (SELECT COUNT(*) FROM activities WHERE lock_token IS NOT NULL AND lock_expires <= $1)";

@@ -757,4 +757,27 @@ impl Store for SqliteStore {
         .await?;
         Ok(due)
     }
+
+    async fn backlog(&self, now: Millis) -> Result<Backlog> {
+        // As lock_orchestrations picks instances; see the Postgres store's BACKLOG.
+        let (orchestrations, activities, timers, expired): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT \
+               (SELECT COUNT(DISTINCT m.instance_id) FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+                 WHERE m.visible_at <= ?1 AND i.lock_expires <= ?1 AND i.ready_at <= ?1 AND (i.status != ?2 OR m.kind = 1)), \
+               (SELECT COUNT(*) FROM activities WHERE lock_expires <= ?1 AND visible_at <= ?1), \
+               (SELECT COUNT(*) FROM inbox WHERE visible_at > ?1), \
+               (SELECT COUNT(*) FROM instances WHERE lock_token IS NOT NULL AND lock_expires <= ?1) \
+                 + (SELECT COUNT(*) FROM activities WHERE lock_token IS NOT NULL AND lock_expires <= ?1)",
+        )
+        .bind(now)
+        .bind(OrchestrationStatus::Suspended as i32)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Backlog {
+            orchestrations: orchestrations as u64,
+            activities: activities as u64,
+            timers: timers as u64,
+            expired_leases: expired as u64,
+        })
+    }
 }

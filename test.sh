@@ -43,6 +43,22 @@ run_sdk_suite() {
   rm -f "$log"
 }
 
+# Adds the closing "N passed, N failed" line of the dashboard's browser tests.
+run_dashboard_suite() {
+  local log
+  log=$(mktemp)
+  sdk-tests/dashboard/run.sh 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local line p f
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+  p=$(echo "$line" | awk '{print $1+0}')
+  f=$(echo "$line" | awk '{print $3+0}')
+  if [ "$rc" -ne 0 ] && [ "${f:-0}" -eq 0 ]; then f=1; fi
+  passed=$((passed + ${p:-0})); failed=$((failed + ${f:-0}))
+  [ "$rc" -eq 0 ] || status=1
+  rm -f "$log"
+}
+
 # The Postgres store tests read OUTRIGGER_TEST_POSTGRES_URL (and the restart test
 # OUTRIGGER_TEST_POSTGRES_CLUSTER); without a server they cannot run, which counts as a failure.
 echo "== Postgres server for the tests"
@@ -69,6 +85,8 @@ if cargo build --locked --release; then
     echo "== Python SDK suite on Postgres (with the multi-sidecar and Postgres restart tests)"
     run_sdk_suite python postgres
   fi
+  echo "== Dashboard browser tests (headless Chromium, Python SDK orchestrations)"
+  run_dashboard_suite
 else
   failed=$((failed + 1)); status=1
 fi

@@ -375,15 +375,24 @@ function listView() {
     drawBulk();
   }
 
-  let loading = null;
+  // Rows and counts are asked for at once; rows are drawn as soon as they come (counting a
+  // big filter takes longer than reading one page of it).
   async function load() {
     const q = apiQuery(p);
     if (pages[pageIndex]) q.set("after", pages[pageIndex]);
     const started = performance.now();
-    loading = Promise.all([api(`/api/instances?${q}`), api(`/api/counts?${apiQuery(p)}`)]);
-    try {
-      const [page, c] = await loading;
+    const rowsAsked = api(`/api/instances?${q}`);
+    const countsAsked = api(`/api/counts?${apiQuery(p)}`);
+    countsAsked.then((c) => {
       drawCounts(c);
+      drawBulk();
+      main().dataset.countsMs = String(Math.round(performance.now() - started));
+      main().dataset.counts = "ready";
+    }, (e) => {
+      if (e.status !== 401) counts.replaceChildren(h("span", { class: "muted", role: "alert" }, `Counts unavailable: ${e.message}`));
+    });
+    try {
+      const page = await rowsAsked;
       drawRows(page.items, page.next);
       main().dataset.loadedMs = String(Math.round(performance.now() - started));
       main().dataset.ready = "list";
@@ -638,6 +647,7 @@ function entitiesView() {
 
 function route() {
   const path = location.pathname;
+  for (const k of ["ready", "counts", "loadedMs", "countsMs"]) delete main().dataset[k];
   for (const a of document.querySelectorAll("[data-nav]")) a.removeAttribute("aria-current");
   const m = path.match(/^\/instances\/(.+)$/);
   if (m) {

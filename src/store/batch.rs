@@ -1,7 +1,8 @@
 //! Group commit. Every worker answer ends in a durable write, and a durable commit costs a
 //! flush to disk, so answers that arrive while a commit is under way are gathered and written
 //! together in the next transaction: one flush for all of them. Nothing waits on purpose: an
-//! answer that finds the writer idle is written at once, alone.
+//! answer that finds the writer idle is written at once, alone. A batch the database refuses
+//! is written again one write at a time, so a write that cannot succeed fails alone.
 
 use std::sync::Arc;
 
@@ -59,31 +60,45 @@ async fn writer(store: Arc<dyn Store>, queue: Arc<Mutex<mpsc::UnboundedReceiver<
             batch
         };
         let (writes, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let (count, began) = (writes.len(), std::time::Instant::now());
-        match write(&*store, writes).await {
+        let began = std::time::Instant::now();
+        let results = match write(&*store, &writes).await {
             Ok(results) => {
-                crate::metrics::METRICS.committed(count, began.elapsed());
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
+                crate::metrics::METRICS.committed(writes.len(), began.elapsed());
+                results
             }
+            Err(e) if writes.len() == 1 => {
+                warn!(error = %e, "write failed; nothing of it was written");
+                vec![Err(e)]
+            }
+            // One bad write must not fail its neighbours: each is written again on its own,
+            // so only the one that cannot be written reports the failure.
             Err(e) => {
-                warn!(error = %e, writes = replies.len(), "write batch failed; nothing in it was written");
-                let message = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::BatchFailed(message.clone())));
+                warn!(error = %e, writes = writes.len(), "write batch failed; nothing in it was written, writing each alone");
+                let mut results = Vec::with_capacity(writes.len());
+                for w in &writes {
+                    results.push(match write(&*store, std::slice::from_ref(w)).await {
+                        Ok(mut one) => one.pop().expect("one result per write"),
+                        Err(e) => {
+                            warn!(error = %e, "write failed; nothing of it was written");
+                            Err(e)
+                        }
+                    });
                 }
+                results
             }
+        };
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 }
 
 /// Writes a batch, running it again when the database aborted it over a conflict with a
 /// concurrent transaction (nothing of it was written then).
-async fn write(store: &dyn Store, writes: Vec<Write>) -> Result<Vec<Result<Vec<String>>>> {
+async fn write(store: &dyn Store, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
     let mut attempts = 0;
     loop {
-        match store.write(&writes).await {
+        match store.write(writes).await {
             Err(e) if e.is_conflict() && attempts < MAX_CONFLICT_RETRIES => {
                 attempts += 1;
                 warn!(error = %e, attempt = attempts, "write batch hit a conflict; running it again");

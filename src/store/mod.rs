@@ -31,8 +31,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    /// Another write in the same batch failed, so the whole batch was rolled back.
-    #[error("database error (batch rolled back): {0}")]
+    /// The batch writer is gone (the sidecar is stopping); nothing was written.
+    #[error("database error (nothing written): {0}")]
     BatchFailed(String),
 }
 
@@ -41,6 +41,31 @@ impl StoreError {
     /// running it again is the documented remedy.
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Database(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
+    }
+}
+
+impl StoreError {
+    /// A write the database refuses for what it is, not for the state it is in: running it
+    /// again can never succeed (a value or statement over a limit, a violated constraint).
+    /// Full disks, lost connections and locks are not permanent.
+    pub fn is_permanent(&self) -> bool {
+        let StoreError::Database(e) = self else { return false };
+        match e {
+            sqlx::Error::Encode(_) => true,
+            sqlx::Error::Database(e) => {
+                let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
+                if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+                    // Classes 22 (data exception), 23 (integrity), 54 (program limit).
+                    return ["22", "23", "54"].iter().any(|class| code.starts_with(class));
+                }
+                // SQLite's primary code is the low byte of the extended one: TOOBIG (18),
+                // CONSTRAINT (19), MISMATCH (20), RANGE (25); "too many SQL variables" comes
+                // as a plain SQLITE_ERROR.
+                let primary = code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0);
+                matches!(primary, 18 | 19 | 20 | 25) || e.message().contains("too many SQL variables")
+            }
+            _ => false,
+        }
     }
 }
 
@@ -251,7 +276,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies several writes in one transaction (group commit: one flush to disk for all).
     /// Each write either happens whole or, when its lease is gone, not at all
-    /// ([`StoreError::LeaseLost`] in its slot); a database failure fails the whole batch.
+    /// ([`StoreError::LeaseLost`] in its slot); a database failure rolls the whole batch back
+    /// and is returned (the [`Batcher`] then writes each alone). An `Ok` means committed.
     async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>>;
 
     /// How many batches may be written at once (one for a single-writer database).

@@ -9,10 +9,11 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Executor, Row, Sqlite, SqliteConnection, SqlitePool};
 use tonic::async_trait;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::encoding::{bind_fields, decode, decode_tags, encode, status};
 use super::filters;
@@ -80,6 +81,78 @@ impl SqliteStore {
         })?;
         info!(%url, "sqlite store open");
         Ok(store)
+    }
+}
+
+/// A transaction on the writer connection, begun, committed and rolled back by hand.
+///
+/// sqlx's own transactions keep a nesting count beside the connection, and it goes wrong when
+/// SQLite has already rolled a transaction back by itself (it does on a full disk and on I/O
+/// errors): the ROLLBACK that follows fails, the count stays at one, and from then on every
+/// "transaction" is a savepoint inside one that is never committed, so each write is answered
+/// OK and lost. Here nothing is counted: a failed statement or COMMIT is followed by a ROLLBACK
+/// (its "no transaction is active" error is expected and harmless), and a transaction dropped
+/// unfinished (an early error return, a cancelled call) is rolled back before the connection
+/// serves anyone else.
+struct WriteTx {
+    conn: Option<PoolConnection<Sqlite>>,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<WriteTx> {
+        let mut conn = pool.acquire().await?;
+        if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+            // Still inside a transaction that a failed rollback left open: end it, once more.
+            warn!(error = %e, "could not begin a write transaction; rolling back and retrying");
+            rollback(&mut conn).await;
+            conn.execute("BEGIN IMMEDIATE").await?;
+        }
+        Ok(WriteTx { conn: Some(conn) })
+    }
+
+    /// Commits; on failure the transaction is rolled back and the error returned, so the
+    /// caller never acknowledges what is not on disk.
+    async fn commit(mut self) -> Result<()> {
+        let mut conn = self.conn.take().expect("a transaction is committed once");
+        if let Err(e) = conn.execute("COMMIT").await {
+            rollback(&mut conn).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Ends whatever transaction the connection is in; the connection is in autocommit afterwards
+/// unless the ROLLBACK itself failed for another reason (then the next begin tries again).
+async fn rollback(conn: &mut SqliteConnection) {
+    if let Err(e) = conn.execute("ROLLBACK").await {
+        debug!(error = %e, "rollback (the transaction may already have been rolled back by SQLite)");
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        // The connection goes back to the pool only after the rollback, as the task owns it.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { rollback(&mut conn).await });
+            }
+            Err(_) => conn.close_on_drop(),
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_ref().expect("an open transaction")
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("an open transaction")
     }
 }
 
@@ -450,7 +523,7 @@ async fn activity_result_in(conn: &mut SqliteConnection, id: i64, token: &str, r
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
             .bind(&new.instance.instance_id)
             .fetch_optional(&mut *tx)
@@ -477,14 +550,14 @@ impl Store for SqliteStore {
     }
 
     async fn send(&self, message: Message) -> Result<Delivery> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let delivery = deliver(&mut tx, &message).await?;
         tx.commit().await?;
         Ok(delivery)
     }
 
     async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Millis) -> Result<Rewind> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let outcome = rewind_in(&mut tx, instance_id, event, now).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -509,7 +582,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let mut pending = vec![instance_id.to_string()];
         let mut deleted = 0;
         while let Some(id) = pending.pop() {
@@ -543,7 +616,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_all(&self) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         for table in ["history", "inbox", "activities", "instances"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
         }
@@ -624,7 +697,7 @@ impl Store for SqliteStore {
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let mut results = Vec::with_capacity(writes.len());
         let mut changes = vec![];
         for w in writes {
@@ -656,7 +729,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         let held = sqlx::query(
             "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, ready_at = ? \
              WHERE instance_id = ? AND lock_token = ?",
@@ -720,7 +793,7 @@ impl Store for SqliteStore {
     }
 
     async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         for token in tokens {
             for sql in [
                 "UPDATE instances SET lock_expires = ? WHERE lock_token = ?",
@@ -734,7 +807,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_all(&self, owner: Option<&str>) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = WriteTx::begin(&self.writer).await?;
         for table in ["instances", "activities"] {
             let sql = format!(
                 "UPDATE {table} SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)"

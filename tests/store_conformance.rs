@@ -13,8 +13,7 @@ use outrigger::model::{Commit, Message};
 use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
 use outrigger::proto::*;
 use outrigger::store::{
-    self, Change, Delivery, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, SortKey, Store, StoreError,
-    Write,
+    self, Change, Delivery, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, SortKey, Store, StoreError, Write,
 };
 use outrigger::time::{Millis, to_timestamp};
 use sqlx::Connection;
@@ -892,21 +891,69 @@ async fn listings_filter_sort_and_count_as_the_dashboard_asks(h: &Harness) {
     let ids = |rows: Vec<outrigger::model::Instance>| rows.into_iter().map(|i| i.instance_id).collect::<Vec<_>>();
     let list = |f: InstanceFilter| async move { ids(s.query(&InstanceFilter { limit: 100, ..f }).await.unwrap()) };
 
-    assert_eq!(list(InstanceFilter { descending: true, ..Default::default() }).await, ["b-2", "b-1", "a-2", "a-1"]);
-    assert_eq!(list(InstanceFilter { top_level_only: true, ..Default::default() }).await, ["a-1", "a-2", "b-1"]);
-    assert_eq!(list(InstanceFilter { name: Some("Beta".into()), ..Default::default() }).await, ["b-1", "b-2"]);
+    assert_eq!(
+        list(InstanceFilter {
+            descending: true,
+            ..Default::default()
+        })
+        .await,
+        ["b-2", "b-1", "a-2", "a-1"]
+    );
+    assert_eq!(
+        list(InstanceFilter {
+            top_level_only: true,
+            ..Default::default()
+        })
+        .await,
+        ["a-1", "a-2", "b-1"]
+    );
+    assert_eq!(
+        list(InstanceFilter {
+            name: Some("Beta".into()),
+            ..Default::default()
+        })
+        .await,
+        ["b-1", "b-2"]
+    );
     // Contains, ignoring case; % and _ are literal.
     for text in ["shipped 50%_ok", "50%_"] {
-        let f = InstanceFilter { custom_status: Some(text.into()), ..Default::default() };
+        let f = InstanceFilter {
+            custom_status: Some(text.into()),
+            ..Default::default()
+        };
         assert_eq!(list(f).await, ["a-2"], "custom status contains {text}");
     }
-    assert!(list(InstanceFilter { custom_status: Some("50%x".into()), ..Default::default() }).await.is_empty());
-    let completed_window = InstanceFilter { completed_from: Some(T0 + 4), completed_to: Some(T0 + 6), ..Default::default() };
+    assert!(
+        list(InstanceFilter {
+            custom_status: Some("50%x".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    let completed_window = InstanceFilter {
+        completed_from: Some(T0 + 4),
+        completed_to: Some(T0 + 6),
+        ..Default::default()
+    };
     assert_eq!(list(completed_window).await, ["b-1"]);
     // By completion: finished instances only.
-    assert_eq!(list(InstanceFilter { sort: SortKey::Completed, descending: true, ..Default::default() }).await, ["a-2", "b-1"]);
+    assert_eq!(
+        list(InstanceFilter {
+            sort: SortKey::Completed,
+            descending: true,
+            ..Default::default()
+        })
+        .await,
+        ["a-2", "b-1"]
+    );
     // By name, then creation; paging resumes after the last row's (name, created, id).
-    let by_name = InstanceFilter { sort: SortKey::Name, descending: true, limit: 3, ..Default::default() };
+    let by_name = InstanceFilter {
+        sort: SortKey::Name,
+        descending: true,
+        limit: 3,
+        ..Default::default()
+    };
     let first = s.query(&by_name).await.unwrap();
     assert_eq!(ids(first.clone()), ["b-2", "b-1", "a-2"]);
     let last = first.last().unwrap();
@@ -921,7 +968,11 @@ async fn listings_filter_sort_and_count_as_the_dashboard_asks(h: &Harness) {
     counts.sort_by_key(|(st, _)| *st as i32);
     assert_eq!(counts, [(OrchestrationStatus::Completed, 2), (OrchestrationStatus::Pending, 2)]);
     let top = s
-        .count_by_status(&InstanceFilter { top_level_only: true, name: Some("Beta".into()), ..Default::default() })
+        .count_by_status(&InstanceFilter {
+            top_level_only: true,
+            name: Some("Beta".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(top, [(OrchestrationStatus::Completed, 1)]);

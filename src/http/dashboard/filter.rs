@@ -47,7 +47,8 @@ impl Page {
             match k.as_ref() {
                 "status" => {
                     for s in v.split(',').filter(|s| !s.trim().is_empty()) {
-                        f.statuses.push(parse_runtime_status(s).map_err(|e| ApiError::bad_request(format!("status: {e}")))?);
+                        f.statuses
+                            .push(parse_runtime_status(s).map_err(|e| ApiError::bad_request(format!("status: {e}")))?);
                     }
                 }
                 "name" => f.name = text(),
@@ -171,7 +172,14 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_read() {
-        for q in ["status=Nope", "createdFrom=yesterday", "sort=size", "pageSize=0", "pageSize=501", "after=xyz"] {
+        for q in [
+            "status=Nope",
+            "createdFrom=yesterday",
+            "sort=size",
+            "pageSize=0",
+            "pageSize=501",
+            "after=xyz",
+        ] {
             let e = Page::parse(q).unwrap_err();
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{q}");
         }

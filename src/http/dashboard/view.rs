@@ -349,9 +349,23 @@ mod tests {
                     ..Default::default()
                 }),
             ),
-            at(1_010, 0, EventType::TaskScheduled(TaskScheduledEvent { name: "Charge".into(), ..Default::default() })),
+            at(
+                1_010,
+                0,
+                EventType::TaskScheduled(TaskScheduledEvent {
+                    name: "Charge".into(),
+                    ..Default::default()
+                }),
+            ),
             at(1_020, 1, EventType::TimerCreated(TimerCreatedEvent::default())),
-            at(1_500, -1, EventType::TaskCompleted(TaskCompletedEvent { task_scheduled_id: 0, result: None })),
+            at(
+                1_500,
+                -1,
+                EventType::TaskCompleted(TaskCompletedEvent {
+                    task_scheduled_id: 0,
+                    result: None,
+                }),
+            ),
             at(
                 1_600,
                 2,
@@ -361,15 +375,39 @@ mod tests {
                     ..Default::default()
                 }),
             ),
-            at(2_020, -1, EventType::TimerFired(TimerFiredEvent { fire_at: None, timer_id: 1 })),
-            at(2_100, -1, EventType::EventRaised(EventRaisedEvent { name: "Approval".into(), input: None })),
-            at(2_200, 3, EventType::TaskScheduled(TaskScheduledEvent { name: "Notify".into(), ..Default::default() })),
+            at(
+                2_020,
+                -1,
+                EventType::TimerFired(TimerFiredEvent {
+                    fire_at: None,
+                    timer_id: 1,
+                }),
+            ),
+            at(
+                2_100,
+                -1,
+                EventType::EventRaised(EventRaisedEvent {
+                    name: "Approval".into(),
+                    input: None,
+                }),
+            ),
+            at(
+                2_200,
+                3,
+                EventType::TaskScheduled(TaskScheduledEvent {
+                    name: "Notify".into(),
+                    ..Default::default()
+                }),
+            ),
             at(
                 2_900,
                 -1,
                 EventType::TaskFailed(TaskFailedEvent {
                     task_scheduled_id: 3,
-                    failure_details: Some(TaskFailureDetails { error_message: "boom".into(), ..Default::default() }),
+                    failure_details: Some(TaskFailureDetails {
+                        error_message: "boom".into(),
+                        ..Default::default()
+                    }),
                 }),
             ),
         ]
@@ -385,7 +423,11 @@ mod tests {
         assert_eq!(find("Notify").end, Some(2_900.0));
         assert!(find("Notify").failed, "a failed activity is marked");
         let ship = find("Ship");
-        assert_eq!((ship.end, ship.instance_id.as_deref()), (None, Some("child-1")), "still running, linked");
+        assert_eq!(
+            (ship.end, ship.instance_id.as_deref()),
+            (None, Some("child-1")),
+            "still running, linked"
+        );
         assert_eq!((find("Approval").kind, find("Approval").end), ("event", None));
         assert_eq!((find("Order").kind, find("Order").end), ("orchestration", None));
     }
@@ -433,7 +475,10 @@ mod tests {
         assert_eq!(failed["failed"], true);
         assert_eq!(failed["failure"]["errorMessage"], "boom");
         let scheduled = event(&h[1]);
-        assert_eq!((scheduled["name"].as_str(), scheduled["eventId"].as_i64()), (Some("Charge"), Some(0)));
+        assert_eq!(
+            (scheduled["name"].as_str(), scheduled["eventId"].as_i64()),
+            (Some("Charge"), Some(0))
+        );
         assert_eq!(scheduled["timestamp"], 1_010.0);
         assert_eq!(scheduled["failed"], false);
     }

@@ -639,8 +639,56 @@ function instanceView(id) {
 // ---------------------------------------------------------------- entities
 
 function entitiesView() {
-  show(h("h1", {}, "Entities"), h("div", { class: "empty" }, "Durable entities are not available on this sidecar yet."));
-  return { kind: "entities", refresh: () => {} };
+  const prefix = new URLSearchParams(location.search).get("prefix") || "";
+  const pages = [null];
+  let pageIndex = 0;
+  const input = h("input", { name: "prefix", value: prefix, placeholder: "@counter@ or @counter@key-" });
+  const form = h("form", {
+    class: "filters", id: "entity-filters", "aria-label": "Filters",
+    onsubmit: (e) => {
+      e.preventDefault();
+      const v = input.value.trim();
+      history.pushState(null, "", `/entities${v ? "?prefix=" + encodeURIComponent(v) : ""}`);
+      route();
+    },
+  }, h("label", {}, "Entity id prefix", input), h("div", { class: "row" }, h("button", { class: "btn primary", type: "submit" }, "Apply filter")));
+  const holder = h("div", { id: "rows" });
+  const pager = h("div", { class: "pager" });
+
+  async function load() {
+    const q = new URLSearchParams();
+    if (prefix) q.set("prefix", prefix);
+    if (pages[pageIndex]) q.set("after", pages[pageIndex]);
+    try {
+      const page = await api(`/api/entities?${q}`);
+      if (!page.items.length) {
+        holder.replaceChildren(h("div", { class: "empty", id: "empty" }, prefix ? "No entities match this prefix." : "No entities yet. They appear here once an orchestration or a client signals one."));
+      } else {
+        holder.replaceChildren(h("div", { class: "table-wrap" }, h("table", { id: "entities" },
+          h("caption", { class: "sr" }, "Entities"),
+          h("thead", {}, h("tr", {}, ["Entity", "Key", "State", "Locked by", "Backlog", "Last modified"].map((c) => h("th", { scope: "col" }, c)))),
+          h("tbody", {}, page.items.map((e) => h("tr", { dataset: { id: e.id } },
+            h("td", { class: "mono" }, e.name), h("td", { class: "id mono" }, e.key),
+            h("td", {}, e.state === null ? h("span", { class: "muted" }, "none") : h("details", { class: "json" }, h("summary", {}, "state"), jsonNode(e.state))),
+            h("td", { class: "id mono" }, e.lockedBy ? instanceLink(e.lockedBy) : h("span", { class: "muted" }, "unlocked")),
+            h("td", { class: "t" }, String(e.backlog)),
+            timeCell(e.lastModifiedAt)))))));
+      }
+      pager.replaceChildren(
+        h("button", { class: "btn", type: "button", disabled: pageIndex === 0, onclick: () => { pageIndex--; load(); } }, "Previous"),
+        h("button", { class: "btn", type: "button", disabled: !page.next, onclick: () => { pages[pageIndex + 1] = page.next; pageIndex++; load(); } }, "Next"));
+      main().dataset.ready = "entities";
+    } catch (e) {
+      const box = errorBox(e, load);
+      if (box) holder.replaceChildren(box);
+    }
+  }
+  show(h("h1", {}, "Entities"), form, holder, pager);
+  if (!state.config.entities) {
+    holder.replaceChildren(h("div", { class: "empty" }, "Durable entities are not available on this sidecar."));
+    main().dataset.ready = "entities";
+  } else load();
+  return { kind: "entities", refresh: () => { if (state.config.entities) load(); } };
 }
 
 // ---------------------------------------------------------------- routing, live updates

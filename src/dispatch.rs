@@ -120,6 +120,9 @@ impl State {
 pub struct Watchers {
     senders: Mutex<HashMap<String, watch::Sender<()>>>,
     feed: broadcast::Sender<Changed>,
+    /// Set at shutdown: feed subscribers end their streams, so open pages do not hold the
+    /// HTTP listener's graceful stop.
+    feed_closed: watch::Sender<bool>,
 }
 
 /// What a change-feed subscriber is told: these instances changed, or (`None`) any may have.
@@ -133,6 +136,7 @@ impl Default for Watchers {
         Watchers {
             senders: Mutex::default(),
             feed: broadcast::channel(FEED_CAPACITY).0,
+            feed_closed: watch::channel(false).0,
         }
     }
 }
@@ -142,6 +146,11 @@ impl Watchers {
     /// the others').
     pub fn feed(&self) -> broadcast::Receiver<Changed> {
         self.feed.subscribe()
+    }
+
+    /// Becomes true when the feed ends (shutdown).
+    pub fn feed_closed(&self) -> watch::Receiver<bool> {
+        self.feed_closed.subscribe()
     }
 
     /// Subscribes before the caller reads the state, so no change can slip in between.
@@ -499,6 +508,7 @@ impl Dispatcher {
     /// Ends every worker stream cleanly (OK trailers), so workers reconnect elsewhere; used
     /// at shutdown.
     pub fn close_all(self: &Arc<Self>) {
+        self.watchers.feed_closed.send_replace(true);
         let workers: Vec<u64> = self.state.lock().unwrap().workers.keys().copied().collect();
         for worker in workers {
             self.disconnect(worker);

@@ -25,6 +25,12 @@ const base = await new Promise((resolve, reject) => {
   proc.on("exit", (c) => reject(new Error(`outrigger exited ${c}`)));
 });
 
+// User + system CPU of the sidecar so far, in ms (/proc/PID/stat, clock ticks of 10 ms).
+function cpuMs() {
+  const f = fs.readFileSync(`/proc/${proc.pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
 function stats(xs) {
   const s = [...xs].sort((a, b) => a - b);
   return { p50: s[Math.floor(s.length / 2)], max: s[s.length - 1] };
@@ -33,7 +39,9 @@ function stats(xs) {
 async function timeGet(route) {
   const times = [];
   let rows = null;
+  let cpu0 = 0;
   for (let i = 0; i < RUNS + 1; i++) {
+    if (i === 1) cpu0 = cpuMs();
     const t = performance.now();
     const r = await fetch(base + route);
     const body = await r.json();
@@ -41,9 +49,10 @@ async function timeGet(route) {
     if (i > 0) times.push(performance.now() - t); // the first call warms the page cache
     rows = body.items ? body.items.length : body.total;
   }
-  return Object.assign(stats(times), { rows });
+  return Object.assign(stats(times), { rows, cpu: (cpuMs() - cpu0) / RUNS });
 }
 
+console.log(`load average at start: ${os.loadavg().map((l) => l.toFixed(1)).join(" ")} on ${os.cpus().length} cores`);
 const total = (await (await fetch(`${base}/api/counts?sub=1`)).json()).total;
 const routes = [
   ["first page (50 newest)", "/api/instances"],
@@ -57,8 +66,8 @@ const routes = [
   ["sorted by name", "/api/instances?sort=name"],
   ["page 2 (after token)", null],
 ];
-console.log(`| request (store of ${total.toLocaleString("en-US")} instances) | rows | p50 ms | max ms |`);
-console.log("|---|---|---|---|");
+console.log(`| request (store of ${total.toLocaleString("en-US")} instances) | rows | p50 ms | max ms | sidecar CPU ms per request |`);
+console.log("|---|---|---|---|---|");
 for (const [label, route0] of routes) {
   let route = route0;
   if (!route) {
@@ -66,7 +75,7 @@ for (const [label, route0] of routes) {
     route = `/api/instances?after=${encodeURIComponent(first.next)}`;
   }
   const r = await timeGet(route);
-  console.log(`| ${label} | ${r.rows} | ${r.p50.toFixed(1)} | ${r.max.toFixed(1)} |`);
+  console.log(`| ${label} | ${r.rows} | ${r.p50.toFixed(1)} | ${r.max.toFixed(1)} | ${r.cpu.toFixed(1)} |`);
 }
 
 // The page in the browser: navigation until rows and counts are drawn.
@@ -89,8 +98,8 @@ for (const [label, query] of [["page: first list page", ""], ["page: status = Fa
   }
   const rows = await page.$$eval("#instances tbody tr", (r) => r.length);
   const s = stats(times), c = stats(countTimes);
-  console.log(`| ${label}: navigation to rows drawn | ${rows} | ${s.p50.toFixed(1)} | ${s.max.toFixed(1)} |`);
-  console.log(`| ${label}: navigation to counts drawn | | ${c.p50.toFixed(1)} | ${c.max.toFixed(1)} |`);
+  console.log(`| ${label}: navigation to rows drawn | ${rows} | ${s.p50.toFixed(1)} | ${s.max.toFixed(1)} | |`);
+  console.log(`| ${label}: navigation to counts drawn | | ${c.p50.toFixed(1)} | ${c.max.toFixed(1)} | |`);
 }
 await context.close();
 fs.rmSync(profile, { recursive: true, force: true });

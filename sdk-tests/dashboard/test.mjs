@@ -407,6 +407,21 @@ async function main() {
     eq(status, 403, "bulk refused");
   });
 
+  await test("SIGTERM stops the sidecar while a page keeps a live stream open", async () => {
+    await openList(page, base);
+    await page.waitForSelector("#live-state.on");
+    const exited = new Promise((resolve) => side.proc.once("exit", (code, signal) => resolve({ code, signal })));
+    const t = Date.now();
+    side.proc.kill("SIGTERM");
+    const result = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 20000))]);
+    assert(result, "the sidecar was still running 20 s after SIGTERM");
+    eq(result.code, 0, "exit code");
+    console.log(`      stopped ${Date.now() - t} ms after SIGTERM`);
+    // The page says it lost the stream rather than pretending to be live.
+    expectedFailures.push("ERR_CONNECTION_REFUSED", "Failed to fetch", "/api/");
+    await page.waitForSelector("#live-state.off", { timeout: WAIT });
+  });
+
   await context.close();
   app.proc.stdin.end(); // the app stops its worker and exits
 }

@@ -24,7 +24,9 @@ const MAX_IDS: usize = 200;
 
 pub async fn events(State(d): State<Dashboard>, headers: HeaderMap) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     d.permit(&headers, Need::Read)?;
-    let mut feed = d.service.dispatcher().watchers.feed();
+    let watchers = &d.service.dispatcher().watchers;
+    let mut feed = watchers.feed();
+    let mut closed = watchers.feed_closed();
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(4);
     tokio::spawn(async move {
         if tx.send(Ok(Event::default().event("ready").data("{}"))).await.is_err() {
@@ -35,6 +37,7 @@ pub async fn events(State(d): State<Dashboard>, headers: HeaderMap) -> ApiResult
             let first = tokio::select! {
                 change = feed.recv() => change,
                 _ = tx.closed() => return,
+                _ = closed.wait_for(|c| *c) => return,
             };
             let mut ids: Vec<String> = vec![];
             let mut all = false;

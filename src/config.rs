@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "OUTRIGGER_MAX_MESSAGE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub max_message_mib: u64,
 
+    /// Which work item carries entity batches: `request` (EntityRequest, read by every SDK that
+    /// runs entities) or `batch-request` (the older EntityBatchRequest, for older workers).
+    #[arg(long, env = "OUTRIGGER_ENTITY_WORK_ITEMS", value_enum, default_value_t = EntityWorkItems::Request, help_heading = "Entities")]
+    pub entity_work_items: EntityWorkItems,
+
     /// OTLP collector to export traces to, e.g. http://localhost:4318 (HTTP) or
     /// http://localhost:4317 (gRPC). No traces are exported when neither endpoint is set.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", help_heading = "Tracing")]
@@ -130,6 +135,12 @@ fn public_url(text: &str) -> Result<String, String> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EntityWorkItems {
+    Request,
+    BatchRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OtlpProtocol {
     Grpc,
     #[value(name = "http/protobuf")]
@@ -163,8 +174,7 @@ pub enum Command {
     /// Apply pending database schema migrations, then exit (the server also applies them at
     /// start; this is for operators who migrate as a separate step).
     Migrate,
-    /// List, inspect and act on instances of a running sidecar (a gRPC client; see
-    /// `outrigger instances --help`).
+    // Its help text is the doc comment of `InstancesArgs`.
     Instances(crate::cli::InstancesArgs),
 }
 
@@ -185,6 +195,13 @@ impl Config {
 
     pub fn store_options(&self) -> crate::store::Options {
         crate::store::Options { pool_size: self.pool_size }
+    }
+
+    pub fn entity_work_items(&self) -> crate::dispatch::EntityWorkItems {
+        match self.entity_work_items {
+            EntityWorkItems::Request => crate::dispatch::EntityWorkItems::Request,
+            EntityWorkItems::BatchRequest => crate::dispatch::EntityWorkItems::BatchRequest,
+        }
     }
 
     pub fn lease(&self) -> Duration {

@@ -13,12 +13,13 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use crate::engine::entities::{self as entity_rules, Plan};
 use crate::engine::{self, Prepared, events};
 use crate::metrics::{Kind, METRICS};
-use crate::model::Instance;
+use crate::model::{Entity, Instance};
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
-use crate::store::{Batcher, Change, Lease, LockedActivity, LockedOrchestration, Store, StoreError, Write};
+use crate::store::{Batcher, Change, Lease, LockedActivity, LockedEntity, LockedOrchestration, Store, StoreError, Write};
 use crate::telemetry::Telemetry;
 use crate::time::{self, Millis};
 
@@ -36,6 +37,20 @@ pub struct Settings {
     pub abandon_delay: Duration,
     /// Re-check for expired leases and missed wake-ups at this interval (a safety net only).
     pub sweep_interval: Duration,
+    /// Which work item carries entity batches.
+    pub entity_work_items: EntityWorkItems,
+}
+
+/// The two shapes of entity work item in the protocol. Every SDK that runs entities (.NET,
+/// Java, JavaScript, Python) reads both; workers built against the older protocol read only
+/// the batch request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EntityWorkItems {
+    /// `EntityRequest` (`entityRequestV2`): the queued operations as history events.
+    #[default]
+    Request,
+    /// `EntityBatchRequest` (`entityRequest`): operations as `OperationRequest`s.
+    BatchRequest,
 }
 
 impl Default for Settings {
@@ -46,6 +61,7 @@ impl Default for Settings {
             history_streaming_threshold: 1 << 20,
             abandon_delay: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(5),
+            entity_work_items: EntityWorkItems::default(),
         }
     }
 }
@@ -62,8 +78,10 @@ struct Worker {
     tx: Sender,
     max_orchestrations: usize,
     max_activities: usize,
+    max_entities: usize,
     orchestrations: usize,
     activities: usize,
+    entities: usize,
     history_streaming: bool,
     /// Health pings; stops when the worker is removed.
     _pinger: AbortOnDrop,
@@ -91,12 +109,20 @@ struct HeldActivity {
     since: Instant,
 }
 
+/// An entity batch a worker holds: what the engine planned, to apply the result to.
+struct HeldEntity {
+    worker: u64,
+    entity: Entity,
+    plan: Plan,
+}
+
 #[derive(Default)]
 struct State {
     next_worker: u64,
     workers: BTreeMap<u64, Worker>,
     orchestrations: HashMap<String, HeldOrchestration>,
     activities: HashMap<String, HeldActivity>,
+    entities: HashMap<String, HeldEntity>,
     /// Round-robin cursor over workers.
     cursor: u64,
 }
@@ -265,7 +291,13 @@ impl Dispatcher {
                     let until = time::now() + this.settings.lease.as_millis() as Millis;
                     let tokens: Vec<String> = {
                         let state = this.state.lock().unwrap();
-                        state.orchestrations.keys().chain(state.activities.keys()).cloned().collect()
+                        state
+                            .orchestrations
+                            .keys()
+                            .chain(state.activities.keys())
+                            .chain(state.entities.keys())
+                            .cloned()
+                            .collect()
                     };
                     if tokens.is_empty() {
                         continue;
@@ -317,11 +349,12 @@ impl Dispatcher {
     /// back full, so more work may be waiting. (Work committed after the lease query wakes the
     /// loop anyway.)
     async fn dispatch_once(&self) -> Result<bool, StoreError> {
-        let (orchestration_room, activity_room) = {
+        let (orchestration_room, activity_room, entity_room) = {
             let state = self.state.lock().unwrap();
             (
                 state.free(|w| w.max_orchestrations.saturating_sub(w.orchestrations)).min(BATCH),
                 state.free(|w| w.max_activities.saturating_sub(w.activities)).min(BATCH),
+                state.free(|w| w.max_entities.saturating_sub(w.entities)).min(BATCH),
             )
         };
         let mut more = false;
@@ -343,6 +376,17 @@ impl Dispatcher {
             for item in items {
                 if let Err(e) = self.hand_activity(item).await {
                     warn!(error = %e, "could not hand out activity work item; its lease will expire");
+                }
+            }
+        }
+        if entity_room > 0 {
+            let now = time::now();
+            let items = self.store.lock_entities(&self.lease(now), entity_room as u32).await?;
+            more |= items.len() == entity_room;
+            for item in items {
+                let id = item.entity.instance_id.clone();
+                if let Err(e) = self.hand_entity(item, now).await {
+                    warn!(entity = %id, error = %e, "could not hand out entity work item; its lease will expire");
                 }
             }
         }
@@ -452,6 +496,61 @@ impl Dispatcher {
         Ok(())
     }
 
+    async fn hand_entity(&self, item: LockedEntity, now: Millis) -> Result<(), StoreError> {
+        let LockedEntity { token, entity, queue } = item;
+        let id = entity.instance_id.clone();
+        let plan = entity_rules::plan(&entity, &queue, now);
+        if plan.operations.is_empty() {
+            // Only lock traffic or deferrals: nothing for a worker to run.
+            let commit = entity_rules::without_worker(&entity, plan, now);
+            let changed = self.batcher.write(Write::EntityStep { token, commit }).await?;
+            self.changed(&changed);
+            return Ok(());
+        }
+        let shape = self.settings.entity_work_items;
+        let sent = {
+            let mut state = self.state.lock().unwrap();
+            let chosen = state.choose(|w| w.entities < w.max_entities);
+            chosen.and_then(|worker_id| {
+                let worker = state.workers.get_mut(&worker_id)?;
+                let request = match shape {
+                    EntityWorkItems::Request => Item::EntityRequestV2(EntityRequest {
+                        instance_id: id.clone(),
+                        execution_id: String::new(),
+                        entity_state: entity.state.clone(),
+                        operation_requests: plan.operations.iter().map(|(_, e)| e.clone()).collect(),
+                    }),
+                    EntityWorkItems::BatchRequest => Item::EntityRequest(EntityBatchRequest {
+                        instance_id: id.clone(),
+                        entity_state: entity.state.clone(),
+                        operations: plan.operations.iter().map(|(_, e)| entity_rules::operation_request(e)).collect(),
+                        properties: Default::default(),
+                    }),
+                };
+                let work = WorkItem {
+                    request: Some(request),
+                    completion_token: token.clone(),
+                };
+                worker.tx.send(Ok(work)).ok()?;
+                worker.entities += 1;
+                state.entities.insert(
+                    token.clone(),
+                    HeldEntity {
+                        worker: worker_id,
+                        entity,
+                        plan,
+                    },
+                );
+                Some(worker_id)
+            })
+        };
+        match sent {
+            Some(worker) => debug!(entity = %id, worker, "entity work item sent"),
+            None => self.store.release_entity(&id, &token, 0).await?,
+        }
+        Ok(())
+    }
+
     /// Registers a worker stream. The returned guard unregisters it (releasing what it holds)
     /// when the stream is dropped.
     pub fn connect(self: &Arc<Self>, request: &GetWorkItemsRequest) -> (mpsc::UnboundedReceiver<Result<WorkItem, Status>>, WorkerGuard) {
@@ -478,8 +577,11 @@ impl Dispatcher {
             _pinger: AbortOnDrop(pinger),
             max_orchestrations: limit(request.max_concurrent_orchestration_work_items),
             max_activities: limit(request.max_concurrent_activity_work_items),
+            // 0 is what the Python SDK sends though it runs entities: it means "no limit".
+            max_entities: limit(request.max_concurrent_entity_work_items),
             orchestrations: 0,
             activities: 0,
+            entities: 0,
             history_streaming: request.capabilities.contains(&(WorkerCapability::HistoryStreaming as i32)),
         };
         let id = {
@@ -517,14 +619,15 @@ impl Dispatcher {
 
     /// Releases everything a vanished worker held, so other workers get it at once.
     fn disconnect(self: &Arc<Self>, worker: u64) {
-        let (orchestrations, activities) = {
+        let (orchestrations, activities, entities) = {
             let mut state = self.state.lock().unwrap();
             if state.workers.remove(&worker).is_none() {
                 return; // already gone (closed at shutdown, then its stream dropped)
             }
             let orchestrations: Vec<_> = state.orchestrations.extract_if(|_, h| h.worker == worker).collect();
             let activities: Vec<_> = state.activities.extract_if(|_, h| h.worker == worker).collect();
-            (orchestrations, activities)
+            let entities: Vec<_> = state.entities.extract_if(|_, h| h.worker == worker).collect();
+            (orchestrations, activities, entities)
         };
         info!(
             worker,
@@ -543,6 +646,11 @@ impl Dispatcher {
             for (token, held) in activities {
                 if let Err(e) = this.store.release_activity(held.id, &token, now).await {
                     debug!(error = %e, "releasing activity lease");
+                }
+            }
+            for (token, held) in entities {
+                if let Err(e) = this.store.release_entity(&held.entity.instance_id, &token, 0).await {
+                    debug!(error = %e, "releasing entity lease");
                 }
             }
             this.wake();
@@ -756,6 +864,84 @@ impl Dispatcher {
             let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
             if let Err(e) = self.store.release_activity(held.id, token, later).await {
                 debug!(error = %e, "abandoning activity");
+            }
+            self.wake();
+        }
+    }
+
+    /// Applies an entity batch's result. Workers that predate completion tokens may send none;
+    /// then the result belongs to the one entity batch outstanding, if there is only one.
+    pub async fn complete_entity(&self, result: EntityBatchResult) -> Result<(), Status> {
+        let (token, held) = {
+            let mut state = self.state.lock().unwrap();
+            let token = if result.completion_token.is_empty() {
+                let mut tokens = state.entities.keys();
+                match (tokens.next(), tokens.next()) {
+                    (Some(only), None) => only.clone(),
+                    _ => {
+                        return Err(Status::failed_precondition(
+                            "completionToken is required when more than one entity work item is outstanding (EntityBatchResult has no instance id)",
+                        ));
+                    }
+                }
+            } else {
+                result.completion_token.clone()
+            };
+            let held = state.entities.remove(&token).ok_or_else(|| stale(&token))?;
+            if let Some(w) = state.workers.get_mut(&held.worker) {
+                w.entities -= 1;
+            }
+            (token, held)
+        };
+        let id = held.entity.instance_id.clone();
+        if result.results.is_empty() && result.failure_details.is_some() {
+            // The batch failed as a whole (not one operation): nothing of it happened; retry later.
+            let reason = result.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
+            warn!(entity = %id, reason, "entity batch failed; it will run again");
+            let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
+            let _ = self.store.release_entity(&id, &token, later).await;
+            self.wake();
+            return Ok(());
+        }
+        let now = time::now();
+        let commit = entity_rules::complete(&held.entity, held.plan, result, now, &mut || uuid::Uuid::new_v4().to_string());
+        match self
+            .batcher
+            .write(Write::EntityStep {
+                token: token.clone(),
+                commit,
+            })
+            .await
+        {
+            Ok(changed) => {
+                self.changed(&changed);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(entity = %id, error = %e, "entity step not committed");
+                if !matches!(e, StoreError::LeaseLost) {
+                    let _ = self.store.release_entity(&id, &token, 0).await;
+                    self.wake();
+                }
+                Err(crate::grpc::status(e))
+            }
+        }
+    }
+
+    /// Returns an entity work item to the queue. Unknown tokens are fine (idempotent).
+    pub async fn abandon_entity(&self, token: &str) {
+        let held = {
+            let mut state = self.state.lock().unwrap();
+            let held = state.entities.remove(token);
+            if let Some(w) = held.as_ref().and_then(|h| state.workers.get_mut(&h.worker)) {
+                w.entities -= 1;
+            }
+            held
+        };
+        if let Some(held) = held {
+            let later = time::now() + self.settings.abandon_delay.as_millis() as Millis;
+            if let Err(e) = self.store.release_entity(&held.entity.instance_id, token, later).await {
+                debug!(error = %e, "abandoning entity work item");
             }
             self.wake();
         }

@@ -115,14 +115,15 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    for l in &listeners {
-        if let Ok(addr) = l.local_addr() {
-            info!("listening addr={addr}");
-        }
-    }
+    // HTTP first: the gRPC line is what supervisors and tests take as "serving".
     for l in &http_listeners {
         if let Ok(addr) = l.local_addr() {
             info!("listening http={addr}");
+        }
+    }
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!("listening addr={addr}");
         }
     }
     outrigger::metrics::set_enabled(config.metrics);
@@ -142,6 +143,7 @@ async fn serve(config: Config) -> ExitCode {
     let options = server::Options {
         dispatch: dispatch::Settings {
             lease: config.lease(),
+            entity_work_items: config.entity_work_items(),
             ..Default::default()
         },
         max_message_bytes: config.max_message_bytes(),

@@ -120,6 +120,50 @@ pub struct Commit {
     pub rewinds: Vec<ChildRewind>,
 }
 
+impl Message {
+    /// Whether the message is addressed to an entity (`@name@key`) rather than an
+    /// orchestration: entity messages go to the entity's queue.
+    pub fn is_for_entity(&self) -> bool {
+        self.instance_id.starts_with('@')
+    }
+}
+
+/// The critical section holding an entity's lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntityLock {
+    /// The orchestration instance that requested the lock.
+    pub owner: String,
+    pub critical_section_id: String,
+}
+
+/// One entity, as kept in the `entities` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entity {
+    /// `@name@key`, the name lower-cased.
+    pub instance_id: String,
+    /// Serialized state; `None` when the entity has none (never set, or deleted).
+    pub state: Option<String>,
+    pub lock: Option<EntityLock>,
+    pub last_modified: Millis,
+}
+
+/// Everything one entity step writes, applied by the store in one transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityCommit {
+    pub instance_id: String,
+    pub state: Option<String>,
+    pub lock: Option<EntityLock>,
+    /// Queue rows handled by this step (executed operations, lock messages).
+    pub consumed: Vec<i64>,
+    /// Queue rows that wait for the lock to be released; every other row stays runnable.
+    pub deferred: Vec<i64>,
+    /// Results to calling orchestrations, lock grants, signals to entities.
+    pub messages: Vec<Message>,
+    /// Orchestrations the entity started; an id held by a live instance is skipped.
+    pub starts: Vec<NewInstance>,
+    pub now: Millis,
+}
+
 /// Runtime status names as the Durable Functions HTTP API and the CLI show them.
 pub const RUNTIME_STATUSES: [(OrchestrationStatus, &str); 8] = [
     (OrchestrationStatus::Running, "Running"),

@@ -24,7 +24,7 @@ async fn tiny_runs_complete_and_write_results() {
         "--sidecar-pid",
         &pid,
         "--workload",
-        "hello5,fanout,timers,starts",
+        "hello5,fanout,timers,starts,entity-signals,entity-calls",
     ]);
     command.args(["--count", "4", "--concurrency", "2", "--width", "10", "--timeout", "30"]);
     command.arg("--results").arg(&results);
@@ -46,7 +46,7 @@ async fn tiny_runs_complete_and_write_results() {
     let document: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
     let runs = document["runs"].as_array().expect("runs");
     let names: Vec<&str> = runs.iter().map(|r| r["workload"].as_str().unwrap_or_default()).collect();
-    assert_eq!(names, ["hello5", "fanout", "timers", "starts"]);
+    assert_eq!(names, ["hello5", "fanout", "timers", "starts", "entity-signals", "entity-calls"]);
     for run in runs {
         let name = &run["workload"];
         assert_eq!(run["completed"], 4, "{name}: {run}");

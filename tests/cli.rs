@@ -60,7 +60,7 @@ fn migrate_creates_the_schema_and_exits() {
             .await
             .unwrap()
     });
-    assert_eq!(tables, ["activities", "history", "inbox", "instances"]);
+    assert_eq!(tables, ["activities", "entities", "entity_queue", "history", "inbox", "instances"]);
     // Running it again is a no-op.
     assert!(outrigger(&["migrate", "--database-url", &url]).status.success());
 }

@@ -1,5 +1,4 @@
-//! Client-facing RPCs: Hello, querying, listing and purging instances, and the entity RPCs this
-//! sidecar does not support.
+//! Client-facing RPCs: Hello, querying, listing and purging instances (entities: tests/entities.rs).
 
 mod common;
 
@@ -314,44 +313,4 @@ async fn purge_by_filter_and_by_batch_removes_only_finished_instances() {
         ids(&left.orchestration_state).into_iter().collect::<BTreeSet<_>>(),
         BTreeSet::from(["f-pending".to_string()])
     );
-}
-
-#[tokio::test]
-async fn entity_rpcs_are_unimplemented() {
-    let sidecar = Sidecar::start().await;
-    let mut client = sidecar.client.clone();
-    let mentions_entities = |status: tonic::Status| {
-        assert!(
-            status.message().to_lowercase().contains("entit"),
-            "message should mention entities: {status:?}"
-        );
-    };
-    mentions_entities(expect_code(
-        client.signal_entity(SignalEntityRequest::default()).await,
-        Code::Unimplemented,
-    ));
-    mentions_entities(expect_code(
-        client.get_entity(GetEntityRequest::default()).await,
-        Code::Unimplemented,
-    ));
-    mentions_entities(expect_code(
-        client.query_entities(QueryEntitiesRequest::default()).await,
-        Code::Unimplemented,
-    ));
-    mentions_entities(expect_code(
-        client.clean_entity_storage(CleanEntityStorageRequest::default()).await,
-        Code::Unimplemented,
-    ));
-    mentions_entities(expect_code(
-        client.complete_entity_task(EntityBatchResult::default()).await,
-        Code::Unimplemented,
-    ));
-    mentions_entities(expect_code(
-        client
-            .abandon_task_entity_work_item(AbandonEntityTaskRequest {
-                completion_token: "t".into(),
-            })
-            .await,
-        Code::Unimplemented,
-    ));
 }

@@ -8,12 +8,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use outrigger::engine::entities;
 use outrigger::engine::{self, Prepared, Response, StartSpec};
-use outrigger::model::{Commit, Message};
+use outrigger::model::{Commit, EntityCommit, EntityLock, Message};
 use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
 use outrigger::proto::*;
 use outrigger::store::{
-    self, Change, Delivery, FinishedFilter, InstanceFilter, Lease, LockedOrchestration, Purge, SortKey, Store, StoreError, Write,
+    self, Change, Cleaned, Delivery, EntityListFilter, FinishedFilter, InstanceFilter, Lease, LockedEntity, LockedOrchestration, Purge,
+    SortKey, Store, StoreError, Write,
 };
 use outrigger::time::{Millis, to_timestamp};
 use sqlx::Connection;
@@ -184,6 +186,14 @@ conformance!(
     a_batch_refuses_a_stale_write_alone,
     a_result_for_a_finished_execution_is_dropped,
     listings_filter_sort_and_count_as_the_dashboard_asks,
+    entity_messages_are_queued_and_leased_with_their_entity,
+    an_entity_step_commits_state_results_signals_and_starts_together,
+    deferred_entity_messages_wait_for_a_new_message,
+    entity_locks_persist_and_orphaned_ones_are_released,
+    concurrent_lockers_never_share_an_entity,
+    entities_query_by_prefix_state_and_page,
+    purge_and_delete_all_remove_entities,
+    entity_leases_are_renewed_and_released_by_owner,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -791,7 +801,7 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
     }
     writes.sort_by_key(|w| match w {
         Write::Step { commit, .. } => commit.instance.instance_id.clone(),
-        Write::ActivityResult { .. } => unreachable!(),
+        Write::ActivityResult { .. } | Write::EntityStep { .. } => unreachable!(),
     });
     let results = s.write(&writes).await.unwrap();
     assert!(matches!(results[0], Err(StoreError::LeaseLost)), "{:?}", results[0]);
@@ -976,4 +986,283 @@ async fn listings_filter_sort_and_count_as_the_dashboard_asks(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(top, [(OrchestrationStatus::Completed, 1)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entities: state, queue and lock persistence.
+
+async fn signal(store: &dyn Store, entity: &str, op: &str, at: Millis) {
+    let m = entities::signal(entity, format!("req-{op}"), op.into(), Some("1".into()), None, Some(at), at);
+    assert_eq!(store.send(m).await.unwrap(), Delivery::Queued);
+}
+
+async fn lock_entity(store: &dyn Store, owner: &str, now: Millis) -> LockedEntity {
+    let mut items = store.lock_entities(&lease(owner, now), 10).await.unwrap();
+    assert_eq!(items.len(), 1, "expected exactly one entity work item");
+    items.pop().unwrap()
+}
+
+fn entity_commit(item: &LockedEntity, state: Option<&str>, now: Millis) -> EntityCommit {
+    EntityCommit {
+        instance_id: item.entity.instance_id.clone(),
+        state: state.map(str::to_string),
+        lock: item.entity.lock.clone(),
+        consumed: item.queue.iter().map(|(id, _)| *id).collect(),
+        deferred: vec![],
+        messages: vec![],
+        starts: vec![],
+        now,
+    }
+}
+
+async fn write_entity(store: &dyn Store, token: &str, commit: EntityCommit) -> Result<Vec<String>, StoreError> {
+    let write = Write::EntityStep {
+        token: token.into(),
+        commit,
+    };
+    store.write(&[write]).await.unwrap().pop().unwrap()
+}
+
+fn all_entities(transient: bool) -> EntityListFilter {
+    EntityListFilter {
+        include_transient: transient,
+        limit: 100,
+        ..Default::default()
+    }
+}
+
+async fn entity_messages_are_queued_and_leased_with_their_entity(h: &Harness) {
+    let s = &*h.store;
+    signal(s, "@c@1", "add", T0).await;
+    signal(s, "@c@1", "sub", T0).await;
+    let found = s.get_entity("@c@1").await.unwrap().expect("the entity row exists once messaged");
+    assert_eq!((found.entity.state.clone(), found.backlog), (None, 2));
+
+    let item = lock_entity(s, "w1", T0).await;
+    assert_eq!(item.queue.len(), 2);
+    assert!(item.queue[0].0 < item.queue[1].0, "the queue is in arrival order");
+    assert!(s.lock_entities(&lease("w2", T0), 10).await.unwrap().is_empty(), "leased once");
+    // The lease runs out; another worker takes it over and the old token can write nothing.
+    let again = lock_entity(s, "w2", T0 + LEASE + 1).await;
+    assert_ne!(again.token, item.token);
+    let stale = write_entity(s, &item.token, entity_commit(&item, Some("99"), T0 + LEASE + 2)).await;
+    assert!(matches!(stale, Err(StoreError::LeaseLost)), "{stale:?}");
+    write_entity(s, &again.token, entity_commit(&again, Some("5"), T0 + LEASE + 3))
+        .await
+        .unwrap();
+    let found = s.get_entity("@c@1").await.unwrap().unwrap();
+    assert_eq!(found.entity.state.as_deref(), Some("5"));
+    assert_eq!(found.entity.last_modified, T0 + LEASE + 3);
+    assert_eq!(found.backlog, 0);
+    assert!(
+        s.lock_entities(&lease("w3", T0 + LEASE + 4), 10).await.unwrap().is_empty(),
+        "nothing left to run"
+    );
+}
+
+async fn an_entity_step_commits_state_results_signals_and_starts_together(h: &Harness) {
+    let s = &*h.store;
+    create(s, "caller", T0).await;
+    let item = lock_one(s, "w", T0).await;
+    step(s, item, vec![], T0).await.unwrap();
+    signal(s, "@c@1", "add", T0).await;
+    let item = lock_entity(s, "w", T0 + 1).await;
+    let mut commit = entity_commit(&item, Some("7"), T0 + 2);
+    commit.messages.push(Message {
+        instance_id: "caller".into(),
+        execution_id: None,
+        event: outrigger::engine::events::event(
+            -1,
+            T0 + 2,
+            history_event::EventType::EntityOperationCompleted(EntityOperationCompletedEvent {
+                request_id: "r1".into(),
+                output: Some("7".into()),
+            }),
+        ),
+        visible_at: T0 + 2,
+        priority: Message::NORMAL,
+    });
+    commit
+        .messages
+        .push(entities::signal("@other@x", "r2".into(), "ping".into(), None, None, None, T0 + 2));
+    let spec = StartSpec {
+        instance_id: "from-entity".into(),
+        name: "Started".into(),
+        execution_id: "fe-1".into(),
+        ..Default::default()
+    };
+    commit.starts.push(engine::new_instance(spec, T0 + 2));
+    write_entity(s, &item.token, commit).await.unwrap();
+
+    let mut ready = s.lock_orchestrations(&lease("w", T0 + 3), 10).await.unwrap();
+    ready.sort_by(|a, b| a.instance.instance_id.cmp(&b.instance.instance_id));
+    assert_eq!(
+        ready.iter().map(|i| i.instance.instance_id.as_str()).collect::<Vec<_>>(),
+        ["caller", "from-entity"]
+    );
+    let caller = &ready[0];
+    assert!(caller.inbox.iter().any(|(_, m)| matches!(&m.event.event_type,
+        Some(history_event::EventType::EntityOperationCompleted(c)) if c.request_id == "r1")));
+    let other = lock_entity(s, "w", T0 + 3).await;
+    assert_eq!(other.entity.instance_id, "@other@x");
+    let started = s
+        .get_instance("from-entity")
+        .await
+        .unwrap()
+        .expect("the entity started an orchestration");
+    assert_eq!(started.name, "Started");
+}
+
+async fn deferred_entity_messages_wait_for_a_new_message(h: &Harness) {
+    let s = &*h.store;
+    signal(s, "@c@1", "add", T0).await;
+    let item = lock_entity(s, "w", T0).await;
+    let mut commit = entity_commit(&item, Some("1"), T0 + 1);
+    commit.deferred = std::mem::take(&mut commit.consumed);
+    commit.lock = Some(EntityLock {
+        owner: "holder".into(),
+        critical_section_id: "cs".into(),
+    });
+    write_entity(s, &item.token, commit).await.unwrap();
+    assert!(
+        s.lock_entities(&lease("w", T0 + 2), 10).await.unwrap().is_empty(),
+        "deferred rows do not wake it"
+    );
+    assert_eq!(s.get_entity("@c@1").await.unwrap().unwrap().backlog, 1);
+    signal(s, "@c@1", "more", T0 + 3).await;
+    let item = lock_entity(s, "w", T0 + 4).await;
+    assert_eq!(item.queue.len(), 2, "the deferred row comes back with the new one");
+    assert_eq!(item.entity.lock.as_ref().map(|l| l.owner.as_str()), Some("holder"));
+}
+
+async fn entity_locks_persist_and_orphaned_ones_are_released(h: &Harness) {
+    let s = &*h.store;
+    create(s, "alive", T0).await;
+    for (entity, owner) in [("@c@gone", "no-such-instance"), ("@c@alive", "alive")] {
+        signal(s, entity, "x", T0).await;
+        let item = lock_entity(s, "w", T0).await;
+        let mut commit = entity_commit(&item, None, T0 + 1);
+        commit.lock = Some(EntityLock {
+            owner: owner.into(),
+            critical_section_id: format!("cs-{owner}"),
+        });
+        write_entity(s, &item.token, commit).await.unwrap();
+    }
+    let gone = s.get_entity("@c@gone").await.unwrap().unwrap();
+    assert_eq!(gone.entity.lock.map(|l| l.critical_section_id), Some("cs-no-such-instance".into()));
+    assert_eq!(s.clean_entities(false, true).await.unwrap(), Cleaned { removed: 0, released: 1 });
+    assert_eq!(s.get_entity("@c@gone").await.unwrap().unwrap().entity.lock, None);
+    assert!(
+        s.get_entity("@c@alive").await.unwrap().unwrap().entity.lock.is_some(),
+        "a live holder keeps its lock"
+    );
+    // Unlocked, stateless and idle: an empty entity, which cleaning removes.
+    assert_eq!(s.clean_entities(true, false).await.unwrap(), Cleaned { removed: 1, released: 0 });
+    assert!(s.get_entity("@c@gone").await.unwrap().is_none());
+    assert!(s.get_entity("@c@alive").await.unwrap().is_some());
+}
+
+async fn concurrent_lockers_never_share_an_entity(h: &Harness) {
+    for i in 0..40 {
+        signal(&*h.store, &format!("@c@{i:02}"), "add", T0).await;
+    }
+    let mut lockers = vec![];
+    for n in 0..6 {
+        let store = if n % 2 == 0 { h.store.clone() } else { h.peer().await };
+        lockers.push(tokio::spawn(async move {
+            let owner = format!("locker-{n}");
+            let mut mine = vec![];
+            loop {
+                let items = store.lock_entities(&lease(&owner, T0), 5).await.unwrap();
+                if items.is_empty() {
+                    return mine;
+                }
+                mine.extend(items.into_iter().map(|i| i.entity.instance_id));
+            }
+        }));
+    }
+    let mut all = vec![];
+    for l in lockers {
+        all.extend(l.await.unwrap());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an entity was leased twice: {all:?}");
+    assert_eq!(all.len(), 40, "every entity was leased");
+}
+
+async fn entities_query_by_prefix_state_and_page(h: &Harness) {
+    let s = &*h.store;
+    for (i, id) in ["@a@1", "@a@2", "@a@3", "@b@1"].iter().enumerate() {
+        signal(s, id, "set", T0).await;
+        let item = lock_entity(s, "w", T0).await;
+        write_entity(s, &item.token, entity_commit(&item, Some("s"), T0 + i as Millis))
+            .await
+            .unwrap();
+    }
+    signal(s, "@a@queued", "set", T0).await; // no state yet: transient
+    let ids = |rows: Vec<store::EntitySummary>| rows.into_iter().map(|r| r.entity.instance_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.query_entities(&all_entities(false)).await.unwrap()),
+        ["@a@1", "@a@2", "@a@3", "@b@1"]
+    );
+    assert_eq!(ids(s.query_entities(&all_entities(true)).await.unwrap()).len(), 5);
+    let prefix = EntityListFilter {
+        id_prefix: Some("@a@".into()),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(ids(s.query_entities(&prefix).await.unwrap()), ["@a@1", "@a@2"]);
+    let next = EntityListFilter {
+        after: Some("@a@2".into()),
+        ..prefix.clone()
+    };
+    assert_eq!(ids(s.query_entities(&next).await.unwrap()), ["@a@3"]);
+    let range = EntityListFilter {
+        modified_from: Some(T0 + 1),
+        modified_to: Some(T0 + 3),
+        ..all_entities(false)
+    };
+    assert_eq!(ids(s.query_entities(&range).await.unwrap()), ["@a@2", "@a@3"]);
+}
+
+async fn purge_and_delete_all_remove_entities(h: &Harness) {
+    let s = &*h.store;
+    for id in ["@c@1", "@c@2"] {
+        signal(s, id, "set", T0).await;
+        let item = lock_entity(s, "w", T0).await;
+        write_entity(s, &item.token, entity_commit(&item, Some("s"), T0)).await.unwrap();
+    }
+    assert_eq!(
+        s.purge("@C@1", false).await.unwrap(),
+        Purge::Deleted(1),
+        "names are case-insensitive"
+    );
+    assert!(s.get_entity("@c@1").await.unwrap().is_none());
+    assert_eq!(s.purge("@c@1", false).await.unwrap(), Purge::Deleted(0));
+    signal(s, "@c@3", "set", T0).await;
+    s.delete_all().await.unwrap();
+    assert!(s.query_entities(&all_entities(true)).await.unwrap().is_empty());
+    assert!(s.lock_entities(&lease("w", T0), 10).await.unwrap().is_empty());
+}
+
+async fn entity_leases_are_renewed_and_released_by_owner(h: &Harness) {
+    let s = &*h.store;
+    signal(s, "@c@1", "x", T0).await;
+    signal(s, "@c@2", "x", T0).await;
+    let one = s.lock_entities(&lease("one", T0), 1).await.unwrap();
+    let _two = s.lock_entities(&lease("two", T0), 1).await.unwrap();
+    s.renew_leases(&[one[0].token.clone()], T0 + 3 * LEASE).await.unwrap();
+    // At T0 + 2 * LEASE only "two"'s lease has run out.
+    let taken = s.lock_entities(&lease("three", T0 + 2 * LEASE), 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_ne!(taken[0].entity.instance_id, one[0].entity.instance_id);
+    s.release_all(Some("one")).await.unwrap();
+    let freed = s.lock_entities(&lease("four", T0 + 2 * LEASE), 10).await.unwrap();
+    assert_eq!(freed.len(), 1);
+    assert_eq!(freed[0].entity.instance_id, one[0].entity.instance_id);
+    // A released lease can still be told to go: it is refused, harmlessly.
+    assert!(matches!(
+        s.release_entity(&one[0].entity.instance_id, &one[0].token, 0).await,
+        Err(StoreError::LeaseLost)
+    ));
 }

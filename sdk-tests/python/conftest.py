@@ -21,7 +21,7 @@ from sidecar import Sidecar
 @pytest.fixture(scope="session")
 def sidecar(tmp_path_factory: pytest.TempPathFactory):
     db = new_database("suite", tmp_path_factory.mktemp("outrigger"))
-    sc = start_sidecar("outrigger", db)
+    sc = start_sidecar("outrigger", db, extra_args=["--http-port", "0"])
     yield sc
     sc.stop()
     db.drop()
@@ -58,7 +58,7 @@ def pytest_runtest_makereport(item, call):
 
 # Modules that kill sidecars or stop Postgres run after everything else, so that an outage they
 # cause can never be what another test trips over.
-DISRUPTIVE = ("test_crash.py", "test_postgres_restart.py", "test_scaleout.py")
+DISRUPTIVE = ("test_crash.py", "test_entities_crash.py", "test_postgres_restart.py", "test_scaleout.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,4 @@
-"""Collects the orchestrators and activities the test modules define.
+"""Collects the orchestrators, activities and entities the test modules define.
 
 Test modules decorate their functions with @orchestrator / @activity at import
 time; pytest imports every test module during collection, before the first
@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 _orchestrators: dict[str, Callable[..., Any]] = {}
 _activities: dict[str, Callable[..., Any]] = {}
+_entities: dict[str, Any] = {}
 
 
 def _add(table: dict[str, Callable[..., Any]], kind: str, fn: Callable[..., Any]):
@@ -33,8 +34,15 @@ def activity(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _add(_activities, "activity", fn)
 
 
+def entity(fn: Any) -> Any:
+    """A function or DurableEntity class, registered under its own name (lower-cased by the SDK)."""
+    return _add(_entities, "entity", fn)
+
+
 def register_all(worker: Any) -> None:
     for fn in _orchestrators.values():
         worker.add_orchestrator(fn)
     for fn in _activities.values():
         worker.add_activity(fn)
+    for fn in _entities.values():
+        worker.add_entity(fn)

@@ -23,6 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _LISTENING = re.compile(r"listening addr=(\S+)")
+# Logged before the gRPC line when the sidecar runs with --http-port.
+_LISTENING_HTTP = re.compile(r"listening http=(\S+)")
 
 
 class SidecarError(RuntimeError):
@@ -61,6 +63,7 @@ class Sidecar:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.address: str | None = None
+        self.http_address: str | None = None  # host:port of the HTTP listener, if any
         self.last_port: int | None = None  # kept across stops, for restarting on the same port
         self.returncode: int | None = None  # of the last process, once it has ended
         self._proc: subprocess.Popen[bytes] | None = None
@@ -78,6 +81,7 @@ class Sidecar:
         if self._proc is not None:
             raise SidecarError("sidecar already started")
         self.address = None
+        self.http_address = None
         self._ready.clear()
         self._captured = []
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +130,9 @@ class Sidecar:
                 log.flush()
                 if self.address is None:
                     self._captured.append(line)
+                    http = _LISTENING_HTTP.search(line)
+                    if http and self.http_address is None:
+                        self.http_address = http.group(1).strip('",')
                     match = _LISTENING.search(line)
                     if match:
                         self.address = match.group(1).strip('",')

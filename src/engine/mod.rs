@@ -3,6 +3,9 @@
 //! returned [`Commit`] in one transaction, the dispatcher moves work items. Time and fresh ids
 //! are passed in, so every rule is unit-tested without a clock or a database.
 
+pub mod entities;
+#[cfg(test)]
+mod entity_tests;
 pub mod events;
 #[cfg(test)]
 mod tests;
@@ -188,6 +191,7 @@ pub fn validate(actions: &[OrchestratorAction]) -> Result<(), String> {
             Some(Action::SendEvent(s)) if s.instance.as_ref().is_none_or(|i| i.instance_id.is_empty()) => {
                 return Err(format!("sendEvent action {id} has no target instance id"));
             }
+            Some(Action::SendEntityMessage(m)) => entities::validate(m).map_err(|e| format!("sendEntityMessage action {id}: {e}"))?,
             Some(Action::TerminateOrchestration(t)) if t.instance_id.is_empty() => {
                 return Err(format!("terminateOrchestration action {id} has an empty instance id"));
             }
@@ -317,13 +321,11 @@ pub fn apply(
                 break; // nothing an orchestrator says after finishing can take effect
             }
             Some(Action::RewindOrchestration(a)) => return step.rewind(a.new_history, new_id),
-            Some(Action::SendEntityMessage(_)) => {
-                let f = failure(
-                    "EntitiesNotSupported",
-                    "this sidecar does not support entities yet; the orchestration used an entity operation",
-                );
-                step.complete(id, OrchestrationStatus::Failed, None, Some(f), BTreeMap::new());
-                break;
+            Some(Action::SendEntityMessage(a)) => {
+                let (recorded, message) =
+                    entities::send_from_orchestration(&step.instance.instance_id, &step.instance.execution_id, id, a, now);
+                step.appended.push(recorded);
+                step.messages.push(message);
             }
             None => {} // refused by `validate` before this point
         }
@@ -549,6 +551,7 @@ impl<'a> Step<'a> {
         self.instance.failure_details = failure_details.clone();
         self.instance.completed_at = Some(now);
         self.instance.tags.extend(tags);
+        self.release_locks();
 
         if let Some(parent) = self.started.parent_instance.clone() {
             let target = parent.orchestration_instance.unwrap_or_default();
@@ -609,6 +612,12 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// Entity locks are never left held by an execution that has ended.
+    fn release_locks(&mut self) {
+        let releases = entities::releases_on_end(&self.instance.instance_id, self.history.iter().chain(&self.appended), self.now);
+        self.messages.extend(releases);
+    }
+
     /// Children created by this execution that have not reported back.
     fn running_children(&self) -> Vec<String> {
         let mut created: Vec<(i32, String)> = vec![];
@@ -633,6 +642,7 @@ impl<'a> Step<'a> {
     /// meanwhile. Side effects ordered before the continue-as-new in this answer still happen.
     fn continue_as_new(mut self, a: CompleteOrchestrationAction, execution_id: String) -> Commit {
         let now = self.now;
+        self.release_locks();
         self.instance.tags.extend(a.tags);
         let version = a.new_version.or(self.started.version.clone());
         let started = ExecutionStartedEvent {

@@ -1459,18 +1459,70 @@ fn rewind_without_an_execution_id_in_the_new_history_makes_one() {
 }
 
 #[test]
-fn send_entity_message_fails_the_instance() {
-    let c = step(vec![], respond(vec![signal_entity(4), schedule_task(5, "Late")]));
-    assert_eq!(c.instance.status, S::Failed);
-    assert_eq!(c.instance.completed_at, Some(NOW));
-    let details = c.instance.failure_details.clone().expect("failure details");
-    assert_eq!(details.error_type, "EntitiesNotSupported");
-    assert!(details.error_message.contains("entit"), "{}", details.error_message);
-    assert_eq!(
-        appended(&c),
-        &vec![os(NOW), execution_completed(4, S::Failed, None, Some(details)), oc(NOW)]
+fn send_entity_message_records_the_event_and_queues_it_for_the_entity() {
+    let c = step(vec![], respond(vec![signal_entity(4), schedule_task(5, "Next")]));
+    assert_eq!(c.instance.status, S::Running);
+    let recorded = appended(&c)
+        .iter()
+        .find(|e| matches!(e.event_type, Some(EventType::EntityOperationSignaled(_))))
+        .expect("the signal is recorded");
+    assert_eq!(recorded.event_id, 4);
+    assert!(matches!(&recorded.event_type, Some(EventType::EntityOperationSignaled(e)) if e.operation == "add"));
+    assert_eq!(c.messages.len(), 1);
+    assert_eq!(c.messages[0].instance_id, "@counter@c1");
+    assert_eq!(c.messages[0].event.event_id, EXTERNAL);
+    assert_eq!(c.activities.len(), 1, "later actions still apply");
+}
+
+fn lock_entities(id: i32, section: &str, set: &[&str]) -> OrchestratorAction {
+    action(
+        id,
+        Action::SendEntityMessage(SendEntityMessageAction {
+            entity_message_type: Some(EntityMessageType::EntityLockRequested(EntityLockRequestedEvent {
+                critical_section_id: section.into(),
+                lock_set: set.iter().map(|x| x.to_string()).collect(),
+                position: 0,
+                parent_instance_id: s(ID),
+            })),
+        }),
+    )
+}
+
+#[test]
+fn an_orchestration_that_ends_holding_locks_releases_them() {
+    for end in [complete(9, S::Failed, None), continue_as_new(9, "1", None, vec![])] {
+        let c = step(vec![], respond(vec![lock_entities(3, "cs-1", &["@a@1", "@b@2"]), end]));
+        let mut released: Vec<&str> = c
+            .messages
+            .iter()
+            .filter(|m| matches!(&m.event.event_type, Some(EventType::EntityUnlockSent(u)) if u.critical_section_id == "cs-1"))
+            .map(|m| m.instance_id.as_str())
+            .collect();
+        released.sort();
+        assert_eq!(released, vec!["@a@1", "@b@2"]);
+    }
+}
+
+#[test]
+fn a_terminated_orchestration_releases_its_locks() {
+    let held = history([event(
+        3,
+        EARLIER,
+        EventType::EntityLockRequested(EntityLockRequestedEvent {
+            critical_section_id: "cs-1".into(),
+            lock_set: vec!["@a@1".into()],
+            position: 0,
+            parent_instance_id: s(ID),
+        }),
+    )]);
+    let new_events = vec![os(NOW), events::terminated(NOW, s("stop"), false)];
+    let c = apply_at_now(&running(), &held, &new_events, respond(vec![]));
+    assert_eq!(c.instance.status, S::Terminated);
+    assert!(
+        c.messages
+            .iter()
+            .any(|m| m.instance_id == "@a@1" && matches!(m.event.event_type, Some(EventType::EntityUnlockSent(_))))
     );
-    assert!(c.activities.is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

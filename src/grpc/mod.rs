@@ -3,6 +3,7 @@
 //! dispatcher do the work.
 
 pub(crate) mod client;
+mod entities;
 mod worker;
 
 use std::sync::Arc;
@@ -51,10 +52,6 @@ pub(crate) fn status(e: StoreError) -> Status {
         StoreError::Database(_) | StoreError::BatchFailed(_) => Status::unavailable(e.to_string()),
         StoreError::Corrupt(_) => Status::internal(e.to_string()),
     }
-}
-
-fn entities_unsupported() -> Status {
-    Status::unimplemented("entities are not supported yet by this sidecar")
 }
 
 type Rpc<T> = Result<Response<T>, Status>;
@@ -132,8 +129,11 @@ impl TaskHubSidecarService for Service {
             .await
             .map(|_| Response::new(CompleteTaskResponse {}))
     }
-    async fn complete_entity_task(&self, _: Request<EntityBatchResult>) -> Rpc<CompleteTaskResponse> {
-        Err(entities_unsupported())
+    async fn complete_entity_task(&self, r: Request<EntityBatchResult>) -> Rpc<CompleteTaskResponse> {
+        self.dispatcher
+            .complete_entity(r.into_inner())
+            .await
+            .map(|_| Response::new(CompleteTaskResponse {}))
     }
 
     type StreamInstanceHistoryStream = tokio_stream::Iter<std::vec::IntoIter<Result<HistoryChunk, Status>>>;
@@ -153,17 +153,17 @@ impl TaskHubSidecarService for Service {
         self.store.delete_all().await.map_err(status)?;
         Ok(Response::new(DeleteTaskHubResponse {}))
     }
-    async fn signal_entity(&self, _: Request<SignalEntityRequest>) -> Rpc<SignalEntityResponse> {
-        Err(entities_unsupported())
+    async fn signal_entity(&self, r: Request<SignalEntityRequest>) -> Rpc<SignalEntityResponse> {
+        self.signal_entity(r.into_inner()).await.map(Response::new)
     }
-    async fn get_entity(&self, _: Request<GetEntityRequest>) -> Rpc<GetEntityResponse> {
-        Err(entities_unsupported())
+    async fn get_entity(&self, r: Request<GetEntityRequest>) -> Rpc<GetEntityResponse> {
+        self.get_entity(r.into_inner()).await.map(Response::new)
     }
-    async fn query_entities(&self, _: Request<QueryEntitiesRequest>) -> Rpc<QueryEntitiesResponse> {
-        Err(entities_unsupported())
+    async fn query_entities(&self, r: Request<QueryEntitiesRequest>) -> Rpc<QueryEntitiesResponse> {
+        self.query_entities(r.into_inner()).await.map(Response::new)
     }
-    async fn clean_entity_storage(&self, _: Request<CleanEntityStorageRequest>) -> Rpc<CleanEntityStorageResponse> {
-        Err(entities_unsupported())
+    async fn clean_entity_storage(&self, r: Request<CleanEntityStorageRequest>) -> Rpc<CleanEntityStorageResponse> {
+        self.clean_entity_storage(r.into_inner()).await.map(Response::new)
     }
     async fn abandon_task_activity_work_item(&self, r: Request<AbandonActivityTaskRequest>) -> Rpc<AbandonActivityTaskResponse> {
         let token = worker::required_token(r.into_inner().completion_token)?;
@@ -178,8 +178,10 @@ impl TaskHubSidecarService for Service {
         self.dispatcher.abandon_orchestration(&token).await;
         Ok(Response::new(AbandonOrchestrationTaskResponse {}))
     }
-    async fn abandon_task_entity_work_item(&self, _: Request<AbandonEntityTaskRequest>) -> Rpc<AbandonEntityTaskResponse> {
-        Err(entities_unsupported())
+    async fn abandon_task_entity_work_item(&self, r: Request<AbandonEntityTaskRequest>) -> Rpc<AbandonEntityTaskResponse> {
+        let token = worker::required_token(r.into_inner().completion_token)?;
+        self.dispatcher.abandon_entity(&token).await;
+        Ok(Response::new(AbandonEntityTaskResponse {}))
     }
     async fn skip_graceful_orchestration_terminations(
         &self,

@@ -164,3 +164,45 @@ pub(crate) fn status_counts(rows: impl IntoIterator<Item = (i64, i64)>) -> super
         .map(|(s, n)| Ok((super::encoding::status(s)?, n.max(0) as u64)))
         .collect()
 }
+
+/// `SELECT` of entities matching `f` with their backlog, by id, one page. Columns: instance_id,
+/// state, locked_by, lock_section, modified_at, backlog.
+pub fn entities<DB>(f: &super::EntityListFilter) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::new(
+        "SELECT e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at, \
+         (SELECT COUNT(*) FROM entity_queue q WHERE q.instance_id = e.instance_id) AS backlog \
+         FROM entities e WHERE 1 = 1",
+    );
+    if let Some(prefix) = &f.id_prefix {
+        q.push(" AND substr(e.instance_id, 1, ")
+            .push_bind(prefix.chars().count() as i32)
+            .push(") = ")
+            .push_bind(prefix.clone());
+    }
+    if let Some(from) = f.modified_from {
+        q.push(" AND e.modified_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.modified_to {
+        q.push(" AND e.modified_at < ").push_bind(to);
+    }
+    if f.include_transient {
+        q.push(
+            " AND (e.state IS NOT NULL OR e.locked_by IS NOT NULL \
+             OR EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id))",
+        );
+    } else {
+        q.push(" AND e.state IS NOT NULL");
+    }
+    if let Some(after) = &f.after {
+        q.push(" AND e.instance_id > ").push_bind(after.clone());
+    }
+    q.push(" ORDER BY e.instance_id LIMIT ").push_bind(i64::from(f.limit));
+    q
+}

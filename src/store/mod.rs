@@ -16,7 +16,7 @@ use tonic::async_trait;
 
 pub use batch::Batcher;
 
-use crate::model::{ActivityTask, Commit, Instance, Message, NewInstance};
+use crate::model::{ActivityTask, Commit, Entity, EntityCommit, Instance, Message, NewInstance};
 use crate::proto::{HistoryEvent, OrchestrationStatus};
 use crate::time::Millis;
 
@@ -136,6 +136,43 @@ pub struct LockedActivity {
     pub task: ActivityTask,
 }
 
+/// An entity work item the store has leased to this sidecar: the entity and its visible
+/// queue, oldest first, with row ids.
+#[derive(Debug)]
+pub struct LockedEntity {
+    pub token: String,
+    pub entity: Entity,
+    pub queue: Vec<(i64, HistoryEvent)>,
+}
+
+/// An entity with the number of messages queued for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntitySummary {
+    pub entity: Entity,
+    pub backlog: u32,
+}
+
+/// Filter and page for listing entities by id.
+#[derive(Debug, Default, Clone)]
+pub struct EntityListFilter {
+    pub id_prefix: Option<String>,
+    pub modified_from: Option<Millis>,
+    /// Exclusive.
+    pub modified_to: Option<Millis>,
+    /// Also entities without state that are locked or have queued messages.
+    pub include_transient: bool,
+    /// Resume after this entity id.
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// What CleanEntityStorage did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    pub removed: u32,
+    pub released: u32,
+}
+
 /// Filter and page for listing instances (by creation time unless `sort` says otherwise).
 #[derive(Debug, Default, Clone)]
 pub struct InstanceFilter {
@@ -199,6 +236,9 @@ pub enum Write {
         result: HistoryEvent,
         now: Millis,
     },
+    /// An entity step: write the entity, consume its queue rows, send its messages, start its
+    /// orchestrations, end the lease.
+    EntityStep { token: String, commit: EntityCommit },
 }
 
 /// Lease parameters: who takes the lease and until when.
@@ -329,6 +369,22 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest future time at which some work becomes visible (a timer, a scheduled
     /// start, the end of a back-off, or a lease that will expire unless renewed).
     async fn next_due(&self, now: Millis) -> Result<Option<Millis>>;
+
+    /// An entity, if it has a row (it may have no state).
+    async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>>;
+
+    /// Entities by id, ascending.
+    async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>>;
+
+    /// Removes entities with no state, no lock and no queued messages, and/or releases locks
+    /// held by orchestrations that no longer run.
+    async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned>;
+
+    /// Leases up to `max` entities that have runnable (visible, not deferred) messages.
+    async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>>;
+
+    /// Releases an entity lease; the entity is not dispatched again before `ready_at`.
+    async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Millis) -> Result<()>;
 
     /// Counts what is waiting (read-only; for the metrics and readiness).
     async fn backlog(&self, now: Millis) -> Result<Backlog>;

@@ -184,6 +184,67 @@ pub async fn start_only(client: &Client, name: &str, prefix: &str, count: usize,
 
 /// Waits until `count` completions arrived on `completed` and are confirmed (or `deadline`);
 /// returns how many were confirmed.
+/// Signals spread round-robin over `entities` entities, `concurrency` SignalEntity calls at a
+/// time; the latencies are the calls'. Finishes once `applied` (the worker's count of executed
+/// operations) reaches `count`, so the elapsed time covers running them all.
+pub async fn signal_only(
+    client: &Client,
+    prefix: &str,
+    count: usize,
+    concurrency: usize,
+    entities: usize,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+    deadline: Duration,
+) -> Outcome {
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let (results, mut results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
+    let began = Instant::now();
+    for i in 0..count {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let request = SignalEntityRequest {
+            instance_id: format!("@bench@{prefix}{}", i % entities.max(1)),
+            name: "add".into(),
+            input: Some("1".into()),
+            ..Default::default()
+        };
+        let (mut client, results) = (client.clone(), results.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let outcome = client.signal_entity(request).await.map(|_| sent.elapsed().as_secs_f64() * 1000.0);
+            drop(slot);
+            let _ = results.send(outcome.map_err(|s| format!("SignalEntity: {s}")));
+        });
+    }
+    drop(results);
+    let mut outcome = Outcome::default();
+    while let Some(result) = results_rx.recv().await {
+        match result {
+            Ok(ms) => outcome.latencies_ms.push(ms),
+            Err(e) => {
+                outcome.failed += 1;
+                outcome.errors.add(e);
+            }
+        }
+    }
+    let target = (count - outcome.failed) as u64;
+    let remaining = deadline.saturating_sub(began.elapsed());
+    let all = matches!(tokio::time::timeout(remaining, applied.wait_for(|n| *n >= target)).await, Ok(Ok(_)));
+    match all {
+        true => outcome.completed = target as usize,
+        false => {
+            let done = *applied.borrow() as usize;
+            outcome.completed = done;
+            outcome
+                .errors
+                .add(format!("gave up after {deadline:?} with {} of {target} signals applied", done));
+        }
+    }
+    outcome.elapsed = began.elapsed();
+    outcome
+}
+
 pub async fn drain(client: &Client, count: usize, mut completed: mpsc::UnboundedReceiver<String>, deadline: Duration) -> usize {
     let (results, mut results_rx) = mpsc::unbounded_channel::<bool>();
     let client = client.clone();

@@ -247,6 +247,20 @@ impl Context<'_> {
                     .push("StartInstance only: rate and latency of the start call, no worker attached".into());
                 (outcome, 0)
             }
+            Workload::EntitySignals => {
+                let (completed_tx, _) = mpsc::unbounded_channel();
+                let w = Worker::connect(self.connect().await?, Arc::clone(&script), false, completed_tx)
+                    .await
+                    .map_err(|s| format!("GetWorkItems: {s}"))?;
+                let entities = args.width.unwrap_or(1000) as usize;
+                let applied = w.entity_operations.clone();
+                worker = Some(w);
+                let outcome = driver::signal_only(&client, &prefix, count, concurrency, entities, applied, deadline).await;
+                report.notes.push(format!(
+                    "signals over {entities} entities; latency is the SignalEntity call; orch/s column is entity ops/s"
+                ));
+                (outcome, 0)
+            }
             _ => {
                 let (completed_tx, completed_rx) = mpsc::unbounded_channel();
                 let w = Worker::connect(self.connect().await?, Arc::clone(&script), workload == Workload::Long, completed_tx)
@@ -293,6 +307,11 @@ impl Context<'_> {
 
         if let Some(w) = &worker {
             let observed = w.observed.lock().unwrap();
+            if observed.entity_operations > 0 && secs > 0.0 {
+                let rate = observed.entity_operations as f64 / secs;
+                report.extra.insert("entity_operations_per_s".into(), json!(rate));
+                report.notes.push(format!("{rate:.0} entity ops/s"));
+            }
             report.timer_lateness_ms = Summary::of(&observed.timer_lateness_ms);
             report.errors.extend(observed.errors.first.iter().cloned());
             if workload == Workload::Long {

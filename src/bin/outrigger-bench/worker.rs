@@ -3,7 +3,8 @@
 //!
 //! It declares no capabilities (in particular not history streaming), echoes whatever
 //! completion token an item carries (an empty one when the server sends none), answers
-//! orchestrator items with [`decide`] and activity items with a fixed result. Each item is
+//! orchestrator items with [`decide`], activity items with a fixed result and entity batches by
+//! counting (each operation adds one to the entity's state). Each item is
 //! handled on its own task so answers overlap as they would with a real worker pool.
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use outrigger::proto::orchestrator_action::OrchestratorActionType as ActionType;
 use outrigger::proto::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
 use outrigger::proto::work_item::Request as Item;
 use outrigger::proto::*;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -32,6 +33,8 @@ pub struct Observed {
     pub episodes: HashMap<String, Vec<Instant>>,
     /// Activities completed and acknowledged by the server.
     pub activities: u64,
+    /// Entity operations executed and acknowledged by the server.
+    pub entity_operations: u64,
     pub errors: Errors,
 }
 
@@ -55,6 +58,8 @@ impl Errors {
 pub struct Worker {
     task: JoinHandle<()>,
     pub observed: Arc<Mutex<Observed>>,
+    /// Entity operations acknowledged so far, for waiting on them.
+    pub entity_operations: watch::Receiver<u64>,
 }
 
 impl Drop for Worker {
@@ -75,12 +80,15 @@ impl Worker {
         let mut stream = client.get_work_items(GetWorkItemsRequest::default()).await?.into_inner();
         let observed = Arc::new(Mutex::new(Observed::default()));
         let shared = Arc::clone(&observed);
+        let (entity_tx, entity_operations) = watch::channel(0);
+        let entity_tx = Arc::new(entity_tx);
         let task = tokio::spawn(async move {
             loop {
                 match stream.message().await {
                     Ok(Some(item)) => {
                         let handler = Handler {
                             client: client.clone(),
+                            entity_operations: Arc::clone(&entity_tx),
                             script: Arc::clone(&script),
                             observed: Arc::clone(&shared),
                             completed: completed.clone(),
@@ -99,12 +107,17 @@ impl Worker {
                 }
             }
         });
-        Ok(Worker { task, observed })
+        Ok(Worker {
+            task,
+            observed,
+            entity_operations,
+        })
     }
 }
 
 struct Handler {
     client: Client,
+    entity_operations: Arc<watch::Sender<u64>>,
     script: Arc<Script>,
     observed: Arc<Mutex<Observed>>,
     completed: mpsc::UnboundedSender<String>,
@@ -118,9 +131,8 @@ impl Handler {
             Some(Item::OrchestratorRequest(r)) => self.orchestrator(token, r).await,
             Some(Item::ActivityRequest(r)) => self.activity(token, r).await,
             Some(Item::HealthPing(_)) | None => {}
-            Some(Item::EntityRequest(_)) | Some(Item::EntityRequestV2(_)) => {
-                self.error("unexpected entity work item".into());
-            }
+            Some(Item::EntityRequestV2(r)) => self.entity(token, r.instance_id, r.entity_state, r.operation_requests.len()).await,
+            Some(Item::EntityRequest(r)) => self.entity(token, r.instance_id, r.entity_state, r.operations.len()).await,
         }
     }
 
@@ -184,6 +196,27 @@ impl Handler {
         match self.client.complete_activity_task(response).await {
             Ok(_) => self.observed.lock().unwrap().activities += 1,
             Err(status) => self.error(format!("CompleteActivityTask '{instance_id}' #{}: {status}", r.task_id)),
+        }
+    }
+
+    /// Every entity counts its operations: each adds one to the state.
+    async fn entity(&mut self, token: String, instance_id: String, state: Option<String>, operations: usize) {
+        let before: u64 = state.and_then(|s| s.parse().ok()).unwrap_or(0);
+        let ok = OperationResult {
+            result_type: Some(operation_result::ResultType::Success(OperationResultSuccess::default())),
+        };
+        let result = EntityBatchResult {
+            results: vec![ok; operations],
+            entity_state: Some((before + operations as u64).to_string()),
+            completion_token: token,
+            ..Default::default()
+        };
+        match self.client.complete_entity_task(result).await {
+            Ok(_) => {
+                self.observed.lock().unwrap().entity_operations += operations as u64;
+                self.entity_operations.send_modify(|n| *n += operations as u64);
+            }
+            Err(status) => self.error(format!("CompleteEntityTask '{instance_id}': {status}")),
         }
     }
 

@@ -34,16 +34,22 @@ pub enum Workload {
     Fill,
     /// hello5 driven through the Python SDK (client and worker) instead of the raw worker.
     SdkHello5,
+    /// Orchestrations each calling their own entity five times in a row; reports entity ops/s.
+    EntityCalls,
+    /// Client signals spread over many entities (no orchestrations); reports entity ops/s.
+    EntitySignals,
 }
 
 /// The workloads `--workload standard` stands for, in the order they run.
-pub const STANDARD: [Workload; 6] = [
+pub const STANDARD: [Workload; 8] = [
     Workload::Hello5,
     Workload::Latency1,
     Workload::Fanout,
     Workload::Timers,
     Workload::Long,
     Workload::Starts,
+    Workload::EntitySignals,
+    Workload::EntityCalls,
 ];
 
 impl Workload {
@@ -57,6 +63,8 @@ impl Workload {
             Workload::Starts => "starts",
             Workload::Fill => "fill",
             Workload::SdkHello5 => "sdk-hello5",
+            Workload::EntityCalls => "entity-calls",
+            Workload::EntitySignals => "entity-signals",
         }
     }
 
@@ -76,13 +84,15 @@ impl Workload {
             Workload::Timers => 1000,
             Workload::Starts => 5000,
             Workload::Fill => 1_000_000,
+            Workload::EntityCalls => 1000,
+            Workload::EntitySignals => 10_000,
         }
     }
 
     /// Orchestrations in flight at once, unless `--concurrency` says otherwise.
     pub fn default_concurrency(self) -> usize {
         match self {
-            Workload::Hello5 | Workload::SdkHello5 | Workload::Starts => 100,
+            Workload::Hello5 | Workload::SdkHello5 | Workload::Starts | Workload::EntityCalls | Workload::EntitySignals => 100,
             Workload::Latency1 | Workload::Fanout | Workload::Long => 1,
             Workload::Timers => 1000,
             Workload::Fill => 500,
@@ -98,7 +108,8 @@ impl Workload {
             Workload::Fanout => vec![Stage::Activities(width.unwrap_or(1000))],
             Workload::Timers => vec![Stage::Timer(Duration::from_secs(1))],
             Workload::Long => vec![Stage::Activities(1); width.unwrap_or(1000) as usize],
-            Workload::Starts | Workload::Fill => vec![],
+            Workload::EntityCalls => vec![Stage::EntityCall; 5],
+            Workload::Starts | Workload::Fill | Workload::EntitySignals => vec![],
         };
         Script {
             name: format!("bench.{}", self.name()),
@@ -114,13 +125,15 @@ pub enum Stage {
     Activities(u32),
     /// Wait this long on a durable timer.
     Timer(Duration),
+    /// Call the orchestration's own entity (`@bench@<instance id>`) and wait for the result.
+    EntityCall,
 }
 
 impl Stage {
     fn width(self) -> i32 {
         match self {
             Stage::Activities(n) => n as i32,
-            Stage::Timer(_) => 1,
+            Stage::Timer(_) | Stage::EntityCall => 1,
         }
     }
 }
@@ -159,10 +172,22 @@ pub fn decide(script: &Script, past: &[HistoryEvent], new: &[HistoryEvent]) -> V
     let mut done = HashSet::new();
     let mut failed = false;
     let mut now = None;
+    let mut instance_id = String::new();
     for event in past.iter().chain(new) {
         match &event.event_type {
-            Some(EventType::TaskScheduled(_)) | Some(EventType::TimerCreated(_)) => {
+            Some(EventType::TaskScheduled(_)) | Some(EventType::TimerCreated(_)) | Some(EventType::EntityOperationCalled(_)) => {
                 scheduled.insert(event.event_id);
+            }
+            Some(EventType::ExecutionStarted(e)) => {
+                instance_id = e.orchestration_instance.as_ref().map(|i| i.instance_id.clone()).unwrap_or_default();
+            }
+            // Calls use their action id as request id.
+            Some(EventType::EntityOperationCompleted(e)) => {
+                done.extend(e.request_id.parse::<i32>());
+            }
+            Some(EventType::EntityOperationFailed(e)) => {
+                done.extend(e.request_id.parse::<i32>());
+                failed = true;
             }
             Some(EventType::TaskCompleted(e)) => {
                 done.insert(e.task_scheduled_id);
@@ -186,7 +211,7 @@ pub fn decide(script: &Script, past: &[HistoryEvent], new: &[HistoryEvent]) -> V
         next_id = ids.end;
         let missing: Vec<i32> = ids.clone().filter(|id| !scheduled.contains(id)).collect();
         if !missing.is_empty() {
-            return missing.into_iter().map(|id| stage_action(*stage, id, now)).collect();
+            return missing.into_iter().map(|id| stage_action(*stage, id, now, &instance_id)).collect();
         }
         if !ids.into_iter().all(|id| done.contains(&id)) {
             return vec![];
@@ -209,7 +234,7 @@ pub fn decide(script: &Script, past: &[HistoryEvent], new: &[HistoryEvent]) -> V
 
 /// The action of one slot of a stage. A timer's due time counts from the episode's
 /// deterministic time (its OrchestratorStarted), as `create_timer(delay)` does in an SDK.
-fn stage_action(stage: Stage, id: i32, now: Option<Timestamp>) -> OrchestratorAction {
+fn stage_action(stage: Stage, id: i32, now: Option<Timestamp>, instance_id: &str) -> OrchestratorAction {
     let kind = match stage {
         Stage::Activities(_) => ActionType::ScheduleTask(ScheduleTaskAction {
             name: ACTIVITY.into(),
@@ -223,6 +248,18 @@ fn stage_action(stage: Stage, id: i32, now: Option<Timestamp>) -> OrchestratorAc
                 fire_at: Some(Timestamp::from(due)),
             })
         }
+        Stage::EntityCall => ActionType::SendEntityMessage(SendEntityMessageAction {
+            entity_message_type: Some(send_entity_message_action::EntityMessageType::EntityOperationCalled(
+                EntityOperationCalledEvent {
+                    request_id: id.to_string(),
+                    operation: "add".into(),
+                    input: Some("1".into()),
+                    parent_instance_id: Some(instance_id.to_string()),
+                    target_instance_id: Some(format!("@bench@{instance_id}")),
+                    ..Default::default()
+                },
+            )),
+        }),
     };
     OrchestratorAction {
         id,
@@ -338,6 +375,45 @@ mod tests {
         past.extend(partial);
         let rest = vec![started(), completed(1), completed(3)];
         assert_eq!(completion(&decide(&script, &past, &rest)), (5, OrchestrationStatus::Completed));
+    }
+
+    #[test]
+    fn entity_calls_go_to_the_instances_own_entity_one_at_a_time() {
+        let script = Workload::EntityCalls.script(None);
+        let start = event(
+            -1,
+            EventType::ExecutionStarted(ExecutionStartedEvent {
+                name: "bench.entity-calls".into(),
+                orchestration_instance: Some(OrchestrationInstance {
+                    instance_id: "i-1".into(),
+                    execution_id: None,
+                }),
+                ..Default::default()
+            }),
+        );
+        let actions = decide(&script, &[], &[started(), start.clone()]);
+        assert_eq!(actions.len(), 1);
+        let Some(ActionType::SendEntityMessage(SendEntityMessageAction {
+            entity_message_type: Some(send_entity_message_action::EntityMessageType::EntityOperationCalled(call)),
+        })) = &actions[0].orchestrator_action_type
+        else {
+            panic!("expected an entity call, got {actions:?}");
+        };
+        assert_eq!(call.target_instance_id.as_deref(), Some("@bench@i-1"));
+        assert_eq!(call.request_id, "1");
+        let called = event(1, EventType::EntityOperationCalled(call.clone()));
+        let past = vec![started(), start, called];
+        assert!(decide(&script, &past, &[started()]).is_empty(), "waits for the result");
+        let result = event(
+            -1,
+            EventType::EntityOperationCompleted(EntityOperationCompletedEvent {
+                request_id: "1".into(),
+                output: None,
+            }),
+        );
+        let next = decide(&script, &past, &[started(), result]);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].id, 2);
     }
 
     #[test]

@@ -2,13 +2,13 @@
 //! embedded in the binary, [`assets`]) and the JSON it reads under `/api/`, for what the
 //! Durable Functions API does not offer: filtered and sorted pages with counts per status
 //! ([`filter`]), one instance with its history folded into a timeline ([`view`]), a stream of
-//! changes for live updates ([`live`]) and bulk actions on a selection or a whole filter
-//! ([`bulk`]). Single-instance actions (raise, terminate, suspend, resume, rewind, restart) go
-//! through the Durable Functions routes, so every rule lives in the same service methods the
-//! gRPC handlers call.
+//! changes for live updates ([`live`]), actions on one instance, a selection or a whole filter
+//! ([`bulk`]) and a page of entities ([`entities`]). Every action runs through the same
+//! service methods the gRPC handlers call, so the same rules decide.
 
 mod assets;
 mod bulk;
+mod entities;
 mod filter;
 mod live;
 pub(crate) mod view;
@@ -80,6 +80,7 @@ pub fn routes(service: Service, settings: Settings) -> Router {
         .route("/api/instances", get(list))
         .route("/api/counts", get(counts))
         .route("/api/instances/{id}", get(one))
+        .route("/api/entities", get(entities::list))
         .route("/api/events", get(live::events))
         .route("/api/bulk", post(bulk::run))
         .with_state(state)
@@ -100,6 +101,7 @@ async fn config(State(d): State<Dashboard>, headers: HeaderMap) -> ApiResult {
         "traceUrl": d.settings.trace_url,
         "statuses": RUNTIME_STATUSES.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
         "version": env!("CARGO_PKG_VERSION"),
+        "entities": true,
     })))
 }
 

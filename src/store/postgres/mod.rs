@@ -7,6 +7,7 @@
 //! gone and writes nothing. Each transaction that gives another sidecar something to do ends with a
 //! `NOTIFY`; every sidecar `LISTEN`s, so work created anywhere is dispatched at once.
 
+mod entities;
 mod notify;
 mod queries;
 
@@ -178,6 +179,9 @@ async fn insert_message(conn: &mut PgConnection, m: &Message) -> Result<()> {
 /// its target finishing on another sidecar may still be queued; the engine drops it when the
 /// finished instance is next looked at.
 async fn deliver(conn: &mut PgConnection, m: &Message) -> Result<Delivery> {
+    if m.is_for_entity() {
+        return entities::enqueue(conn, m).await;
+    }
     let row = sqlx::query(SELECT_STATUS_AND_EXECUTION)
         .bind(&m.instance_id)
         .fetch_optional(&mut *conn)
@@ -460,6 +464,11 @@ impl Store for PostgresStore {
 
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
         let mut tx = self.pool.begin().await?;
+        if let Ok(entity) = crate::engine::entities::normalize_id(instance_id) {
+            let deleted = entities::purge(&mut tx, &entity).await?;
+            tx.commit().await?;
+            return Ok(Purge::Deleted(deleted));
+        }
         let mut pending = vec![instance_id.to_string()];
         let mut deleted = 0;
         while let Some(id) = pending.pop() {
@@ -485,7 +494,10 @@ impl Store for PostgresStore {
     }
 
     async fn delete_all(&self) -> Result<()> {
-        sqlx::query(DELETE_ALL).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(DELETE_ALL).execute(&mut *tx).await?;
+        sqlx::query(entities::DELETE_ALL).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -541,6 +553,7 @@ impl Store for PostgresStore {
                     now,
                 } => step_in(&mut tx, token, consumed, commit, *now, &mut touched).await,
                 Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
+                Write::EntityStep { token, commit } => entities::step_in(&mut tx, token, commit, &mut touched).await,
             };
             match result {
                 Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
@@ -623,7 +636,7 @@ impl Store for PostgresStore {
 
     async fn renew_leases(&self, tokens: &[String], until: Millis) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for sql in RENEW_LEASES {
+        for sql in RENEW_LEASES.into_iter().chain([entities::RENEW]) {
             sqlx::query(sql).bind(until).bind(tokens).execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -632,7 +645,7 @@ impl Store for PostgresStore {
 
     async fn release_all(&self, owner: Option<&str>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for sql in RELEASE_ALL {
+        for sql in RELEASE_ALL.into_iter().chain([entities::RELEASE_ALL]) {
             sqlx::query(sql).bind(owner).execute(&mut *tx).await?;
         }
         self.notifier.send(&mut tx, None::<&str>).await?;
@@ -641,7 +654,37 @@ impl Store for PostgresStore {
     }
 
     async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar(NEXT_DUE).bind(now).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar(NEXT_DUE.as_str()).bind(now).fetch_one(&self.pool).await?)
+    }
+
+    async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>> {
+        entities::get(&self.pool, instance_id).await
+    }
+
+    async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>> {
+        entities::query(&self.pool, filter).await
+    }
+
+    async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
+        let mut tx = self.pool.begin().await?;
+        let cleaned = entities::clean(&mut tx, remove_empty, release_orphaned_locks).await?;
+        if cleaned.released > 0 {
+            self.notifier.send(&mut tx, None::<&str>).await?;
+        }
+        tx.commit().await?;
+        Ok(cleaned)
+    }
+
+    async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
+        entities::lock(&self.pool, lease, max).await
+    }
+
+    async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Millis) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        entities::release(&mut tx, instance_id, token, ready_at).await?;
+        self.notifier.send(&mut tx, [instance_id]).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn backlog(&self, now: Millis) -> Result<Backlog> {

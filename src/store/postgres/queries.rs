@@ -141,13 +141,19 @@ pub const RELEASE_ALL: [&str; 2] = [
 /// The earliest moment after $1 when work appears: a timer or other future message, a
 /// scheduled start or back-off ending, an activity's retry time, or a lease running out (a
 /// crashed sidecar's work is taken over right then, not at the next sweep).
-pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
-       SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > $1 \
-       UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > $1 \
-       UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > $1 \
-       UNION ALL SELECT MIN(lock_expires) FROM instances WHERE lock_token IS NOT NULL AND lock_expires > $1 \
-       UNION ALL SELECT MIN(lock_expires) FROM activities WHERE lock_token IS NOT NULL AND lock_expires > $1 \
-     ) due";
+pub static NEXT_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT MIN(t) FROM ( \
+           SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > $1 \
+           UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > $1 \
+           UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > $1 \
+           UNION ALL SELECT MIN(lock_expires) FROM instances WHERE lock_token IS NOT NULL AND lock_expires > $1 \
+           UNION ALL SELECT MIN(lock_expires) FROM activities WHERE lock_token IS NOT NULL AND lock_expires > $1 \
+           {} \
+         ) due",
+        super::entities::NEXT_DUE_PARTS
+    )
+});
 
 /// What is waiting at $1 (the metrics' backlog gauges): instances with a due event nobody
 /// holds (as LOCK_ORCHESTRATIONS picks them, suspended ones only for a waking event), due

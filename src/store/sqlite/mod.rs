@@ -3,6 +3,7 @@
 //! small pool of readers, which WAL mode lets run beside the writer.
 
 mod cache;
+mod entities;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -250,6 +251,9 @@ async fn insert_message(conn: &mut SqliteConnection, m: &Message) -> Result<()> 
 /// Queues a message if its target exists, is running and (for execution-bound messages) is
 /// still on that execution; otherwise drops it with a log line.
 async fn deliver(conn: &mut SqliteConnection, m: &Message) -> Result<Delivery> {
+    if m.is_for_entity() {
+        return entities::enqueue(conn, m).await;
+    }
     let row = sqlx::query("SELECT status, execution_id FROM instances WHERE instance_id = ?")
         .bind(&m.instance_id)
         .fetch_optional(&mut *conn)
@@ -583,6 +587,11 @@ impl Store for SqliteStore {
 
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
         let mut tx = WriteTx::begin(&self.writer).await?;
+        if let Ok(entity) = crate::engine::entities::normalize_id(instance_id) {
+            let deleted = entities::purge(&mut tx, &entity).await?;
+            tx.commit().await?;
+            return Ok(Purge::Deleted(deleted));
+        }
         let mut pending = vec![instance_id.to_string()];
         let mut deleted = 0;
         while let Some(id) = pending.pop() {
@@ -619,6 +628,9 @@ impl Store for SqliteStore {
         let mut tx = WriteTx::begin(&self.writer).await?;
         for table in ["history", "inbox", "activities", "instances"] {
             sqlx::query(AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *tx).await?;
+        }
+        for sql in entities::DELETE_ALL {
+            sqlx::query(sql).execute(&mut *tx).await?;
         }
         self.histories.clear();
         tx.commit().await?;
@@ -709,6 +721,7 @@ impl Store for SqliteStore {
                     now,
                 } => step_in(&mut tx, token, consumed, commit, *now, &self.histories, &mut changes).await,
                 Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
+                Write::EntityStep { token, commit } => entities::step_in(&mut tx, token, commit).await,
             };
             match result {
                 Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
@@ -798,6 +811,7 @@ impl Store for SqliteStore {
             for sql in [
                 "UPDATE instances SET lock_expires = ? WHERE lock_token = ?",
                 "UPDATE activities SET lock_expires = ? WHERE lock_token = ?",
+                "UPDATE entities SET lease_expires = ? WHERE lease_token = ?",
             ] {
                 sqlx::query(sql).bind(until).bind(token).execute(&mut *tx).await?;
             }
@@ -814,8 +828,37 @@ impl Store for SqliteStore {
             );
             sqlx::query(AssertSqlSafe(sql)).bind(owner).execute(&mut *tx).await?;
         }
+        sqlx::query(
+            "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE lease_owner IS NOT NULL AND (?1 IS NULL OR lease_owner = ?1)",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>> {
+        entities::get(&self.reader, instance_id).await
+    }
+
+    async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>> {
+        entities::query(&self.reader, filter).await
+    }
+
+    async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        let cleaned = entities::clean(&mut tx, remove_empty, release_orphaned_locks).await?;
+        tx.commit().await?;
+        Ok(cleaned)
+    }
+
+    async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
+        entities::lock(&self.writer, &self.reader, lease, max).await
+    }
+
+    async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Millis) -> Result<()> {
+        entities::release(&self.writer, instance_id, token, ready_at).await
     }
 
     async fn next_due(&self, now: Millis) -> Result<Option<Millis>> {
@@ -823,7 +866,9 @@ impl Store for SqliteStore {
             "SELECT MIN(t) FROM ( \
                SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \
                UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > ?1 \
-               UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1)",
+               UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1 \
+               UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > ?1 \
+               UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > ?1)",
         )
         .bind(now)
         .fetch_one(&self.reader)

@@ -1,0 +1,243 @@
+//! Entity rows and queues in Postgres. The rules (what runs, who holds a lock) are the
+//! engine's; this persists its decisions. Entities are leased like instances: picked with
+//! `FOR UPDATE SKIP LOCKED`, written back `WHERE lease_token = $token`, so one entity is
+//! processed in one place at a time across every sidecar on the database.
+
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+use tracing::info;
+
+use super::super::encoding::{decode, encode};
+use super::super::filters;
+use super::super::*;
+use crate::model::{EntityLock, is_terminal};
+use crate::time;
+
+pub(super) const DELETE_ALL: &str = "TRUNCATE entity_queue, entities";
+
+pub(super) const RENEW: &str = "UPDATE entities SET lease_expires = $1 WHERE instance_id IN ( \
+       SELECT instance_id FROM entities WHERE lease_token = ANY($2) FOR UPDATE SKIP LOCKED)";
+
+pub(super) const RELEASE_ALL: &str = "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 \
+     WHERE lease_owner IS NOT NULL AND ($1::text IS NULL OR lease_owner = $1)";
+
+/// Earliest future moments of entity work, to be part of the store's next-due query.
+pub(super) const NEXT_DUE_PARTS: &str = "UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > $1 \
+     UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > $1 \
+     UNION ALL SELECT MIN(lease_expires) FROM entities WHERE lease_token IS NOT NULL AND lease_expires > $1";
+
+fn entity_from_row(row: &PgRow) -> Result<Entity> {
+    let owner: Option<String> = row.try_get("locked_by")?;
+    let section: Option<String> = row.try_get("lock_section")?;
+    Ok(Entity {
+        instance_id: row.try_get("instance_id")?,
+        state: row.try_get("state")?,
+        lock: owner.map(|owner| EntityLock {
+            owner,
+            critical_section_id: section.unwrap_or_default(),
+        }),
+        last_modified: row.try_get("modified_at")?,
+    })
+}
+
+fn summary_from_row(row: &PgRow) -> Result<EntitySummary> {
+    Ok(EntitySummary {
+        entity: entity_from_row(row)?,
+        backlog: row.try_get::<i64, _>("backlog")? as u32,
+    })
+}
+
+/// Queues a message for an entity, creating the entity's row on first use.
+pub(super) async fn enqueue(conn: &mut PgConnection, m: &Message) -> Result<Delivery> {
+    let at = m
+        .event
+        .timestamp
+        .as_ref()
+        .and_then(|t| time::from_timestamp(t).ok())
+        .unwrap_or(m.visible_at);
+    sqlx::query("INSERT INTO entities (instance_id, modified_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING")
+        .bind(&m.instance_id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO entity_queue (instance_id, visible_at, event) VALUES ($1, $2, $3)")
+        .bind(&m.instance_id)
+        .bind(m.visible_at)
+        .bind(encode(&m.event))
+        .execute(&mut *conn)
+        .await?;
+    Ok(Delivery::Queued)
+}
+
+/// One entity step inside a write batch; nothing is written when the lease is gone.
+pub(super) async fn step_in(conn: &mut PgConnection, token: &str, c: &EntityCommit, touched: &mut Vec<String>) -> Result<Vec<String>> {
+    let held = sqlx::query(
+        "UPDATE entities SET state = $1, locked_by = $2, lock_section = $3, modified_at = $4, ready_at = 0, \
+         lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE instance_id = $5 AND lease_token = $6",
+    )
+    .bind(&c.state)
+    .bind(c.lock.as_ref().map(|l| &l.owner))
+    .bind(c.lock.as_ref().map(|l| &l.critical_section_id))
+    .bind(c.now)
+    .bind(&c.instance_id)
+    .bind(token)
+    .execute(&mut *conn)
+    .await?;
+    if held.rows_affected() == 0 {
+        return Err(StoreError::LeaseLost);
+    }
+    sqlx::query("DELETE FROM entity_queue WHERE id = ANY($1)")
+        .bind(&c.consumed)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END WHERE instance_id = $1 AND (deferred = 1 OR id = ANY($2))")
+        .bind(&c.instance_id)
+        .bind(&c.deferred)
+        .execute(&mut *conn)
+        .await?;
+    let mut changed = vec![c.instance_id.clone()];
+    for m in &c.messages {
+        super::deliver(conn, m).await?;
+    }
+    for new in &c.starts {
+        let id = &new.instance.instance_id;
+        match super::instance_status(conn, id).await? {
+            Some(s) if !is_terminal(s) => {
+                info!(entity = %c.instance_id, instance_id = %id, "an entity started an orchestration whose id is taken by a live instance; skipped");
+            }
+            existing => {
+                super::insert_new(conn, new, existing.is_some()).await?;
+                changed.push(id.clone());
+            }
+        }
+    }
+    if c.state.is_none() && c.lock.is_none() {
+        // An entity with nothing left (no state, no lock, no queue) does not exist any more.
+        sqlx::query(
+            "DELETE FROM entities e WHERE e.instance_id = $1 AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)",
+        )
+        .bind(&c.instance_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    touched.extend(c.messages.iter().map(|m| m.instance_id.clone()));
+    Ok(changed)
+}
+
+pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<EntitySummary>> {
+    let row = sqlx::query(
+        "SELECT instance_id, state, locked_by, lock_section, modified_at, \
+         (SELECT COUNT(*) FROM entity_queue q WHERE q.instance_id = e.instance_id) AS backlog \
+         FROM entities e WHERE instance_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(summary_from_row).transpose()
+}
+
+pub(super) async fn query(pool: &PgPool, f: &EntityListFilter) -> Result<Vec<EntitySummary>> {
+    let rows = filters::entities::<sqlx::Postgres>(f).build().fetch_all(pool).await?;
+    rows.iter().map(summary_from_row).collect()
+}
+
+pub(super) async fn clean(conn: &mut PgConnection, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
+    let mut cleaned = Cleaned::default();
+    if release_orphaned_locks {
+        // Orphaned: the holder is gone or finished. Deferred messages may run again.
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH released AS ( \
+               UPDATE entities e SET locked_by = NULL, lock_section = NULL WHERE e.locked_by IS NOT NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM instances i WHERE i.instance_id = e.locked_by AND i.status NOT IN ({})) \
+               RETURNING e.instance_id), \
+             undeferred AS (UPDATE entity_queue q SET deferred = 0 FROM released r WHERE q.instance_id = r.instance_id) \
+             SELECT COUNT(*) FROM released",
+            filters::terminal_statuses()
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        cleaned.released = released.get::<i64, _>(0) as u32;
+    }
+    if remove_empty {
+        let removed = sqlx::query(
+            "DELETE FROM entities e WHERE e.state IS NULL AND e.locked_by IS NULL AND e.lease_token IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)",
+        )
+        .execute(&mut *conn)
+        .await?;
+        cleaned.removed = removed.rows_affected() as u32;
+    }
+    Ok(cleaned)
+}
+
+/// Deletes an entity and its queue (purge). Returns how many entities were deleted.
+pub(super) async fn purge(conn: &mut PgConnection, id: &str) -> Result<u32> {
+    sqlx::query("DELETE FROM entity_queue WHERE instance_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let done = sqlx::query("DELETE FROM entities WHERE instance_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() as u32)
+}
+
+pub(super) async fn lock(pool: &PgPool, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
+    let rows = sqlx::query(
+        "UPDATE entities e SET lease_token = gen_random_uuid()::text, lease_owner = $2, lease_expires = $3 \
+         FROM ( \
+           SELECT c.instance_id AS picked FROM entities c \
+           WHERE c.instance_id IN (SELECT q.instance_id FROM entity_queue q WHERE q.deferred = 0 AND q.visible_at <= $1) \
+             AND c.lease_expires <= $1 AND c.ready_at <= $1 \
+           LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
+         ) p \
+         WHERE e.instance_id = p.picked \
+         RETURNING e.lease_token, e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at",
+    )
+    .bind(lease.now)
+    .bind(lease.owner)
+    .bind(lease.until)
+    .bind(i64::from(max))
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut locked = Vec::with_capacity(rows.len());
+    let mut conn = pool.acquire().await?;
+    for row in &rows {
+        let entity = entity_from_row(row)?;
+        let queue = sqlx::query("SELECT id, event FROM entity_queue WHERE instance_id = $1 AND visible_at <= $2 ORDER BY id")
+            .bind(&entity.instance_id)
+            .bind(lease.now)
+            .fetch_all(&mut *conn)
+            .await?;
+        let queue = queue
+            .iter()
+            .map(|r| Ok((r.get::<i64, _>(0), decode(r.get::<&[u8], _>(1))?)))
+            .collect::<Result<Vec<_>>>()?;
+        locked.push(LockedEntity {
+            token: row.try_get("lease_token")?,
+            entity,
+            queue,
+        });
+    }
+    Ok(locked)
+}
+
+pub(super) async fn release(conn: &mut PgConnection, id: &str, token: &str, ready_at: Millis) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0, ready_at = $1 \
+         WHERE instance_id = $2 AND lease_token = $3",
+    )
+    .bind(ready_at)
+    .bind(id)
+    .bind(token)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::LeaseLost);
+    }
+    Ok(())
+}

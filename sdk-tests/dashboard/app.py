@@ -6,6 +6,8 @@ argv[1], taking one JSON command per stdin line and answering one JSON line each
     {"op": "wait", "id": "x", "timeout": 30}                        -> the same, once it has finished
     {"op": "wait_running", "id": "x", "timeout": 30}                -> once it has started
     {"op": "raise", "id": "x", "event": "go", "data": ...}          -> {}
+    {"op": "signal", "key": "k", "value": 5}                        -> {} (counter entity "add")
+    {"op": "entity", "key": "k"}                                    -> {"state": 5 | null}
 
 The orchestrations are small on purpose; `sleepy`'s activities report how long they really
 ran, so the timeline can be checked against real durations.
@@ -19,7 +21,8 @@ import sys
 import time
 from datetime import timedelta
 
-from durabletask import client, task, worker
+from durabletask import client, entities, task, worker
+from durabletask.entities import EntityInstanceId
 
 
 def nap(ctx: task.ActivityContext, seconds: float) -> dict:
@@ -65,6 +68,11 @@ def parent(ctx: task.OrchestrationContext, _):
     return (yield ctx.call_sub_orchestrator(child, input=1, instance_id=f"{ctx.instance_id}-child"))
 
 
+def counter(ctx: entities.EntityContext, value):
+    if ctx.operation == "add":
+        ctx.set_state(ctx.get_state(int, 0) + value)
+
+
 ORCHESTRATORS = {f.__name__: f for f in (hello, sleepy, failing, approval, child, parent)}
 
 
@@ -86,6 +94,7 @@ def main() -> None:
         w.add_orchestrator(o)
     w.add_activity(nap)
     w.add_activity(fail)
+    w.add_entity(counter)
     w.start()
     c = client.TaskHubGrpcClient(host_address=address)
     print(json.dumps({"ready": True}), flush=True)
@@ -107,6 +116,12 @@ def main() -> None:
             elif op == "raise":
                 c.raise_orchestration_event(cmd["id"], cmd["event"], data=cmd.get("data"))
                 answer = {}
+            elif op == "signal":
+                c.signal_entity(EntityInstanceId("counter", cmd["key"]), "add", cmd["value"])
+                answer = {}
+            elif op == "entity":
+                meta = c.get_entity(EntityInstanceId("counter", cmd["key"]), include_state=True)
+                answer = {"state": None if meta is None else meta.get_state(int)}
             elif op == "stop":
                 break
             else:

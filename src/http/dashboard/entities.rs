@@ -46,7 +46,11 @@ pub async fn list(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers
             "pageSize" => {
                 size = match v.parse::<u32>() {
                     Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                    _ => return Err(ApiError::bad_request(format!("pageSize: '{v}' is not a number from 1 to {MAX_PAGE}"))),
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "pageSize: '{v}' is not a number from 1 to {MAX_PAGE}"
+                        )));
+                    }
                 }
             }
             _ => {}
@@ -56,7 +60,11 @@ pub async fn list(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers
     let mut rows = d.service.store().query_entities(&f).await.map_err(crate::grpc::status)?;
     let more = rows.len() > size as usize;
     rows.truncate(size as usize);
-    let next = if more { rows.last().map(|r| r.entity.instance_id.clone()) } else { None };
+    let next = if more {
+        rows.last().map(|r| r.entity.instance_id.clone())
+    } else {
+        None
+    };
     Ok(super::json(&json!({
         "items": rows.iter().map(row).collect::<Vec<_>>(),
         "next": next,

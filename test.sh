@@ -45,12 +45,12 @@ run_sdk_suite() {
   rm -f "$log"
 }
 
-# Adds the closing "N passed, N failed" line of the deployment suite (image, manifests, TLS,
-# keys, drain; deploy/tests/run.sh).
-run_deploy_suite() {
+# Adds the closing "N passed, N failed" line of a suite run by its own script ($1): the
+# deployment suite (image, manifests, TLS, keys, drain) and the dashboard's browser tests.
+run_script_suite() {
   local log
   log=$(mktemp)
-  deploy/tests/run.sh 2>&1 | tee "$log"
+  "$1" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local line p f
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
@@ -115,12 +115,14 @@ if cargo build --locked --release; then
   else
     echo "== .NET scenario program: skipped (dotnet is not on PATH)"
   fi
+  echo "== Dashboard browser tests (headless Chromium, Python SDK orchestrations)"
+  run_script_suite sdk-tests/dashboard/run.sh
   echo "== Rust SDK suite (Dapr dialect) on SQLite"
   run_sdk_suite rust sqlite
   echo "== Dapr Python SDK suite (older Dapr dialect) on SQLite"
   run_sdk_suite python-dapr sqlite
   echo "== Deployment suite: container image, manifests, TLS, API keys, SIGTERM drain"
-  run_deploy_suite
+  run_script_suite deploy/tests/run.sh
 else
   failed=$((failed + 1)); status=1
 fi

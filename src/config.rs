@@ -187,6 +187,26 @@ pub struct Config {
     /// released (readiness is off and no new work is handed out meanwhile).
     #[arg(long, env = "OUTRIGGER_DRAIN_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600), help_heading = "Deployment")]
     pub drain_seconds: u64,
+
+    /// Serve the dashboard at / on the HTTP listener.
+    #[arg(long, env = "OUTRIGGER_DASHBOARD", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Dashboard")]
+    pub dashboard: bool,
+
+    /// The dashboard shows state but takes no actions (no terminate, purge, restart, ...).
+    #[arg(long, env = "OUTRIGGER_DASHBOARD_READ_ONLY", help_heading = "Dashboard")]
+    pub dashboard_read_only: bool,
+
+    /// Link from an instance to its trace in your tracing UI: {traceId} (and {instanceId}) are
+    /// filled in, e.g. http://localhost:16686/trace/{traceId} for Jaeger.
+    #[arg(long, env = "OUTRIGGER_DASHBOARD_TRACE_URL", value_parser = trace_url, help_heading = "Dashboard")]
+    pub dashboard_trace_url: Option<String>,
+}
+
+fn trace_url(text: &str) -> Result<String, String> {
+    if !(text.starts_with("http://") || text.starts_with("https://")) || !text.contains("{traceId}") {
+        return Err(format!("'{text}' is not an http(s):// URL with {{traceId}} in it"));
+    }
+    Ok(text.to_string())
 }
 
 fn public_url(text: &str) -> Result<String, String> {

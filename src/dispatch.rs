@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
@@ -255,13 +255,44 @@ impl State {
     }
 }
 
-/// Wakes clients waiting on an instance's state (WaitForInstanceStart/Completion).
-#[derive(Default)]
+/// Wakes clients waiting on an instance's state (WaitForInstanceStart/Completion), and feeds
+/// the live views (the dashboard's change stream) with every change.
 pub struct Watchers {
     senders: Mutex<HashMap<String, watch::Sender<()>>>,
+    feed: broadcast::Sender<Changed>,
+    /// Set at shutdown: feed subscribers end their streams, so open pages do not hold the
+    /// HTTP listener's graceful stop.
+    feed_closed: watch::Sender<bool>,
+}
+
+/// What a change-feed subscriber is told: these instances changed, or (`None`) any may have.
+pub type Changed = Option<Arc<[String]>>;
+
+/// Changes a slow feed subscriber may fall behind by before it is told it lagged.
+const FEED_CAPACITY: usize = 1024;
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Watchers {
+            senders: Mutex::default(),
+            feed: broadcast::channel(FEED_CAPACITY).0,
+            feed_closed: watch::channel(false).0,
+        }
+    }
 }
 
 impl Watchers {
+    /// Every change from now on, as it is committed (this sidecar's and, on a shared store,
+    /// the others').
+    pub fn feed(&self) -> broadcast::Receiver<Changed> {
+        self.feed.subscribe()
+    }
+
+    /// Becomes true when the feed ends (shutdown).
+    pub fn feed_closed(&self) -> watch::Receiver<bool> {
+        self.feed_closed.subscribe()
+    }
+
     /// Subscribes before the caller reads the state, so no change can slip in between.
     pub fn subscribe(&self, instance_id: &str) -> watch::Receiver<()> {
         let mut senders = self.senders.lock().unwrap();
@@ -287,13 +318,18 @@ impl Watchers {
 
     /// Wakes every waiter (they re-read the state), for when what changed is not known.
     pub fn notify_all(&self) {
+        let _ = self.feed.send(None);
         let mut senders = self.senders.lock().unwrap();
         senders.retain(|_, tx| tx.send(()).is_ok());
     }
 
     pub fn notify<'a>(&self, instance_ids: impl IntoIterator<Item = &'a String>) {
+        let ids: Vec<&String> = instance_ids.into_iter().collect();
+        if self.feed.receiver_count() > 0 && !ids.is_empty() {
+            let _ = self.feed.send(Some(ids.iter().map(|id| id.to_string()).collect()));
+        }
         let mut senders = self.senders.lock().unwrap();
-        for id in instance_ids {
+        for id in ids {
             if let Some(tx) = senders.get(id)
                 && tx.send(()).is_err()
             {
@@ -921,6 +957,7 @@ impl Dispatcher {
     /// Ends every worker stream cleanly (OK trailers), so workers reconnect elsewhere; used
     /// at shutdown.
     pub fn close_all(self: &Arc<Self>) {
+        self.watchers.feed_closed.send_replace(true);
         let workers: Vec<u64> = self.state.lock().unwrap().workers.keys().copied().collect();
         for worker in workers {
             self.disconnect(worker);

@@ -245,6 +245,10 @@ async fn serve(config: Config) -> ExitCode {
         dapr_app_id: config.dapr_app_id.clone(),
         http: outrigger::http::Settings {
             public_url: config.http_public_url.clone(),
+            dashboard: config.dashboard.then(|| outrigger::http::dashboard::Settings {
+                read_only: config.dashboard_read_only,
+                trace_url: config.dashboard_trace_url.clone(),
+            }),
         },
         keys,
         tls,

@@ -15,7 +15,7 @@ use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
 use outrigger::proto::*;
 use outrigger::store::{
     self, Change, Cleaned, Delivery, EntityListFilter, FinishedFilter, InstanceFilter, Lease, LockedEntity, LockedOrchestration, Names,
-    Purge, Store, StoreError, Write,
+    Purge, SortKey, Store, StoreError, Write,
 };
 use outrigger::time::{Micros, to_timestamp};
 use sqlx::Connection;
@@ -137,6 +137,7 @@ conformance!(
     a_result_for_a_finished_execution_is_dropped,
     times_keep_microseconds,
     leases_take_only_the_names_a_filter_takes,
+    listings_filter_sort_and_count_as_the_dashboard_asks,
     entity_messages_are_queued_and_leased_with_their_entity,
     an_entity_step_commits_state_results_signals_and_starts_together,
     deferred_entity_messages_wait_for_a_new_message,
@@ -1281,4 +1282,148 @@ async fn entity_leases_are_renewed_and_released_by_owner(h: &Harness) {
         s.release_entity(&one[0].entity.instance_id, &one[0].token, 0).await,
         Err(StoreError::LeaseLost)
     ));
+}
+
+async fn listings_filter_sort_and_count_as_the_dashboard_asks(h: &Harness) {
+    let s = &*h.store;
+    let start = |id: &str, name: &str, at: Micros, parent: Option<&str>| {
+        let spec = StartSpec {
+            instance_id: id.into(),
+            name: name.into(),
+            version: None,
+            input: None,
+            execution_id: format!("{id}-e1"),
+            scheduled_start: None,
+            tags: BTreeMap::new(),
+            parent: parent.map(|p| ParentInstanceInfo {
+                task_scheduled_id: 0,
+                name: None,
+                version: None,
+                orchestration_instance: Some(OrchestrationInstance {
+                    instance_id: p.into(),
+                    execution_id: Some(format!("{p}-e1")),
+                }),
+            }),
+            parent_trace_context: None,
+        };
+        engine::new_instance(spec, at)
+    };
+    for (id, name, at, parent) in [
+        ("a-1", "Alpha", T0, None),
+        ("a-2", "Alpha", T0 + 1, None),
+        ("b-1", "Beta", T0 + 2, None),
+        ("b-2", "Beta", T0 + 3, Some("a-1")),
+    ] {
+        s.create_instance(start(id, name, at, parent), &[]).await.unwrap();
+    }
+    // a-2 completes at T0 + 10 with a custom status; b-1 completes at T0 + 5.
+    for (id, at, custom) in [("b-1", T0 + 5, None), ("a-2", T0 + 10, Some("\"Shipped 50%_OK\""))] {
+        let item = s.lock_orchestrations(&lease("w", at), 10, &Names::Any).await.unwrap();
+        for item in item {
+            let ours = item.instance.instance_id == id;
+            let token = item.token.clone();
+            if !ours {
+                s.release_orchestration(&item.instance.instance_id, &token, &[], 0).await.unwrap();
+                continue;
+            }
+            let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, at) else {
+                panic!("{id} has nothing to run");
+            };
+            let response = Response {
+                actions: vec![complete(0, "\"done\"")],
+                custom_status: custom.map(str::to_string),
+                ..Default::default()
+            };
+            let commit = engine::apply(&item.instance, &item.history, &new_events, response, at, &mut || "x".into());
+            s.commit_orchestration(&token, &consumed, commit, at).await.unwrap();
+        }
+    }
+    let ids = |rows: Vec<outrigger::model::Instance>| rows.into_iter().map(|i| i.instance_id).collect::<Vec<_>>();
+    let list = |f: InstanceFilter| async move { ids(s.query(&InstanceFilter { limit: 100, ..f }).await.unwrap()) };
+
+    assert_eq!(
+        list(InstanceFilter {
+            descending: true,
+            ..Default::default()
+        })
+        .await,
+        ["b-2", "b-1", "a-2", "a-1"]
+    );
+    assert_eq!(
+        list(InstanceFilter {
+            top_level_only: true,
+            ..Default::default()
+        })
+        .await,
+        ["a-1", "a-2", "b-1"]
+    );
+    assert_eq!(
+        list(InstanceFilter {
+            name: Some("Beta".into()),
+            ..Default::default()
+        })
+        .await,
+        ["b-1", "b-2"]
+    );
+    // Contains, ignoring case; % and _ are literal.
+    for text in ["shipped 50%_ok", "50%_"] {
+        let f = InstanceFilter {
+            custom_status: Some(text.into()),
+            ..Default::default()
+        };
+        assert_eq!(list(f).await, ["a-2"], "custom status contains {text}");
+    }
+    assert!(
+        list(InstanceFilter {
+            custom_status: Some("50%x".into()),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+    let completed_window = InstanceFilter {
+        completed_from: Some(T0 + 4),
+        completed_to: Some(T0 + 6),
+        ..Default::default()
+    };
+    assert_eq!(list(completed_window).await, ["b-1"]);
+    // By completion: finished instances only.
+    assert_eq!(
+        list(InstanceFilter {
+            sort: SortKey::Completed,
+            descending: true,
+            ..Default::default()
+        })
+        .await,
+        ["a-2", "b-1"]
+    );
+    // By name, then creation; paging resumes after the last row's (name, created, id).
+    let by_name = InstanceFilter {
+        sort: SortKey::Name,
+        descending: true,
+        limit: 3,
+        ..Default::default()
+    };
+    let first = s.query(&by_name).await.unwrap();
+    assert_eq!(ids(first.clone()), ["b-2", "b-1", "a-2"]);
+    let last = first.last().unwrap();
+    let rest = InstanceFilter {
+        after: Some((last.created_at, last.instance_id.clone())),
+        after_name: Some(last.name.clone()),
+        ..by_name
+    };
+    assert_eq!(ids(s.query(&rest).await.unwrap()), ["a-1"]);
+
+    let mut counts = s.count_by_status(&InstanceFilter::default()).await.unwrap();
+    counts.sort_by_key(|(st, _)| *st as i32);
+    assert_eq!(counts, [(OrchestrationStatus::Completed, 2), (OrchestrationStatus::Pending, 2)]);
+    let top = s
+        .count_by_status(&InstanceFilter {
+            top_level_only: true,
+            name: Some("Beta".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(top, [(OrchestrationStatus::Completed, 1)]);
 }

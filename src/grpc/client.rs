@@ -357,6 +357,7 @@ impl Service {
             },
             after: parse_page_token("continuationToken", &q.continuation_token)?,
             limit: limit + 1, // one extra row tells whether another page exists
+            ..Default::default()
         };
         let mut rows = self.store.query(&filter).await.map_err(status)?;
         let more = rows.len() > limit as usize;

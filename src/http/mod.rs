@@ -8,6 +8,7 @@
 //! (TLS, API keys) and later routes (dashboard assets, live updates) are added there.
 
 mod api;
+pub mod dashboard;
 mod error;
 mod links;
 mod openapi;
@@ -32,6 +33,8 @@ pub struct Settings {
     /// Links in payloads start with this (no trailing slash) instead of what the request's
     /// forwarding headers or Host say.
     pub public_url: Option<String>,
+    /// The dashboard at `/`, unless `None` (`--dashboard false`).
+    pub dashboard: Option<dashboard::Settings>,
 }
 
 /// Shared by every handler.
@@ -43,16 +46,21 @@ pub(crate) struct State {
 
 /// Every route the listener serves.
 pub fn router(service: Service, settings: Settings) -> Router {
+    let dashboard = settings.dashboard.map(|d| dashboard::routes(service.clone(), d));
     let state = State {
         service,
         public_url: settings.public_url.map(Arc::from),
     };
-    Router::new()
+    let router = Router::new()
         .merge(api::routes())
         .merge(probes::routes())
         .merge(openapi::routes())
         .fallback(error::no_route)
-        .with_state(state)
+        .with_state(state);
+    match dashboard {
+        Some(d) => router.merge(d),
+        None => router,
+    }
 }
 
 /// Serves `router` on every listener until `shutdown` resolves; open requests may finish.

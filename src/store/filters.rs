@@ -3,7 +3,7 @@
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
-use super::{FinishedFilter, InstanceFilter};
+use super::{FinishedFilter, InstanceFilter, SortKey};
 use crate::model::Names;
 use crate::proto::OrchestrationStatus;
 
@@ -14,7 +14,7 @@ const TERMINAL: [OrchestrationStatus; 4] = [
     OrchestrationStatus::Canceled,
 ];
 
-/// `SELECT {columns} FROM instances` matching `f`, oldest first, one page.
+/// `SELECT {columns} FROM instances` matching `f`, in `f.sort` order, one page.
 pub fn instances<DB>(columns: &str, f: &InstanceFilter) -> QueryBuilder<DB>
 where
     DB: Database,
@@ -24,12 +24,66 @@ where
     for<'t> String: Encode<'t, DB> + Type<DB>,
 {
     let mut q = QueryBuilder::new(format!("SELECT {columns} FROM instances WHERE 1 = 1"));
-    push_statuses(&mut q, &f.statuses);
+    push_conditions(&mut q, f);
+    // Each order is an index (created, completed, name) read forwards or backwards, and the
+    // page resumes strictly after the last row's key, so a page costs the same at any depth.
+    let (key, tie) = match f.sort {
+        SortKey::Created => ("created_at, instance_id", None),
+        SortKey::Completed => ("completed_at, instance_id", None),
+        SortKey::Name => ("name, created_at, instance_id", Some(f.after_name.clone().unwrap_or_default())),
+    };
+    if f.sort == SortKey::Completed {
+        q.push(" AND completed_at IS NOT NULL");
+    }
+    let (cmp, dir) = if f.descending { ("<", " DESC") } else { (">", "") };
+    if let Some((at, id)) = &f.after {
+        q.push(format!(" AND ({key}) {cmp} ("));
+        if let Some(name) = tie {
+            q.push_bind(name).push(", ");
+        }
+        q.push_bind(*at).push(", ").push_bind(id.clone()).push(")");
+    }
+    let order: Vec<String> = key.split(", ").map(|c| format!("{c}{dir}")).collect();
+    q.push(format!(" ORDER BY {} LIMIT ", order.join(", ")))
+        .push_bind(i64::from(f.limit));
+    q
+}
+
+/// `SELECT status, COUNT(*) FROM instances` matching `f` (paging and order aside), per status.
+pub fn counts<DB>(f: &InstanceFilter) -> QueryBuilder<DB>
+where
+    DB: Database,
+    DB::Arguments: Default,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    let mut q = QueryBuilder::new("SELECT status, COUNT(*) FROM instances WHERE 1 = 1");
+    push_conditions(&mut q, f);
+    q.push(" GROUP BY status");
+    q
+}
+
+/// The filter's conditions, each as " AND ...".
+fn push_conditions<DB>(q: &mut QueryBuilder<DB>, f: &InstanceFilter)
+where
+    DB: Database,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    push_statuses(q, &f.statuses);
     if let Some(from) = f.created_from {
         q.push(" AND created_at >= ").push_bind(from);
     }
     if let Some(to) = f.created_to {
         q.push(" AND created_at <= ").push_bind(to);
+    }
+    if let Some(from) = f.completed_from {
+        q.push(" AND completed_at >= ").push_bind(from);
+    }
+    if let Some(to) = f.completed_to {
+        q.push(" AND completed_at <= ").push_bind(to);
     }
     if let Some(prefix) = &f.id_prefix {
         q.push(" AND substr(instance_id, 1, ")
@@ -37,15 +91,20 @@ where
             .push(") = ")
             .push_bind(prefix.clone());
     }
-    if let Some((at, id)) = &f.after {
-        q.push(" AND (created_at, instance_id) > (")
-            .push_bind(*at)
-            .push(", ")
-            .push_bind(id.clone())
-            .push(")");
+    if let Some(name) = &f.name {
+        q.push(" AND name = ").push_bind(name.clone());
     }
-    q.push(" ORDER BY created_at, instance_id LIMIT ").push_bind(i64::from(f.limit));
-    q
+    if let Some(text) = &f.custom_status {
+        // Contains, ignoring (ASCII) case, alike on both engines; LIKE's wildcards in the text
+        // are matched literally.
+        let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        q.push(" AND lower(custom_status) LIKE ")
+            .push_bind(format!("%{escaped}%"))
+            .push(" ESCAPE '\\'");
+    }
+    if f.top_level_only {
+        q.push(" AND parent_instance_id IS NULL");
+    }
 }
 
 /// `SELECT completed_at, instance_id FROM instances` for finished instances matching `f`,
@@ -116,6 +175,13 @@ pub fn names_json(names: &Names) -> Option<String> {
         }
     }
     Some(serde_json::Value::Array(pairs).to_string())
+}
+
+/// Decodes the rows of a [`counts`] query: (status, count).
+pub(crate) fn status_counts(rows: impl IntoIterator<Item = (i64, i64)>) -> super::Result<Vec<(OrchestrationStatus, u64)>> {
+    rows.into_iter()
+        .map(|(s, n)| Ok((super::encoding::status(s)?, n.max(0) as u64)))
+        .collect()
 }
 
 /// `SELECT` of entities matching `f` with their backlog, by id, one page. Columns: instance_id,

@@ -174,16 +174,39 @@ pub struct Cleaned {
     pub released: u32,
 }
 
-/// Filter and page for listing instances by creation time.
+/// Filter and page for listing instances (by creation time unless `sort` says otherwise).
 #[derive(Debug, Default, Clone)]
 pub struct InstanceFilter {
     pub statuses: Vec<OrchestrationStatus>,
     pub created_from: Option<Micros>,
     pub created_to: Option<Micros>,
+    pub completed_from: Option<Micros>,
+    pub completed_to: Option<Micros>,
     pub id_prefix: Option<String>,
-    /// Resume after this (created_at, instance_id).
+    /// Exactly this orchestration name.
+    pub name: Option<String>,
+    /// The custom status contains this text, ignoring ASCII case.
+    pub custom_status: Option<String>,
+    /// Leaves out sub-orchestrations.
+    pub top_level_only: bool,
+    pub sort: SortKey,
+    pub descending: bool,
+    /// Resume after this (sort time, instance_id): the created time, or the completed time
+    /// when sorting by completion.
     pub after: Option<(Micros, String)>,
+    /// With [`SortKey::Name`], the last row's name, before the created time of `after`.
+    pub after_name: Option<String>,
     pub limit: u32,
+}
+
+/// The order instances are listed in; ties are broken by creation time and instance id.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    #[default]
+    Created,
+    /// Finished instances only, by completion time.
+    Completed,
+    Name,
 }
 
 /// Filter and page for listing finished instances by completion time.
@@ -274,6 +297,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Instances by creation time, oldest first.
     async fn query(&self, filter: &InstanceFilter) -> Result<Vec<Instance>>;
+
+    /// How many instances match `filter` per status (paging and order aside); statuses no
+    /// instance has are left out.
+    async fn count_by_status(&self, filter: &InstanceFilter) -> Result<Vec<(OrchestrationStatus, u64)>>;
 
     /// Finished instances by completion time, oldest first.
     async fn finished(&self, filter: &FinishedFilter) -> Result<Vec<(Micros, String)>>;

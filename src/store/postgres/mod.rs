@@ -458,6 +458,11 @@ impl Store for PostgresStore {
         rows.iter().map(instance_from_row).collect()
     }
 
+    async fn count_by_status(&self, f: &InstanceFilter) -> Result<Vec<(OrchestrationStatus, u64)>> {
+        let rows = filters::counts::<sqlx::Postgres>(f).build().fetch_all(&self.pool).await?;
+        filters::status_counts(rows.iter().map(|r| (i64::from(r.get::<i32, _>(0)), r.get::<i64, _>(1))))
+    }
+
     async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
         let rows = filters::finished::<sqlx::Postgres>(f).build().fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

@@ -596,6 +596,11 @@ impl Store for SqliteStore {
         rows.iter().map(instance_from_row).collect()
     }
 
+    async fn count_by_status(&self, f: &InstanceFilter) -> Result<Vec<(OrchestrationStatus, u64)>> {
+        let rows = filters::counts::<sqlx::Sqlite>(f).build().fetch_all(&self.reader).await?;
+        filters::status_counts(rows.iter().map(|r| (i64::from(r.get::<i32, _>(0)), r.get::<i64, _>(1))))
+    }
+
     async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
         let rows = filters::finished::<sqlx::Sqlite>(f).build().fetch_all(&self.reader).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())

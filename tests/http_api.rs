@@ -313,8 +313,8 @@ async fn a_start_answers_202_with_location_retry_after_and_the_management_payloa
     assert_eq!(body["output"], Value::Null);
     let created = body["createdTime"].as_str().unwrap();
     assert_eq!(created.len(), "2026-01-01T00:00:00Z".len(), "second precision: {created}");
-    let created_ms = outrigger::rfc3339::parse(created).unwrap();
-    assert!((created_ms - now_ms()).abs() < 60_000, "{created}");
+    let created_us = outrigger::rfc3339::parse(created).unwrap();
+    assert!((created_us / 1000 - now_ms()).abs() < 60_000, "{created}");
     // showInput=false leaves the input out; the query string is kept in Location.
     let hidden = s.get(&format!("{instance}?showInput=false")).await;
     assert_eq!(hidden.json()["input"], Value::Null);
@@ -509,7 +509,7 @@ async fn list_pages_through_250_instances_with_the_continuation_header() {
         .get(&s.api("/instances?runtimeStatus=Running&runtimeStatus=pending&top=1000"))
         .await;
     assert_eq!(pending.json().as_array().unwrap().len(), 250);
-    let from = outrigger::rfc3339::format(before, outrigger::rfc3339::Precision::Millis);
+    let from = outrigger::rfc3339::format(before * 1000, outrigger::rfc3339::Precision::Millis);
     let in_range = s.get(&s.api(&format!("/instances?createdTimeFrom={from}&top=1000"))).await;
     assert_eq!(in_range.json().as_array().unwrap().len(), 250);
     let earlier = s.get(&s.api(&format!("/instances?createdTimeTo={from}"))).await;

@@ -336,8 +336,9 @@ mod tests {
     use crate::engine::events;
     use crate::proto::*;
 
+    /// An event at `ms` milliseconds (the unit the dashboard shows) since the epoch.
     fn at(ms: i64, id: i32, kind: EventType) -> HistoryEvent {
-        events::event(id, ms, kind)
+        events::event(id, ms * 1000, kind)
     }
 
     fn history() -> Vec<HistoryEvent> {

@@ -180,13 +180,15 @@ pub async fn serve(
     let handlers = hubs.default_hub().handlers.clone();
     let http_listeners = listeners.http;
     let (http_stop_tx, mut http_stop) = tokio::sync::watch::channel(false);
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
     let _http = (!http_listeners.is_empty()).then(|| {
-        let router = crate::http::router(handlers.clone(), options.http.clone());
+        let router = crate::http::router(handlers.clone(), options.http.clone(), options.keys.clone(), draining);
         let stopped = async move {
             let _ = http_stop.wait_for(|s| *s).await;
         };
+        let tls = options.tls.clone();
         AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(http_listeners, router, stopped).await {
+            if let Err(e) = crate::http::serve(http_listeners, router, tls, stopped).await {
                 warn!(error = %e, "HTTP listener failed");
             }
         }))
@@ -228,6 +230,7 @@ pub async fn serve(
         shutdown.await;
         // No new work first, then readiness: whoever sees NOT_SERVING may rely on both.
         closer.drain();
+        let _ = draining_tx.send(true);
         set_health(&health, ServingStatus::NotServing).await;
         info!(
             in_flight = closer.held(),

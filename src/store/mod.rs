@@ -4,6 +4,7 @@
 
 mod batch;
 mod encoding;
+mod entities_txn;
 mod filters;
 pub mod postgres;
 pub mod sqlite;

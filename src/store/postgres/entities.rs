@@ -1,17 +1,18 @@
-//! Entity rows and queues in Postgres. The rules (what runs, who holds a lock) are the
-//! engine's; this persists its decisions. Entities are leased like instances: picked with
-//! `FOR UPDATE SKIP LOCKED`, written back `WHERE lease_token = $token`, so one entity is
-//! processed in one place at a time across every sidecar on the database.
+//! Entity rows and queues in Postgres: the statements behind the shared entity transactions
+//! (`store::entities_txn`), plus the reads and the lease. The rules (what runs, who holds a
+//! lock) are the engine's; this persists its decisions. Entities are leased like instances:
+//! picked with `FOR UPDATE SKIP LOCKED`, written back `WHERE lease_token = $token`, so one
+//! entity is processed in one place at a time across every sidecar on the database.
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
-use tracing::info;
 
 use super::super::encoding::{decode, encode};
+use super::super::entities_txn::{self, EntityStatements, entity};
 use super::super::filters;
 use super::super::*;
-use crate::model::{EntityLock, is_terminal};
-use crate::time;
+
+pub(super) use entities_txn::{clean, enqueue, purge};
 
 pub(super) const DELETE_ALL: &str = "TRUNCATE entity_queue, entities";
 
@@ -27,17 +28,13 @@ pub(super) const NEXT_DUE_PARTS: &str = "UNION ALL SELECT MIN(visible_at) FROM e
      UNION ALL SELECT MIN(lease_expires) FROM entities WHERE lease_token IS NOT NULL AND lease_expires > $1";
 
 fn entity_from_row(row: &PgRow) -> Result<Entity> {
-    let owner: Option<String> = row.try_get("locked_by")?;
-    let section: Option<String> = row.try_get("lock_section")?;
-    Ok(Entity {
-        instance_id: row.try_get("instance_id")?,
-        state: row.try_get("state")?,
-        lock: owner.map(|owner| EntityLock {
-            owner,
-            critical_section_id: section.unwrap_or_default(),
-        }),
-        last_modified: row.try_get("modified_at")?,
-    })
+    Ok(entity(
+        row.try_get("instance_id")?,
+        row.try_get("state")?,
+        row.try_get("locked_by")?,
+        row.try_get("lock_section")?,
+        row.try_get("modified_at")?,
+    ))
 }
 
 fn summary_from_row(row: &PgRow) -> Result<EntitySummary> {
@@ -47,81 +44,142 @@ fn summary_from_row(row: &PgRow) -> Result<EntitySummary> {
     })
 }
 
-/// Queues a message for an entity, creating the entity's row on first use.
-pub(super) async fn enqueue(conn: &mut PgConnection, m: &Message) -> Result<Delivery> {
-    let at = m
-        .event
-        .timestamp
-        .as_ref()
-        .and_then(|t| time::from_timestamp(t).ok())
-        .unwrap_or(m.visible_at);
-    sqlx::query("INSERT INTO entities (instance_id, modified_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING")
-        .bind(&m.instance_id)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("INSERT INTO entity_queue (instance_id, visible_at, event) VALUES ($1, $2, $3)")
-        .bind(&m.instance_id)
-        .bind(m.visible_at)
-        .bind(encode(&m.event))
-        .execute(&mut *conn)
-        .await?;
-    Ok(Delivery::Queued)
+/// One entity step inside a write batch; the instances its messages went to join `touched`,
+/// whose NOTIFY wakes the other sidecars.
+pub(super) async fn step_in(conn: &mut PgConnection, token: &str, c: &EntityCommit, touched: &mut Vec<String>) -> Result<Vec<String>> {
+    let changed = entities_txn::step(conn, token, c).await?;
+    touched.extend(c.messages.iter().map(|m| m.instance_id.clone()));
+    Ok(changed)
 }
 
-/// One entity step inside a write batch; nothing is written when the lease is gone.
-pub(super) async fn step_in(conn: &mut PgConnection, token: &str, c: &EntityCommit, touched: &mut Vec<String>) -> Result<Vec<String>> {
-    let held = sqlx::query(
-        "UPDATE entities SET state = $1, locked_by = $2, lock_section = $3, modified_at = $4, ready_at = 0, \
-         lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE instance_id = $5 AND lease_token = $6",
-    )
-    .bind(&c.state)
-    .bind(c.lock.as_ref().map(|l| &l.owner))
-    .bind(c.lock.as_ref().map(|l| &l.critical_section_id))
-    .bind(c.now)
-    .bind(&c.instance_id)
-    .bind(token)
-    .execute(&mut *conn)
-    .await?;
-    if held.rows_affected() == 0 {
-        return Err(StoreError::LeaseLost);
+impl EntityStatements for PgConnection {
+    async fn insert_entity(&mut self, id: &str, at: Micros) -> Result<()> {
+        sqlx::query("INSERT INTO entities (instance_id, modified_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING")
+            .bind(id)
+            .bind(at)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
     }
-    sqlx::query("DELETE FROM entity_queue WHERE id = ANY($1)")
-        .bind(&c.consumed)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END WHERE instance_id = $1 AND (deferred = 1 OR id = ANY($2))")
+
+    async fn push_queue(&mut self, m: &Message) -> Result<()> {
+        sqlx::query("INSERT INTO entity_queue (instance_id, visible_at, event) VALUES ($1, $2, $3)")
+            .bind(&m.instance_id)
+            .bind(m.visible_at)
+            .bind(encode(&m.event))
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_step(&mut self, token: &str, c: &EntityCommit) -> Result<bool> {
+        let held = sqlx::query(
+            "UPDATE entities SET state = $1, locked_by = $2, lock_section = $3, modified_at = $4, ready_at = 0, \
+             lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE instance_id = $5 AND lease_token = $6",
+        )
+        .bind(&c.state)
+        .bind(c.lock.as_ref().map(|l| &l.owner))
+        .bind(c.lock.as_ref().map(|l| &l.critical_section_id))
+        .bind(c.now)
         .bind(&c.instance_id)
-        .bind(&c.deferred)
-        .execute(&mut *conn)
+        .bind(token)
+        .execute(&mut *self)
         .await?;
-    let mut changed = vec![c.instance_id.clone()];
-    for m in &c.messages {
-        super::deliver(conn, m).await?;
+        Ok(held.rows_affected() > 0)
     }
-    for new in &c.starts {
-        let id = &new.instance.instance_id;
-        match super::instance_status(conn, id).await? {
-            Some(s) if !is_terminal(s) => {
-                info!(entity = %c.instance_id, instance_id = %id, "an entity started an orchestration whose id is taken by a live instance; skipped");
-            }
-            existing => {
-                super::insert_new(conn, new, existing.is_some()).await?;
-                changed.push(id.clone());
-            }
-        }
+
+    async fn delete_consumed(&mut self, ids: &[i64]) -> Result<()> {
+        sqlx::query("DELETE FROM entity_queue WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
     }
-    if c.state.is_none() && c.lock.is_none() {
-        // An entity with nothing left (no state, no lock, no queue) does not exist any more.
+
+    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
+        // One statement: undefer the old set and defer the new one.
+        sqlx::query("UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END WHERE instance_id = $1 AND (deferred = 1 OR id = ANY($2))")
+            .bind(id)
+            .bind(deferred)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn deliver(&mut self, m: &Message) -> Result<Delivery> {
+        super::deliver(self, m).await
+    }
+
+    async fn instance_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
+        super::instance_status(self, id).await
+    }
+
+    async fn insert_instance(&mut self, new: &NewInstance, replacing: bool) -> Result<()> {
+        super::insert_new(self, new, replacing).await
+    }
+
+    async fn delete_if_unqueued(&mut self, id: &str) -> Result<()> {
         sqlx::query(
             "DELETE FROM entities e WHERE e.instance_id = $1 AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)",
         )
-        .bind(&c.instance_id)
-        .execute(&mut *conn)
+        .bind(id)
+        .execute(&mut *self)
         .await?;
+        Ok(())
     }
-    touched.extend(c.messages.iter().map(|m| m.instance_id.clone()));
-    Ok(changed)
+
+    async fn release_orphaned_locks(&mut self) -> Result<u32> {
+        // Orphaned: the holder is gone or finished. Deferred messages may run again.
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH released AS ( \
+               UPDATE entities e SET locked_by = NULL, lock_section = NULL WHERE e.locked_by IS NOT NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM instances i WHERE i.instance_id = e.locked_by AND i.status NOT IN ({})) \
+               RETURNING e.instance_id), \
+             undeferred AS (UPDATE entity_queue q SET deferred = 0 FROM released r WHERE q.instance_id = r.instance_id) \
+             SELECT COUNT(*) FROM released",
+            filters::terminal_statuses()
+        )))
+        .fetch_one(&mut *self)
+        .await?;
+        Ok(released.get::<i64, _>(0) as u32)
+    }
+
+    async fn delete_empty(&mut self) -> Result<u32> {
+        let removed = sqlx::query(
+            "DELETE FROM entities e WHERE e.state IS NULL AND e.locked_by IS NULL AND e.lease_token IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)",
+        )
+        .execute(&mut *self)
+        .await?;
+        Ok(removed.rows_affected() as u32)
+    }
+
+    async fn delete_queue(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM entity_queue WHERE instance_id = $1")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_entity(&mut self, id: &str) -> Result<u32> {
+        let done = sqlx::query("DELETE FROM entities WHERE instance_id = $1")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        Ok(done.rows_affected() as u32)
+    }
+
+    async fn visible_queue(&mut self, id: &str, now: Micros) -> Result<Vec<(i64, HistoryEvent)>> {
+        let rows = sqlx::query("SELECT id, event FROM entity_queue WHERE instance_id = $1 AND visible_at <= $2 ORDER BY id")
+            .bind(id)
+            .bind(now)
+            .fetch_all(&mut *self)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.get::<i64, _>(0), decode(r.get::<&[u8], _>(1))?)))
+            .collect()
+    }
 }
 
 pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<EntitySummary>> {
@@ -139,48 +197,6 @@ pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<EntitySummary>
 pub(super) async fn query(pool: &PgPool, f: &EntityListFilter) -> Result<Vec<EntitySummary>> {
     let rows = filters::entities::<sqlx::Postgres>(f).build().fetch_all(pool).await?;
     rows.iter().map(summary_from_row).collect()
-}
-
-pub(super) async fn clean(conn: &mut PgConnection, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
-    let mut cleaned = Cleaned::default();
-    if release_orphaned_locks {
-        // Orphaned: the holder is gone or finished. Deferred messages may run again.
-        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH released AS ( \
-               UPDATE entities e SET locked_by = NULL, lock_section = NULL WHERE e.locked_by IS NOT NULL AND NOT EXISTS ( \
-                 SELECT 1 FROM instances i WHERE i.instance_id = e.locked_by AND i.status NOT IN ({})) \
-               RETURNING e.instance_id), \
-             undeferred AS (UPDATE entity_queue q SET deferred = 0 FROM released r WHERE q.instance_id = r.instance_id) \
-             SELECT COUNT(*) FROM released",
-            filters::terminal_statuses()
-        )))
-        .fetch_one(&mut *conn)
-        .await?;
-        cleaned.released = released.get::<i64, _>(0) as u32;
-    }
-    if remove_empty {
-        let removed = sqlx::query(
-            "DELETE FROM entities e WHERE e.state IS NULL AND e.locked_by IS NULL AND e.lease_token IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)",
-        )
-        .execute(&mut *conn)
-        .await?;
-        cleaned.removed = removed.rows_affected() as u32;
-    }
-    Ok(cleaned)
-}
-
-/// Deletes an entity and its queue (purge). Returns how many entities were deleted.
-pub(super) async fn purge(conn: &mut PgConnection, id: &str) -> Result<u32> {
-    sqlx::query("DELETE FROM entity_queue WHERE instance_id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    let done = sqlx::query("DELETE FROM entities WHERE instance_id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(done.rows_affected() as u32)
 }
 
 pub(super) async fn lock(pool: &PgPool, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
@@ -201,29 +217,16 @@ pub(super) async fn lock(pool: &PgPool, lease: &Lease<'_>, max: u32) -> Result<V
     .bind(i64::from(max))
     .fetch_all(pool)
     .await?;
+    // Nothing leased: spare the pool a connection.
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    let mut locked = Vec::with_capacity(rows.len());
+    let leased = rows
+        .iter()
+        .map(|row| Ok((row.try_get("lease_token")?, entity_from_row(row)?)))
+        .collect::<Result<Vec<_>>>()?;
     let mut conn = pool.acquire().await?;
-    for row in &rows {
-        let entity = entity_from_row(row)?;
-        let queue = sqlx::query("SELECT id, event FROM entity_queue WHERE instance_id = $1 AND visible_at <= $2 ORDER BY id")
-            .bind(&entity.instance_id)
-            .bind(lease.now)
-            .fetch_all(&mut *conn)
-            .await?;
-        let queue = queue
-            .iter()
-            .map(|r| Ok((r.get::<i64, _>(0), decode(r.get::<&[u8], _>(1))?)))
-            .collect::<Result<Vec<_>>>()?;
-        locked.push(LockedEntity {
-            token: row.try_get("lease_token")?,
-            entity,
-            queue,
-        });
-    }
-    Ok(locked)
+    entities_txn::with_queues(&mut *conn, leased, lease.now).await
 }
 
 pub(super) async fn release(conn: &mut PgConnection, id: &str, token: &str, ready_at: Micros) -> Result<()> {

@@ -512,7 +512,7 @@ impl Store for PostgresStore {
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
         let mut tx = self.pool.begin().await?;
         if let Ok(entity) = crate::engine::entities::normalize_id(instance_id) {
-            let deleted = entities::purge(&mut tx, &entity).await?;
+            let deleted = entities::purge(&mut *tx, &entity).await?;
             tx.commit().await?;
             return Ok(Purge::Deleted(deleted));
         }
@@ -716,7 +716,7 @@ impl Store for PostgresStore {
 
     async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
         let mut tx = self.pool.begin().await?;
-        let cleaned = entities::clean(&mut tx, remove_empty, release_orphaned_locks).await?;
+        let cleaned = entities::clean(&mut *tx, remove_empty, release_orphaned_locks).await?;
         if cleaned.released > 0 {
             self.notifier.send(&mut tx, None::<&str>).await?;
         }

@@ -1,30 +1,27 @@
-//! Entity rows and queues in SQLite. The rules (what runs, who holds a lock) are the engine's;
-//! this persists its decisions.
+//! Entity rows and queues in SQLite: the statements behind the shared entity transactions
+//! (`store::entities_txn`), plus the reads and the lease. The rules (what runs, who holds a
+//! lock) are the engine's; this persists its decisions.
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use tracing::info;
 
 use super::super::encoding::{decode, encode, status};
+use super::super::entities_txn::{self, EntityStatements, entity};
 use super::super::filters;
 use super::super::*;
-use crate::model::{EntityLock, is_terminal};
-use crate::time;
+
+pub(super) use entities_txn::{clean, enqueue, purge, step as step_in};
 
 pub(super) const DELETE_ALL: [&str; 2] = ["DELETE FROM entity_queue", "DELETE FROM entities"];
 
 pub(super) fn entity_from_row(row: &SqliteRow) -> Result<Entity> {
-    let owner: Option<String> = row.try_get("locked_by")?;
-    let section: Option<String> = row.try_get("lock_section")?;
-    Ok(Entity {
-        instance_id: row.try_get("instance_id")?,
-        state: row.try_get("state")?,
-        lock: owner.map(|owner| EntityLock {
-            owner,
-            critical_section_id: section.unwrap_or_default(),
-        }),
-        last_modified: row.try_get("modified_at")?,
-    })
+    Ok(entity(
+        row.try_get("instance_id")?,
+        row.try_get("state")?,
+        row.try_get("locked_by")?,
+        row.try_get("lock_section")?,
+        row.try_get("modified_at")?,
+    ))
 }
 
 fn summary_from_row(row: &SqliteRow) -> Result<EntitySummary> {
@@ -34,97 +31,150 @@ fn summary_from_row(row: &SqliteRow) -> Result<EntitySummary> {
     })
 }
 
-/// Queues a message for an entity, creating the entity's row on first use.
-pub(super) async fn enqueue(conn: &mut SqliteConnection, m: &Message) -> Result<Delivery> {
-    let at = m
-        .event
-        .timestamp
-        .as_ref()
-        .and_then(|t| time::from_timestamp(t).ok())
-        .unwrap_or(m.visible_at);
-    sqlx::query("INSERT INTO entities (instance_id, modified_at) VALUES (?, ?) ON CONFLICT (instance_id) DO NOTHING")
-        .bind(&m.instance_id)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("INSERT INTO entity_queue (instance_id, visible_at, event) VALUES (?, ?, ?)")
-        .bind(&m.instance_id)
-        .bind(m.visible_at)
-        .bind(encode(&m.event))
-        .execute(&mut *conn)
-        .await?;
-    Ok(Delivery::Queued)
-}
-
-/// One entity step inside a write batch; nothing is written when the lease is gone.
-pub(super) async fn step_in(conn: &mut SqliteConnection, token: &str, c: &EntityCommit) -> Result<Vec<String>> {
-    let held = sqlx::query(
-        "UPDATE entities SET state = ?, locked_by = ?, lock_section = ?, modified_at = ?, ready_at = 0, \
-         lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE instance_id = ? AND lease_token = ?",
-    )
-    .bind(&c.state)
-    .bind(c.lock.as_ref().map(|l| &l.owner))
-    .bind(c.lock.as_ref().map(|l| &l.critical_section_id))
-    .bind(c.now)
-    .bind(&c.instance_id)
-    .bind(token)
-    .execute(&mut *conn)
-    .await?;
-    if held.rows_affected() == 0 {
-        return Err(StoreError::LeaseLost);
+/// Runs `UPDATE .. WHERE id IN (ids)`-style statements; SQLite has no array binds.
+async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
     }
-    let mut consumed = sqlx::QueryBuilder::new("DELETE FROM entity_queue WHERE id IN (");
-    let mut list = consumed.separated(", ");
-    for id in &c.consumed {
+    let mut q = sqlx::QueryBuilder::new(head);
+    let mut list = q.separated(", ");
+    for id in ids {
         list.push_bind(*id);
     }
-    consumed.push(")");
-    if !c.consumed.is_empty() {
-        consumed.build().execute(&mut *conn).await?;
+    q.push(")");
+    q.build().execute(&mut *conn).await?;
+    Ok(())
+}
+
+impl EntityStatements for SqliteConnection {
+    async fn insert_entity(&mut self, id: &str, at: Micros) -> Result<()> {
+        sqlx::query("INSERT INTO entities (instance_id, modified_at) VALUES (?, ?) ON CONFLICT (instance_id) DO NOTHING")
+            .bind(id)
+            .bind(at)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
     }
-    sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ? AND deferred = 1")
+
+    async fn push_queue(&mut self, m: &Message) -> Result<()> {
+        sqlx::query("INSERT INTO entity_queue (instance_id, visible_at, event) VALUES (?, ?, ?)")
+            .bind(&m.instance_id)
+            .bind(m.visible_at)
+            .bind(encode(&m.event))
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_step(&mut self, token: &str, c: &EntityCommit) -> Result<bool> {
+        let held = sqlx::query(
+            "UPDATE entities SET state = ?, locked_by = ?, lock_section = ?, modified_at = ?, ready_at = 0, \
+             lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE instance_id = ? AND lease_token = ?",
+        )
+        .bind(&c.state)
+        .bind(c.lock.as_ref().map(|l| &l.owner))
+        .bind(c.lock.as_ref().map(|l| &l.critical_section_id))
+        .bind(c.now)
         .bind(&c.instance_id)
-        .execute(&mut *conn)
+        .bind(token)
+        .execute(&mut *self)
         .await?;
-    if !c.deferred.is_empty() {
-        let mut q = sqlx::QueryBuilder::new("UPDATE entity_queue SET deferred = 1 WHERE id IN (");
-        let mut list = q.separated(", ");
-        for id in &c.deferred {
-            list.push_bind(*id);
-        }
-        q.push(")");
-        q.build().execute(&mut *conn).await?;
+        Ok(held.rows_affected() > 0)
     }
-    let mut changed = vec![c.instance_id.clone()];
-    for m in &c.messages {
-        super::deliver(conn, m).await?;
+
+    async fn delete_consumed(&mut self, ids: &[i64]) -> Result<()> {
+        for_ids(self, "DELETE FROM entity_queue WHERE id IN (", ids).await
     }
-    for new in &c.starts {
-        let id = &new.instance.instance_id;
+
+    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
+        sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ? AND deferred = 1")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        for_ids(self, "UPDATE entity_queue SET deferred = 1 WHERE id IN (", deferred).await
+    }
+
+    async fn deliver(&mut self, m: &Message) -> Result<Delivery> {
+        super::deliver(self, m).await
+    }
+
+    async fn instance_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
         let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
             .bind(id)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *self)
             .await?;
-        match existing.map(status).transpose()? {
-            Some(s) if !is_terminal(s) => {
-                info!(entity = %c.instance_id, instance_id = %id, "an entity started an orchestration whose id is taken by a live instance; skipped");
-            }
-            existing => {
-                super::insert_new(conn, new, existing.is_some()).await?;
-                changed.push(id.clone());
-            }
-        }
+        existing.map(status).transpose()
     }
-    // An entity with nothing left (no state, no lock, no queue) does not exist any more.
-    if c.state.is_none() && c.lock.is_none() {
+
+    async fn insert_instance(&mut self, new: &NewInstance, replacing: bool) -> Result<()> {
+        super::insert_new(self, new, replacing).await
+    }
+
+    async fn delete_if_unqueued(&mut self, id: &str) -> Result<()> {
         sqlx::query(
             "DELETE FROM entities WHERE instance_id = ? AND NOT EXISTS (SELECT 1 FROM entity_queue WHERE instance_id = entities.instance_id)",
         )
-        .bind(&c.instance_id)
-        .execute(&mut *conn)
+        .bind(id)
+        .execute(&mut *self)
         .await?;
+        Ok(())
     }
-    Ok(changed)
+
+    async fn release_orphaned_locks(&mut self) -> Result<u32> {
+        // Orphaned: the holder is gone or finished. Deferred messages may run again.
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE entities SET locked_by = NULL, lock_section = NULL WHERE locked_by IS NOT NULL AND NOT EXISTS ( \
+               SELECT 1 FROM instances i WHERE i.instance_id = entities.locked_by AND i.status NOT IN ({})) \
+             RETURNING instance_id",
+            filters::terminal_statuses()
+        )))
+        .fetch_all(&mut *self)
+        .await?;
+        for r in &released {
+            sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ?")
+                .bind(r.get::<String, _>(0))
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(released.len() as u32)
+    }
+
+    async fn delete_empty(&mut self) -> Result<u32> {
+        let removed = sqlx::query(
+            "DELETE FROM entities WHERE state IS NULL AND locked_by IS NULL AND lease_token IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = entities.instance_id)",
+        )
+        .execute(&mut *self)
+        .await?;
+        Ok(removed.rows_affected() as u32)
+    }
+
+    async fn delete_queue(&mut self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM entity_queue WHERE instance_id = ?")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_entity(&mut self, id: &str) -> Result<u32> {
+        let done = sqlx::query("DELETE FROM entities WHERE instance_id = ?")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        Ok(done.rows_affected() as u32)
+    }
+
+    async fn visible_queue(&mut self, id: &str, now: Micros) -> Result<Vec<(i64, HistoryEvent)>> {
+        let rows = sqlx::query("SELECT id, event FROM entity_queue WHERE instance_id = ? AND visible_at <= ? ORDER BY id")
+            .bind(id)
+            .bind(now)
+            .fetch_all(&mut *self)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.get::<i64, _>(0), decode(r.get::<&[u8], _>(1))?)))
+            .collect()
+    }
 }
 
 pub(super) async fn get(pool: &SqlitePool, id: &str) -> Result<Option<EntitySummary>> {
@@ -144,51 +194,8 @@ pub(super) async fn query(pool: &SqlitePool, f: &EntityListFilter) -> Result<Vec
     rows.iter().map(summary_from_row).collect()
 }
 
-pub(super) async fn clean(conn: &mut SqliteConnection, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
-    let mut cleaned = Cleaned::default();
-    if release_orphaned_locks {
-        // Orphaned: the holder is gone or finished. Deferred messages may run again.
-        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE entities SET locked_by = NULL, lock_section = NULL WHERE locked_by IS NOT NULL AND NOT EXISTS ( \
-               SELECT 1 FROM instances i WHERE i.instance_id = entities.locked_by AND i.status NOT IN ({})) \
-             RETURNING instance_id",
-            filters::terminal_statuses()
-        )))
-        .fetch_all(&mut *conn)
-        .await?;
-        for r in &released {
-            sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ?")
-                .bind(r.get::<String, _>(0))
-                .execute(&mut *conn)
-                .await?;
-        }
-        cleaned.released = released.len() as u32;
-    }
-    if remove_empty {
-        let removed = sqlx::query(
-            "DELETE FROM entities WHERE state IS NULL AND locked_by IS NULL AND lease_token IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = entities.instance_id)",
-        )
-        .execute(&mut *conn)
-        .await?;
-        cleaned.removed = removed.rows_affected() as u32;
-    }
-    Ok(cleaned)
-}
-
-/// Deletes an entity and its queue (purge). Returns how many entities were deleted.
-pub(super) async fn purge(conn: &mut SqliteConnection, id: &str) -> Result<u32> {
-    sqlx::query("DELETE FROM entity_queue WHERE instance_id = ?")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    let done = sqlx::query("DELETE FROM entities WHERE instance_id = ?")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(done.rows_affected() as u32)
-}
-
+/// Leases up to `max` entities with visible work on the writer, then reads their queues on a
+/// reader so the single writer is held no longer than the lease itself.
 pub(super) async fn lock(writer: &SqlitePool, reader: &SqlitePool, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
     let rows = sqlx::query(
         "UPDATE entities SET lease_token = lower(hex(randomblob(16))), lease_owner = ?1, lease_expires = ?2 \
@@ -203,26 +210,12 @@ pub(super) async fn lock(writer: &SqlitePool, reader: &SqlitePool, lease: &Lease
     .bind(i64::from(max))
     .fetch_all(writer)
     .await?;
-    let mut locked = Vec::with_capacity(rows.len());
+    let leased = rows
+        .iter()
+        .map(|row| Ok((row.try_get("lease_token")?, entity_from_row(row)?)))
+        .collect::<Result<Vec<_>>>()?;
     let mut conn = reader.acquire().await?;
-    for row in &rows {
-        let entity = entity_from_row(row)?;
-        let queue = sqlx::query("SELECT id, event FROM entity_queue WHERE instance_id = ? AND visible_at <= ? ORDER BY id")
-            .bind(&entity.instance_id)
-            .bind(lease.now)
-            .fetch_all(&mut *conn)
-            .await?;
-        let queue = queue
-            .iter()
-            .map(|r| Ok((r.get::<i64, _>(0), decode(r.get::<&[u8], _>(1))?)))
-            .collect::<Result<Vec<_>>>()?;
-        locked.push(LockedEntity {
-            token: row.try_get("lease_token")?,
-            entity,
-            queue,
-        });
-    }
-    Ok(locked)
+    entities_txn::with_queues(&mut *conn, leased, lease.now).await
 }
 
 pub(super) async fn release(writer: &SqlitePool, id: &str, token: &str, ready_at: Micros) -> Result<()> {

@@ -636,7 +636,7 @@ impl Store for SqliteStore {
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
         let mut tx = WriteTx::begin(&self.writer).await?;
         if let Ok(entity) = crate::engine::entities::normalize_id(instance_id) {
-            let deleted = entities::purge(&mut tx, &entity).await?;
+            let deleted = entities::purge(&mut *tx, &entity).await?;
             tx.commit().await?;
             return Ok(Purge::Deleted(deleted));
         }
@@ -773,7 +773,7 @@ impl Store for SqliteStore {
                     now,
                 } => step_in(&mut tx, token, consumed, commit, *now, &self.histories, &mut changes).await,
                 Write::ActivityResult { id, token, result, now } => activity_result_in(&mut tx, *id, token, result, *now).await,
-                Write::EntityStep { token, commit } => entities::step_in(&mut tx, token, commit).await,
+                Write::EntityStep { token, commit } => entities::step_in(&mut *tx, token, commit).await,
             };
             match result {
                 Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
@@ -906,7 +906,7 @@ impl Store for SqliteStore {
 
     async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
         let mut tx = WriteTx::begin(&self.writer).await?;
-        let cleaned = entities::clean(&mut tx, remove_empty, release_orphaned_locks).await?;
+        let cleaned = entities::clean(&mut *tx, remove_empty, release_orphaned_locks).await?;
         tx.commit().await?;
         Ok(cleaned)
     }

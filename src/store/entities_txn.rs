@@ -1,0 +1,138 @@
+//! The entity transactions, written once for both engines: the order of reads and writes that
+//! enqueues a message, persists an entity step, cleans, purges and reads a leased entity's
+//! queue. Each engine's `entities.rs` implements [`EntityStatements`] with its own SQL (SQLite
+//! `IN (..)` lists and a single writer; Postgres array binds and `SKIP LOCKED` picks), so the
+//! two differ only where their databases do.
+
+use std::future::Future;
+
+use tracing::info;
+
+use super::{Cleaned, Delivery, LockedEntity, Result, StoreError};
+use crate::model::{Entity, EntityCommit, EntityLock, Message, NewInstance, is_terminal};
+use crate::proto::{HistoryEvent, OrchestrationStatus};
+use crate::time::{self, Micros};
+
+/// The statements one engine runs for entities, each on the connection of the transaction
+/// (or batch) that calls it.
+pub(super) trait EntityStatements: Send {
+    /// Creates the entity's row if it has none; `at` is its first modification time.
+    fn insert_entity(&mut self, id: &str, at: Micros) -> impl Future<Output = Result<()>> + Send;
+    fn push_queue(&mut self, m: &Message) -> impl Future<Output = Result<()>> + Send;
+    /// Writes the step's state and lock and ends the lease; false when `token` no longer holds it.
+    fn write_step(&mut self, token: &str, c: &EntityCommit) -> impl Future<Output = Result<bool>> + Send;
+    fn delete_consumed(&mut self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    /// Makes exactly `deferred` the entity's deferred messages (earlier ones may run again).
+    fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    /// Delivers a message the step sent (to an orchestration or another entity).
+    fn deliver(&mut self, m: &Message) -> impl Future<Output = Result<Delivery>> + Send;
+    fn instance_status(&mut self, id: &str) -> impl Future<Output = Result<Option<OrchestrationStatus>>> + Send;
+    fn insert_instance(&mut self, new: &NewInstance, replacing: bool) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the entity's row when its queue is empty.
+    fn delete_if_unqueued(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Clears locks held by missing or finished instances and undefers those entities' queues;
+    /// returns how many locks were released.
+    fn release_orphaned_locks(&mut self) -> impl Future<Output = Result<u32>> + Send;
+    /// Deletes unleased entities with no state, no lock and no queue; returns how many.
+    fn delete_empty(&mut self) -> impl Future<Output = Result<u32>> + Send;
+    fn delete_queue(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the entity's row; returns how many rows went (0 or 1).
+    fn delete_entity(&mut self, id: &str) -> impl Future<Output = Result<u32>> + Send;
+    /// The entity's messages visible at `now`, in arrival order.
+    fn visible_queue(&mut self, id: &str, now: Micros) -> impl Future<Output = Result<Vec<(i64, HistoryEvent)>>> + Send;
+}
+
+/// Builds an entity from its columns (both engines select the same ones).
+pub(super) fn entity(
+    instance_id: String,
+    state: Option<String>,
+    locked_by: Option<String>,
+    lock_section: Option<String>,
+    modified_at: Micros,
+) -> Entity {
+    Entity {
+        instance_id,
+        state,
+        lock: locked_by.map(|owner| EntityLock {
+            owner,
+            critical_section_id: lock_section.unwrap_or_default(),
+        }),
+        last_modified: modified_at,
+    }
+}
+
+/// Queues a message for an entity, creating the entity's row on first use.
+pub(super) async fn enqueue<C: EntityStatements>(conn: &mut C, m: &Message) -> Result<Delivery> {
+    // The entity was first touched when the message was sent, if the event says when.
+    let at = m
+        .event
+        .timestamp
+        .as_ref()
+        .and_then(|t| time::from_timestamp(t).ok())
+        .unwrap_or(m.visible_at);
+    conn.insert_entity(&m.instance_id, at).await?;
+    conn.push_queue(m).await?;
+    Ok(Delivery::Queued)
+}
+
+/// One entity step inside a write batch; nothing is written when the lease is gone. Returns the
+/// entity and the orchestrations it started, whose waiters must hear of the change.
+pub(super) async fn step<C: EntityStatements>(conn: &mut C, token: &str, c: &EntityCommit) -> Result<Vec<String>> {
+    if !conn.write_step(token, c).await? {
+        return Err(StoreError::LeaseLost);
+    }
+    conn.delete_consumed(&c.consumed).await?;
+    conn.set_deferred(&c.instance_id, &c.deferred).await?;
+    let mut changed = vec![c.instance_id.clone()];
+    for m in &c.messages {
+        conn.deliver(m).await?;
+    }
+    for new in &c.starts {
+        let id = &new.instance.instance_id;
+        match conn.instance_status(id).await? {
+            Some(s) if !is_terminal(s) => {
+                info!(entity = %c.instance_id, instance_id = %id, "an entity started an orchestration whose id is taken by a live instance; skipped");
+            }
+            existing => {
+                conn.insert_instance(new, existing.is_some()).await?;
+                changed.push(id.clone());
+            }
+        }
+    }
+    // An entity with nothing left (no state, no lock, no queue) does not exist any more.
+    if c.state.is_none() && c.lock.is_none() {
+        conn.delete_if_unqueued(&c.instance_id).await?;
+    }
+    Ok(changed)
+}
+
+pub(super) async fn clean<C: EntityStatements>(conn: &mut C, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
+    let mut cleaned = Cleaned::default();
+    if release_orphaned_locks {
+        cleaned.released = conn.release_orphaned_locks().await?;
+    }
+    if remove_empty {
+        cleaned.removed = conn.delete_empty().await?;
+    }
+    Ok(cleaned)
+}
+
+/// Deletes an entity and its queue (purge). Returns how many entities were deleted.
+pub(super) async fn purge<C: EntityStatements>(conn: &mut C, id: &str) -> Result<u32> {
+    conn.delete_queue(id).await?;
+    conn.delete_entity(id).await
+}
+
+/// Reads the visible queue of each entity just leased (`token`, entity).
+pub(super) async fn with_queues<C: EntityStatements>(
+    conn: &mut C,
+    leased: Vec<(String, Entity)>,
+    now: Micros,
+) -> Result<Vec<LockedEntity>> {
+    let mut locked = Vec::with_capacity(leased.len());
+    for (token, entity) in leased {
+        let queue = conn.visible_queue(&entity.instance_id, now).await?;
+        locked.push(LockedEntity { token, entity, queue });
+    }
+    Ok(locked)
+}

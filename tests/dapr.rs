@@ -692,6 +692,43 @@ async fn routers_to_other_apps_are_refused_and_to_this_app_accepted() {
     assert!(e.message().contains("other-app"), "{}", e.message());
 }
 
+/// Hello answers; CompleteWorkflowTask completes a turn like CompleteOrchestratorTask; the
+/// actions of features this sidecar lacks (stalled and detached workflows) are UNIMPLEMENTED.
+#[tokio::test]
+async fn hello_complete_workflow_task_and_unsupported_actions() {
+    let s = Both::start().await;
+    let mut dapr = s.dapr.clone();
+    dapr.hello(()).await.expect("Hello");
+    let mut worker = s.dapr_worker(vec![]).await;
+    dapr_start(&mut dapr, "cwt", "N").await.unwrap();
+    let (token, _) = worker.workflow().await;
+    for kind in [
+        DpAction::WorkflowVersionNotAvailable(dp::WorkflowVersionNotAvailableAction {}),
+        DpAction::CreateDetachedWorkflow(dp::CreateDetachedWorkflowAction {
+            instance_id: "d".into(),
+            name: "D".into(),
+            ..Default::default()
+        }),
+    ] {
+        let response = dp::WorkflowResponse {
+            instance_id: "cwt".into(),
+            actions: vec![dapr_action(0, kind)],
+            completion_token: token.clone(),
+            ..Default::default()
+        };
+        let e = dapr.complete_workflow_task(response).await.expect_err("unsupported");
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    }
+    let response = dp::WorkflowResponse {
+        instance_id: "cwt".into(),
+        actions: vec![dapr_complete(0, "\"ok\"")],
+        completion_token: token,
+        ..Default::default()
+    };
+    dapr.complete_workflow_task(response).await.expect("CompleteWorkflowTask");
+    assert_eq!(dapr_wait(&mut dapr, "cwt").await.output.as_deref(), Some("\"ok\""));
+}
+
 // ---- RerunWorkflowFromEvent ----
 
 fn schedule(id: i32, name: &str, input: &str) -> dp::WorkflowAction {

@@ -1,8 +1,8 @@
 //! API keys and roles. A caller presents a key as `authorization: Bearer <key>` (what the
 //! managed scheduler's SDK packages send) or `dapr-api-token: <key>` (what Dapr-style apps
 //! send); each key carries one role. [`Keys`] decides who a caller is and is shared by every
-//! listener; [`AuthLayer`] applies it to the gRPC service, and the HTTP listener calls
-//! [`Keys::authorize`] with its request headers the same way.
+//! listener; [`AuthLayer`] applies it to the gRPC service, and the HTTP listener
+//! (`http::access`) calls [`Keys::authorize`] with its request headers the same way.
 //!
 //! With no keys configured every caller is anonymous with the `full` role: the sidecar behaves
 //! as it always did (and warns when it listens beyond loopback that way).
@@ -95,11 +95,19 @@ impl Caller {
     /// The caller a request carries; a request that did not pass through [`AuthLayer`] (a
     /// handler called directly) is treated as the least privileged.
     pub fn of<T>(request: &tonic::Request<T>) -> Caller {
-        request.extensions().get::<Caller>().copied().unwrap_or(Caller {
-            role: Role::Read,
-            destructive_for_writers: false,
-        })
+        request.extensions().get::<Caller>().copied().unwrap_or(Caller::LEAST)
     }
+
+    /// The caller an HTTP request carries (put there by the HTTP listener's key check); a
+    /// request that did not pass that check is treated as the least privileged.
+    pub fn of_http(extensions: &http::Extensions) -> Caller {
+        extensions.get::<Caller>().copied().unwrap_or(Caller::LEAST)
+    }
+
+    const LEAST: Caller = Caller {
+        role: Role::Read,
+        destructive_for_writers: false,
+    };
 }
 
 /// The configured keys, kept as SHA-256 digests so a key never sits in memory in the clear

@@ -41,6 +41,26 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// A client that has not finished its handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The configurations in use: the gRPC listeners offer only HTTP/2 (gRPC needs it); the HTTP
+/// listener offers HTTP/1.1 too, which browsers, curl and most HTTP clients may pick.
+#[derive(Clone)]
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn load(files: &Files) -> Result<Configs, String> {
+        let grpc = load(files)?;
+        let mut http = (*grpc).clone();
+        http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Configs {
+            grpc,
+            http: Arc::new(http),
+        })
+    }
+}
+
 /// Reads the files into a server configuration that speaks HTTP/2 (gRPC needs it).
 pub fn load(files: &Files) -> Result<Arc<ServerConfig>, String> {
     let certs = CertificateDer::pem_file_iter(&files.cert)
@@ -82,11 +102,12 @@ pub fn load(files: &Files) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// The configuration in use, replaced on reload.
+/// The configuration in use, replaced on reload; one for every listener, so gRPC and HTTP
+/// always present the same certificate and ask for the same client certificates.
 #[derive(Clone)]
 pub struct Acceptor {
     files: Files,
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    current: Arc<RwLock<Configs>>,
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -98,7 +119,7 @@ impl std::fmt::Debug for Acceptor {
 impl Acceptor {
     /// Loads the files; fails if they are unusable (the sidecar does not start without them).
     pub fn new(files: Files) -> Result<Acceptor, String> {
-        let config = load(&files)?;
+        let config = Configs::load(&files)?;
         Ok(Acceptor {
             files,
             current: Arc::new(RwLock::new(config)),
@@ -107,7 +128,7 @@ impl Acceptor {
 
     /// Reads the files again; keeps the old configuration if they are not usable.
     pub fn reload(&self, why: &str) {
-        match load(&self.files) {
+        match Configs::load(&self.files) {
             Ok(config) => {
                 *self.current.write().unwrap() = config;
                 info!(cert = %self.files.cert.display(), why, "TLS configuration reloaded");
@@ -158,14 +179,24 @@ impl Acceptor {
             .collect()
     }
 
-    /// The TLS handshake on one accepted connection.
+    /// The TLS handshake on one accepted gRPC connection.
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        let config = self.current.read().unwrap().clone();
-        let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+        let config = self.current.read().unwrap().grpc.clone();
+        handshake(config, tcp).await
     }
+
+    /// The TLS handshake on one accepted HTTP connection (HTTP/1.1 or HTTP/2).
+    pub async fn accept_http(&self, tcp: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        let config = self.current.read().unwrap().http.clone();
+        handshake(config, tcp).await
+    }
+}
+
+async fn handshake(config: Arc<ServerConfig>, tcp: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
 
 /// An accepted connection, in the clear or over TLS: the one type the gRPC server is given.

@@ -17,6 +17,7 @@ use super::State as App;
 use super::error::{ApiError, ApiResult};
 use super::links;
 use super::payload::{self, Show};
+use crate::auth::Caller;
 use crate::model::{is_terminal, parse_runtime_status};
 use crate::proto::purge_instances_request::Request as PurgeTarget;
 use crate::proto::*;
@@ -334,7 +335,8 @@ async fn purge_one(State(app): State<App>, Path(id): Path<String>, RawQuery(quer
     }
 }
 
-async fn purge_by_filter(State(app): State<App>, RawQuery(query): RawQuery) -> ApiResult {
+async fn purge_by_filter(State(app): State<App>, caller: Caller, RawQuery(query): RawQuery) -> ApiResult {
+    caller.may_destroy()?;
     let q = Query::parse(query);
     let Some(from) = q.time("createdTimeFrom")? else {
         return Err(ApiError::bad_request("Please provide value for 'createdTimeFrom'"));

@@ -35,6 +35,8 @@ impl From<tonic::Status> for ApiError {
         let status = match s.code() {
             Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::AlreadyExists => StatusCode::CONFLICT,
             // Purging a live instance, rewinding one that did not fail.
             Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,

@@ -4,9 +4,10 @@
 //!
 //! Handlers translate HTTP to the same request types the gRPC service takes and call the same
 //! [`Service`] methods, so every rule (id checks, reuse policy, which instances may be purged)
-//! lives in one place. [`router`] is the one place the routes are put together: later layers
-//! (TLS, API keys) and later routes (dashboard assets, live updates) are added there.
+//! lives in one place. [`router`] is the one place the routes are put together, behind the
+//! API-key check ([`access`]); [`serve`] serves them in the clear or over TLS.
 
+mod access;
 mod api;
 pub mod dashboard;
 mod error;
@@ -14,14 +15,17 @@ mod links;
 mod openapi;
 pub(crate) mod payload;
 mod probes;
+mod secure;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::warn;
 
+use crate::auth::Keys;
 use crate::grpc::Service;
 
 pub use api::BASE_PATH;
@@ -42,14 +46,18 @@ pub struct Settings {
 pub(crate) struct State {
     pub service: Service,
     pub public_url: Option<Arc<str>>,
+    /// True once a shutdown drain began: `/readyz` answers 503 from then on.
+    pub draining: watch::Receiver<bool>,
 }
 
-/// Every route the listener serves.
-pub fn router(service: Service, settings: Settings) -> Router {
+/// Every route the listener serves, each checked against `keys`; `draining` turns true when
+/// the shutdown drain begins.
+pub fn router(service: Service, settings: Settings, keys: Keys, draining: watch::Receiver<bool>) -> Router {
     let dashboard = settings.dashboard.map(|d| dashboard::routes(service.clone(), d));
     let state = State {
         service,
         public_url: settings.public_url.map(Arc::from),
+        draining,
     };
     let router = Router::new()
         .merge(api::routes())
@@ -57,30 +65,36 @@ pub fn router(service: Service, settings: Settings) -> Router {
         .merge(openapi::routes())
         .fallback(error::no_route)
         .with_state(state);
-    match dashboard {
+    let router = match dashboard {
         Some(d) => router.merge(d),
         None => router,
-    }
+    };
+    router.layer(axum::middleware::from_fn_with_state(keys, access::check))
 }
 
-/// Serves `router` on every listener until `shutdown` resolves; open requests may finish.
+/// Serves `router` on every listener, over TLS when `tls` is set, until `shutdown` resolves;
+/// open requests may finish.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     router: Router,
+    tls: Option<crate::tls::Acceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
         let app = router.clone();
-        servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        match &tls {
+            None => servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
+            Some(acceptor) => {
+                let listener = secure::TlsListener::new(listener, acceptor.clone())?;
+                servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
+            }
+        };
     }
     tokio::spawn(async move {
         shutdown.await;

@@ -1,5 +1,5 @@
-//! What operators and orchestrators poll: `/healthz` (the process answers), `/readyz` (and
-//! its store answers too) and `/metrics` (Prometheus text format).
+//! What operators and orchestrators poll: `/healthz` (the process answers), `/readyz` (its
+//! store answers too and no shutdown drain has begun) and `/metrics` (Prometheus text format).
 
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ async fn live() -> Response {
 }
 
 async fn ready(State(app): State<App>) -> Response {
+    // A draining sidecar takes no new traffic, whatever its store says.
+    if *app.draining.borrow() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n".into());
+    }
     match tokio::time::timeout(READY_WITHIN, app.service.store().next_due(time::now())).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n".into()),
         Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")),

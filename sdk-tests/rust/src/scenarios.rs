@@ -514,7 +514,9 @@ async fn rerun_from_an_activity_runs_it_again(sidecar: Sidecar) -> Outcome {
         .ok_or("no second TaskScheduled")?
         .event_id;
 
-    let options = RerunOptions::new().with_new_instance_id("twice-again").with_input(Some("10".into()));
+    let options = RerunOptions::new()
+        .with_new_instance_id("twice-again")
+        .with_input(Some("10".into()));
     let id = c
         .rerun_orchestration_from_event(&source, second as u32, options)
         .await
@@ -528,7 +530,11 @@ async fn rerun_from_an_activity_runs_it_again(sidecar: Sidecar) -> Outcome {
         s.serialized_output,
         s.failure_details
     );
-    ensure!(calls.load(Ordering::SeqCst) == 3, "activity calls {} (2 + the rerun one)", calls.load(Ordering::SeqCst));
+    ensure!(
+        calls.load(Ordering::SeqCst) == 3,
+        "activity calls {} (2 + the rerun one)",
+        calls.load(Ordering::SeqCst)
+    );
     let events = c.get_instance_history(&id).await.map_err(|e| e.to_string())?;
     let marked = events.iter().any(|e| {
         matches!(&e.event_type, Some(EventType::TaskScheduled(t))

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::filter::{MAX_PAGE, Page};
 use super::{Dashboard, Need};
+use crate::auth::Caller;
 use crate::http::error::{ApiError, ApiResult};
 use crate::proto::purge_instances_request::Request as PurgeTarget;
 use crate::proto::*;
@@ -53,9 +54,13 @@ impl Action {
     }
 }
 
+fn selection_is_filter(query: &str) -> bool {
+    form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "all" && (v == "1" || v == "true"))
+}
+
 /// The selection: ids from the body, or every instance matching the filter.
 async fn selection(d: &Dashboard, query: &str, body: &Bytes) -> ApiResult<(Vec<String>, bool, Option<String>)> {
-    let all = form_urlencoded::parse(query.as_bytes()).any(|(k, v)| k == "all" && (v == "1" || v == "true"));
+    let all = selection_is_filter(query);
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
@@ -107,7 +112,7 @@ async fn selection(d: &Dashboard, query: &str, body: &Bytes) -> ApiResult<(Vec<S
     }
 }
 
-pub async fn run(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> ApiResult {
+pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> ApiResult {
     d.permit(&headers, Need::Write)?;
     let query = query.unwrap_or_default();
     let mut action = None;
@@ -122,6 +127,10 @@ pub async fn run(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers:
         }
     }
     let action = action.ok_or_else(|| ApiError::bad_request("action is required"))?;
+    // Purging a whole filter is the API's purge by filter: a destructive call.
+    if action == Action::Purge && selection_is_filter(&query) {
+        caller.may_destroy()?;
+    }
     let (ids, more, data) = selection(&d, &query, &body).await?;
     let mut succeeded = 0u64;
     let mut deleted = 0i64;

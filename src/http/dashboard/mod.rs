@@ -42,8 +42,8 @@ struct Dashboard {
     settings: Arc<Settings>,
 }
 
-/// What a request needs to be allowed. The HTTP listener's API-key layer decides who the
-/// caller is; [`Dashboard::permit`] is the one place the dashboard asks it.
+/// What a request needs to be allowed beyond its API key (checked in front of every route by
+/// `http::access`): [`Dashboard::permit`] is the one place the dashboard's own rule lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
     Read,
@@ -51,8 +51,7 @@ enum Need {
 }
 
 impl Dashboard {
-    /// Refuses actions in read-only mode. Reads are open to whoever reached the listener: API
-    /// keys, when configured, are checked in front of every route.
+    /// Refuses actions in read-only mode.
     fn permit(&self, _headers: &HeaderMap, need: Need) -> ApiResult<()> {
         if need == Need::Write && self.settings.read_only {
             return Err(ApiError::new(

@@ -634,6 +634,29 @@ test("entity: a lock held at completion is released, others wait meanwhile", asy
   assert.equal(after.backlogQueueSize, 0);
 });
 
+test("entity: a terminated holder's lock is released", async () => {
+  const key = unique("acct-terminated");
+  const id = new EntityInstanceId("account", key);
+  await client.signalEntity(id, "deposit", 3);
+  await untilState(id, 3);
+  const holder = await start("LockAndWait", key);
+  await until("the lock to be taken", async () => (await client.getEntity(id)).lockedBy === holder);
+  await client.signalEntity(id, "deposit", 1);
+  await client.terminateOrchestration(holder, "stop");
+  assert.equal((await done(holder)).runtimeStatus, S.TERMINATED);
+  await untilState(id, 4); // the queued signal runs once the lock is gone
+  assert.equal((await client.getEntity(id)).lockedBy, undefined);
+});
+
+test("entity: purge by entity id deletes the entity", async () => {
+  const id = new EntityInstanceId("counter", unique("purge"));
+  await client.signalEntity(id, "add", 9);
+  await untilState(id, 9);
+  const result = await client.purgeOrchestration(id.toString());
+  assert.equal(result.deletedInstanceCount, 1);
+  assert.equal(await client.getEntity(id), undefined);
+});
+
 test("entity: delete, function and class entities", async () => {
   const counter = new EntityInstanceId("counter", unique("delete"));
   await client.signalEntity(counter, "add", 7);

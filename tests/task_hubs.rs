@@ -293,10 +293,11 @@ async fn without_named_hubs_only_the_default_is_served() {
     expect_code(mine.get_instance(GetInstanceRequest::default()).await, Code::InvalidArgument);
 }
 
-/// A sidecar on a database of the test's choosing; stops when dropped.
+/// A sidecar on a database of the test's choosing; stops when dropped or told to.
 struct Server {
     addr: std::net::SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
 }
 
 async fn serve_on(url: &str) -> Server {
@@ -306,7 +307,7 @@ async fn serve_on(url: &str) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
         };
@@ -314,7 +315,11 @@ async fn serve_on(url: &str) -> Server {
             .await
             .expect("serve");
     });
-    Server { addr, _stop: stop }
+    Server {
+        addr,
+        stop: Some(stop),
+        served,
+    }
 }
 
 async fn client_of(addr: std::net::SocketAddr, hub: Option<&str>) -> HubClient {
@@ -381,4 +386,40 @@ async fn sidecars_sharing_postgres_share_named_hubs() {
         get(&mut default_on_a, "n2").await.unwrap().orchestration_status(),
         OrchestrationStatus::Pending
     );
+}
+
+/// The drain at shutdown covers every hub: a named hub's item in flight may still be answered,
+/// then its worker stream ends cleanly and the server stops.
+#[tokio::test]
+async fn shutdown_drains_named_hubs_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let mut server = serve_on(&url).await;
+    let mut alpha = client_of(server.addr, Some("alpha")).await;
+    start(&mut alpha, "held", "1").await;
+    let mut worker = alpha
+        .get_work_items(GetWorkItemsRequest::default())
+        .await
+        .expect("GetWorkItems")
+        .into_inner();
+    let item = orchestrations(&mut worker, 1).await.remove(0);
+
+    drop(server.stop.take());
+    finish(&mut alpha, "held", &item.1, "\"answered while draining\"").await;
+    loop {
+        match guarded("the end of the stream", worker.message()).await {
+            Ok(Some(_)) => continue, // health pings
+            Ok(None) => break,
+            Err(status) => panic!("the stream should end cleanly: {status:?}"),
+        }
+    }
+    guarded("the server to stop", &mut server.served).await.expect("server task");
+
+    // The answer was committed to the hub's own file.
+    let store = outrigger::store::open_hub(&url, "alpha", &Default::default())
+        .await
+        .expect("reopen");
+    let held = store.get_instance("held").await.expect("read").expect("exists");
+    assert_eq!(held.output.as_deref(), Some("\"answered while draining\""));
+    assert!(dir.path().join("t.hub-alpha.db").exists());
 }

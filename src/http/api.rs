@@ -118,7 +118,8 @@ impl Query {
     fn wait(&self, name: &str) -> ApiResult<Option<Duration>> {
         let Some(v) = self.get(name) else { return Ok(None) };
         match v.parse::<f64>() {
-            Ok(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s).min(MAX_WAIT))),
+            // Capped before converting: a huge number of seconds is no Duration.
+            Ok(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))),
             _ => Err(ApiError::bad_request(format!("{name} must be a number of seconds, got '{v}'"))),
         }
     }
@@ -438,4 +439,20 @@ async fn restart(State(app): State<App>, Path(id): Path<String>, RawQuery(query)
         Err(e) => return Err(e.into()),
     };
     started_response(&app, &headers, &restarted.instance_id, wait).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_capped_not_converted_whole() {
+        let wait = |v: &str| Query::parse(Some(format!("timeout={v}"))).wait("timeout").map_err(|e| e.status);
+        assert_eq!(wait("1.5"), Ok(Some(Duration::from_millis(1500))));
+        // Seconds beyond what a Duration holds are the longest wait, not a crash.
+        assert_eq!(wait("1e300"), Ok(Some(MAX_WAIT)));
+        for bad in ["-1", "NaN", "inf", "soon"] {
+            assert_eq!(wait(bad), Err(StatusCode::BAD_REQUEST), "{bad}");
+        }
+    }
 }

@@ -113,7 +113,7 @@ run_go() {
     local p f
     p=$(grep -c -E '^--- PASS' "$log")
     f=$(grep -c -E '^--- FAIL' "$log")
-    echo "$p passed, $f failed" >>"$log"
+    printf '\n%s passed, %s failed\n' "$p" "$f" >>"$log" # its output may end without a newline
     add_counts go "$log" "$rc"
     rm -f "$log"
 }
@@ -123,7 +123,7 @@ run_java() {
     local dir="$HERE/java"
     local log
     log=$(mktemp)
-    (cd "$dir" && mvn -q -B -ntp test) 2>&1 | tee "$log"
+    (cd "$dir" && rm -rf target/surefire-reports && mvn -q -B -ntp test) 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     local p=0 f=0 report
     for report in "$dir"/target/surefire-reports/TEST-*.xml; do
@@ -136,7 +136,11 @@ run_java() {
         p=$((p + tests - failures - errors - skipped))
         f=$((f + failures + errors))
     done
-    echo "$p passed, $f failed" >>"$log"
+    if [ $((p + f)) -eq 0 ]; then
+        echo "sdk-tests: the Java suite left no test reports in $dir/target/surefire-reports" >&2
+        f=1
+    fi
+    printf '\n%s passed, %s failed\n' "$p" "$f" >>"$log" # its output may end without a newline
     add_counts java "$log" "$rc"
     rm -f "$log"
 }

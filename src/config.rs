@@ -188,6 +188,12 @@ pub struct Config {
     #[arg(long, env = "OUTRIGGER_DRAIN_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600), help_heading = "Deployment")]
     pub drain_seconds: u64,
 
+    /// Most named task hubs (chosen by the `taskhub` gRPC metadata) served besides the default
+    /// hub; each is opened on its first call and holds its own store connections and dispatch
+    /// loop. 0 serves the default hub only.
+    #[arg(long, env = "OUTRIGGER_MAX_TASK_HUBS", default_value_t = 16, value_parser = clap::value_parser!(u64).range(0..=256), help_heading = "Task hubs")]
+    pub max_task_hubs: u64,
+
     /// Serve the dashboard at / on the HTTP listener.
     #[arg(long, env = "OUTRIGGER_DASHBOARD", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Dashboard")]
     pub dashboard: bool,
@@ -297,6 +303,14 @@ impl Config {
 
     pub fn store_options(&self) -> crate::store::Options {
         crate::store::Options { pool_size: self.pool_size }
+    }
+
+    /// Named task hubs live beside the default hub, in the same database.
+    pub fn task_hubs(&self) -> crate::hubs::Settings {
+        crate::hubs::Settings {
+            database: Some((self.database_url(), self.store_options())),
+            max: self.max_task_hubs as usize,
+        }
     }
 
     pub fn entity_work_items(&self) -> crate::dispatch::EntityWorkItems {

@@ -12,6 +12,7 @@
 //! - [`http`]: the Durable Functions HTTP management API, probes and `/metrics`.
 //! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.
 //! - [`cli`]: `outrigger instances ...`, a gRPC client of a running sidecar.
+//! - [`hubs`]: task hubs chosen by the `taskhub` metadata, each with its own store and dispatcher.
 //! - [`server`]: wires the pieces together and serves until shutdown.
 //! - [`auth`], [`tls`]: API keys and roles, TLS with reload; shared by every listener.
 
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod grpc;
 pub mod http;
+pub mod hubs;
 pub mod limits;
 pub mod metrics;
 pub mod model;

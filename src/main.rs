@@ -118,6 +118,7 @@ async fn serve(config: Config) -> ExitCode {
         entity_reorder_window_minutes = config.entity_reorder_window_minutes,
         http_port = ?config.http_port,
         metrics = config.metrics,
+        max_task_hubs = config.max_task_hubs,
         version = env!("CARGO_PKG_VERSION"),
         "starting outrigger"
     );
@@ -254,6 +255,7 @@ async fn serve(config: Config) -> ExitCode {
         tls,
         health_listeners,
         drain: config.drain(),
+        task_hubs: config.task_hubs(),
     };
     let outcome = server::serve(listeners, store, options, shutdown_signal()).await;
     // The last spans are exported before exit; this blocks on the network, so off the runtime.

@@ -17,11 +17,9 @@ use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthLayer, Keys};
-use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
-use crate::dapr::{DaprService, guard};
-use crate::dispatch::{self, AbortOnDrop, Dispatcher};
-use crate::grpc::Service;
-use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
+use crate::dapr::guard;
+use crate::dispatch::{self, AbortOnDrop};
+use crate::hubs::{self, Hubs, Route};
 use crate::store::Store;
 use crate::telemetry::{RpcLayer, Telemetry};
 use crate::tls::{self, Conn};
@@ -59,6 +57,8 @@ pub struct Options {
     pub health_listeners: Vec<TcpListener>,
     /// How long work items in flight at shutdown may take to finish.
     pub drain: Duration,
+    /// Named task hubs beside the default one (the store given to [`serve`]).
+    pub task_hubs: hubs::Settings,
 }
 
 impl Default for Options {
@@ -75,6 +75,7 @@ impl Default for Options {
             tls: None,
             health_listeners: vec![],
             drain: Duration::from_secs(10),
+            task_hubs: hubs::Settings::default(),
         }
     }
 }
@@ -159,17 +160,24 @@ pub struct Listeners {
     pub http: Vec<TcpListener>,
 }
 
-/// Serves both dialects over one dispatcher and store until `shutdown` resolves.
+/// Serves both dialects until `shutdown` resolves: the default task hub on `store`, named hubs
+/// (chosen by the `taskhub` metadata) on stores opened as `options.task_hubs` says.
 pub async fn serve(
     listeners: Listeners,
     store: Arc<dyn Store>,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let dispatcher = Dispatcher::new(store.clone(), options.dispatch.clone(), options.telemetry.clone());
-    let _dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
-
-    let handlers = Service::new(store, dispatcher.clone(), options.max_wait);
+    let recipe = hubs::Recipe {
+        dispatch: options.dispatch.clone(),
+        telemetry: options.telemetry.clone(),
+        max_wait: options.max_wait,
+        max_message_bytes: options.max_message_bytes,
+        dapr_app_id: options.dapr_app_id.clone(),
+    };
+    let hubs = Hubs::new(store, recipe, options.task_hubs.clone());
+    // The HTTP API serves the default hub only.
+    let handlers = hubs.default_hub().handlers.clone();
     let http_listeners = listeners.http;
     let (http_stop_tx, mut http_stop) = tokio::sync::watch::channel(false);
     let (draining_tx, draining) = tokio::sync::watch::channel(false);
@@ -185,12 +193,8 @@ pub async fn serve(
             }
         }))
     });
-    let service = TaskHubSidecarServiceServer::new(handlers.clone())
-        .max_decoding_message_size(options.max_message_bytes)
-        .max_encoding_message_size(options.max_message_bytes);
-    let dapr_service = DaprServer::new(DaprService::new(handlers, options.dapr_app_id.clone()))
-        .max_decoding_message_size(options.max_message_bytes)
-        .max_encoding_message_size(options.max_message_bytes);
+    let service = Route::new(hubs.clone(), |hub| hub.microsoft.clone());
+    let dapr_service = Route::new(hubs.clone(), |hub| hub.dapr.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
     health.set_service_status(LIVENESS, ServingStatus::Serving).await;
@@ -220,7 +224,7 @@ pub async fn serve(
         })
         .collect();
 
-    let closer = dispatcher.clone();
+    let closer = hubs.clone();
     let drain = options.drain;
     let graceful = async move {
         shutdown.await;
@@ -302,7 +306,7 @@ pub async fn serve(
             tokio::time::sleep(GRACE).await;
         } => warn!("calls still open after the grace period (long waits); closing them"),
     }
-    dispatcher.release_everything().await;
+    hubs.release_everything().await;
     Ok(())
 }
 

@@ -42,6 +42,7 @@ on_both_stores!(
     a_wait_without_a_deadline_is_capped,
     without_inputs_and_outputs_a_failed_instance_shows_no_failure_details,
     every_orchestrator_work_item_carries_entity_parameters,
+    workers_with_dotnet_filters_get_only_what_they_registered,
 );
 
 /// What the .NET worker sends when it connects: concurrency limits of 100 per processor (a
@@ -437,4 +438,144 @@ async fn the_default_entity_reorder_window_is_thirty_minutes() {
     let (_, request) = worker.orchestration().await;
     let window = request.entity_parameters.and_then(|p| p.entity_message_reorder_window);
     assert_eq!(window, Some(prost_types::Duration { seconds: 1800, nanos: 0 }));
+}
+
+/// Work-item filters as `UseWorkItemFilters()` builds them from a worker's registry
+/// (`DurableTaskWorkerWorkItemFilters.FromDurableTaskRegistry`): one entry per registered name;
+/// no versions when only unversioned code is registered (any version will do), otherwise the
+/// registered versions, sorted, with "" for an unversioned registration (or, under strict
+/// versioning, just the worker's version); entities by name; and the message is sent with
+/// every kind, even a kind with no entries.
+fn dotnet_filtered_worker(orchestrations: &[(&str, &[&str])], activities: &[(&str, &[&str])], entities: &[&str]) -> GetWorkItemsRequest {
+    let versions = |v: &[&str]| v.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+    GetWorkItemsRequest {
+        work_item_filters: Some(WorkItemFilters {
+            orchestrations: orchestrations
+                .iter()
+                .map(|(name, v)| OrchestrationFilter {
+                    name: name.to_string(),
+                    versions: versions(v),
+                })
+                .collect(),
+            activities: activities
+                .iter()
+                .map(|(name, v)| ActivityFilter {
+                    name: name.to_string(),
+                    versions: versions(v),
+                })
+                .collect(),
+            entities: entities.iter().map(|name| EntityFilter { name: name.to_string() }).collect(),
+        }),
+        ..dotnet_worker_request()
+    }
+}
+
+fn versioned_start(name: &str, version: Option<&str>) -> CreateInstanceRequest {
+    CreateInstanceRequest {
+        version: version.map(Into::into),
+        ..dotnet_start(name, "null")
+    }
+}
+
+/// Two .NET workers on one task hub, each hosting its own orchestrations and activities, as in
+/// the report (before filters, each was sent everything and failed what it did not
+/// host). Work nobody connected has registered waits until a worker that has it connects.
+async fn workers_with_dotnet_filters_get_only_what_they_registered(backend: Backend) {
+    let sidecar = Sidecar::on(backend, |_| {}).await;
+    let mut client = sidecar.client.clone();
+    let mut a = sidecar
+        .worker_with(dotnet_filtered_worker(
+            &[("Chain", &[]), ("Versioned", &["1.0", "2.0"])],
+            &[("Hello", &[])],
+            &["counter"],
+        ))
+        .await;
+    let mut ids = HashMap::new();
+    for (key, name, version) in [
+        ("only_b", "OnlyB", None),
+        ("v3", "Versioned", Some("3.0")),
+        ("unversioned", "Versioned", None),
+        ("chain", "Chain", None),
+        ("v2", "Versioned", Some("2.0")),
+    ] {
+        let id = client
+            .start_instance(versioned_start(name, version))
+            .await
+            .expect("StartInstance")
+            .into_inner()
+            .instance_id;
+        ids.insert(key, id);
+    }
+
+    // Worker A gets exactly its two: Chain, and Versioned at a version it registered.
+    let held = a.orchestrations(2).await;
+    let mut got: Vec<_> = held.keys().cloned().collect();
+    got.sort();
+    let mut expected = vec![ids["chain"].clone(), ids["v2"].clone()];
+    expected.sort();
+    assert_eq!(got, expected, "worker A's orchestrations");
+
+    // Worker B hosts one orchestration and its activity, and no entities.
+    let mut b = sidecar
+        .worker_with(dotnet_filtered_worker(&[("OnlyB", &[])], &[("OnlyBActivity", &[])], &[]))
+        .await;
+    let (b_token, b_item) = b.orchestration().await;
+    assert_eq!(b_item.instance_id, ids["only_b"], "worker B's orchestration");
+
+    // Each one's activity goes to the worker that registered it.
+    let (a_token, _) = &held[&ids["chain"]];
+    client
+        .complete_orchestrator_task(dotnet_answer(
+            a_token,
+            &ids["chain"],
+            vec![schedule_task(0, "Hello", "\"x\"")],
+            None,
+        ))
+        .await
+        .expect("Chain step");
+    client
+        .complete_orchestrator_task(dotnet_answer(
+            &b_token,
+            &ids["only_b"],
+            vec![schedule_task(0, "OnlyBActivity", "1")],
+            None,
+        ))
+        .await
+        .expect("OnlyB step");
+    let (_, activity) = a.activity().await;
+    assert_eq!(activity.name, "Hello");
+    let (_, activity) = b.activity().await;
+    assert_eq!(activity.name, "OnlyBActivity");
+
+    // An entity nobody connected hosts waits for a worker that does: neither A (other entities)
+    // nor B (none) takes it.
+    client
+        .signal_entity(SignalEntityRequest {
+            instance_id: "@ledger@1".into(),
+            name: "add".into(),
+            input: Some("1".into()),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("SignalEntity");
+
+    // The versions nobody had wait as well, and go to the workers that register them: one with
+    // unversioned and 1.0 registered, one under strict versioning at 3.0.
+    let mut c = sidecar
+        .worker_with(dotnet_filtered_worker(&[("Versioned", &["", "1.0"])], &[], &[]))
+        .await;
+    let (_, item) = c.orchestration().await;
+    assert_eq!(item.instance_id, ids["unversioned"], "the unversioned instance");
+    let mut d = sidecar
+        .worker_with(dotnet_filtered_worker(&[("Versioned", &["3.0"])], &[], &[]))
+        .await;
+    let (_, item) = d.orchestration().await;
+    assert_eq!(item.instance_id, ids["v3"], "the 3.0 instance");
+    let mut e = sidecar.worker_with(dotnet_filtered_worker(&[], &[], &["ledger"])).await;
+    let item = e.next().await;
+    match item.request {
+        Some(work_item::Request::EntityRequestV2(r)) => assert_eq!(r.instance_id, "@ledger@1"),
+        other => panic!("expected the ledger's entity work item, got {other:?}"),
+    }
 }

@@ -30,6 +30,10 @@ if [ -z "${OUTRIGGER_BIN:-}" ]; then
   export OUTRIGGER_BIN="$ROOT/target/release/outrigger"
 fi
 
+# The image's own binary (the `image` profile, optimised across crates) takes the longest to
+# build; build it here, outside the tests' time limits, so image.sh finds it ready.
+(cd "$ROOT" && cargo build --locked --profile image --bin outrigger) || { echo "0 passed, 1 failed"; exit 1; }
+
 venv="$ROOT/sdk-tests/python/.venv"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" || { echo "0 passed, 1 failed"; exit 1; }

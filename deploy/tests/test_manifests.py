@@ -1,6 +1,7 @@
 """Shape checks of the deployment files (no cluster, no compose engine here): the Kubernetes
-manifests as deploy/kubernetes/render.py renders them in both forms, the committed copies, and
-deploy/compose.yaml. What is checked: the native sidecar's restart policy and place, probes on
+manifests as deploy/kubernetes/render.py renders them in both forms, the committed copies, the
+kustomize overlays of deploy/kustomize (built by its build.py, since kustomize cannot be
+installed here) and deploy/compose.yaml. What is checked: the native sidecar's restart policy and place, probes on
 the health service and port, ports, resources, security context, and that no secret value is
 written in any file."""
 
@@ -15,15 +16,33 @@ import yaml
 from conftest import ROOT
 
 KUBE = ROOT / "deploy" / "kubernetes"
-spec = importlib.util.spec_from_file_location("render", KUBE / "render.py")
-render = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(render)
+KUSTOMIZE = ROOT / "deploy" / "kustomize"
+
+
+def load(name: str, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render = load("render", KUBE / "render.py")
+kustomize = load("kustomize_build", KUSTOMIZE / "build.py")
 
 FORMS = ("native", "classic")
+# Where the manifests come from: the renderer, or the kustomize overlay of the same form.
+SOURCES = ("render", "kustomize")
 
 
-def pod_of(form: str, **overrides) -> dict:
-    docs = [d for d in yaml.safe_load_all(render.render(form, overrides)) if d]
+def docs_of(form: str, source: str = "render", **overrides) -> list[dict]:
+    if source == "kustomize":
+        assert not overrides, "overlays take no values; patch them instead"
+        return kustomize.build(KUSTOMIZE / "overlays" / form)
+    return [d for d in yaml.safe_load_all(render.render(form, overrides)) if d]
+
+
+def pod_of(form: str, source: str = "render", **overrides) -> dict:
+    docs = docs_of(form, source, **overrides)
     assert [d["kind"] for d in docs] == ["Deployment"]
     return docs[0]["spec"]["template"]["spec"]
 
@@ -44,23 +63,37 @@ def test_committed_manifests_are_what_the_renderer_makes(form):
     assert committed == render.render(form), f"re-run: deploy/kubernetes/render.py {form}"
 
 
-def test_native_form_is_an_init_container_that_always_restarts():
-    pod = pod_of("native")
+def test_the_kustomize_base_is_the_renderers_native_form():
+    committed = (KUSTOMIZE / "base" / "deployment.yaml").read_text()
+    assert committed == render.render("native"), \
+        "re-run: deploy/kubernetes/render.py native > deploy/kustomize/base/deployment.yaml"
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_each_kustomize_overlay_builds_the_renderers_form(form):
+    assert kustomize.build(KUSTOMIZE / "overlays" / form) == docs_of(form)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_native_form_is_an_init_container_that_always_restarts(source):
+    pod = pod_of("native", source)
     assert [c["name"] for c in pod["initContainers"]] == ["outrigger"]
     assert pod["initContainers"][0]["restartPolicy"] == "Always"
     assert [c["name"] for c in pod["containers"]] == ["app"]
 
 
-def test_classic_form_is_a_second_container_without_a_restart_policy():
-    pod = pod_of("classic")
+@pytest.mark.parametrize("source", SOURCES)
+def test_classic_form_is_a_second_container_without_a_restart_policy(source):
+    pod = pod_of("classic", source)
     assert "initContainers" not in pod
     assert [c["name"] for c in pod["containers"]] == ["app", "outrigger"]
     assert "restartPolicy" not in sidecar_of(pod)
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("form", FORMS)
-def test_probes_ask_the_health_service_on_the_health_port(form):
-    sidecar = sidecar_of(pod_of(form))
+def test_probes_ask_the_health_service_on_the_health_port(form, source):
+    sidecar = sidecar_of(pod_of(form, source))
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
     assert ports == {"grpc": 4001, "health": 4002}
     env = env_of(sidecar)
@@ -87,10 +120,16 @@ def test_resources_security_and_drain_fit_together(form):
     assert pod["terminationGracePeriodSeconds"] > drain + 5
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("form", FORMS)
-def test_secrets_come_from_secret_objects_only(form):
-    text = render.render(form)
-    pod = pod_of(form)
+def test_secrets_come_from_secret_objects_only(form, source):
+    if source == "kustomize":
+        text = "---\n" + yaml.safe_dump_all(docs_of(form, source))
+        for path in KUSTOMIZE.rglob("*.yaml"):
+            assert not re.search(r"postgres://[^\s\"]*:[^\s\"@]*@", path.read_text().split("---", 1)[-1]), path
+    else:
+        text = render.render(form)
+    pod = pod_of(form, source)
     sidecar = sidecar_of(pod)
     url = env_of(sidecar)["OUTRIGGER_DATABASE_URL"]
     assert "value" not in url
@@ -104,6 +143,51 @@ def test_secrets_come_from_secret_objects_only(form):
     docs = list(yaml.safe_load_all(text))
     assert not [d for d in docs if d and d.get("kind") == "Secret"], "no Secret with data in the manifests"
     assert not re.search(r"postgres://[^\s\"]*:[^\s\"@]*@", text.split("---", 1)[1]), "no URL with a password"
+
+
+def overlay(tmp_path, body: str):
+    """An overlay of the test's own on top of the given text's resources."""
+    (tmp_path / "kustomization.yaml").write_text(body)
+    return tmp_path
+
+
+def test_an_overlay_of_an_overlay_sets_the_sidecar_image_only(tmp_path):
+    base = (KUSTOMIZE / "overlays" / "classic").resolve()
+    mine = overlay(tmp_path, f"""
+resources:
+  - {base}
+images:
+  - name: outrigger
+    newName: registry.example/outrigger
+    newTag: "0.2"
+""")
+    pod = kustomize.build(mine)[0]["spec"]["template"]["spec"]
+    assert sidecar_of(pod)["image"] == "registry.example/outrigger:0.2"
+    assert [c["image"] for c in pod["containers"] if c["name"] == "app"] == ["example.org/orders:1.0"]
+
+
+def test_the_builder_refuses_what_it_does_not_implement(tmp_path):
+    mine = overlay(tmp_path, f"""
+resources:
+  - {(KUSTOMIZE / "base").resolve()}
+namePrefix: staging-
+""")
+    with pytest.raises(kustomize.Unsupported, match="namePrefix"):
+        kustomize.build(mine)
+    mine = overlay(tmp_path, f"""
+resources:
+  - {(KUSTOMIZE / "base").resolve()}
+patches:
+  - target: {{kind: Deployment, name: orders}}
+    patch: |-
+      - op: remove
+        path: /spec/template/spec/initContainers/0/restartPolicy
+      - op: test
+        path: /spec/replicas
+        value: 3
+""")
+    with pytest.raises(ValueError, match="test failed"):
+        kustomize.build(mine)
 
 
 def test_compose_wires_postgres_jaeger_and_a_healthy_sidecar_without_secrets():

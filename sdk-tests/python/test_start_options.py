@@ -81,12 +81,30 @@ def test_reuse_policy_can_replace_running_instance(client):
     client.schedule_new_orchestration(holds_until_poked, instance_id=iid)
     client.wait_for_orchestration_start(iid, timeout=30)
 
-    policy = pb.OrchestrationIdReusePolicy(replaceableStatus=[pb.ORCHESTRATION_STATUS_RUNNING])
+    # Replacing a running instance terminates it, so TERMINATED must be replaceable too.
+    policy = pb.OrchestrationIdReusePolicy(
+        replaceableStatus=[pb.ORCHESTRATION_STATUS_RUNNING, pb.ORCHESTRATION_STATUS_TERMINATED])
     client.schedule_new_orchestration(echoes, input="replacement", instance_id=iid, reuse_id_policy=policy)
 
     state = assert_completed(wait_done(client, iid))
     assert state.name == "echoes"
     assert state.get_output() == "replacement"
+
+
+def test_reuse_policy_replacing_live_instances_without_terminated_is_refused(client):
+    iid = new_id("contradictory")
+    client.schedule_new_orchestration(holds_until_poked, instance_id=iid)
+    client.wait_for_orchestration_start(iid, timeout=30)
+
+    policy = pb.OrchestrationIdReusePolicy(replaceableStatus=[pb.ORCHESTRATION_STATUS_RUNNING])
+    with pytest.raises(grpc.RpcError) as error:
+        client.schedule_new_orchestration(echoes, input="replacement", instance_id=iid, reuse_id_policy=policy)
+    assert rpc_code(error.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "TERMINATED" in error.value.details()
+    state = client.get_orchestration_state(iid)
+    assert state.name == "holds_until_poked"
+    assert state.runtime_status == OrchestrationStatus.RUNNING
+    client.terminate_orchestration(iid)
 
 
 def test_reuse_policy_without_status_rejects(client):

@@ -430,6 +430,23 @@ pub async fn open(url: &str, options: &Options) -> Result<Arc<dyn Store>, String
     ))
 }
 
+/// Opens the store of the named task hub `hub` (already validated by `crate::hubs`) in the
+/// database `url` names, beside the default hub's: Postgres keeps each hub in a schema of its
+/// own, SQLite in a sibling file ([`sqlite::hub_url`]). Migrations are applied as for
+/// [`open`].
+pub async fn open_hub(url: &str, hub: &str, options: &Options) -> Result<Arc<dyn Store>, String> {
+    if postgres::handles(url) {
+        let store = postgres::PostgresStore::open_hub(url, options, hub)
+            .await
+            .map_err(|e| format!("cannot open task hub '{hub}' in {}: {e}", crate::config::redact(url)))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("sqlite:") {
+        return open(&sqlite::hub_url(url, hub), options).await;
+    }
+    open(url, options).await
+}
+
 /// Applies pending schema migrations and returns (for operators who migrate separately).
 pub async fn migrate(url: &str, options: &Options) -> Result<(), String> {
     let shown = crate::config::redact(url);

@@ -72,6 +72,10 @@ impl Sidecar {
             Some(db) => db.url.clone(),
         };
         let store = outrigger::store::open(&url, &Default::default()).await.expect("open store");
+        // Named task hubs live beside the test's own store, as the binary sets them up.
+        if options.task_hubs.database.is_none() {
+            options.task_hubs.database = Some((url.clone(), Default::default()));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();

@@ -54,21 +54,46 @@ impl std::fmt::Debug for PostgresStore {
 /// UNAVAILABLE instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn pool(url: &str, options: &Options) -> Result<PgPool, sqlx::Error> {
-    let connect = url.parse::<PgConnectOptions>()?.application_name("outrigger");
+async fn pool(url: &str, options: &Options, schema: Option<&str>) -> Result<PgPool, sqlx::Error> {
+    let mut connect = url.parse::<PgConnectOptions>()?.application_name("outrigger");
     // One direct connection first: its error says what is wrong (refused, bad password, no
     // such database), where a pool would only report that it timed out.
-    PgConnection::connect_with(&connect).await?.close().await?;
+    let mut first = PgConnection::connect_with(&connect).await?;
+    if let Some(schema) = schema {
+        create_schema(&mut first, schema).await?;
+        // Every connection of a named hub's pool sees only the hub's schema, so the store's
+        // queries (and the migrator's bookkeeping table) stay unqualified and shared by all hubs.
+        connect = connect.options([("search_path", format!("\"{schema}\""))]);
+    }
+    first.close().await?;
     Ok(PgPoolOptions::new()
         .max_connections(options.pool_size)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(connect))
 }
 
+/// The schema a named task hub's tables live in (the default hub keeps the URL's own, `public`
+/// unless the URL says otherwise). Hub names are lower-case letters, digits, `-` and `_`.
+pub fn hub_schema(hub: &str) -> String {
+    format!("outrigger_hub_{hub}")
+}
+
+async fn create_schema(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
+        .execute(&mut *conn)
+        .await;
+    match created {
+        // Two sidecars creating the same schema at once: one of them gets a unique violation
+        // in spite of IF NOT EXISTS; the schema exists either way.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 /// Applies pending migrations. Safe to run from several sidecars at once: the migrator holds
 /// an advisory lock while it works.
 pub async fn migrate(url: &str, options: &Options) -> Result<(), sqlx::Error> {
-    let pool = pool(url, options).await?;
+    let pool = pool(url, options, None).await?;
     run_migrations(&pool).await
 }
 
@@ -80,12 +105,28 @@ async fn run_migrations(pool: &PgPool) -> Result<(), sqlx::Error> {
 impl PostgresStore {
     /// Connects, applies pending migrations and starts listening for other sidecars' changes.
     pub async fn open(url: &str, options: &Options) -> Result<Self, sqlx::Error> {
-        let pool = pool(url, options).await?;
+        Self::open_in(url, options, None).await
+    }
+
+    /// The store of a named task hub: its own schema (created and migrated when missing) and
+    /// its own notification channel, in the same database.
+    pub async fn open_hub(url: &str, options: &Options, hub: &str) -> Result<Self, sqlx::Error> {
+        Self::open_in(url, options, Some(hub)).await
+    }
+
+    async fn open_in(url: &str, options: &Options, hub: Option<&str>) -> Result<Self, sqlx::Error> {
+        let schema = hub.map(hub_schema);
+        let pool = pool(url, options, schema.as_deref()).await?;
         run_migrations(&pool).await?;
-        let notifier = notify::Notifier::new();
+        let channel = hub.map_or_else(|| notify::CHANNEL.to_string(), notify::hub_channel);
+        let notifier = notify::Notifier::new(channel);
         let (changes, _) = broadcast::channel(1024);
         let listener = notify::listen(url, notifier.clone(), changes.clone()).await?;
-        info!(pool_size = options.pool_size, "postgres store open");
+        info!(
+            pool_size = options.pool_size,
+            schema = schema.as_deref().unwrap_or("(default)"),
+            "postgres store open"
+        );
         // Write batches run side by side on part of the pool, leaving the rest for leasing and
         // client calls.
         let write_concurrency = (options.pool_size as usize / 2).max(1);

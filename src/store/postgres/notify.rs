@@ -1,6 +1,8 @@
 //! Wake-ups between sidecars sharing a database: a transaction that creates work ends with
-//! `NOTIFY outrigger, '<node> <ids>'` (delivered only if it commits), and every sidecar
-//! `LISTEN`s and turns what it hears into [`Change`]s for its dispatcher and waiters.
+//! `NOTIFY <channel>, '<node> <ids>'` (delivered only if it commits), and every sidecar
+//! `LISTEN`s and turns what it hears into [`Change`]s for its dispatcher and waiters. Each task
+//! hub has a channel of its own (`outrigger` for the default hub), since instance ids repeat
+//! across hubs and one hub's commits must not wake another's waiters.
 
 use std::time::Duration;
 
@@ -11,7 +13,13 @@ use tracing::{debug, warn};
 
 use crate::store::{Change, Result};
 
-const CHANNEL: &str = "outrigger";
+/// The default hub's channel; a named hub's is [`hub_channel`].
+pub const CHANNEL: &str = "outrigger";
+
+/// The channel of a named task hub (names are short and plain, see `crate::hubs`).
+pub fn hub_channel(hub: &str) -> String {
+    format!("{CHANNEL}_hub_{hub}")
+}
 /// Postgres refuses payloads of 8000 bytes or more; a longer list is sent as "anything".
 const MAX_PAYLOAD: usize = 7900;
 
@@ -20,12 +28,14 @@ const MAX_PAYLOAD: usize = 7900;
 #[derive(Clone, Debug)]
 pub struct Notifier {
     node: String,
+    channel: String,
 }
 
 impl Notifier {
-    pub fn new() -> Self {
+    pub fn new(channel: String) -> Self {
         Notifier {
             node: uuid::Uuid::new_v4().simple().to_string(),
+            channel,
         }
     }
 
@@ -36,7 +46,7 @@ impl Notifier {
         S: AsRef<str> + ?Sized + 'a,
     {
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
+            .bind(&self.channel)
             .bind(encode(&self.node, ids))
             .execute(tx)
             .await?;
@@ -92,13 +102,13 @@ impl Drop for ListenerTask {
 /// Starts listening. The first connection is made before returning, so a store that opens
 /// successfully hears everything committed after that.
 pub async fn listen(url: &str, notifier: Notifier, changes: broadcast::Sender<Change>) -> Result<ListenerTask, sqlx::Error> {
-    let first = connect(url).await?;
+    let first = connect(url, &notifier.channel).await?;
     let url = url.to_string();
     Ok(ListenerTask(tokio::spawn(async move {
         let mut listener = Some(first);
         loop {
             let Some(l) = listener.as_mut() else {
-                match connect(&url).await {
+                match connect(&url, &notifier.channel).await {
                     Ok(l) => {
                         debug!("listening for other sidecars' changes again");
                         listener = Some(l);
@@ -128,9 +138,9 @@ pub async fn listen(url: &str, notifier: Notifier, changes: broadcast::Sender<Ch
     })))
 }
 
-async fn connect(url: &str) -> Result<PgListener, sqlx::Error> {
+async fn connect(url: &str, channel: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }
 

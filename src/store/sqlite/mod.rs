@@ -49,6 +49,33 @@ fn create_private(path: &std::path::Path) {
     let _ = path;
 }
 
+/// The database of a named task hub: a sibling file of the default hub's, `NAME.db` becoming
+/// `NAME.hub-<hub>.db` (query parameters kept), or a database of its own in memory. A file
+/// per hub keeps every query unchanged and gives each hub its own writer lock, so a busy hub
+/// never holds up another's commits.
+pub fn hub_url(url: &str, hub: &str) -> String {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return "sqlite::memory:".to_string();
+    }
+    let (scheme, rest) = match url.strip_prefix("sqlite://") {
+        Some(rest) => ("sqlite://", rest),
+        None => ("sqlite:", url.strip_prefix("sqlite:").unwrap_or(url)),
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, format!("?{query}")),
+        None => (rest, String::new()),
+    };
+    let (dir, file) = match path.rsplit_once('/') {
+        Some((dir, file)) => (format!("{dir}/"), file),
+        None => (String::new(), path),
+    };
+    let file = match file.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.hub-{hub}.{ext}"),
+        _ => format!("{file}.hub-{hub}"),
+    };
+    format!("{scheme}{dir}{file}{query}")
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
@@ -928,5 +955,25 @@ impl Store for SqliteStore {
             timers: timers as u64,
             expired_leases: expired as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod hub_url_tests {
+    use super::hub_url;
+
+    #[test]
+    fn hub_files_sit_beside_the_default_one() {
+        assert_eq!(
+            hub_url("sqlite:///data/outrigger.db", "mine"),
+            "sqlite:///data/outrigger.hub-mine.db"
+        );
+        assert_eq!(
+            hub_url("sqlite://outrigger.db?mode=rwc", "a-1"),
+            "sqlite://outrigger.hub-a-1.db?mode=rwc"
+        );
+        assert_eq!(hub_url("sqlite:state", "x"), "sqlite:state.hub-x");
+        assert_eq!(hub_url("sqlite://./dir.v2/.hidden", "x"), "sqlite://./dir.v2/.hidden.hub-x");
+        assert_eq!(hub_url("sqlite::memory:", "x"), "sqlite::memory:");
     }
 }

@@ -1,0 +1,294 @@
+//! Task hubs: the `taskhub` metadata selects one of several isolated hubs in one database, on
+//! both stores. The same instance id lives in several hubs at once; workers, waits, queries,
+//! entity calls, purges and DeleteTaskHub each see their own hub only; the default hub (no
+//! `taskhub`, or `taskhub: default`) is what every other test uses.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Backend, GUARD, Sidecar, complete, expect_code, guarded};
+use outrigger::proto::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
+use outrigger::proto::work_item::Request as Item;
+use outrigger::proto::*;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Adds `taskhub: <name>` to every call, as the scheduler's SDK packages do.
+#[derive(Clone)]
+struct TaskHub(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for TaskHub {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(name) = &self.0 {
+            request.metadata_mut().insert("taskhub", name.clone());
+        }
+        Ok(request)
+    }
+}
+
+type HubClient = TaskHubSidecarServiceClient<InterceptedService<Channel, TaskHub>>;
+
+async fn client(sidecar: &Sidecar, hub: Option<&str>) -> HubClient {
+    let channel = Channel::from_shared(format!("http://{}", sidecar.addr))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    TaskHubSidecarServiceClient::with_interceptor(channel, TaskHub(hub.map(|h| h.parse().expect("ascii"))))
+}
+
+async fn start(client: &mut HubClient, instance_id: &str, input: &str) {
+    client
+        .start_instance(CreateInstanceRequest {
+            instance_id: instance_id.into(),
+            name: "Greet".into(),
+            input: Some(input.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("StartInstance");
+}
+
+async fn get(client: &mut HubClient, instance_id: &str) -> Option<OrchestrationState> {
+    let request = GetInstanceRequest {
+        instance_id: instance_id.into(),
+        get_inputs_and_outputs: true,
+    };
+    client
+        .get_instance(request)
+        .await
+        .expect("GetInstance")
+        .into_inner()
+        .orchestration_state
+}
+
+async fn input_and_status(client: &mut HubClient, instance_id: &str) -> (Option<String>, OrchestrationStatus) {
+    let state = get(client, instance_id)
+        .await
+        .unwrap_or_else(|| panic!("no instance '{instance_id}'"));
+    (state.input.clone(), state.orchestration_status())
+}
+
+/// WaitForInstanceCompletion with a deadline.
+async fn wait(client: &mut HubClient, instance_id: &str, deadline: Duration) -> Result<OrchestrationState, Status> {
+    let mut request = Request::new(GetInstanceRequest {
+        instance_id: instance_id.into(),
+        get_inputs_and_outputs: true,
+    });
+    request.set_timeout(deadline);
+    let response = guarded("WaitForInstanceCompletion", client.wait_for_instance_completion(request)).await?;
+    Ok(response.into_inner().orchestration_state.expect("the instance exists"))
+}
+
+async fn ids(client: &mut HubClient) -> BTreeSet<String> {
+    let query = QueryInstancesRequest {
+        query: Some(InstanceQuery {
+            max_instance_count: 100,
+            ..Default::default()
+        }),
+    };
+    let page = client.query_instances(query).await.expect("QueryInstances").into_inner();
+    page.orchestration_state.into_iter().map(|s| s.instance_id).collect()
+}
+
+async fn entity_ids(client: &mut HubClient) -> Vec<String> {
+    let query = QueryEntitiesRequest {
+        query: Some(EntityQuery {
+            include_transient: true,
+            ..Default::default()
+        }),
+    };
+    let page = client.query_entities(query).await.expect("QueryEntities").into_inner();
+    page.entities.into_iter().map(|e| e.instance_id).collect()
+}
+
+/// The next `n` orchestrator work items on `stream`: instance id -> (token, input).
+async fn orchestrations(stream: &mut tonic::Streaming<WorkItem>, n: usize) -> Vec<(String, String, Option<String>)> {
+    let mut items = vec![];
+    while items.len() < n {
+        let item = guarded("a work item", stream.message())
+            .await
+            .expect("stream")
+            .expect("open stream");
+        let Some(Item::OrchestratorRequest(request)) = item.request else {
+            continue;
+        };
+        let input = request.new_events.iter().find_map(|e| match &e.event_type {
+            Some(history_event::EventType::ExecutionStarted(started)) => started.input.clone(),
+            _ => None,
+        });
+        items.push((request.instance_id, item.completion_token, input));
+    }
+    items.sort();
+    items
+}
+
+async fn finish(client: &mut HubClient, instance_id: &str, token: &str, output: &str) {
+    client
+        .complete_orchestrator_task(OrchestratorResponse {
+            instance_id: instance_id.into(),
+            completion_token: token.into(),
+            actions: vec![complete(1, OrchestrationStatus::Completed, output)],
+            ..Default::default()
+        })
+        .await
+        .expect("CompleteOrchestratorTask");
+}
+
+async fn isolation(backend: Backend) {
+    let sidecar = Sidecar::on(backend, |o| o.task_hubs.max = 2).await;
+    let mut default = client(&sidecar, None).await;
+    let mut alpha = client(&sidecar, Some("alpha")).await;
+    // Names are compared without regard to case.
+    let mut beta = client(&sidecar, Some("Beta")).await;
+    let mut beta_lower = client(&sidecar, Some("beta")).await;
+    let mut named_default = client(&sidecar, Some("default")).await;
+
+    // The same instance id in three hubs, each with its own input.
+    start(&mut default, "same", "\"default\"").await;
+    start(&mut alpha, "same", "\"alpha\"").await;
+    start(&mut beta, "same", "\"beta\"").await;
+    start(&mut alpha, "only-alpha", "\"alpha 2\"").await;
+    let pending = OrchestrationStatus::Pending;
+    assert_eq!(input_and_status(&mut default, "same").await, (Some("\"default\"".into()), pending));
+    assert_eq!(
+        input_and_status(&mut named_default, "same").await,
+        (Some("\"default\"".into()), pending)
+    );
+    assert_eq!(input_and_status(&mut alpha, "same").await, (Some("\"alpha\"".into()), pending));
+    assert_eq!(input_and_status(&mut beta_lower, "same").await, (Some("\"beta\"".into()), pending));
+    assert!(get(&mut beta, "only-alpha").await.is_none());
+    assert!(get(&mut default, "only-alpha").await.is_none());
+    // Creating an existing id collides within a hub only.
+    let again = alpha
+        .start_instance(CreateInstanceRequest {
+            instance_id: "same".into(),
+            name: "Greet".into(),
+            ..Default::default()
+        })
+        .await;
+    expect_code(again, Code::AlreadyExists);
+
+    // A worker of hub alpha gets alpha's two instances and nothing else.
+    let mut alpha_worker = alpha
+        .get_work_items(GetWorkItemsRequest::default())
+        .await
+        .expect("GetWorkItems")
+        .into_inner();
+    let items = orchestrations(&mut alpha_worker, 2).await;
+    let seen: Vec<_> = items.iter().map(|(id, _, input)| (id.as_str(), input.as_deref())).collect();
+    assert_eq!(seen, [("only-alpha", Some("\"alpha 2\"")), ("same", Some("\"alpha\""))]);
+    for (id, token, _) in &items {
+        finish(&mut alpha, id, token, "\"alpha done\"").await;
+    }
+    assert_eq!(
+        wait(&mut alpha, "same", GUARD).await.unwrap().output.as_deref(),
+        Some("\"alpha done\"")
+    );
+
+    // Alpha's completion is nobody else's: the same id elsewhere is still pending, and a wait
+    // on it in beta runs into its deadline.
+    assert_eq!(input_and_status(&mut default, "same").await.1, pending);
+    assert_eq!(input_and_status(&mut beta, "same").await.1, pending);
+    expect_code(wait(&mut beta, "same", Duration::from_millis(300)).await, Code::DeadlineExceeded);
+
+    // Beta's worker gets beta's instance (alpha's worker, still connected, does not).
+    let mut beta_worker = beta
+        .get_work_items(GetWorkItemsRequest::default())
+        .await
+        .expect("GetWorkItems")
+        .into_inner();
+    let items = orchestrations(&mut beta_worker, 1).await;
+    assert_eq!((items[0].0.as_str(), items[0].2.as_deref()), ("same", Some("\"beta\"")));
+    finish(&mut beta, "same", &items[0].1, "\"beta done\"").await;
+    assert_eq!(
+        wait(&mut beta, "same", GUARD).await.unwrap().output.as_deref(),
+        Some("\"beta done\"")
+    );
+    assert_eq!(get(&mut alpha, "same").await.unwrap().output.as_deref(), Some("\"alpha done\""));
+
+    // Queries list the hub's own instances.
+    assert_eq!(ids(&mut alpha).await, BTreeSet::from(["only-alpha".into(), "same".into()]));
+    assert_eq!(ids(&mut beta).await, BTreeSet::from(["same".into()]));
+    assert_eq!(ids(&mut default).await, BTreeSet::from(["same".into()]));
+
+    // Entity calls stay in their hub.
+    alpha
+        .signal_entity(SignalEntityRequest {
+            instance_id: "@counter@one".into(),
+            name: "add".into(),
+            input: Some("1".into()),
+            request_id: "r1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("SignalEntity");
+    assert_eq!(entity_ids(&mut alpha).await, ["@counter@one"]);
+    assert!(entity_ids(&mut beta).await.is_empty());
+    assert!(entity_ids(&mut default).await.is_empty());
+    let elsewhere = GetEntityRequest {
+        instance_id: "@counter@one".into(),
+        include_state: true,
+    };
+    assert!(!beta.get_entity(elsewhere).await.expect("GetEntity").into_inner().exists);
+
+    // A purge by filter purges the hub's own finished instances only.
+    let purge = PurgeInstancesRequest {
+        request: Some(purge_instances_request::Request::PurgeInstanceFilter(PurgeInstanceFilter {
+            runtime_status: vec![OrchestrationStatus::Completed as i32],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let purged = beta.purge_instances(purge).await.expect("PurgeInstances").into_inner();
+    assert_eq!(purged.deleted_instance_count, 1);
+    assert!(get(&mut beta, "same").await.is_none());
+    assert_eq!(ids(&mut alpha).await.len(), 2);
+
+    // DeleteTaskHub empties its own hub.
+    alpha.delete_task_hub(DeleteTaskHubRequest {}).await.expect("DeleteTaskHub");
+    assert!(ids(&mut alpha).await.is_empty());
+    assert!(entity_ids(&mut alpha).await.is_empty());
+    assert_eq!(input_and_status(&mut default, "same").await, (Some("\"default\"".into()), pending));
+
+    // Two named hubs are open: a third is refused, clearly, on any call.
+    let mut gamma = client(&sidecar, Some("gamma")).await;
+    let refused = expect_code(gamma.get_instance(GetInstanceRequest::default()).await, Code::InvalidArgument);
+    assert!(refused.message().contains("--max-task-hubs"), "{}", refused.message());
+    let refused = gamma.get_work_items(GetWorkItemsRequest::default()).await;
+    expect_code(refused, Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn hubs_are_isolated_on_sqlite() {
+    isolation(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn hubs_are_isolated_on_postgres() {
+    isolation(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn bad_hub_names_are_invalid_arguments() {
+    let sidecar = Sidecar::start().await;
+    for bad in ["-leading-dash", "dots.are.out", "a space", &"x".repeat(41)] {
+        let mut c = client(&sidecar, Some(bad)).await;
+        let refused = expect_code(c.get_instance(GetInstanceRequest::default()).await, Code::InvalidArgument);
+        assert!(refused.message().starts_with("taskhub: "), "{bad}: {}", refused.message());
+    }
+}
+
+#[tokio::test]
+async fn without_named_hubs_only_the_default_is_served() {
+    let sidecar = Sidecar::with(|o| o.task_hubs.max = 0).await;
+    let mut default = client(&sidecar, Some("default")).await;
+    start(&mut default, "one", "1").await;
+    let mut mine = client(&sidecar, Some("mine")).await;
+    expect_code(mine.get_instance(GetInstanceRequest::default()).await, Code::InvalidArgument);
+}

@@ -19,6 +19,7 @@ async fn cli(address: &str, args: &[&str]) -> Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
             .args(&all)
             .env_remove("OUTRIGGER_ADDRESS")
+            .env_remove("OUTRIGGER_TASK_HUB")
             .output()
             .expect("run outrigger")
     })
@@ -364,4 +365,23 @@ async fn waiting_output(handle: tokio::task::JoinHandle<Output>) -> Output {
         .await
         .expect("the command ended")
         .unwrap()
+}
+
+#[tokio::test]
+async fn task_hub_picks_the_hub_every_command_acts_on() {
+    let s = Sidecar::start().await;
+    let a = addr(&s);
+    let o = cli(&a, &["--task-hub", "mine", "start", "Order", "--id", "same", "--input", "1"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = cli(&a, &["start", "Order", "--id", "same", "--input", "2"]).await;
+    assert_eq!(code(&o), 0, "the default hub has no 'same' yet: {}", stderr(&o));
+    let o = cli(&a, &["-o", "json", "show", "same", "--task-hub", "Mine"]).await;
+    assert_eq!(json(&o)["input"], serde_json::json!(1), "{}", stdout(&o));
+    assert_eq!(get(&mut s.client.clone(), "same").await.unwrap().input.as_deref(), Some("2"));
+    let o = cli(&a, &["--task-hub", "mine", "terminate", "same"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(status_of(&mut s.client.clone(), "same").await, OrchestrationStatus::Pending);
+    let o = cli(&a, &["--task-hub", "not.a.hub", "list"]).await;
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("--task-hub"), "{}", stderr(&o));
 }

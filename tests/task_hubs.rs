@@ -292,3 +292,134 @@ async fn without_named_hubs_only_the_default_is_served() {
     let mut mine = client(&sidecar, Some("mine")).await;
     expect_code(mine.get_instance(GetInstanceRequest::default()).await, Code::InvalidArgument);
 }
+
+/// A sidecar on a database of the test's choosing; stops when dropped or told to.
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+async fn serve_on(url: &str) -> Server {
+    let store = outrigger::store::open(url, &Default::default()).await.expect("open store");
+    let mut options = outrigger::server::Options::default();
+    options.task_hubs.database = Some((url.to_string(), Default::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        outrigger::server::run(vec![listener], store, options, shutdown)
+            .await
+            .expect("serve");
+    });
+    Server {
+        addr,
+        stop: Some(stop),
+        served,
+    }
+}
+
+async fn client_of(addr: std::net::SocketAddr, hub: Option<&str>) -> HubClient {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    TaskHubSidecarServiceClient::with_interceptor(channel, TaskHub(hub.map(|h| h.parse().expect("ascii"))))
+}
+
+async fn notification(listener: &mut sqlx::postgres::PgListener) -> String {
+    guarded("a notification", listener.recv())
+        .await
+        .expect("notification")
+        .payload()
+        .to_string()
+}
+
+/// Sidecars sharing a Postgres database share its named hubs as they share the default one: a
+/// commit in a hub is announced on that hub's channel only, and a worker on one sidecar gets
+/// the hub's work started through another, and no other hub's.
+#[tokio::test]
+async fn sidecars_sharing_postgres_share_named_hubs() {
+    let database = common::postgres::TestDatabase::create("hubs").await;
+    let a = serve_on(&database.url).await;
+    let b = serve_on(&database.url).await;
+    let mut alpha_on_a = client_of(a.addr, Some("alpha")).await;
+    let mut default_on_a = client_of(a.addr, None).await;
+    let mut alpha_on_b = client_of(b.addr, Some("alpha")).await;
+
+    let mut alpha_channel = sqlx::postgres::PgListener::connect(&database.url).await.expect("listen");
+    alpha_channel.listen("outrigger_hub_alpha").await.expect("LISTEN");
+    let mut default_channel = sqlx::postgres::PgListener::connect(&database.url).await.expect("listen");
+    default_channel.listen("outrigger").await.expect("LISTEN");
+
+    // Payloads end with the instance ids, each as "<length>:<id>".
+    start(&mut alpha_on_a, "n1", "1").await;
+    assert!(notification(&mut alpha_channel).await.ends_with(" 2:n1"));
+    start(&mut default_on_a, "n2", "2").await;
+    let first_on_default = notification(&mut default_channel).await;
+    assert!(
+        first_on_default.ends_with(" 2:n2"),
+        "alpha's commit reached the default channel: {first_on_default}"
+    );
+
+    let mut worker = alpha_on_b
+        .get_work_items(GetWorkItemsRequest::default())
+        .await
+        .expect("GetWorkItems")
+        .into_inner();
+    let first = orchestrations(&mut worker, 1).await;
+    assert_eq!(first[0].0, "n1");
+    finish(&mut alpha_on_b, "n1", &first[0].1, "\"done\"").await;
+    // Work started through A after B's worker connected reaches it (A's commit wakes B).
+    start(&mut alpha_on_a, "n3", "3").await;
+    let next = orchestrations(&mut worker, 1).await;
+    assert_eq!(next[0].0, "n3", "the worker of hub alpha gets alpha's work only");
+    assert_eq!(
+        wait(&mut alpha_on_a, "n1", GUARD).await.unwrap().output.as_deref(),
+        Some("\"done\"")
+    );
+    assert_eq!(
+        get(&mut default_on_a, "n2").await.unwrap().orchestration_status(),
+        OrchestrationStatus::Pending
+    );
+}
+
+/// The drain at shutdown covers every hub: a named hub's item in flight may still be answered,
+/// then its worker stream ends cleanly and the server stops.
+#[tokio::test]
+async fn shutdown_drains_named_hubs_too() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let mut server = serve_on(&url).await;
+    let mut alpha = client_of(server.addr, Some("alpha")).await;
+    start(&mut alpha, "held", "1").await;
+    let mut worker = alpha
+        .get_work_items(GetWorkItemsRequest::default())
+        .await
+        .expect("GetWorkItems")
+        .into_inner();
+    let item = orchestrations(&mut worker, 1).await.remove(0);
+
+    drop(server.stop.take());
+    finish(&mut alpha, "held", &item.1, "\"answered while draining\"").await;
+    loop {
+        match guarded("the end of the stream", worker.message()).await {
+            Ok(Some(_)) => continue, // health pings
+            Ok(None) => break,
+            Err(status) => panic!("the stream should end cleanly: {status:?}"),
+        }
+    }
+    guarded("the server to stop", &mut server.served).await.expect("server task");
+
+    // The answer was committed to the hub's own file.
+    let store = outrigger::store::open_hub(&url, "alpha", &Default::default())
+        .await
+        .expect("reopen");
+    let held = store.get_instance("held").await.expect("read").expect("exists");
+    assert_eq!(held.output.as_deref(), Some("\"answered while draining\""));
+    assert!(dir.path().join("t.hub-alpha.db").exists());
+}

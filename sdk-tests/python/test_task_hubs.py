@@ -79,3 +79,28 @@ def test_queries_and_purges_stay_in_their_hub(hubs, client):
     assert a.purge_orchestration(both).deleted_instance_count == 1
     assert a.get_orchestration_state(both) is None
     assert b.get_orchestration_state(both).serialized_output == '"py-hub-b:2"'
+
+
+def test_an_app_set_up_for_the_scheduler_emulator_works_unchanged(sidecar, client):
+    """The scheduler's own SDK package, configured as for its local emulator
+    (`Endpoint=http://localhost:PORT;Authentication=None;TaskHub=mine`): plaintext, no token,
+    `taskhub: mine` (and `workerid`) on every call."""
+    from durabletask.azuremanaged.client import DurableTaskSchedulerClient
+    from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
+
+    endpoint = f"http://{sidecar.address}"
+    worker = DurableTaskSchedulerWorker(host_address=endpoint, taskhub="mine", token_credential=None,
+                                        secure_channel=False, logger=sdk_logger("worker-scheduler-app"))
+    worker.add_orchestrator(stamped_greeting)
+    worker.add_activity(stamp_for("mine"))
+    worker.start()
+    app = DurableTaskSchedulerClient(host_address=endpoint, taskhub="mine", token_credential=None,
+                                     secure_channel=False, logger=sdk_logger("client-scheduler-app"))
+    try:
+        iid = app.schedule_new_orchestration(stamped_greeting, input="emulator")
+        assert wait_done(app, iid).serialized_output == '"mine:emulator"'
+        assert client.get_orchestration_state(iid) is None, "not in the default hub"
+        assert app.purge_orchestration(iid).deleted_instance_count == 1
+    finally:
+        worker.stop()
+        app.close()

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -17,7 +19,27 @@ use crate::proto::*;
 use crate::rfc3339::{self, Precision};
 use crate::time::{self, Micros};
 
-type Client = TaskHubSidecarServiceClient<Channel>;
+type Client = TaskHubSidecarServiceClient<InterceptedService<Channel, TaskHub>>;
+
+/// Sends `taskhub: NAME` on every call when a task hub other than the default one is chosen.
+#[derive(Clone)]
+struct TaskHub(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for TaskHub {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(name) = &self.0 {
+            request.metadata_mut().insert(crate::hubs::name::HEADER, name.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The `--task-hub` value as metadata, checked by the sidecar's own rules.
+fn task_hub(name: Option<&str>) -> Result<TaskHub, Failure> {
+    let Some(name) = name else { return Ok(TaskHub(None)) };
+    let name = crate::hubs::name::parse(name).map_err(|e| usage(format!("--task-hub: {}", e.message())))?;
+    Ok(TaskHub(name.map(|n| n.parse().expect("hub names are plain ASCII"))))
+}
 
 /// Why a command stopped: an exit code and what to tell the user.
 struct Failure(u8, String);
@@ -50,7 +72,7 @@ pub async fn run(args: InstancesArgs) -> u8 {
     }
 }
 
-async fn connect(address: &str) -> Result<Client, Failure> {
+async fn connect(address: &str, hub: TaskHub) -> Result<Client, Failure> {
     let url = if address.contains("://") {
         address.to_string()
     } else {
@@ -63,12 +85,13 @@ async fn connect(address: &str) -> Result<Client, Failure> {
         let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
         Failure(exit::UNAVAILABLE, format!("cannot reach the sidecar at {url}{cause}"))
     })?;
-    Ok(Client::new(channel).max_decoding_message_size(64 << 20))
+    Ok(TaskHubSidecarServiceClient::with_interceptor(channel, hub).max_decoding_message_size(64 << 20))
 }
 
 async fn execute(args: InstancesArgs) -> Outcome {
     let out = args.output;
     // Check arguments before connecting, so usage errors do not depend on a sidecar.
+    let hub = task_hub(args.task_hub.as_deref())?;
     match &args.command {
         InstancesCommand::List(l) => {
             list_query(l)?;
@@ -84,7 +107,7 @@ async fn execute(args: InstancesArgs) -> Outcome {
         }
         _ => {}
     }
-    let mut client = connect(&args.address).await?;
+    let mut client = connect(&args.address, hub).await?;
     match args.command {
         InstancesCommand::List(l) => list(&mut client, &l, out).await,
         InstancesCommand::Show { instance_id } => show(&mut client, &instance_id, out).await,

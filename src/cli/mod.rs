@@ -57,6 +57,10 @@ pub struct InstancesArgs {
     #[arg(long, env = "OUTRIGGER_ADDRESS", default_value = "http://localhost:4001", global = true)]
     pub address: String,
 
+    /// The task hub to act on (sent as `taskhub` metadata); the default hub when not given.
+    #[arg(long, env = "OUTRIGGER_TASK_HUB", global = true)]
+    pub task_hub: Option<String>,
+
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,

@@ -79,6 +79,8 @@ fuzz() {
         --suppress-health-check all \
         --report junit --report-junit-path "$work/junit-$name.xml" "$@" || rc=1
 }
+# Its cache goes to the working directory: the scratch one, not the repository.
+cd "$work" || fail "cannot enter $work"
 fuzz all "$work/all.json" --mode all
 fuzz waits "$work/waits.json" --mode positive \
     --include-operation-id-regex '^(startOrchestration|startOrchestrationWithId|restartInstance)$'

@@ -86,3 +86,29 @@ async fn tiny_runs_complete_and_write_results() {
         by_name("starts")
     );
 }
+
+/// `--dapr` starts the sidecar with only its Dapr listener, and hello5 runs through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn hello5_runs_over_the_dapr_listener() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let results = dir.path().join("results.json");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outrigger-bench"));
+    command.args(["--sidecar", env!("CARGO_BIN_EXE_outrigger"), "--dapr", "--workload", "hello5"]);
+    command.args(["--count", "4", "--concurrency", "2", "--timeout", "30"]);
+    command.arg("--results").arg(&results);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run outrigger-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    assert!(stderr.contains("sqlite (Dapr listener)"), "the row names the listener:\n{stderr}");
+    let document: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
+    let run = &document["runs"][0];
+    assert_eq!(
+        (run["workload"].as_str(), run["completed"].as_u64()),
+        (Some("hello5"), Some(4)),
+        "{run}"
+    );
+    assert!(run["errors"].as_array().is_some_and(Vec::is_empty), "{run}");
+}

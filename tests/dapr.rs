@@ -692,15 +692,228 @@ async fn routers_to_other_apps_are_refused_and_to_this_app_accepted() {
     assert!(e.message().contains("other-app"), "{}", e.message());
 }
 
+/// Hello answers; CompleteWorkflowTask completes a turn like CompleteOrchestratorTask; the
+/// actions of features this sidecar lacks (stalled and detached workflows) are UNIMPLEMENTED.
 #[tokio::test]
-async fn rerun_is_unimplemented() {
+async fn hello_complete_workflow_task_and_unsupported_actions() {
     let s = Both::start().await;
-    let r = dp::RerunWorkflowFromEventRequest {
-        source_instance_id: "x".into(),
+    let mut dapr = s.dapr.clone();
+    dapr.hello(()).await.expect("Hello");
+    let mut worker = s.dapr_worker(vec![]).await;
+    dapr_start(&mut dapr, "cwt", "N").await.unwrap();
+    let (token, _) = worker.workflow().await;
+    for kind in [
+        DpAction::WorkflowVersionNotAvailable(dp::WorkflowVersionNotAvailableAction {}),
+        DpAction::CreateDetachedWorkflow(dp::CreateDetachedWorkflowAction {
+            instance_id: "d".into(),
+            name: "D".into(),
+            ..Default::default()
+        }),
+    ] {
+        let response = dp::WorkflowResponse {
+            instance_id: "cwt".into(),
+            actions: vec![dapr_action(0, kind)],
+            completion_token: token.clone(),
+            ..Default::default()
+        };
+        let e = dapr.complete_workflow_task(response).await.expect_err("unsupported");
+        assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    }
+    let response = dp::WorkflowResponse {
+        instance_id: "cwt".into(),
+        actions: vec![dapr_complete(0, "\"ok\"")],
+        completion_token: token,
         ..Default::default()
     };
-    let e = s.dapr.clone().rerun_workflow_from_event(r).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unimplemented);
+    dapr.complete_workflow_task(response).await.expect("CompleteWorkflowTask");
+    assert_eq!(dapr_wait(&mut dapr, "cwt").await.output.as_deref(), Some("\"ok\""));
+}
+
+// ---- RerunWorkflowFromEvent ----
+
+fn schedule(id: i32, name: &str, input: &str) -> dp::WorkflowAction {
+    dapr_action(
+        id,
+        DpAction::ScheduleTask(dp::ScheduleTaskAction {
+            name: name.into(),
+            input: Some(input.into()),
+            task_execution_id: format!("exec-{id}"),
+            ..Default::default()
+        }),
+    )
+}
+
+/// Answers an activity work item with `result`; returns the request it answered.
+async fn run_activity(worker: &mut DaprWorker, dapr: &mut DaprClient, result: &str) -> dp::ActivityRequest {
+    let (token, activity) = worker.activity().await;
+    let done = dp::ActivityResponse {
+        instance_id: activity.workflow_instance.clone().unwrap_or_default().instance_id,
+        task_id: activity.task_id,
+        result: Some(result.into()),
+        completion_token: token,
+        failure_details: None,
+    };
+    dapr.complete_activity_task(done).await.unwrap();
+    activity
+}
+
+/// `src` runs two activities one after the other (events 0 and 1) and completes with the
+/// second one's result; the worker stays connected.
+async fn two_steps(s: &Both, src: &str) -> DaprWorker {
+    let mut dapr = s.dapr.clone();
+    let mut worker = s.dapr_worker(vec![]).await;
+    dapr_start(&mut dapr, src, "Two").await.unwrap();
+    let (token, _) = worker.workflow().await;
+    dapr_complete_turn(&mut dapr, &token, src, vec![schedule(0, "first", "\"a\"")])
+        .await
+        .unwrap();
+    run_activity(&mut worker, &mut dapr, "\"ra\"").await;
+    let (token, _) = worker.workflow().await;
+    dapr_complete_turn(&mut dapr, &token, src, vec![schedule(1, "second", "\"b\"")])
+        .await
+        .unwrap();
+    run_activity(&mut worker, &mut dapr, "\"rb\"").await;
+    let (token, _) = worker.workflow().await;
+    dapr_complete_turn(&mut dapr, &token, src, vec![dapr_complete(2, "\"rb\"")])
+        .await
+        .unwrap();
+    assert_eq!(
+        dapr_wait(&mut dapr, src).await.workflow_status,
+        dp::OrchestrationStatus::Completed as i32
+    );
+    worker
+}
+
+fn rerun_request(src: &str, event_id: u32, new_id: &str) -> dp::RerunWorkflowFromEventRequest {
+    dp::RerunWorkflowFromEventRequest {
+        source_instance_id: src.into(),
+        event_id,
+        new_instance_id: Some(new_id.into()),
+        ..Default::default()
+    }
+}
+
+/// The new instance replays the first activity's result, runs the second activity again with
+/// the new input, and completes; the source is left as it was.
+#[tokio::test]
+async fn rerun_from_an_activity_runs_it_again_in_a_new_instance() {
+    let s = Both::start().await;
+    let mut dapr = s.dapr.clone();
+    let mut worker = two_steps(&s, "src").await;
+
+    let mut r = rerun_request("src", 1, "again");
+    r.overwrite_input = true;
+    r.input = Some("\"b2\"".into());
+    let answer = dapr.rerun_workflow_from_event(r).await.expect("rerun").into_inner();
+    assert_eq!(answer.new_instance_id, "again");
+
+    let activity = run_activity(&mut worker, &mut dapr, "\"rb2\"").await;
+    assert_eq!(activity.name, "second");
+    assert_eq!(activity.input.as_deref(), Some("\"b2\""), "the new input");
+    assert_eq!(activity.workflow_instance.unwrap().instance_id, "again");
+    assert_eq!(activity.task_execution_id, "exec-1", "the recorded execution id");
+
+    let (token, turn) = worker.workflow().await;
+    assert_eq!(turn.instance_id, "again");
+    let kinds: Vec<_> = turn.past_events.iter().map(|e| (e.event_id, kind(e))).collect();
+    assert_eq!(
+        kinds,
+        [
+            (-1, "workflowStarted"),
+            (-1, "executionStarted"),
+            (0, "taskScheduled"),
+            (-1, "workflowStarted"),
+            (-1, "taskCompleted"),
+            (1, "taskScheduled"),
+        ],
+        "the source's history up to event 1, then event 1 again"
+    );
+    let Some(DpEvent::TaskScheduled(t)) = &turn.past_events[5].event_type else {
+        unreachable!()
+    };
+    assert_eq!(t.rerun_parent_instance_info.as_ref().map(|p| p.instance_id.as_str()), Some("src"));
+    assert_eq!(t.input.as_deref(), Some("\"b2\""));
+    let Some(DpEvent::TaskScheduled(first)) = &turn.past_events[2].event_type else {
+        unreachable!()
+    };
+    assert!(first.rerun_parent_instance_info.is_none(), "only the rerun event is marked");
+    assert!(matches!(&turn.new_events[1].event_type, Some(DpEvent::TaskCompleted(c)) if c.task_scheduled_id == 1));
+    dapr_complete_turn(&mut dapr, &token, "again", vec![dapr_complete(2, "\"rb2\"")])
+        .await
+        .unwrap();
+
+    let state = dapr_wait(&mut dapr, "again").await;
+    assert_eq!(state.workflow_status, dp::OrchestrationStatus::Completed as i32);
+    assert_eq!(state.output.as_deref(), Some("\"rb2\""));
+    let source = dapr_get(&mut dapr, "src").await.workflow_state.unwrap();
+    assert_eq!(source.output.as_deref(), Some("\"rb\""), "the source is unchanged");
+    let history = dapr_history(&mut dapr, "again").await;
+    assert!(history.iter().any(|e| matches!(&e.event_type,
+        Some(DpEvent::TaskScheduled(t)) if t.rerun_parent_instance_info.as_ref().is_some_and(|p| p.instance_id == "src"))));
+}
+
+fn kind(e: &dp::HistoryEvent) -> &'static str {
+    match &e.event_type {
+        Some(DpEvent::WorkflowStarted(_)) => "workflowStarted",
+        Some(DpEvent::ExecutionStarted(_)) => "executionStarted",
+        Some(DpEvent::TaskScheduled(_)) => "taskScheduled",
+        Some(DpEvent::TaskCompleted(_)) => "taskCompleted",
+        _ => "other",
+    }
+}
+
+/// Without a new id the sidecar makes one; the rerun of a rerun names its own source.
+#[tokio::test]
+async fn rerun_without_a_new_id_generates_one() {
+    let s = Both::start().await;
+    let mut dapr = s.dapr.clone();
+    let mut worker = two_steps(&s, "gen").await;
+    let mut r = rerun_request("gen", 0, "");
+    r.new_instance_id = None;
+    let id = dapr.rerun_workflow_from_event(r).await.unwrap().into_inner().new_instance_id;
+    assert!(!id.is_empty() && id != "gen");
+    let activity = run_activity(&mut worker, &mut dapr, "\"ra\"").await;
+    assert_eq!(
+        (activity.name.as_str(), activity.input.as_deref()),
+        ("first", Some("\"a\"")),
+        "the original input"
+    );
+    assert_eq!(activity.workflow_instance.unwrap().instance_id, id);
+    assert!(dapr_get(&mut dapr, &id).await.exists);
+}
+
+#[tokio::test]
+async fn rerun_refusals() {
+    let s = Both::start().await;
+    let mut dapr = s.dapr.clone();
+    let _worker = two_steps(&s, "done").await;
+    dapr_start(&mut dapr, "live", "Two").await.unwrap();
+    let refused = |r: dp::RerunWorkflowFromEventRequest| {
+        let mut dapr = dapr.clone();
+        async move { dapr.rerun_workflow_from_event(r).await.expect_err("must be refused") }
+    };
+
+    let e = refused(rerun_request("nobody", 0, "n1")).await;
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = refused(rerun_request("live", 0, "n2")).await;
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("finished"), "{}", e.message());
+    let e = refused(rerun_request("done", 7, "n3")).await;
+    assert_eq!(e.code(), Code::NotFound, "no event 7: {e:?}");
+    let e = refused(rerun_request("done", 2, "n4")).await;
+    assert_eq!(e.code(), Code::NotFound, "event 2 is the completion: {e:?}");
+    assert!(e.message().contains("not an event that can be rerun"), "{}", e.message());
+    let e = refused(rerun_request("done", 0, "live")).await;
+    assert_eq!(e.code(), Code::AlreadyExists, "the new id is taken: {e:?}");
+    let e = refused(rerun_request("done", 0, "done")).await;
+    assert_eq!(e.code(), Code::AlreadyExists, "the source's own id: {e:?}");
+    let mut r = rerun_request("done", 0, "n5");
+    r.new_child_workflow_instance_id = Some("c".into());
+    let e = refused(r).await;
+    assert_eq!(e.code(), Code::InvalidArgument, "a child id on an activity: {e:?}");
+    for id in ["n1", "n2", "n3", "n4", "n5"] {
+        assert!(!dapr_get(&mut dapr, id).await.exists, "{id}: nothing was created");
+    }
 }
 
 // ---- interop ----

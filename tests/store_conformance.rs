@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use outrigger::engine::entities;
+use outrigger::engine::rerun::{self, RerunRequest};
 use outrigger::engine::{self, Prepared, Response, StartSpec};
 use outrigger::model::{Commit, EntityCommit, EntityLock, Message};
 use outrigger::proto::orchestrator_action::OrchestratorActionType as Action;
@@ -146,6 +147,7 @@ conformance!(
     entities_query_by_prefix_state_and_page,
     purge_and_delete_all_remove_entities,
     entity_leases_are_renewed_and_released_by_owner,
+    a_prepared_instance_is_created_whole,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1426,4 +1428,66 @@ async fn listings_filter_sort_and_count_as_the_dashboard_asks(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(top, [(OrchestrationStatus::Completed, 1)]);
+}
+
+/// A rerun's instance: row, history and reissued activity appear together, and an id that is
+/// taken in any status is refused with nothing written.
+async fn a_prepared_instance_is_created_whole(h: &Harness) {
+    let s = &*h.store;
+    create(s, "src", T0).await;
+    let item = lock_one(s, "w", T0).await;
+    step(s, item, vec![schedule_task(0)], T0).await.unwrap();
+    let activity = s.lock_activities(&lease("w", T0), 10, &Names::Any).await.unwrap().pop().unwrap();
+    let result = engine::events::task_result(T0, 0, Some("\"ok\"".into()), None);
+    s.complete_activity(activity.id, &activity.token, result, T0).await.unwrap();
+    let item = lock_one(s, "w", T0).await;
+    step(s, item, vec![complete(1, "\"done\"")], T0).await.unwrap();
+
+    let source = s.get_instance("src").await.unwrap().unwrap();
+    let history = s.history("src").await.unwrap();
+    let request = RerunRequest {
+        event_id: 0,
+        new_instance_id: "copy".into(),
+        ..Default::default()
+    };
+    let commit = rerun::rerun(&source, &history, &request, T0 + 1, &mut || "copy-e1".into()).unwrap();
+    let expected = match &commit.history {
+        outrigger::model::HistoryWrite::Replace(events) => events.clone(),
+        other => panic!("{other:?}"),
+    };
+    let changed = s.create_with_history(commit.clone(), T0 + 1).await.unwrap();
+    assert!(changed.contains(&"copy".to_string()));
+
+    let copy = s.get_instance("copy").await.unwrap().expect("created");
+    assert_eq!((copy.status, copy.execution_id.as_str()), (OrchestrationStatus::Running, "copy-e1"));
+    assert_eq!(s.history("copy").await.unwrap(), expected);
+    let again = s.lock_activities(&lease("w", T0 + 1), 10, &Names::Any).await.unwrap();
+    assert_eq!(again.len(), 1, "the activity is queued again");
+    assert_eq!(
+        (
+            again[0].task.instance_id.as_str(),
+            again[0].task.execution_id.as_str(),
+            again[0].task.request.task_id
+        ),
+        ("copy", "copy-e1", 0)
+    );
+    assert!(
+        s.lock_orchestrations(&lease("w", T0 + 1), 10, &Names::Any)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing to run until the activity answers"
+    );
+
+    // Taken ids: the running copy and the finished source.
+    for taken in ["copy", "src"] {
+        let mut c = commit.clone();
+        c.instance.instance_id = taken.into();
+        assert!(
+            matches!(s.create_with_history(c, T0 + 2).await, Err(StoreError::AlreadyExists(..))),
+            "{taken}"
+        );
+    }
+    assert_eq!(s.history("src").await.unwrap(), history, "the source is untouched");
+    assert_eq!(s.get_instance("copy").await.unwrap().unwrap().execution_id, "copy-e1");
 }

@@ -4,10 +4,11 @@
 
 const assert = require("node:assert/strict");
 const path = require("node:path");
+const { isDeepStrictEqual } = require("node:util");
 const dt = require("@microsoft/durabletask-js");
 const { startSidecar } = require("./sidecar");
 
-const { OrchestrationStatus: S, whenAll, whenAny, RetryPolicy, terminateOptions } = dt;
+const { OrchestrationStatus: S, whenAll, whenAny, RetryPolicy, terminateOptions, EntityInstanceId } = dt;
 const LOG_DIR = path.join(__dirname, ".logs");
 const TIMEOUT_S = 30;
 
@@ -111,6 +112,118 @@ orchestrators.Versioned = async function* (ctx) {
 };
 orchestrators.FailOnce = async function* (ctx) {
   return yield ctx.callActivity("Flaky", 2);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Entities (registered by name on the same worker) and the orchestrations that use them
+
+const entities = {};
+
+// A function-style entity: one `run` that switches on the operation name.
+entities.counter = () => ({
+  run(op) {
+    const current = op.state.getState(0);
+    switch (op.name) {
+      case "add":
+        op.state.setState(current + op.getInput());
+        return current + op.getInput();
+      case "get":
+        return current;
+      case "failAfterAdd":
+        // The change made before the throw must not survive: the operation is rolled back.
+        op.state.setState(current + op.getInput());
+        throw new Error(`refusing to add ${op.getInput()}`);
+      case "delete":
+        op.state.setState(null);
+        return undefined;
+      case "forward": {
+        // An entity that signals another entity and starts an orchestration.
+        const { to, amount, flowId } = op.getInput();
+        op.context.signalEntity(new EntityInstanceId("counter", to), "add", amount);
+        op.context.scheduleNewOrchestration("Quick", amount * 2, { instanceId: flowId });
+        return undefined;
+      }
+      default:
+        throw new Error(`unknown operation ${op.name}`);
+    }
+  },
+});
+
+// A class-style entity: public methods are its operations, `delete` is implicit.
+class Account extends dt.TaskEntity {
+  initializeState() {
+    return 0;
+  }
+  deposit(amount) {
+    this.state += amount;
+    return this.state;
+  }
+  withdraw(amount) {
+    if (amount > this.state) throw new Error(`insufficient funds: ${this.state} < ${amount}`);
+    this.state -= amount;
+    return this.state;
+  }
+  balance() {
+    return this.state;
+  }
+}
+entities.account = () => new Account();
+
+// Appends every input, so the state shows how often and in what order operations ran.
+entities.ledger = () => ({
+  run(op) {
+    op.state.setState([...op.state.getState([]), op.getInput()]);
+  },
+});
+
+orchestrators.EntityCalls = async function* (ctx, key) {
+  const id = new EntityInstanceId("counter", key);
+  ctx.entities.signalEntity(id, "add", 1); // a signal, then calls: one sender, so in this order
+  const added = yield ctx.entities.callEntity(id, "add", 4);
+  let failure;
+  try {
+    yield ctx.entities.callEntity(id, "failAfterAdd", 100);
+  } catch (e) {
+    failure = {
+      // 0.4.0 does not export EntityOperationFailedException from the package root: match by name.
+      kind: e.name,
+      operation: e.operationName,
+      entity: e.entityId.toString(),
+      message: e.failureDetails.errorMessage,
+    };
+  }
+  const after = yield ctx.entities.callEntity(id, "get");
+  return { added, failure, after };
+};
+orchestrators.UncaughtEntityFailure = async function* (ctx, key) {
+  yield ctx.entities.callEntity(new EntityInstanceId("counter", key), "failAfterAdd", 1);
+};
+orchestrators.EntitySignals = async function* (ctx, key) {
+  const id = new EntityInstanceId("counter", key);
+  for (const n of [1, 2, 3]) ctx.entities.signalEntity(id, "add", n);
+  const at = new Date(ctx.currentUtcDateTime.getTime() + 1000);
+  ctx.entities.signalEntity(new EntityInstanceId("counter", `${key}-later`), "add", 10, { signalTime: at });
+  return at.toISOString();
+};
+orchestrators.Transfer = async function* (ctx, { from, to, amount }) {
+  const a = new EntityInstanceId("account", from);
+  const b = new EntityInstanceId("account", to);
+  const lock = yield ctx.entities.lockEntities(a, b);
+  try {
+    const before = [yield ctx.entities.callEntity(a, "balance"), yield ctx.entities.callEntity(b, "balance")];
+    yield ctx.entities.callEntity(a, "withdraw", amount);
+    yield ctx.entities.callEntity(b, "deposit", amount);
+    const after = [yield ctx.entities.callEntity(a, "balance"), yield ctx.entities.callEntity(b, "balance")];
+    return { before, after };
+  } finally {
+    lock.release();
+  }
+};
+orchestrators.LockAndWait = async function* (ctx, key) {
+  // Ends while holding the lock: the sidecar must release it when the holder completes.
+  yield ctx.entities.lockEntities(new EntityInstanceId("account", key));
+  yield ctx.waitForExternalEvent("go");
+  return "held";
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -344,6 +457,231 @@ test("duplicate id of a running instance is refused", async () => {
   await client.terminateOrchestration(id, "cleanup");
 });
 
+// Entity scenarios. The SDK has no wait for an entity's state, so state is polled with `until`;
+// calls from orchestrations are awaited through the orchestration.
+
+const stateOf = async (id) => (await client.getEntity(id))?.state;
+const untilState = (id, expected) =>
+  until(`${id} to hold ${JSON.stringify(expected)}`, async () => isDeepStrictEqual(await stateOf(id), expected));
+
+test("entity: signals from the client, state read back", async () => {
+  const id = new EntityInstanceId("Counter", unique("signal"));
+  assert.equal(id.toString().startsWith("@counter@js-signal-"), true, "names are lower-cased, keys kept");
+  assert.equal(await client.getEntity(id), undefined, "an entity nobody signalled does not exist");
+  for (const n of [5, 3, 2]) await client.signalEntity(id, "add", n);
+  await untilState(id, 10);
+  const meta = await client.getEntity(id);
+  assert.equal(meta.id.toString(), id.toString());
+  assert.equal(meta.includesState, true);
+  assert.equal(meta.lockedBy, undefined);
+  assert.equal(meta.backlogQueueSize, 0);
+  assert.ok(meta.lastModifiedTime.getTime() > Date.now() - 60_000, meta.lastModifiedTime.toISOString());
+  const bare = await client.getEntity(id, false);
+  assert.equal(bare.id.toString(), id.toString(), "an entity read without its state still exists");
+  assert.equal(bare.lastModifiedTime.getTime(), meta.lastModifiedTime.getTime());
+});
+
+test("entity: a delayed signal from the client waits for its time", async () => {
+  const id = new EntityInstanceId("counter", unique("later"));
+  const at = new Date(Date.now() + 1500);
+  await client.signalEntity(id, "add", 1, { signalTime: at });
+  assert.equal(await client.getEntity(id), undefined, "a delayed signal must not run at once");
+  await untilState(id, 1);
+  assert.ok(Date.now() >= at.getTime(), "applied before its signal time");
+});
+
+test("entity: query by prefix with paging, last-modified range", async () => {
+  const prefix = unique("query");
+  const ids = [0, 1, 2, 3, 4].map((i) => new EntityInstanceId("counter", `${prefix}-${i}`));
+  const before = new Date(Date.now() - 1000);
+  for (const [i, id] of ids.entries()) await client.signalEntity(id, "add", i + 1);
+  for (const [i, id] of ids.entries()) await untilState(id, i + 1);
+  const pages = [];
+  for await (const page of client.getEntities({ instanceIdStartsWith: `Counter@${prefix}`, pageSize: 2 }).asPages()) {
+    pages.push(page.values.map((m) => [m.id.key, m.state]));
+  }
+  assert.ok(pages.every((p) => p.length <= 2), JSON.stringify(pages));
+  assert.ok(pages.length >= 3, `five entities in pages of two: ${JSON.stringify(pages)}`);
+  assert.deepEqual(pages.flat(), ids.map((id, i) => [id.key, i + 1]), "ordered by id, each once, with state");
+  const names = [];
+  for await (const m of client.getEntities({ instanceIdStartsWith: `counter@${prefix}`, includeState: false })) names.push(m.id.key);
+  assert.equal(names.length, 5);
+  const inRange = [];
+  for await (const m of client.getEntities({ instanceIdStartsWith: `counter@${prefix}`, lastModifiedFrom: before, lastModifiedTo: new Date(Date.now() + 60_000) })) {
+    inRange.push(m.id.key);
+  }
+  assert.equal(inRange.length, 5);
+  for await (const m of client.getEntities({ instanceIdStartsWith: `counter@${prefix}`, lastModifiedFrom: new Date(Date.now() + 60_000) })) {
+    assert.fail(`modified in the future: ${m.id}`);
+  }
+  for await (const m of client.getEntities({ instanceIdStartsWith: `counter@${prefix}`, lastModifiedTo: before })) {
+    assert.fail(`modified before it existed: ${m.id}`);
+  }
+});
+
+test("entity: clean storage keeps entities with state or pending work", async () => {
+  const kept = new EntityInstanceId("counter", unique("clean-kept"));
+  await client.signalEntity(kept, "add", 3);
+  await untilState(kept, 3);
+  // A delayed signal leaves an entity with no state yet but a queued operation (transient).
+  const pending = new EntityInstanceId("counter", unique("clean-pending"));
+  const at = new Date(Date.now() + 2000);
+  await client.signalEntity(pending, "add", 4, { signalTime: at });
+  const transient = async (includeTransient) => {
+    const keys = [];
+    for await (const m of client.getEntities({ instanceIdStartsWith: pending.toString(), includeTransient })) keys.push(m.id.key);
+    return keys;
+  };
+  assert.deepEqual(await transient(false), []);
+  assert.deepEqual(await transient(true), [pending.key], "a queued operation makes a transient entity");
+  const result = await client.cleanEntityStorage(undefined, false); // one call, no SDK-side loop
+  assert.equal(typeof result.emptyEntitiesRemoved, "number");
+  assert.equal(typeof result.orphanedLocksReleased, "number");
+  assert.equal(result.continuationToken, undefined, "one call does it all");
+  assert.equal(await stateOf(kept), 3);
+  assert.deepEqual(await transient(true), [pending.key], "clean must not drop queued work");
+  await untilState(pending, 4);
+  assert.ok(Date.now() >= at.getTime());
+});
+
+test("entity: calls from an orchestration, with a result and with a failure", async () => {
+  const key = unique("calls");
+  const state = await done(await start("EntityCalls", key));
+  assert.equal(state.runtimeStatus, S.COMPLETED, JSON.stringify(state.failureDetails));
+  const out = json(state.serializedOutput);
+  assert.equal(out.added, 5, "the signal sent before the call ran first");
+  assert.deepEqual(out.failure, {
+    kind: "EntityOperationFailedException",
+    operation: "failAfterAdd",
+    entity: `@counter@${key}`,
+    message: "refusing to add 100",
+  });
+  assert.equal(out.after, 5, "the failed operation's change was rolled back");
+  assert.equal(await stateOf(new EntityInstanceId("counter", key)), 5);
+
+  const uncaught = await done(await start("UncaughtEntityFailure", unique("uncaught")));
+  assert.equal(uncaught.runtimeStatus, S.FAILED);
+  assert.match(uncaught.failureDetails.message, /refusing to add 1/);
+});
+
+test("entity: signals from an orchestration, also delayed", async () => {
+  const key = unique("orch-signal");
+  const state = await done(await start("EntitySignals", key));
+  assert.equal(state.runtimeStatus, S.COMPLETED);
+  await untilState(new EntityInstanceId("counter", key), 6);
+  const later = new EntityInstanceId("counter", `${key}-later`);
+  await untilState(later, 10);
+  const at = new Date(json(state.serializedOutput));
+  const meta = await client.getEntity(later);
+  assert.ok(meta.lastModifiedTime.getTime() >= at.getTime(), `${meta.lastModifiedTime.toISOString()} before ${at.toISOString()}`);
+});
+
+test("entity: an entity signals another and starts an orchestration", async () => {
+  const to = unique("to");
+  const flowId = unique("flow");
+  await client.signalEntity(new EntityInstanceId("counter", unique("from")), "forward", { to, amount: 21, flowId });
+  await untilState(new EntityInstanceId("counter", to), 21);
+  await until("the entity's orchestration to exist", () => client.getOrchestrationState(flowId));
+  assert.equal(json((await done(flowId)).serializedOutput), 42);
+});
+
+test("entity: critical sections, concurrent transfers conserve the total", async () => {
+  const a = unique("acct-a");
+  const b = unique("acct-b");
+  const ea = new EntityInstanceId("account", a);
+  const eb = new EntityInstanceId("account", b);
+  await client.signalEntity(ea, "deposit", 100);
+  await client.signalEntity(eb, "deposit", 100);
+  await untilState(ea, 100);
+  await untilState(eb, 100);
+  const transfers = Array.from({ length: 12 }, (_, i) => (i % 2 === 0 ? { from: a, to: b, amount: i + 1 } : { from: b, to: a, amount: i + 1 }));
+  const ids = await Promise.all(transfers.map((t) => start("Transfer", t)));
+  const states = await Promise.all(ids.map(done));
+  let expectA = 100;
+  for (const [i, st] of states.entries()) {
+    assert.equal(st.runtimeStatus, S.COMPLETED, JSON.stringify(st.failureDetails));
+    const { before, after } = json(st.serializedOutput);
+    const t = transfers[i];
+    // Nothing else ran on either account between the reads inside one lock.
+    const sign = t.from === a ? -1 : 1;
+    assert.deepEqual(after, [before[0] - t.amount, before[1] + t.amount], `transfer ${i} interleaved`);
+    assert.equal(before[0] + before[1], 200, `transfer ${i} saw a total of ${before[0] + before[1]}`);
+    expectA += sign * t.amount;
+  }
+  // The last unlock travels to the entities as a message after the orchestration completes.
+  for (const id of [ea, eb]) await until(`${id} to be unlocked`, async () => (await client.getEntity(id)).lockedBy === undefined);
+  const [fa, fb] = [await stateOf(ea), await stateOf(eb)];
+  assert.equal(fa + fb, 200, "the total is conserved");
+  assert.equal(fa, expectA, "every transfer went through once");
+});
+
+test("entity: a lock held at completion is released, others wait meanwhile", async () => {
+  const key = unique("acct-held");
+  const id = new EntityInstanceId("account", key);
+  await client.signalEntity(id, "deposit", 7);
+  await untilState(id, 7);
+  const holder = await start("LockAndWait", key);
+  await until("the lock to be taken", async () => (await client.getEntity(id)).lockedBy === holder);
+  // While locked, a signal from anyone but the holder waits in the entity's queue.
+  await client.signalEntity(id, "deposit", 1);
+  await until("the signal to be queued", async () => (await client.getEntity(id)).backlogQueueSize === 1);
+  assert.equal(await stateOf(id), 7, "a signal ran inside someone else's critical section");
+  await client.raiseOrchestrationEvent(holder, "go");
+  assert.equal(json((await done(holder)).serializedOutput), "held");
+  await untilState(id, 8);
+  const after = await client.getEntity(id);
+  assert.equal(after.lockedBy, undefined);
+  assert.equal(after.backlogQueueSize, 0);
+});
+
+test("entity: a terminated holder's lock is released", async () => {
+  const key = unique("acct-terminated");
+  const id = new EntityInstanceId("account", key);
+  await client.signalEntity(id, "deposit", 3);
+  await untilState(id, 3);
+  const holder = await start("LockAndWait", key);
+  await until("the lock to be taken", async () => (await client.getEntity(id)).lockedBy === holder);
+  await client.signalEntity(id, "deposit", 1);
+  await client.terminateOrchestration(holder, "stop");
+  assert.equal((await done(holder)).runtimeStatus, S.TERMINATED);
+  await untilState(id, 4); // the queued signal runs once the lock is gone
+  assert.equal((await client.getEntity(id)).lockedBy, undefined);
+});
+
+test("entity: purge by entity id deletes the entity", async () => {
+  const id = new EntityInstanceId("counter", unique("purge"));
+  await client.signalEntity(id, "add", 9);
+  await untilState(id, 9);
+  const result = await client.purgeOrchestration(id.toString());
+  assert.equal(result.deletedInstanceCount, 1);
+  assert.equal(await client.getEntity(id), undefined);
+});
+
+test("entity: delete, function and class entities", async () => {
+  const counter = new EntityInstanceId("counter", unique("delete"));
+  await client.signalEntity(counter, "add", 7);
+  await untilState(counter, 7);
+  await client.signalEntity(counter, "delete");
+  await until("the counter to be gone", async () => (await client.getEntity(counter)) === undefined);
+  const account = new EntityInstanceId("account", unique("delete"));
+  await client.signalEntity(account, "deposit", 5);
+  await untilState(account, 5);
+  await client.signalEntity(account, "delete"); // TaskEntity's implicit delete
+  await until("the account to be gone", async () => (await client.getEntity(account)) === undefined);
+  await client.signalEntity(account, "deposit", 2);
+  await untilState(account, 2); // starts over from the initial state
+});
+
+test("entity: 500 signals to one entity applied exactly once, in order", async () => {
+  const id = new EntityInstanceId("ledger", unique("many"));
+  for (let i = 0; i < 500; i++) await client.signalEntity(id, "append", i);
+  const items = await until("500 signals to be applied", async () => {
+    const s = await stateOf(id);
+    return s && s.length >= 500 ? s : null;
+  });
+  assert.deepEqual(items, Array.from({ length: 500 }, (_, i) => i));
+});
+
 // ---------------------------------------------------------------------------------------------
 // Versioned workers (their own sidecar, so their work never mixes with the main worker's)
 
@@ -403,6 +741,7 @@ async function main() {
     worker = new dt.TaskHubGrpcWorker({ hostAddress: sidecar.address, logger: new dt.NoOpLogger() });
     for (const [name, fn] of Object.entries(orchestrators)) worker.addNamedOrchestrator(name, fn);
     for (const [name, fn] of Object.entries(activities)) worker.addNamedActivity(name, fn);
+    for (const [name, factory] of Object.entries(entities)) worker.addNamedEntity(name, factory);
     await worker.start();
     client = new dt.TaskHubGrpcClient({ hostAddress: sidecar.address, logger: new dt.NoOpLogger() });
     for (const t of tests) await run(t.name, t.fn);

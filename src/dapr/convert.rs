@@ -7,7 +7,8 @@
 //!
 //! Dapr-only facts the engine has no field for ride in Microsoft fields it already carries:
 //! an activity's `taskExecutionId` travels as the [`TASK_EXECUTION_ID`] tag of the schedule
-//! action, which the engine copies onto the `TaskScheduled` event and the activity work item.
+//! action, which the engine copies onto the `TaskScheduled` event and the activity work item;
+//! the `rerunParentInstanceInfo` of a rerun event is the engine's [`RERUN_PARENT`] tag.
 
 use std::collections::HashMap;
 
@@ -15,6 +16,7 @@ use prost::Message;
 use tonic::Status;
 
 use super::proto as dp;
+use crate::engine::rerun::RERUN_PARENT;
 use crate::proto as ms;
 
 /// Tag key under which a Dapr activity's `taskExecutionId` is kept.
@@ -143,16 +145,19 @@ fn event_to_dapr(e: &ms::HistoryEvent, execution_ids: &mut HashMap<i32, String>)
     use ms::history_event::EventType as Ms;
     let mut e = e.clone();
     let mut execution_id = None;
+    let mut rerun_parent = None;
     match &mut e.event_type {
         Some(Ms::TaskScheduled(t)) => {
             // Conflict C5: tag 5 is tags here, taskExecutionId there.
-            execution_id = std::mem::take(&mut t.tags).remove(TASK_EXECUTION_ID);
+            let mut tags = std::mem::take(&mut t.tags);
+            execution_id = tags.remove(TASK_EXECUTION_ID);
+            rerun_parent = tags.remove(RERUN_PARENT);
             if let Some(x) = &execution_id {
                 execution_ids.insert(e.event_id, x.clone());
             }
         }
         // Conflict C6: tag 6 is tags here, rerunParentInstanceInfo there.
-        Some(Ms::SubOrchestrationInstanceCreated(c)) => c.tags.clear(),
+        Some(Ms::SubOrchestrationInstanceCreated(c)) => rerun_parent = std::mem::take(&mut c.tags).remove(RERUN_PARENT),
         // Kinds Dapr has no counterpart for (entities, rewinds, generic state events; tag 30 is
         // a router there): sent as an event of no kind, which the Dapr SDKs skip.
         Some(
@@ -171,8 +176,13 @@ fn event_to_dapr(e: &ms::HistoryEvent, execution_ids: &mut HashMap<i32, String>)
     }
     let mut out: dp::HistoryEvent = recode(&e)?;
     use dp::history_event::EventType as Dp;
+    let rerun_parent = rerun_parent.map(|instance_id| dp::RerunParentInstanceInfo { instance_id });
     match &mut out.event_type {
-        Some(Dp::TaskScheduled(t)) => t.task_execution_id = execution_id.unwrap_or_default(),
+        Some(Dp::TaskScheduled(t)) => {
+            t.task_execution_id = execution_id.unwrap_or_default();
+            t.rerun_parent_instance_info = rerun_parent;
+        }
+        Some(Dp::ChildWorkflowInstanceCreated(c)) => c.rerun_parent_instance_info = rerun_parent,
         Some(Dp::TaskCompleted(t)) => t.task_execution_id = execution_ids.get(&t.task_scheduled_id).cloned().unwrap_or_default(),
         Some(Dp::TaskFailed(t)) => t.task_execution_id = execution_ids.get(&t.task_scheduled_id).cloned().unwrap_or_default(),
         _ => {}

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, recode};
 use super::proto as dp;
+use crate::engine::rerun::RerunRequest;
 use crate::grpc::Service;
 use crate::proto as ms;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService as Microsoft;
@@ -253,8 +254,17 @@ impl dp::task_hub_sidecar_service_server::TaskHubSidecarService for DaprService 
         self.complete_orchestrator_task(r).await
     }
 
-    async fn rerun_workflow_from_event(&self, _: Request<dp::RerunWorkflowFromEventRequest>) -> Rpc<dp::RerunWorkflowFromEventResponse> {
-        Err(Status::unimplemented("RerunWorkflowFromEvent is not supported by this sidecar yet"))
+    async fn rerun_workflow_from_event(&self, r: Request<dp::RerunWorkflowFromEventRequest>) -> Rpc<dp::RerunWorkflowFromEventResponse> {
+        let m = r.into_inner();
+        convert::check_router(m.router, self.app_id.as_deref())?;
+        let request = RerunRequest {
+            event_id: i32::try_from(m.event_id).map_err(|_| Status::invalid_argument(format!("eventID {} is out of range", m.event_id)))?,
+            new_instance_id: m.new_instance_id.unwrap_or_default(),
+            input: m.overwrite_input.then_some(m.input),
+            new_child_instance_id: m.new_child_workflow_instance_id.filter(|id| !id.is_empty()),
+        };
+        let new_instance_id = self.inner.rerun(&m.source_instance_id, request).await?;
+        Ok(Response::new(dp::RerunWorkflowFromEventResponse { new_instance_id }))
     }
 
     async fn list_instance_i_ds(&self, r: Request<dp::ListInstanceIDsRequest>) -> Rpc<dp::ListInstanceIDsResponse> {

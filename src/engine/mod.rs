@@ -7,6 +7,7 @@ pub mod entities;
 #[cfg(test)]
 mod entity_tests;
 pub mod events;
+pub mod rerun;
 pub mod reuse;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 
 pub(crate) mod client;
 mod entities;
+mod rerun;
 mod worker;
 
 use std::sync::Arc;

@@ -283,6 +283,12 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::AlreadyExists`].
     async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()>;
 
+    /// Creates an instance whose first step is already decided (a rerun): the commit's
+    /// instance row, history and the work it queues, in one transaction. An existing instance
+    /// with that id, in any status, is [`StoreError::AlreadyExists`]. Returns the ids of the
+    /// instances created or changed.
+    async fn create_with_history(&self, commit: Commit, now: Micros) -> Result<Vec<String>>;
+
     async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>>;
 
     /// The current execution's history, in order.

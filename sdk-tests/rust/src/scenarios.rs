@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dapr_durabletask::api::{DurableTaskError, OrchestrationState, OrchestrationStatus, PurgeInstanceFilter, RetryPolicy};
-use dapr_durabletask::client::{ListInstanceIdsOptions, NewOrchestrationOptions, PurgeOptions, TaskHubGrpcClient};
+use dapr_durabletask::client::{ListInstanceIdsOptions, NewOrchestrationOptions, PurgeOptions, RerunOptions, TaskHubGrpcClient};
 use dapr_durabletask::proto_public::history_event::EventType;
 use dapr_durabletask::task::{ActivityContext, ActivityOptions, SubOrchestratorOptions, when_all, when_any};
 use dapr_durabletask::worker::WorkerOptions;
@@ -41,6 +41,7 @@ pub fn all() -> Vec<(&'static str, Scenario)> {
         scenario!(event_beats_the_timeout),
         scenario!(custom_status_visible_while_waiting),
         scenario!(history_read_back),
+        scenario!(rerun_from_an_activity_runs_it_again),
         scenario!(missing_instance_has_no_state),
         scenario!(raise_event_to_missing_instance_is_an_error),
         scenario!(purge_completed_instance),
@@ -479,6 +480,75 @@ async fn history_read_back(sidecar: Sidecar) -> Outcome {
     ensure!(
         kinds == ["started", "scheduled", "completed", "finished"],
         "history kinds {kinds:?} of {events:?}"
+    );
+    Ok(())
+}
+
+/// `twice` doubles 1 and then doubles the result (4); rerun from the second activity with the
+/// input 10, the new instance runs only that activity again and ends with 20.
+async fn rerun_from_an_activity_runs_it_again(sidecar: Sidecar) -> Outcome {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut w = sidecar.worker();
+    w.registry_mut().add_named_orchestrator("twice", |ctx| async move {
+        let first = ctx.call_activity("double", 1).await?;
+        ctx.call_activity("double", number(&first)).await
+    });
+    let counted = calls.clone();
+    w.registry_mut()
+        .add_named_activity("double", move |_ctx: ActivityContext, input: Option<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(Some((number(&input) * 2).to_string())) }
+        });
+    let _w = run_worker(w);
+    let mut c = sidecar.client().await?;
+    let source = start(&mut c, "twice", None, Some("twice-1")).await?;
+    let s = finished(&mut c, &source).await?;
+    ensure!(number(&s.serialized_output) == 4, "source output {:?}", s.serialized_output);
+    let events = c.get_instance_history(&source).await.map_err(|e| e.to_string())?;
+    let second = events
+        .iter()
+        .filter(|e| matches!(e.event_type, Some(EventType::TaskScheduled(_))))
+        .nth(1)
+        .ok_or("no second TaskScheduled")?
+        .event_id;
+
+    let options = RerunOptions::new()
+        .with_new_instance_id("twice-again")
+        .with_input(Some("10".into()));
+    let id = c
+        .rerun_orchestration_from_event(&source, second as u32, options)
+        .await
+        .map_err(|e| format!("rerun: {e}"))?;
+    ensure!(id == "twice-again", "new instance id {id}");
+    let s = finished(&mut c, &id).await?;
+    ensure!(
+        s.runtime_status == OrchestrationStatus::Completed && number(&s.serialized_output) == 20,
+        "rerun instance {:?} output {:?}: {:?}",
+        s.runtime_status,
+        s.serialized_output,
+        s.failure_details
+    );
+    ensure!(
+        calls.load(Ordering::SeqCst) == 3,
+        "activity calls {} (2 + the rerun one)",
+        calls.load(Ordering::SeqCst)
+    );
+    let events = c.get_instance_history(&id).await.map_err(|e| e.to_string())?;
+    let marked = events.iter().any(|e| {
+        matches!(&e.event_type, Some(EventType::TaskScheduled(t))
+            if t.rerun_parent_instance_info.as_ref().is_some_and(|p| p.instance_id == source))
+    });
+    ensure!(marked, "no TaskScheduled marked as rerun from {source}: {events:?}");
+
+    // The new id is taken now; a second rerun to it is refused.
+    let again = c
+        .rerun_orchestration_from_event(&source, second as u32, RerunOptions::new().with_new_instance_id("twice-again"))
+        .await;
+    ensure!(
+        again.as_ref().err().and_then(grpc_code) == Some(tonic::Code::AlreadyExists),
+        "rerun to a taken id: {again:?}"
     );
     Ok(())
 }

@@ -50,6 +50,12 @@ struct Args {
     #[arg(long, conflicts_with_all = ["address", "sidecar_pid"])]
     sidecar: Option<PathBuf>,
 
+    /// Start the --sidecar outrigger with only its Dapr-dialect listener (`--dapr-port`) and
+    /// benchmark that. The raw worker and client send only fields both dialects encode alike,
+    /// so the same load runs through the Dapr listener's translation.
+    #[arg(long, requires = "sidecar")]
+    dapr: bool,
+
     /// Database URL for the outrigger started by --sidecar [default: a new temporary SQLite file].
     #[arg(long, requires = "sidecar")]
     database_url: Option<String>,
@@ -117,7 +123,8 @@ async fn run(args: Args) -> Result<bool, String> {
                 .database_url
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", temp_dir.join("bench.db").display()));
-            let spawned = Spawned::start(binary, &url, &temp_dir.join("sidecar.log"))?;
+            let port_flag = if args.dapr { "--dapr-port" } else { "--port" };
+            let spawned = Spawned::start(binary, port_flag, &url, &temp_dir.join("sidecar.log"))?;
             let (address, probe) = (spawned.address.clone(), Some(Probe::new(spawned.pid())));
             (Some(spawned), address, probe)
         }
@@ -127,7 +134,7 @@ async fn run(args: Args) -> Result<bool, String> {
         Some(url) => url.split(':').next().unwrap_or("external").to_string(),
         None if spawned.is_some() => "sqlite".into(),
         None => "external".into(),
-    });
+    }) + if args.dapr { " (Dapr listener)" } else { "" };
     let context = Context {
         args: &args,
         address: address.clone(),

@@ -84,12 +84,12 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    /// Starts `binary` on 127.0.0.1 with a free port and `database_url`, and waits until it logs
-    /// its listening address. Its log goes to `log`. A sidecar that exits first (for example
+    /// Starts `binary` on 127.0.0.1 with a free port for its listener `port_flag` (`--port` or
+    /// `--dapr-port`) and `database_url`, and waits until it logs its listening address. Its log goes to `log`. A sidecar that exits first (for example
     /// because it does not support the database URL) is an error carrying its last log lines.
-    pub fn start(binary: &Path, database_url: &str, log: &Path) -> Result<Spawned, String> {
+    pub fn start(binary: &Path, port_flag: &str, database_url: &str, log: &Path) -> Result<Spawned, String> {
         let mut child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", "0", "--database-url", database_url])
+            .args(["--host", "127.0.0.1", port_flag, "0", "--database-url", database_url])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -346,13 +346,20 @@ async fn step_in(
     now: Micros,
     touched: &mut Vec<String>,
 ) -> Result<Vec<String>> {
-    let id = commit.instance.instance_id.clone();
     // Checked first: a sidecar that took the instance over after our lease expired has
     // changed the token, and we write nothing.
     if !update_held_instance(conn, &commit.instance, token).await? {
         return Err(StoreError::LeaseLost);
     }
     sqlx::query(DELETE_MESSAGES).bind(consumed).execute(&mut *conn).await?;
+    effects_in(conn, commit, now, touched).await
+}
+
+/// What a commit writes beyond its instance row: history, leftovers of a finished instance,
+/// activities, children, messages and rewinds. Returns the instances whose state changed; the
+/// ones it sends messages to are added to `touched`.
+async fn effects_in(conn: &mut PgConnection, commit: &Commit, now: Micros, touched: &mut Vec<String>) -> Result<Vec<String>> {
+    let id = commit.instance.instance_id.clone();
     write_history(conn, &id, &commit.history).await?;
     if commit.instance.is_terminal() {
         // Nothing will consume these any more: pending events, timers, queued activities.
@@ -459,6 +466,21 @@ impl Store for PostgresStore {
         self.notifier.send(&mut tx, [&id]).await?;
         tx.commit().await.map_err(|e| taken(&id, e.into()))?;
         Ok(())
+    }
+
+    async fn create_with_history(&self, commit: Commit, now: Micros) -> Result<Vec<String>> {
+        let id = commit.instance.instance_id.clone();
+        let mut tx = self.pool.begin().await?;
+        if let Some(s) = instance_status(&mut tx, &id).await? {
+            return Err(StoreError::AlreadyExists(id, s.as_str_name()));
+        }
+        insert_instance(&mut tx, &commit.instance, 0).await.map_err(|e| taken(&id, e))?;
+        let mut touched = vec![];
+        let changed = effects_in(&mut tx, &commit, now, &mut touched).await?;
+        touched.extend(changed.iter().cloned());
+        self.notifier.send(&mut tx, &touched).await?;
+        tx.commit().await.map_err(|e| taken(&id, e.into()))?;
+        Ok(changed)
     }
 
     async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>> {

@@ -467,13 +467,26 @@ async fn step_in(
     cache: &HistoryCache,
     changes: &mut Vec<HistoryChange>,
 ) -> Result<Vec<String>> {
-    let id = commit.instance.instance_id.clone();
     if !update_held_instance(conn, &commit.instance, token).await? {
         return Err(StoreError::LeaseLost);
     }
     delete_messages(conn, consumed).await?;
-    let execution_id = &commit.instance.execution_id;
-    write_history(conn, &id, &commit.history, cache.len(&id, execution_id)).await?;
+    let known_len = cache.len(&commit.instance.instance_id, &commit.instance.execution_id);
+    let changed = effects_in(conn, commit, now, known_len).await?;
+    changes.push(HistoryChange {
+        instance_id: commit.instance.instance_id.clone(),
+        execution_id: commit.instance.execution_id.clone(),
+        finished: commit.instance.is_terminal(),
+        write: commit.history.clone(),
+    });
+    Ok(changed)
+}
+
+/// What a commit writes beyond its instance row: history, leftovers of a finished instance,
+/// activities, children, messages and rewinds. Returns the instances whose state changed.
+async fn effects_in(conn: &mut SqliteConnection, commit: &Commit, now: Micros, known_len: Option<usize>) -> Result<Vec<String>> {
+    let id = commit.instance.instance_id.clone();
+    write_history(conn, &id, &commit.history, known_len).await?;
     if commit.instance.is_terminal() {
         // Nothing will consume these any more: pending events, timers, queued activities.
         sqlx::query("DELETE FROM inbox WHERE instance_id = ?")
@@ -523,12 +536,6 @@ async fn step_in(
         rewind_child(conn, r, now).await?;
         changed.push(r.instance_id.clone());
     }
-    changes.push(HistoryChange {
-        instance_id: id,
-        execution_id: commit.instance.execution_id.clone(),
-        finished: commit.instance.is_terminal(),
-        write: commit.history.clone(),
-    });
     Ok(changed)
 }
 
@@ -589,6 +596,22 @@ impl Store for SqliteStore {
         insert_new(&mut tx, &new, existing.is_some()).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn create_with_history(&self, commit: Commit, now: Micros) -> Result<Vec<String>> {
+        let id = commit.instance.instance_id.clone();
+        let mut tx = WriteTx::begin(&self.writer).await?;
+        let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(s) = existing {
+            return Err(StoreError::AlreadyExists(id, status(s)?.as_str_name()));
+        }
+        insert_instance(&mut tx, &commit.instance, 0).await?;
+        let changed = effects_in(&mut tx, &commit, now, Some(0)).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>> {

@@ -42,7 +42,9 @@ import org.junit.jupiter.api.Test;
 /**
  * Outrigger's SDK scenarios through com.microsoft:durabletask-client 1.5.0 against a freshly
  * started binary. This SDK version calls no Hello, has no recursive terminate, tags, history,
- * rewind or work-item filters; restart is done client-side.
+ * rewind or work-item filters; restart is done client-side. It has no durable entities either
+ * (no entity types, calls or RPCs; its worker drops entity work items), so entity scenarios live
+ * in the Python, JavaScript and .NET suites.
  */
 class SdkScenariosTest {
     private static final Duration TIMEOUT = Duration.ofSeconds(30);

@@ -195,7 +195,14 @@ async fn isolation(backend: Backend) {
     // on it in beta runs into its deadline.
     assert_eq!(input_and_status(&mut default, "same").await.1, pending);
     assert_eq!(input_and_status(&mut beta, "same").await.1, pending);
-    expect_code(wait(&mut beta, "same", Duration::from_millis(300)).await, Code::DeadlineExceeded);
+    // The wait ends at its deadline without an answer: DEADLINE_EXCEEDED from the handler, or,
+    // on a machine too loaded for the handler's early answer to win, CANCELLED from tonic's own
+    // enforcement of the same grpc-timeout. Either way alpha's completion was not seen.
+    match wait(&mut beta, "same", Duration::from_millis(300)).await {
+        Err(s) if s.code() == Code::DeadlineExceeded => {}
+        Err(s) if s.code() == Code::Cancelled && s.message().contains("Timeout expired") => {}
+        other => panic!("expected the wait to end at its deadline, got {other:?}"),
+    }
 
     // Beta's worker gets beta's instance (alpha's worker, still connected, does not).
     let mut beta_worker = beta

@@ -55,7 +55,7 @@ fn prefix(p: &str) -> String {
 }
 
 impl Service {
-    pub(super) async fn signal_entity(&self, r: SignalEntityRequest) -> Result<SignalEntityResponse, Status> {
+    pub(crate) async fn signal_entity(&self, r: SignalEntityRequest) -> Result<SignalEntityResponse, Status> {
         let id = entity_id(&r.instance_id)?;
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the operation) is required"));
@@ -73,7 +73,7 @@ impl Service {
         Ok(SignalEntityResponse {})
     }
 
-    pub(super) async fn get_entity(&self, r: GetEntityRequest) -> Result<GetEntityResponse, Status> {
+    pub(crate) async fn get_entity(&self, r: GetEntityRequest) -> Result<GetEntityResponse, Status> {
         let id = entity_id(&r.instance_id)?;
         let found = self.store.get_entity(&id).await.map_err(status)?;
         // An entity without state and without a lock does not exist (it may have queued work).
@@ -89,7 +89,7 @@ impl Service {
         })
     }
 
-    pub(super) async fn query_entities(&self, r: QueryEntitiesRequest) -> Result<QueryEntitiesResponse, Status> {
+    pub(crate) async fn query_entities(&self, r: QueryEntitiesRequest) -> Result<QueryEntitiesResponse, Status> {
         let q = r.query.unwrap_or_default();
         let limit = match q.page_size {
             None => DEFAULT_PAGE,

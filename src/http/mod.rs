@@ -10,6 +10,7 @@
 mod access;
 mod api;
 pub mod dashboard;
+mod entities;
 mod error;
 mod links;
 mod listen;
@@ -63,6 +64,7 @@ pub fn router(service: Service, settings: Settings, keys: Keys, draining: watch:
     };
     let router = Router::new()
         .merge(api::routes())
+        .merge(entities::routes())
         .merge(probes::routes())
         .merge(openapi::routes())
         .fallback(error::no_route)

@@ -102,7 +102,13 @@ impl Service {
             modified_from: timestamp("lastModifiedFrom", &q.last_modified_from)?,
             modified_to: timestamp("lastModifiedTo", &q.last_modified_to)?,
             include_transient: q.include_transient,
-            after: q.continuation_token.filter(|t| !t.is_empty()),
+            after: match q.continuation_token.filter(|t| !t.is_empty()) {
+                // A token is an entity's instance id: anything longer was not issued here.
+                Some(t) if t.len() > crate::limits::MAX_ID_BYTES => {
+                    return Err(Status::invalid_argument("continuationToken is not a token this sidecar issued"));
+                }
+                t => t,
+            },
             limit: limit + 1,
         };
         let mut rows = self.store.query_entities(&filter).await.map_err(status)?;

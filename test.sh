@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test Outrigger has: the Rust unit and service tests, then the SDK suites against
 # a freshly built binary, once on SQLite and once on Postgres. Installs what the suites need: a
-# Postgres server (tests/postgres.sh: Debian's package when none is reachable), a Python venv
-# with the pinned SDK, the JavaScript, Go and Java SDKs (npm, the Go module proxy, Maven), and
-# podman for the image test (deploy/tests/run.sh). The .NET scenario program runs when the .NET
+# Postgres server (tests/postgres.sh: Debian's package when none is reachable), openssl, a
+# Python venv with the pinned SDK, schemathesis (tests/http_fuzz.sh, its own venv), the
+# JavaScript, Go and Java SDKs (npm, the Go module proxy, Maven), and podman for the image test
+# (deploy/tests/run.sh). The .NET scenario program runs when the .NET
 # 10 SDK (`dotnet`) is on PATH.
 # Ends with one line "N passed, N failed" over all suites; exits non-zero if anything failed.
 set -uo pipefail
@@ -46,7 +47,8 @@ run_sdk_suite() {
 }
 
 # Adds the closing "N passed, N failed" line of a suite run by its own script ($1): the
-# deployment suite (image, manifests, TLS, keys, drain) and the dashboard's browser tests.
+# deployment suite (image, manifests, TLS, keys, drain), the dashboard's browser tests and the
+# HTTP API's schemathesis run.
 run_script_suite() {
   local log
   log=$(mktemp)
@@ -76,6 +78,14 @@ else
   failed=$((failed + 1)); status=1
 fi
 
+# The HTTP listener's TLS tests (tests/http_auth.rs) make their certificates with openssl.
+if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "== Installing openssl for the TLS tests"
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y openssl >/dev/null \
+    || { apt-get -o DPkg::Lock::Timeout=600 update >/dev/null \
+         && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y openssl >/dev/null; }
+fi
+
 echo "== Style gates: cargo fmt --check, cargo clippy -D warnings"
 if cargo fmt --check && cargo clippy --locked --all-targets -- -D warnings; then
   passed=$((passed + 1))
@@ -89,6 +99,8 @@ run_cargo_tests
 echo "== Building the release binary for the SDK suites"
 if cargo build --locked --release; then
   export OUTRIGGER_BIN="$PWD/target/release/outrigger"
+  echo "== HTTP API fuzzed with schemathesis against the OpenAPI document"
+  run_script_suite tests/http_fuzz.sh
   echo "== Python SDK suite on SQLite"
   run_sdk_suite python sqlite
   echo "== JavaScript SDK suite on SQLite"

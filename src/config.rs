@@ -82,6 +82,12 @@ pub struct Config {
     #[arg(long, env = "OUTRIGGER_KEEPALIVE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600), help_heading = "Limits")]
     pub keepalive_seconds: u64,
 
+    /// Seconds a new connection may take to begin speaking (the HTTP/2 preface and SETTINGS,
+    /// or an HTTP request line; with TLS, its handshake too) before it is closed, on every
+    /// listener: silent connections cannot pile up and hold file descriptors.
+    #[arg(long, env = "OUTRIGGER_HANDSHAKE_DEADLINE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), help_heading = "Limits")]
+    pub handshake_deadline_seconds: u64,
+
     /// Longest a WaitForInstanceStart/Completion call without a gRPC deadline waits before it
     /// answers DEADLINE_EXCEEDED (the .NET client then asks again). Calls with a deadline wait
     /// until their deadline.
@@ -388,6 +394,10 @@ impl Config {
             max_work_item_bytes: (self.max_work_item_mib as usize) << 20,
             ..Default::default()
         }
+    }
+
+    pub fn handshake_deadline(&self) -> Duration {
+        Duration::from_secs(self.handshake_deadline_seconds)
     }
 
     pub fn keepalive(&self) -> Option<Duration> {

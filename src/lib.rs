@@ -16,6 +16,7 @@
 //! - [`server`]: wires the pieces together and serves until shutdown.
 //! - [`auth`], [`tls`]: API keys and roles, TLS with reload; shared by every listener.
 
+pub mod accept;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -114,6 +114,7 @@ async fn serve(config: Config) -> ExitCode {
         worker_buffer_mib = config.worker_buffer_mib,
         item_deadline_seconds = config.item_deadline_seconds,
         keepalive_seconds = config.keepalive_seconds,
+        handshake_deadline_seconds = config.handshake_deadline_seconds,
         max_wait_seconds = config.max_wait_seconds,
         entity_reorder_window_minutes = config.entity_reorder_window_minutes,
         http_port = ?config.http_port,
@@ -255,6 +256,7 @@ async fn serve(config: Config) -> ExitCode {
         tls,
         health_listeners,
         drain: config.drain(),
+        handshake_deadline: config.handshake_deadline(),
         task_hubs: config.task_hubs(),
     };
     let outcome = server::serve(listeners, store, options, shutdown_signal()).await;

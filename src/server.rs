@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::{Stream, StreamExt};
+use tokio::time::Instant;
+use tokio_stream::Stream;
 use tonic::codegen::http;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
+use crate::accept::{Backoff, Handshaking, Speaks};
 use crate::auth::{AuthLayer, Keys};
 use crate::dapr::guard;
 use crate::dispatch::{self, AbortOnDrop};
@@ -57,6 +58,10 @@ pub struct Options {
     pub health_listeners: Vec<TcpListener>,
     /// How long work items in flight at shutdown may take to finish.
     pub drain: Duration,
+    /// How long a new connection (on every listener) may take to begin speaking (HTTP/2
+    /// preface and SETTINGS, or an HTTP request line; with TLS, its handshake too) before it is
+    /// closed, so silent connections cannot hold file descriptors.
+    pub handshake_deadline: Duration,
     /// Named task hubs beside the default one (the store given to [`serve`]).
     pub task_hubs: hubs::Settings,
 }
@@ -75,51 +80,51 @@ impl Default for Options {
             tls: None,
             health_listeners: vec![],
             drain: Duration::from_secs(10),
+            handshake_deadline: Duration::from_secs(10),
             task_hubs: hubs::Settings::default(),
         }
     }
 }
 
-type Incoming = Pin<Box<dyn Stream<Item = std::io::Result<Conn>> + Send>>;
+type Incoming = Pin<Box<dyn Stream<Item = std::io::Result<Handshaking<Conn>>> + Send>>;
 
-/// One stream of accepted connections over every listener; with TLS, each handshake runs in a
-/// task of its own so a slow client never holds up the others.
-fn incoming(listeners: Vec<TcpListener>, tls: Option<tls::Acceptor>) -> (Option<Incoming>, Vec<AbortOnDrop>) {
-    let Some(acceptor) = tls else {
-        let mut merged = None::<Incoming>;
-        for listener in listeners {
-            let stream = TcpIncoming::from(listener).with_nodelay(Some(true)).map(|c| c.map(Conn::Plain));
-            merged = Some(match merged {
-                None => Box::pin(stream),
-                Some(other) => Box::pin(other.merge(stream)),
-            });
-        }
-        return (merged, vec![]);
-    };
+/// One stream of accepted connections over every listener, each accepted by a task of its own
+/// that backs off when accepting fails. Each connection must begin HTTP/2 within `handshake`
+/// (with TLS, its TLS handshake too, which runs in a task of its own so a slow client never
+/// holds up the others).
+fn incoming(
+    listeners: Vec<TcpListener>,
+    tls: Option<tls::Acceptor>,
+    handshake: Duration,
+    name: &'static str,
+) -> (Option<Incoming>, Vec<AbortOnDrop>) {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let tasks: Vec<AbortOnDrop> = listeners
         .into_iter()
         .map(|listener| {
-            let (tx, acceptor) = (tx.clone(), acceptor.clone());
+            let (tx, tls) = (tx.clone(), tls.clone());
             AbortOnDrop(tokio::spawn(async move {
+                let mut backoff = Backoff::new(name);
                 loop {
-                    let tcp = match listener.accept().await {
-                        Ok((tcp, _)) => tcp,
-                        Err(e) => {
-                            // Out of descriptors, mostly: give closing connections a moment.
-                            warn!(error = %e, "accepting a connection failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
+                    let (tcp, _) = backoff.accept(&listener).await;
                     let _ = tcp.set_nodelay(true);
-                    let (tx, acceptor) = (tx.clone(), acceptor.clone());
+                    let deadline = Instant::now() + handshake;
+                    let Some(acceptor) = tls.clone() else {
+                        let conn = Handshaking::new(Conn::Plain(tcp), deadline, Speaks::Http2);
+                        if tx.send(Ok(conn)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    let tx = tx.clone();
                     tokio::spawn(async move {
-                        match acceptor.accept(tcp).await {
-                            Ok(stream) => {
-                                let _ = tx.send(Ok(Conn::Tls(Box::new(stream)))).await;
+                        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                let conn = Handshaking::new(Conn::Tls(Box::new(stream)), deadline, Speaks::Http2);
+                                let _ = tx.send(Ok(conn)).await;
                             }
-                            Err(e) => debug!(error = %e, "TLS handshake failed"),
+                            Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => debug!("TLS handshake not finished within the handshake deadline"),
                         }
                     });
                 }
@@ -179,6 +184,7 @@ pub async fn serve(
     // The HTTP API serves the default hub only.
     let handlers = hubs.default_hub().handlers.clone();
     let http_listeners = listeners.http;
+    let handshake = options.handshake_deadline;
     let (http_stop_tx, mut http_stop) = tokio::sync::watch::channel(false);
     let (draining_tx, draining) = tokio::sync::watch::channel(false);
     let _http = (!http_listeners.is_empty()).then(|| {
@@ -188,7 +194,7 @@ pub async fn serve(
         };
         let tls = options.tls.clone();
         AbortOnDrop(tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(http_listeners, router, tls, stopped).await {
+            if let Err(e) = crate::http::serve(http_listeners, router, tls, handshake, stopped).await {
                 warn!(error = %e, "HTTP listener failed");
             }
         }))
@@ -200,27 +206,30 @@ pub async fn serve(
     health.set_service_status(LIVENESS, ServingStatus::Serving).await;
 
     let _tls_watch = options.tls.as_ref().map(|t| t.watch());
-    let (microsoft, _microsoft_acceptors) = incoming(listeners.microsoft, options.tls.clone());
-    let (dapr, _dapr_acceptors) = incoming(listeners.dapr, options.tls.clone());
+    let (microsoft, _microsoft_acceptors) = incoming(listeners.microsoft, options.tls.clone(), handshake, "grpc");
+    let (dapr, _dapr_acceptors) = incoming(listeners.dapr, options.tls.clone(), handshake, "dapr");
     assert!(microsoft.is_some() || dapr.is_some(), "at least one listener");
 
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let _health_servers: Vec<AbortOnDrop> = options
+    let _health_servers: Vec<(AbortOnDrop, Vec<AbortOnDrop>)> = options
         .health_listeners
         .into_iter()
         .map(|listener| {
             let (service, mut stopping) = (health_service.clone(), stopping.clone());
-            AbortOnDrop(tokio::spawn(async move {
+            let (incoming, acceptors) = incoming(vec![listener], None, handshake, "health");
+            let incoming = incoming.expect("one listener");
+            let server = AbortOnDrop(tokio::spawn(async move {
                 let result = tonic::transport::Server::builder()
                     .add_service(service)
-                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                    .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stopping.wait_for(|s| *s).await;
                     })
                     .await;
                 if let Err(e) = result {
                     warn!(error = %e, "health listener failed");
                 }
-            }))
+            }));
+            (server, acceptors)
         })
         .collect();
 

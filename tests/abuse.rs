@@ -554,3 +554,45 @@ async fn oversized_fields_are_refused_with_invalid_argument() {
     let mut worker = sidecar.worker().await;
     neighbour_completes(&sidecar, &mut worker, "neighbour").await;
 }
+
+#[tokio::test]
+async fn a_huge_continuation_token_is_a_short_invalid_argument() {
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    let token = "1|".to_string() + &"x".repeat(1 << 20);
+    let query = client
+        .query_instances(QueryInstancesRequest {
+            query: Some(InstanceQuery {
+                continuation_token: Some(token.clone()),
+                ..Default::default()
+            }),
+        })
+        .await;
+    let list = client
+        .list_instance_ids(ListInstanceIdsRequest {
+            last_instance_key: Some(token.clone()),
+            ..Default::default()
+        })
+        .await;
+    let entities = client
+        .query_entities(QueryEntitiesRequest {
+            query: Some(EntityQuery {
+                continuation_token: Some(token.clone()),
+                ..Default::default()
+            }),
+        })
+        .await;
+    for (rpc, status) in [
+        ("QueryInstances", expect_code(query, Code::InvalidArgument)),
+        ("ListInstanceIds", expect_code(list, Code::InvalidArgument)),
+        ("QueryEntities", expect_code(entities, Code::InvalidArgument)),
+    ] {
+        assert!(
+            status.message().len() < 200,
+            "{rpc} echoes its input: {} bytes",
+            status.message().len()
+        );
+    }
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}

@@ -718,11 +718,151 @@ async fn bad_input_is_400_conflicts_409_unknown_404_with_messages() {
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert!(message.contains("nobody"), "{message}");
     assert_eq!(s.get(&s.url("/no/such/route")).await.error().0, StatusCode::NOT_FOUND);
-    // Entities are not there yet: 501, not 404.
-    for path in ["/entities", "/entities/counter", "/entities/counter/one"] {
-        let (code, message) = s.get(&s.api(path)).await.error();
-        assert_eq!(code, StatusCode::NOT_IMPLEMENTED, "{path}");
-        assert!(message.contains("entities"), "{message}");
+}
+
+/// The next entity batch a worker gets: its entity id and its operations as (name, input).
+async fn entity_batch(worker: &mut Worker) -> (String, String, Vec<(String, Option<String>)>) {
+    let item = guarded("an entity batch", worker.next()).await;
+    let Some(Item::EntityRequestV2(request)) = item.request else {
+        panic!("expected an entity batch, got {item:?}");
+    };
+    let operations = request
+        .operation_requests
+        .iter()
+        .map(|e| match &e.event_type {
+            Some(EventType::EntityOperationSignaled(s)) => (s.operation.clone(), s.input.clone()),
+            other => panic!("not a signal: {other:?}"),
+        })
+        .collect();
+    (item.completion_token, request.instance_id, operations)
+}
+
+/// Answers an entity batch: every operation succeeded, and the entity's state is now `state`.
+async fn finish_batch(client: &mut Client, token: String, operations: usize, state: Option<&str>) {
+    let success = OperationResult {
+        result_type: Some(operation_result::ResultType::Success(OperationResultSuccess::default())),
+    };
+    client
+        .complete_entity_task(EntityBatchResult {
+            results: vec![success; operations],
+            entity_state: state.map(str::to_string),
+            completion_token: token,
+            ..Default::default()
+        })
+        .await
+        .expect("CompleteEntityTask");
+}
+
+#[tokio::test]
+async fn entities_are_signalled_read_and_listed_as_durable_functions_does() {
+    let s = HttpSidecar::start().await;
+    let mut client = s.grpc.clone();
+    let mut worker = Worker::connect(&mut client, GetWorkItemsRequest::default()).await;
+
+    // A JSON body is the operation's input as sent; the name is case-insensitive.
+    let a = s.post(&s.api("/entities/Counter/k1?op=add"), Some(json!({"by": 5}))).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{a:?}");
+    let (token, id, ops) = entity_batch(&mut worker).await;
+    assert_eq!(id, "@counter@k1");
+    assert_eq!(ops, vec![("add".to_string(), Some(r#"{"by":5}"#.to_string()))]);
+    finish_batch(&mut client, token, 1, Some(r#"{"n":5}"#)).await;
+
+    // Any other body is passed as a JSON string.
+    let a = guarded(
+        "an answer",
+        s.web
+            .post(s.api("/entities/counter/k1?op=note"))
+            .header("content-type", "text/plain")
+            .body("hi there")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status(), StatusCode::ACCEPTED);
+    let (token, _, ops) = entity_batch(&mut worker).await;
+    assert_eq!(ops, vec![("note".to_string(), Some(r#""hi there""#.to_string()))]);
+    finish_batch(&mut client, token, 1, Some(r#"{"n":6}"#)).await;
+
+    let state = s.get(&s.api("/entities/counter/k1")).await;
+    assert_eq!(state.status, StatusCode::OK, "{state:?}");
+    assert_eq!(state.json(), json!({"n": 6}));
+    let (code, message) = s.get(&s.api("/entities/counter/K1")).await.error();
+    assert_eq!(code, StatusCode::NOT_FOUND, "keys are case-sensitive");
+    assert!(message.contains("K1"), "{message}");
+
+    // Three more entities with state, one of another name; one signalled but never run.
+    for (path, state) in [
+        ("/entities/counter/k2", "1"),
+        ("/entities/counter/k3", "2"),
+        ("/entities/timer/t1", "3"),
+    ] {
+        assert_eq!(s.post(&s.api(&format!("{path}?op=set")), None).await.status, StatusCode::ACCEPTED);
+        let (token, _, ops) = entity_batch(&mut worker).await;
+        assert_eq!(ops, vec![("set".to_string(), None)], "no body, no input");
+        finish_batch(&mut client, token, 1, Some(state)).await;
+    }
+
+    // A list of one name, without and with state.
+    let listed = s.get(&s.api("/entities/counter")).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let rows = listed.json();
+    let ids: Vec<(&str, &str)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["entityId"]["name"].as_str().unwrap(), r["entityId"]["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ids, vec![("counter", "k1"), ("counter", "k2"), ("counter", "k3")]);
+    assert!(rows[0].get("state").is_none(), "no state unless asked: {rows}");
+    let when = rows[0]["lastOperationTime"].as_str().expect("a time");
+    let millis = outrigger::rfc3339::parse(when).expect("RFC 3339") / 1000;
+    assert!((now_ms() - millis).abs() < 60_000, "recent: {when}");
+    let with_state = s.get(&s.api("/entities/counter?fetchState=true")).await.json();
+    assert_eq!(with_state[0]["state"], json!({"n": 6}));
+    assert_eq!(with_state[2]["state"], json!(2));
+
+    // Every name, two at a time, by the continuation header.
+    let first = s.get(&s.api("/entities?top=2")).await;
+    assert_eq!(first.json().as_array().unwrap().len(), 2);
+    let token = first.headers["x-ms-continuation-token"].to_str().unwrap().to_string();
+    let rest = guarded(
+        "the next page",
+        s.web.get(s.api("/entities?top=2")).header("x-ms-continuation-token", &token).send(),
+    )
+    .await
+    .unwrap();
+    assert!(rest.headers().get("x-ms-continuation-token").is_none(), "the last page");
+    let rest: Value = serde_json::from_str(&rest.text().await.unwrap()).unwrap();
+    let names: Vec<&str> = rest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["entityId"]["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["k3", "t1"]);
+    // A time window on the last operation.
+    let future = s.get(&s.api("/entities?lastOperationTimeFrom=2999-01-01T00:00:00Z")).await.json();
+    assert_eq!(future, json!([]));
+
+    // DELETE signals the entity's delete operation; once run without state, it is gone.
+    assert_eq!(s.delete(&s.api("/entities/counter/k2")).await.status, StatusCode::ACCEPTED);
+    let (token, _, ops) = entity_batch(&mut worker).await;
+    assert_eq!(ops, vec![("delete".to_string(), None)]);
+    finish_batch(&mut client, token, 1, None).await;
+    assert_eq!(s.get(&s.api("/entities/counter/k2")).await.status, StatusCode::NOT_FOUND);
+
+    // Refusals: no operation, a name that would read as another id, a bad page size.
+    for (method, path) in [
+        ("POST", "/entities/counter/k1"),
+        ("POST", "/entities/counter/k1?op="),
+        ("GET", "/entities/a@b/k"),
+        ("POST", "/entities/a@b/k?op=x"),
+        ("GET", "/entities?top=0"),
+        ("GET", "/entities/counter?lastOperationTimeFrom=yesterday"),
+    ] {
+        let (code, message) = s.send(method.parse().unwrap(), &s.api(path), None).await.error();
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{method} {path}");
+        assert!(!message.is_empty());
     }
 }
 
@@ -782,6 +922,8 @@ async fn probes_answer_and_the_openapi_document_names_exactly_the_routes() {
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
         let concrete = path
+            .replace("{entityName}", "counter")
+            .replace("{entityKey}", "doc-probe")
             .replace("{name}", "Idle")
             .replace("{instanceId}", "doc-probe")
             .replace("{eventName}", "e");
@@ -813,5 +955,5 @@ async fn probes_answer_and_the_openapi_document_names_exactly_the_routes() {
             }
         }
     }
-    assert_eq!(operations, 16);
+    assert_eq!(operations, 21);
 }

@@ -423,6 +423,58 @@ async function main() {
     eq(status, 403, "bulk refused");
   });
 
+  // A sidecar with API keys: nothing but the page itself without a key, everything with one.
+  const READ_KEY = "dashboard-read-key-0123456789";
+  const WRITE_KEY = "dashboard-write-key-0123456789";
+  const keyed = await startSidecar("keyed", ["--api-keys", `read:${READ_KEY},write:${WRITE_KEY}`]);
+  const startKeyed = async (id) => {
+    const r = await fetch(`${keyed.url}/runtime/webhooks/durabletask/orchestrators/hello/${id}`, {
+      method: "POST", headers: { Authorization: `Bearer ${WRITE_KEY}`, "Content-Type": "application/json" }, body: '"x"',
+    });
+    eq(r.status, 202, `start ${id} over HTTP with the key`);
+  };
+  await startKeyed("keyed-1");
+  const keyedPage = await context.newPage();
+  await test("with an API key set, a request without it is refused", async () => {
+    expectedFailures.push("401", "403");
+    await keyedPage.goto(`${keyed.url}/`);
+    // The page loads (it carries no data) and asks for a key instead of showing instances.
+    await keyedPage.waitForSelector("#api-key", { timeout: WAIT });
+    eq(await rowIds(keyedPage), [], "no rows without a key");
+    const refused = await keyedPage.evaluate(async () => {
+      const out = {};
+      for (const p of ["/api/config", "/api/instances", "/api/events", "/runtime/webhooks/durabletask/instances"]) {
+        const r = await fetch(p);
+        out[p] = [r.status, (await r.json()).Message ? "message" : "no message"];
+      }
+      return out;
+    });
+    for (const [p, answer] of Object.entries(refused)) eq(answer, [401, "message"], `${p} without a key`);
+    // A read key may look but not act.
+    const status = await keyedPage.evaluate(async (key) => (await fetch("/api/bulk?action=terminate", {
+      method: "POST", headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" }, body: '{"ids":["keyed-1"]}',
+    })).status, READ_KEY);
+    eq(status, 403, "an action with a read key");
+    const after = await fetch(`${keyed.url}/runtime/webhooks/durabletask/instances/keyed-1`, { headers: { Authorization: `Bearer ${READ_KEY}` } });
+    eq((await after.json()).runtimeStatus, "Pending", "the refused terminate changed nothing");
+  });
+
+  await test("with the key the page lists instances, follows them live and keeps the key for the tab", async () => {
+    await keyedPage.fill("#api-key", WRITE_KEY);
+    await keyedPage.click("form.error-box button[type=submit]");
+    await keyedPage.waitForSelector("main[data-ready=list][data-counts=ready]", { timeout: WAIT });
+    eq(await rowIds(keyedPage), ["keyed-1"], "the keyed sidecar's instance");
+    await keyedPage.waitForSelector("#live-state.on", { timeout: WAIT });
+    await startKeyed("keyed-2");
+    await keyedPage.waitForSelector("#instances tr[data-id='keyed-2']", { timeout: WAIT });
+    // The key stays with the tab: a reload needs no prompt.
+    await keyedPage.reload();
+    await keyedPage.waitForSelector("main[data-ready=list][data-counts=ready]", { timeout: WAIT });
+    assert(!(await keyedPage.$("#api-key")), "no key prompt after a reload");
+    await keyedPage.screenshot({ path: path.join(RESULTS, "list-with-key.png") });
+  });
+  await keyedPage.close();
+
   await test("SIGTERM stops the sidecar while a page keeps a live stream open", async () => {
     await openList(page, base);
     await page.waitForSelector("#live-state.on");

@@ -67,6 +67,10 @@ fn parse_page_token(field: &str, token: &Option<String>) -> Result<Option<(Micro
         return Ok(None);
     };
     let bad = || Status::invalid_argument(format!("{field} is not a token this sidecar issued"));
+    // A token holds a timestamp and an instance id: anything longer was not issued here.
+    if token.len() > limits::MAX_ID_BYTES + 24 {
+        return Err(bad());
+    }
     let (at, id) = token.split_once('|').ok_or_else(bad)?;
     Ok(Some((at.parse().map_err(|_| bad())?, id.to_string())))
 }

@@ -55,7 +55,7 @@ fn prefix(p: &str) -> String {
 }
 
 impl Service {
-    pub(super) async fn signal_entity(&self, r: SignalEntityRequest) -> Result<SignalEntityResponse, Status> {
+    pub(crate) async fn signal_entity(&self, r: SignalEntityRequest) -> Result<SignalEntityResponse, Status> {
         let id = entity_id(&r.instance_id)?;
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the operation) is required"));
@@ -73,7 +73,7 @@ impl Service {
         Ok(SignalEntityResponse {})
     }
 
-    pub(super) async fn get_entity(&self, r: GetEntityRequest) -> Result<GetEntityResponse, Status> {
+    pub(crate) async fn get_entity(&self, r: GetEntityRequest) -> Result<GetEntityResponse, Status> {
         let id = entity_id(&r.instance_id)?;
         let found = self.store.get_entity(&id).await.map_err(status)?;
         // An entity without state and without a lock does not exist (it may have queued work).
@@ -89,7 +89,7 @@ impl Service {
         })
     }
 
-    pub(super) async fn query_entities(&self, r: QueryEntitiesRequest) -> Result<QueryEntitiesResponse, Status> {
+    pub(crate) async fn query_entities(&self, r: QueryEntitiesRequest) -> Result<QueryEntitiesResponse, Status> {
         let q = r.query.unwrap_or_default();
         let limit = match q.page_size {
             None => DEFAULT_PAGE,
@@ -102,7 +102,13 @@ impl Service {
             modified_from: timestamp("lastModifiedFrom", &q.last_modified_from)?,
             modified_to: timestamp("lastModifiedTo", &q.last_modified_to)?,
             include_transient: q.include_transient,
-            after: q.continuation_token.filter(|t| !t.is_empty()),
+            after: match q.continuation_token.filter(|t| !t.is_empty()) {
+                // A token is an entity's instance id: anything longer was not issued here.
+                Some(t) if t.len() > crate::limits::MAX_ID_BYTES => {
+                    return Err(Status::invalid_argument("continuationToken is not a token this sidecar issued"));
+                }
+                t => t,
+            },
             limit: limit + 1,
         };
         let mut rows = self.store.query_entities(&filter).await.map_err(status)?;

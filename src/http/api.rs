@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{get, post};
 use serde_json::Value;
 use tonic::Code;
 
@@ -48,15 +48,13 @@ pub fn routes() -> Router<App> {
         .route(&p("/instances/{id}/resume"), post(resume))
         .route(&p("/instances/{id}/rewind"), post(rewind))
         .route(&p("/instances/{id}/restart"), post(restart))
-        .route(&p("/entities"), any(entities))
-        .route(&p("/entities/{*rest}"), any(entities))
 }
 
 /// Query parameters; names are matched ignoring case, as Durable Functions does.
-struct Query(Vec<(String, String)>);
+pub(super) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(raw: Option<String>) -> Query {
+    pub(super) fn parse(raw: Option<String>) -> Query {
         let raw = raw.unwrap_or_default();
         Query(form_urlencoded::parse(raw.as_bytes()).into_owned().collect())
     }
@@ -68,11 +66,11 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    fn flag(&self, name: &str, default: bool) -> ApiResult<bool> {
+    pub(super) fn flag(&self, name: &str, default: bool) -> ApiResult<bool> {
         match self.get(name) {
             None => Ok(default),
             Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
@@ -81,7 +79,7 @@ impl Query {
         }
     }
 
-    fn time(&self, name: &str) -> ApiResult<Option<prost_types::Timestamp>> {
+    pub(super) fn time(&self, name: &str) -> ApiResult<Option<prost_types::Timestamp>> {
         self.get(name)
             .filter(|v| !v.is_empty())
             .map(|v| {
@@ -90,6 +88,17 @@ impl Query {
                     .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
             })
             .transpose()
+    }
+
+    /// `top`, the page size, when given.
+    pub(super) fn top(&self) -> ApiResult<Option<i32>> {
+        match self.get("top") {
+            None => Ok(None),
+            Some(t) => match t.parse::<i32>() {
+                Ok(n) if n > 0 => Ok(Some(n)),
+                _ => Err(ApiError::bad_request(format!("top must be a positive integer, got '{t}'"))),
+            },
+        }
     }
 
     /// `runtimeStatus`, comma-separated and/or repeated.
@@ -109,14 +118,24 @@ impl Query {
     fn wait(&self, name: &str) -> ApiResult<Option<Duration>> {
         let Some(v) = self.get(name) else { return Ok(None) };
         match v.parse::<f64>() {
-            Ok(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s).min(MAX_WAIT))),
+            // Capped before converting: a huge number of seconds is no Duration.
+            Ok(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())))),
             _ => Err(ApiError::bad_request(format!("{name} must be a number of seconds, got '{v}'"))),
         }
     }
 }
 
+/// The paging token a list request sent back, as this sidecar issued it (percent-encoded).
+pub(super) fn continuation(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get(CONTINUATION) else { return Ok(None) };
+    let refused = || ApiError::bad_request(format!("{CONTINUATION} is not a token this sidecar issued"));
+    let text = v.to_str().map_err(|_| refused())?;
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8().map_err(|_| refused())?;
+    Ok(Some(decoded.into_owned()).filter(|t| !t.is_empty()))
+}
+
 /// A request body as the JSON text the SDKs expect as an input; empty is no input.
-fn json_input(body: &Bytes) -> ApiResult<Option<String>> {
+pub(super) fn json_input(body: &Bytes) -> ApiResult<Option<String>> {
     let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body is not UTF-8 text"))?;
     let text = text.trim();
     if text.is_empty() {
@@ -126,11 +145,11 @@ fn json_input(body: &Bytes) -> ApiResult<Option<String>> {
     Ok(Some(text.to_string()))
 }
 
-fn json(status: StatusCode, body: &Value) -> Response {
+pub(super) fn json(status: StatusCode, body: &Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-fn header_value(text: &str) -> HeaderValue {
+pub(super) fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("/"))
 }
 
@@ -267,25 +286,8 @@ async fn status(State(app): State<App>, Path(id): Path<String>, RawQuery(query):
 
 async fn list(State(app): State<App>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult {
     let q = Query::parse(query);
-    let top = match q.get("top") {
-        None => 0,
-        Some(t) => match t.parse::<i32>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(ApiError::bad_request(format!("top must be a positive integer, got '{t}'"))),
-        },
-    };
-    let continuation = match headers.get(CONTINUATION) {
-        None => None,
-        Some(v) => {
-            let text = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request(format!("{CONTINUATION} is not a token this sidecar issued")))?;
-            let decoded = percent_encoding::percent_decode_str(text)
-                .decode_utf8()
-                .map_err(|_| ApiError::bad_request(format!("{CONTINUATION} is not a token this sidecar issued")))?;
-            Some(decoded.into_owned()).filter(|t| !t.is_empty())
-        }
-    };
+    let top = q.top()?.unwrap_or(0);
+    let continuation = continuation(&headers)?;
     let show_input = q.flag("showInput", false)?;
     let query = InstanceQuery {
         runtime_status: q.statuses()?,
@@ -439,6 +441,18 @@ async fn restart(State(app): State<App>, Path(id): Path<String>, RawQuery(query)
     started_response(&app, &headers, &restarted.instance_id, wait).await
 }
 
-async fn entities() -> ApiError {
-    ApiError::new(StatusCode::NOT_IMPLEMENTED, "entities are not supported yet by this sidecar")
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_capped_not_converted_whole() {
+        let wait = |v: &str| Query::parse(Some(format!("timeout={v}"))).wait("timeout").map_err(|e| e.status);
+        assert_eq!(wait("1.5"), Ok(Some(Duration::from_millis(1500))));
+        // Seconds beyond what a Duration holds are the longest wait, not a crash.
+        assert_eq!(wait("1e300"), Ok(Some(MAX_WAIT)));
+        for bad in ["-1", "NaN", "inf", "soon"] {
+            assert_eq!(wait(bad), Err(StatusCode::BAD_REQUEST), "{bad}");
+        }
+    }
 }

@@ -10,8 +10,10 @@
 mod access;
 mod api;
 pub mod dashboard;
+mod entities;
 mod error;
 mod links;
+mod listen;
 mod openapi;
 pub(crate) mod payload;
 mod probes;
@@ -19,6 +21,7 @@ mod secure;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -61,6 +64,7 @@ pub fn router(service: Service, settings: Settings, keys: Keys, draining: watch:
     };
     let router = Router::new()
         .merge(api::routes())
+        .merge(entities::routes())
         .merge(probes::routes())
         .merge(openapi::routes())
         .fallback(error::no_route)
@@ -73,11 +77,13 @@ pub fn router(service: Service, settings: Settings, keys: Keys, draining: watch:
 }
 
 /// Serves `router` on every listener, over TLS when `tls` is set, until `shutdown` resolves;
-/// open requests may finish.
+/// open requests may finish. A connection that has not begun a request `handshake` after it
+/// was accepted is closed.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     router: Router,
     tls: Option<crate::tls::Acceptor>,
+    handshake: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -89,9 +95,12 @@ pub async fn serve(
         };
         let app = router.clone();
         match &tls {
-            None => servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await }),
+            None => {
+                let listener = listen::PlainListener::new(listener, handshake);
+                servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
+            }
             Some(acceptor) => {
-                let listener = secure::TlsListener::new(listener, acceptor.clone())?;
+                let listener = secure::TlsListener::new(listener, acceptor.clone(), handshake)?;
                 servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stopped).await })
             }
         };

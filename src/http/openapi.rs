@@ -1,6 +1,6 @@
 //! The OpenAPI document of everything the listener serves, at `/openapi.json`. The service
 //! tests check that it names exactly the routes that exist, and schemathesis checks the
-//! answers against it (`tests/http/fuzz.sh`).
+//! answers against it (`tests/http_fuzz.sh`).
 
 use axum::Router;
 use axum::http::header;

@@ -20,7 +20,7 @@ pub fn json_value(text: Option<&str>) -> Value {
     }
 }
 
-fn time_of(ts: &Option<prost_types::Timestamp>, precision: Precision) -> Value {
+pub fn time_of(ts: &Option<prost_types::Timestamp>, precision: Precision) -> Value {
     match ts {
         Some(t) => Value::String(rfc3339::format(t.seconds * 1_000_000 + i64::from(t.nanos) / 1000, precision)),
         None => Value::Null,

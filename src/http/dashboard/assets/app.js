@@ -98,6 +98,8 @@ function keyPrompt(err) {
       e.preventDefault();
       state.key = input.value.trim();
       sessionStorage.setItem("outrigger.key", state.key);
+      // Refused at the first call: the page has not loaded its settings yet.
+      if (!state.config) { boot(); return; }
       connectLive();
       route();
     },
@@ -841,6 +843,11 @@ function setupChrome() {
 
 async function start() {
   setupChrome();
+  await boot();
+}
+
+// Loads the sidecar's settings, then the view and the live stream.
+async function boot() {
   try {
     state.config = await api("/api/config");
   } catch (e) {

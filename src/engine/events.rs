@@ -92,39 +92,41 @@ pub fn execution_started(events: &[HistoryEvent]) -> Option<&ExecutionStartedEve
     })
 }
 
-/// A short name for an event kind, for logs and the inbox's `kind` column.
+/// A short name for an event's kind, for logs (`none` when the event carries no kind).
 pub fn kind_name(event: &HistoryEvent) -> &'static str {
-    match &event.event_type {
-        None => "none",
-        Some(kind) => match kind {
-            EventType::ExecutionStarted(_) => "ExecutionStarted",
-            EventType::ExecutionCompleted(_) => "ExecutionCompleted",
-            EventType::ExecutionTerminated(_) => "ExecutionTerminated",
-            EventType::TaskScheduled(_) => "TaskScheduled",
-            EventType::TaskCompleted(_) => "TaskCompleted",
-            EventType::TaskFailed(_) => "TaskFailed",
-            EventType::SubOrchestrationInstanceCreated(_) => "SubOrchestrationInstanceCreated",
-            EventType::SubOrchestrationInstanceCompleted(_) => "SubOrchestrationInstanceCompleted",
-            EventType::SubOrchestrationInstanceFailed(_) => "SubOrchestrationInstanceFailed",
-            EventType::TimerCreated(_) => "TimerCreated",
-            EventType::TimerFired(_) => "TimerFired",
-            EventType::OrchestratorStarted(_) => "OrchestratorStarted",
-            EventType::OrchestratorCompleted(_) => "OrchestratorCompleted",
-            EventType::EventSent(_) => "EventSent",
-            EventType::EventRaised(_) => "EventRaised",
-            EventType::GenericEvent(_) => "GenericEvent",
-            EventType::HistoryState(_) => "HistoryState",
-            EventType::ContinueAsNew(_) => "ContinueAsNew",
-            EventType::ExecutionSuspended(_) => "ExecutionSuspended",
-            EventType::ExecutionResumed(_) => "ExecutionResumed",
-            EventType::EntityOperationSignaled(_) => "EntityOperationSignaled",
-            EventType::EntityOperationCalled(_) => "EntityOperationCalled",
-            EventType::EntityOperationCompleted(_) => "EntityOperationCompleted",
-            EventType::EntityOperationFailed(_) => "EntityOperationFailed",
-            EventType::EntityLockRequested(_) => "EntityLockRequested",
-            EventType::EntityLockGranted(_) => "EntityLockGranted",
-            EventType::EntityUnlockSent(_) => "EntityUnlockSent",
-            EventType::ExecutionRewound(_) => "ExecutionRewound",
-        },
+    event.event_type.as_ref().map_or("none", type_name)
+}
+
+/// The event type's name as the protocol spells it (`TaskScheduled`, `TimerFired`, ...).
+pub fn type_name(kind: &EventType) -> &'static str {
+    match kind {
+        EventType::ExecutionStarted(_) => "ExecutionStarted",
+        EventType::ExecutionCompleted(_) => "ExecutionCompleted",
+        EventType::ExecutionTerminated(_) => "ExecutionTerminated",
+        EventType::TaskScheduled(_) => "TaskScheduled",
+        EventType::TaskCompleted(_) => "TaskCompleted",
+        EventType::TaskFailed(_) => "TaskFailed",
+        EventType::SubOrchestrationInstanceCreated(_) => "SubOrchestrationInstanceCreated",
+        EventType::SubOrchestrationInstanceCompleted(_) => "SubOrchestrationInstanceCompleted",
+        EventType::SubOrchestrationInstanceFailed(_) => "SubOrchestrationInstanceFailed",
+        EventType::TimerCreated(_) => "TimerCreated",
+        EventType::TimerFired(_) => "TimerFired",
+        EventType::OrchestratorStarted(_) => "OrchestratorStarted",
+        EventType::OrchestratorCompleted(_) => "OrchestratorCompleted",
+        EventType::EventSent(_) => "EventSent",
+        EventType::EventRaised(_) => "EventRaised",
+        EventType::GenericEvent(_) => "GenericEvent",
+        EventType::HistoryState(_) => "HistoryState",
+        EventType::ContinueAsNew(_) => "ContinueAsNew",
+        EventType::ExecutionSuspended(_) => "ExecutionSuspended",
+        EventType::ExecutionResumed(_) => "ExecutionResumed",
+        EventType::EntityOperationSignaled(_) => "EntityOperationSignaled",
+        EventType::EntityOperationCalled(_) => "EntityOperationCalled",
+        EventType::EntityOperationCompleted(_) => "EntityOperationCompleted",
+        EventType::EntityOperationFailed(_) => "EntityOperationFailed",
+        EventType::EntityLockRequested(_) => "EntityLockRequested",
+        EventType::EntityLockGranted(_) => "EntityLockGranted",
+        EventType::EntityUnlockSent(_) => "EntityUnlockSent",
+        EventType::ExecutionRewound(_) => "ExecutionRewound",
     }
 }

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::engine::events::type_name;
 use crate::model::{Instance, runtime_status_name};
 use crate::proto::history_event::EventType;
 use crate::proto::{HistoryEvent, TaskFailureDetails};
@@ -78,40 +79,6 @@ pub fn trace_id(history: &[HistoryEvent]) -> Option<String> {
 pub fn trace_url(template: &str, trace_id: &str, instance_id: &str) -> String {
     let id: String = percent_encoding::utf8_percent_encode(instance_id, percent_encoding::NON_ALPHANUMERIC).collect();
     template.replace("{traceId}", trace_id).replace("{instanceId}", &id)
-}
-
-/// The event's type name as the protocol spells it (`TaskScheduled`, `TimerFired`, ...).
-fn type_name(kind: &EventType) -> &'static str {
-    match kind {
-        EventType::ExecutionStarted(_) => "ExecutionStarted",
-        EventType::ExecutionCompleted(_) => "ExecutionCompleted",
-        EventType::ExecutionTerminated(_) => "ExecutionTerminated",
-        EventType::TaskScheduled(_) => "TaskScheduled",
-        EventType::TaskCompleted(_) => "TaskCompleted",
-        EventType::TaskFailed(_) => "TaskFailed",
-        EventType::SubOrchestrationInstanceCreated(_) => "SubOrchestrationInstanceCreated",
-        EventType::SubOrchestrationInstanceCompleted(_) => "SubOrchestrationInstanceCompleted",
-        EventType::SubOrchestrationInstanceFailed(_) => "SubOrchestrationInstanceFailed",
-        EventType::TimerCreated(_) => "TimerCreated",
-        EventType::TimerFired(_) => "TimerFired",
-        EventType::OrchestratorStarted(_) => "OrchestratorStarted",
-        EventType::OrchestratorCompleted(_) => "OrchestratorCompleted",
-        EventType::EventSent(_) => "EventSent",
-        EventType::EventRaised(_) => "EventRaised",
-        EventType::GenericEvent(_) => "GenericEvent",
-        EventType::HistoryState(_) => "HistoryState",
-        EventType::ContinueAsNew(_) => "ContinueAsNew",
-        EventType::ExecutionSuspended(_) => "ExecutionSuspended",
-        EventType::ExecutionResumed(_) => "ExecutionResumed",
-        EventType::EntityOperationSignaled(_) => "EntityOperationSignaled",
-        EventType::EntityOperationCalled(_) => "EntityOperationCalled",
-        EventType::EntityOperationCompleted(_) => "EntityOperationCompleted",
-        EventType::EntityOperationFailed(_) => "EntityOperationFailed",
-        EventType::EntityLockRequested(_) => "EntityLockRequested",
-        EventType::EntityLockGranted(_) => "EntityLockGranted",
-        EventType::EntityUnlockSent(_) => "EntityUnlockSent",
-        EventType::ExecutionRewound(_) => "ExecutionRewound",
-    }
 }
 
 /// One history event as a table row: type, time, and the fields worth reading.

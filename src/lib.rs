@@ -32,9 +32,11 @@ pub mod model;
 pub mod rfc3339;
 pub mod server;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
+pub mod watchers;
 
 /// Types generated from `proto/orchestrator_service.proto`.
 pub mod proto {

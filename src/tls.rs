@@ -138,9 +138,9 @@ impl Acceptor {
     }
 
     /// Reloads on SIGHUP and when a file's modification time or size changes, until dropped.
-    pub fn watch(&self) -> crate::dispatch::AbortOnDrop {
+    pub fn watch(&self) -> crate::task::AbortOnDrop {
         let this = self.clone();
-        crate::dispatch::AbortOnDrop(tokio::spawn(async move {
+        crate::task::AbortOnDrop(tokio::spawn(async move {
             #[cfg(unix)]
             let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut seen = this.stamps();

@@ -189,7 +189,7 @@ impl Service {
 
     /// Stores a new instance, inside its create span when tracing.
     async fn create(&self, mut new: NewInstance, replaceable: &[OrchestrationStatus], now: Micros) -> Result<(), StoreError> {
-        let creation = self.dispatcher.telemetry.creating(&mut new, now);
+        let creation = self.telemetry.creating(&mut new, now);
         let id = new.instance.instance_id.clone();
         if let Err(e) = self.store.create_instance(new, replaceable).await {
             creation.failed(&e);
@@ -217,7 +217,7 @@ impl Service {
         done: impl Fn(OrchestrationStatus) -> bool,
     ) -> Result<GetInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?.to_string();
-        let watchers = &self.dispatcher.watchers;
+        let watchers = &self.watchers;
         // Declared before the wait, so dropped after it (and its subscription) even when the
         // call is cancelled.
         let _release = watchers.releasing(&id);

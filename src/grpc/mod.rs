@@ -17,12 +17,17 @@ use crate::dispatch::Dispatcher;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService;
 use crate::proto::*;
 use crate::store::{Store, StoreError};
+use crate::telemetry::Telemetry;
+use crate::watchers::Watchers;
 
 /// The service state shared by all handlers.
 #[derive(Clone)]
 pub struct Service {
     store: Arc<dyn Store>,
     dispatcher: Arc<Dispatcher>,
+    /// Clients waiting on an instance subscribe here; the dispatcher wakes them.
+    watchers: Arc<Watchers>,
+    telemetry: Telemetry,
     /// How long a WaitForInstance* call without a deadline may wait.
     max_wait: Duration,
 }
@@ -34,10 +39,18 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    pub fn new(store: Arc<dyn Store>, dispatcher: Arc<Dispatcher>, max_wait: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        dispatcher: Arc<Dispatcher>,
+        watchers: Arc<Watchers>,
+        telemetry: Telemetry,
+        max_wait: Duration,
+    ) -> Self {
         Service {
             store,
             dispatcher,
+            watchers,
+            telemetry,
             max_wait,
         }
     }
@@ -49,6 +62,11 @@ impl Service {
 
     pub fn dispatcher(&self) -> &Arc<Dispatcher> {
         &self.dispatcher
+    }
+
+    /// Instance waits and the change feed (the dashboard's live view).
+    pub fn watchers(&self) -> &Arc<Watchers> {
+        &self.watchers
     }
 }
 

@@ -14,7 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 use crate::accept::{Backoff, Handshaking, Speaks};
-use crate::dispatch::AbortOnDrop;
+use crate::task::AbortOnDrop;
 use crate::tls;
 
 /// Handshakes finished but not yet taken by the server.

@@ -18,11 +18,13 @@ use tracing::info;
 
 use crate::dapr::DaprService;
 use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
-use crate::dispatch::{self, AbortOnDrop, Dispatcher};
+use crate::dispatch::{self, Dispatcher};
 use crate::grpc::Service;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
 use crate::store::{self, Store};
+use crate::task::AbortOnDrop;
 use crate::telemetry::Telemetry;
+use crate::watchers::Watchers;
 
 pub use route::Route;
 
@@ -64,9 +66,10 @@ pub struct Hub {
 
 impl Hub {
     fn new(store: Arc<dyn Store>, recipe: &Recipe) -> Hub {
-        let dispatcher = Dispatcher::new(store.clone(), recipe.dispatch.clone(), recipe.telemetry.clone());
+        let watchers = Arc::new(Watchers::default());
+        let dispatcher = Dispatcher::new(store.clone(), recipe.dispatch.clone(), recipe.telemetry.clone(), watchers.clone());
         let dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
-        let handlers = Service::new(store, dispatcher.clone(), recipe.max_wait);
+        let handlers = Service::new(store, dispatcher.clone(), watchers, recipe.telemetry.clone(), recipe.max_wait);
         let microsoft = TaskHubSidecarServiceServer::new(handlers.clone())
             .max_decoding_message_size(recipe.max_message_bytes)
             .max_encoding_message_size(recipe.max_message_bytes);

@@ -16,8 +16,8 @@ use outrigger::proto::orchestrator_action::OrchestratorActionType as ActionType;
 use outrigger::proto::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
 use outrigger::proto::work_item::Request as Item;
 use outrigger::proto::*;
+use outrigger::task::AbortOnDrop;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::workload::{ACTIVITY_RESULT, Script, decide};
@@ -56,16 +56,10 @@ impl Errors {
 
 /// A connected worker; dropping it closes its stream.
 pub struct Worker {
-    task: JoinHandle<()>,
+    _task: AbortOnDrop,
     pub observed: Arc<Mutex<Observed>>,
     /// Entity operations acknowledged so far, for waiting on them.
     pub entity_operations: watch::Receiver<u64>,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Worker {
@@ -108,7 +102,7 @@ impl Worker {
             }
         });
         Ok(Worker {
-            task,
+            _task: AbortOnDrop(task),
             observed,
             entity_operations,
         })

@@ -24,7 +24,7 @@ const MAX_IDS: usize = 200;
 
 pub async fn events(State(d): State<Dashboard>, headers: HeaderMap) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     d.permit(&headers, Need::Read)?;
-    let watchers = &d.service.dispatcher().watchers;
+    let watchers = d.service.watchers();
     let mut feed = watchers.feed();
     let mut closed = watchers.feed_closed();
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(4);
@@ -41,7 +41,7 @@ pub async fn events(State(d): State<Dashboard>, headers: HeaderMap) -> ApiResult
             };
             let mut ids: Vec<String> = vec![];
             let mut all = false;
-            let mut take = |change: Result<crate::dispatch::Changed, RecvError>| match change {
+            let mut take = |change: Result<crate::watchers::Changed, RecvError>| match change {
                 Ok(Some(changed)) => ids.extend(changed.iter().cloned()),
                 Ok(None) | Err(RecvError::Lagged(_)) => all = true,
                 Err(RecvError::Closed) => all = true,

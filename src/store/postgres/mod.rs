@@ -40,7 +40,7 @@ pub struct PostgresStore {
     /// Tells other sidecars (and filters our own echoes) which instances a commit touched.
     notifier: notify::Notifier,
     changes: broadcast::Sender<Change>,
-    _listener: notify::ListenerTask,
+    _listener: crate::task::AbortOnDrop,
     write_concurrency: usize,
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use crate::store::{Change, Result};
+use crate::task::AbortOnDrop;
 
 /// The default hub's channel; a named hub's is [`hub_channel`].
 pub const CHANNEL: &str = "outrigger";
@@ -90,21 +91,13 @@ fn decode(payload: &str) -> Option<(&str, Change)> {
     Some((node, Change::Instances(ids)))
 }
 
-/// The listening task; stops when dropped (with the store).
-pub struct ListenerTask(tokio::task::JoinHandle<()>);
-
-impl Drop for ListenerTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Starts listening. The first connection is made before returning, so a store that opens
-/// successfully hears everything committed after that.
-pub async fn listen(url: &str, notifier: Notifier, changes: broadcast::Sender<Change>) -> Result<ListenerTask, sqlx::Error> {
+/// successfully hears everything committed after that. The task stops when the returned
+/// handle is dropped (with the store).
+pub async fn listen(url: &str, notifier: Notifier, changes: broadcast::Sender<Change>) -> Result<AbortOnDrop, sqlx::Error> {
     let first = connect(url, &notifier.channel).await?;
     let url = url.to_string();
-    Ok(ListenerTask(tokio::spawn(async move {
+    Ok(AbortOnDrop(tokio::spawn(async move {
         let mut listener = Some(first);
         loop {
             let Some(l) = listener.as_mut() else {

@@ -20,9 +20,9 @@ use crate::accept::{Backoff, Handshaking, Speaks};
 use crate::auth::{AuthLayer, Keys};
 use crate::dapr::guard;
 use crate::dispatch;
-use crate::task::AbortOnDrop;
 use crate::hubs::{self, Hubs, Route};
 use crate::store::Store;
+use crate::task::AbortOnDrop;
 use crate::telemetry::{RpcLayer, Telemetry};
 use crate::tls::{self, Conn};
 

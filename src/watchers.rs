@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, watch};
 
-
 /// Wakes clients waiting on an instance's state (WaitForInstanceStart/Completion), and feeds
 /// the live views (the dashboard's change stream) with every change.
 pub struct Watchers {

@@ -52,7 +52,6 @@ pub(super) struct HeldEntity {
     pub(super) plan: Plan,
 }
 
-
 /// Why a completion or abandon was refused.
 pub(super) fn stale(token: &str) -> Status {
     Status::failed_precondition(format!(
@@ -61,7 +60,6 @@ pub(super) fn stale(token: &str) -> Status {
 }
 
 impl Dispatcher {
-
     /// Applies an orchestrator's answer (or buffers it, for a chunk that is not the last).
     /// Chunking is deprecated in the protocol but still sent by the .NET and Java SDKs.
     #[allow(deprecated)]
@@ -418,5 +416,4 @@ impl Dispatcher {
             self.wake();
         }
     }
-
 }

@@ -21,8 +21,8 @@ use crate::telemetry::Telemetry;
 use crate::time::{self, Micros};
 use crate::watchers::Watchers;
 
-pub use workers::{Outbox, WorkerGuard};
 use workers::State;
+pub use workers::{Outbox, WorkerGuard};
 
 /// Tunables of the dispatch loop.
 #[derive(Debug, Clone)]
@@ -182,7 +182,6 @@ impl Dispatcher {
             }),
         }
     }
-
 
     /// Worker streams open now (the metrics' gauge).
     pub fn connected_workers(&self) -> usize {

@@ -1,8 +1,8 @@
 //! The push loop: leases due work for the free room of connected workers and hands it out;
 //! and, beside it, the lease renewer and the relay of other sidecars' changes.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -465,7 +465,6 @@ impl Dispatcher {
         }
         Ok(())
     }
-
 
     /// Takes back the items workers have held longer than `deadline` and offers them again;
     /// an answer that comes later is refused as stale.

@@ -69,7 +69,6 @@ impl Worker {
     }
 }
 
-
 /// Workers that send the same filters, and their free room per kind of work item.
 pub(super) struct Group {
     pub(super) filter: WorkFilter,

@@ -1,20 +1,16 @@
 //! API keys and roles. A caller presents a key as `authorization: Bearer <key>` (what the
 //! managed scheduler's SDK packages send) or `dapr-api-token: <key>` (what Dapr-style apps
 //! send); each key carries one role. [`Keys`] decides who a caller is and is shared by every
-//! listener; [`AuthLayer`] applies it to the gRPC service, and the HTTP listener
+//! listener; `grpc::AuthLayer` applies it to the gRPC services, and the HTTP listener
 //! (`http::access`) calls [`Keys::authorize`] with its request headers the same way.
 //!
 //! With no keys configured every caller is anonymous with the `full` role: the sidecar behaves
 //! as it always did (and warns when it listens beyond loopback that way).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use sha2::{Digest, Sha256};
-use tonic::Status;
 use tonic::codegen::http;
 
 /// What a caller may do. Ordered: each role may do everything the roles before it may.
@@ -51,23 +47,14 @@ impl fmt::Display for Role {
 }
 
 /// Why a call was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// No key, or a key nobody configured (gRPC UNAUTHENTICATED, HTTP 401).
+    #[error("{0}")]
     Unauthenticated(&'static str),
     /// A valid key whose role is too low (gRPC PERMISSION_DENIED, HTTP 403).
+    #[error("this call needs the '{needed}' role; the key presented has '{held}'")]
     Forbidden { needed: Role, held: Role },
-}
-
-impl Denied {
-    pub fn status(&self) -> Status {
-        match self {
-            Denied::Unauthenticated(why) => Status::unauthenticated(*why),
-            Denied::Forbidden { needed, held } => {
-                Status::permission_denied(format!("this call needs the '{needed}' role; the key presented has '{held}'"))
-            }
-        }
-    }
 }
 
 /// Who made a call: put into the request's extensions by [`AuthLayer`], read by handlers that
@@ -81,15 +68,14 @@ pub struct Caller {
 
 impl Caller {
     /// The check for DeleteTaskHub, CreateTaskHub with recreate and purge by filter.
-    pub fn may_destroy(&self) -> Result<(), Status> {
+    pub fn may_destroy(&self) -> Result<(), Denied> {
         if self.role == Role::Full || (self.destructive_for_writers && self.role == Role::Write) {
             return Ok(());
         }
         Err(Denied::Forbidden {
             needed: Role::Full,
             held: self.role,
-        }
-        .status())
+        })
     }
 
     /// The caller a request carries; a request that did not pass through [`AuthLayer`] (a
@@ -272,78 +258,12 @@ pub fn needed_role(method: &str) -> Role {
 
 /// The role a gRPC path needs, or `None` for paths open to anyone: the health service, which
 /// probes call without credentials and which tells nothing about the data.
-fn needed_for_path(path: &str) -> Option<Role> {
+pub(crate) fn needed_for_path(path: &str) -> Option<Role> {
     let (service, method) = path.trim_start_matches('/').split_once('/')?;
     match service {
         "grpc.health.v1.Health" => None,
         "TaskHubSidecarService" => Some(needed_role(method)),
         _ => Some(Role::Full),
-    }
-}
-
-/// The tower layer that authenticates every gRPC call before it reaches a handler.
-#[derive(Clone, Debug)]
-pub struct AuthLayer {
-    keys: Keys,
-}
-
-impl AuthLayer {
-    pub fn new(keys: Keys) -> Self {
-        AuthLayer { keys }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            keys: self.keys.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct AuthService<S> {
-    inner: S,
-    keys: Keys,
-}
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<S::Response, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let decision = match needed_for_path(request.uri().path()) {
-            None => Ok(None),
-            Some(needed) => self.keys.authorize(request.headers(), needed).map(Some),
-        };
-        match decision {
-            Ok(caller) => {
-                if let Some(caller) = caller {
-                    request.extensions_mut().insert(caller);
-                }
-                Box::pin(self.inner.call(request))
-            }
-            Err(denied) => {
-                tracing::debug!(path = request.uri().path(), reason = ?denied, "call refused");
-                let response = denied.status().into_http();
-                Box::pin(async move { Ok(response) })
-            }
-        }
     }
 }
 
@@ -417,16 +337,6 @@ mod tests {
                 needed: Role::Write,
                 held: Role::Read
             })
-        );
-        assert_eq!(Denied::Unauthenticated("x").status().code(), tonic::Code::Unauthenticated);
-        assert_eq!(
-            Denied::Forbidden {
-                needed: Role::Full,
-                held: Role::Read
-            }
-            .status()
-            .code(),
-            tonic::Code::PermissionDenied
         );
     }
 

@@ -2,19 +2,26 @@
 //!
 //! Layout:
 //! - [`config`]: flags and environment, validated once at start.
-//! - [`grpc`]: the `TaskHubSidecarService` handlers: input checks and wire <-> domain, nothing more.
+//! - [`grpc`]: the `TaskHubSidecarService` handlers (input checks and wire <-> domain), and
+//!   [`grpc::status`], the one place every layer's errors become gRPC statuses.
 //! - [`dapr`]: the Dapr dialect of the same service, translated onto the [`grpc`] handlers.
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
+//! - [`model`]: the domain records the engine produces and the store persists.
 //! - [`limits`]: size limits on every field clients and workers send.
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
-//! - [`store`]: durable state behind one trait (SQLite).
+//! - [`watchers`]: client waits on instance state and the live change feed.
+//! - [`store`]: durable state behind one trait, on SQLite or Postgres.
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
-//! - [`http`]: the Durable Functions HTTP management API, probes and `/metrics`.
+//! - [`http`]: the Durable Functions HTTP management API, probes, `/metrics` and the dashboard.
 //! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.
 //! - [`cli`]: `outrigger instances ...`, a gRPC client of a running sidecar.
-//! - [`hubs`]: task hubs chosen by the `taskhub` metadata, each with its own store and dispatcher.
+//! - [`hubs`]: task hubs chosen by the `taskhub` metadata ([`taskhub`]), each with its own
+//!   store and dispatcher.
 //! - [`server`]: wires the pieces together and serves until shutdown.
 //! - [`auth`], [`tls`]: API keys and roles, TLS with reload; shared by every listener.
+//! - [`time`], [`rfc3339`]: microsecond times and wire timestamps; ISO 8601 text.
+//! - [`accept`]: accepting connections (back-off when descriptors run out, a handshake deadline).
+//! - [`task`], [`redact`]: a background task that ends with its owner; URLs safe to log.
 
 pub mod accept;
 pub mod auth;
@@ -29,10 +36,12 @@ pub mod hubs;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod redact;
 pub mod rfc3339;
 pub mod server;
 pub mod store;
 pub mod task;
+pub mod taskhub;
 pub mod telemetry;
 pub mod time;
 pub mod tls;

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use outrigger::config::{self, Command, Config, LogFormat};
+use outrigger::config::{Command, Config, LogFormat};
 use outrigger::telemetry::Telemetry;
 use outrigger::{dispatch, server, store};
 
@@ -44,7 +44,7 @@ async fn migrate(config: Config) -> ExitCode {
     let database_url = config.database_url();
     match store::migrate(&database_url, &config.store_options()).await {
         Ok(()) => {
-            info!(database_url = %config::redact(&database_url), "schema is up to date");
+            info!(database_url = %outrigger::redact::redact(&database_url), "schema is up to date");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -105,7 +105,7 @@ async fn serve(config: Config) -> ExitCode {
         host = %config.host,
         port = ?config.microsoft_port(),
         dapr_port = ?config.dapr_port,
-        database_url = %config::redact(&database_url),
+        database_url = %outrigger::redact::redact(&database_url),
         log_format = ?config.log_format,
         pool_size = config.pool_size,
         lease_seconds = config.lease_seconds,
@@ -225,7 +225,7 @@ async fn serve(config: Config) -> ExitCode {
         None => Telemetry::disabled(),
         Some(settings) => match Telemetry::start(&settings) {
             Ok(t) => {
-                info!(endpoint = %config::redact(settings.traces_endpoint.as_deref().unwrap_or(&settings.endpoint)), protocol = ?settings.protocol, "exporting traces");
+                info!(endpoint = %outrigger::redact::redact(settings.traces_endpoint.as_deref().unwrap_or(&settings.endpoint)), protocol = ?settings.protocol, "exporting traces");
                 t
             }
             Err(e) => {

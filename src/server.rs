@@ -12,14 +12,16 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::codegen::http;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{debug, info, warn};
 
 use crate::accept::{Backoff, Handshaking, Speaks};
-use crate::auth::{AuthLayer, Keys};
+use crate::auth::Keys;
 use crate::dapr::guard;
 use crate::dispatch;
+use crate::grpc::AuthLayer;
 use crate::hubs::{self, Hubs, Route};
 use crate::store::Store;
 use crate::task::AbortOnDrop;
@@ -266,47 +268,20 @@ pub async fn serve(
             }
         }
     };
-    let serve_microsoft = async {
-        match microsoft {
-            None => Ok(()),
-            Some(incoming) => {
-                tonic::transport::Server::builder()
-                    .http2_keepalive_interval(options.keepalive)
-                    .http2_keepalive_timeout(options.keepalive)
-                    .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
-                    .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
-                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument(
-                        "Microsoft",
-                    )))
-                    .layer(guard::RefuseDaprClientsLayer)
-                    .layer(RpcLayer::new(options.telemetry.clone()))
-                    .layer(AuthLayer::new(options.keys.clone()))
-                    .add_service(health_service.clone())
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, stopped())
-                    .await
-            }
-        }
-    };
-    let serve_dapr = async {
-        match dapr {
-            None => Ok(()),
-            Some(incoming) => {
-                tonic::transport::Server::builder()
-                    .http2_keepalive_interval(options.keepalive)
-                    .http2_keepalive_timeout(options.keepalive)
-                    .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
-                    .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
-                    .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument("Dapr")))
-                    .layer(RpcLayer::new(options.telemetry.clone()))
-                    .layer(AuthLayer::new(options.keys.clone()))
-                    .add_service(health_service.clone())
-                    .add_service(dapr_service)
-                    .serve_with_incoming_shutdown(incoming, stopped())
-                    .await
-            }
-        }
-    };
+    let serve_microsoft = serve_dialect(
+        "Microsoft",
+        microsoft,
+        Routes::new(health_service.clone()).add_service(service),
+        (options.keepalive, &options.telemetry, &options.keys),
+        stopped(),
+    );
+    let serve_dapr = serve_dialect(
+        "Dapr",
+        dapr,
+        Routes::new(health_service.clone()).add_service(dapr_service),
+        (options.keepalive, &options.telemetry, &options.keys),
+        stopped(),
+    );
     let _graceful = AbortOnDrop(tokio::spawn(graceful));
     let serve = async { tokio::try_join!(serve_microsoft, serve_dapr).map(|_| ()) };
     tokio::select! {
@@ -318,6 +293,32 @@ pub async fn serve(
     }
     hubs.release_everything().await;
     Ok(())
+}
+
+/// One dialect's gRPC server on its listeners (none: nothing to serve), with the layers both
+/// dialects share; only the Microsoft listener refuses the Dapr dialect's Rust SDK.
+async fn serve_dialect(
+    dialect: &'static str,
+    incoming: Option<Incoming>,
+    routes: Routes,
+    (keepalive, telemetry, keys): (Option<Duration>, &Telemetry, &Keys),
+    stopped: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let Some(incoming) = incoming else { return Ok(()) };
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(keepalive)
+        .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
+        .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
+        .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument(dialect)))
+        .layer(guard::RefuseDaprClientsLayer {
+            refuse: dialect == "Microsoft",
+        })
+        .layer(RpcLayer::new(telemetry.clone()))
+        .layer(AuthLayer::new(keys.clone()))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stopped)
+        .await
 }
 
 /// A too-large request is refused by tonic with OUT_OF_RANGE, where gRPC's convention (and what

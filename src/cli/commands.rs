@@ -28,7 +28,7 @@ struct TaskHub(Option<MetadataValue<Ascii>>);
 impl tonic::service::Interceptor for TaskHub {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(name) = &self.0 {
-            request.metadata_mut().insert(crate::hubs::name::HEADER, name.clone());
+            request.metadata_mut().insert(crate::taskhub::HEADER, name.clone());
         }
         Ok(request)
     }
@@ -37,7 +37,7 @@ impl tonic::service::Interceptor for TaskHub {
 /// The `--task-hub` value as metadata, checked by the sidecar's own rules.
 fn task_hub(name: Option<&str>) -> Result<TaskHub, Failure> {
     let Some(name) = name else { return Ok(TaskHub(None)) };
-    let name = crate::hubs::name::parse(name).map_err(|e| usage(format!("--task-hub: {}", e.message())))?;
+    let name = crate::taskhub::parse(name).map_err(|e| usage(format!("--task-hub: {e}")))?;
     Ok(TaskHub(name.map(|n| n.parse().expect("hub names are plain ASCII"))))
 }
 

@@ -38,20 +38,27 @@ pub fn undecodable_is_invalid_argument<B>(dialect: &'static str) -> impl Fn(http
     }
 }
 
-/// Refuses calls from the Rust SDK (Dapr dialect) on the Microsoft listener.
+/// Refuses calls from the Rust SDK (Dapr dialect) on the Microsoft listener (`refuse`); on the
+/// Dapr listener it lets everything through.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RefuseDaprClientsLayer;
+pub struct RefuseDaprClientsLayer {
+    pub refuse: bool,
+}
 
 impl<S> tower::Layer<S> for RefuseDaprClientsLayer {
     type Service = RefuseDaprClients<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RefuseDaprClients { inner }
+        RefuseDaprClients {
+            inner,
+            refuse: self.refuse,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RefuseDaprClients<S> {
     inner: S,
+    refuse: bool,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for RefuseDaprClients<S>
@@ -69,11 +76,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let dapr = request
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ua| ua.starts_with(DAPR_RUST_SDK));
+        let dapr = self.refuse
+            && request
+                .headers()
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ua| ua.starts_with(DAPR_RUST_SDK));
         if dapr {
             let status = tonic::Status::invalid_argument(
                 "this is the Microsoft-dialect listener; dapr-durabletask speaks the Dapr dialect: point it at the --dapr-port listener",

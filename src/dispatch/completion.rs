@@ -4,11 +4,10 @@
 use std::time::Instant;
 
 use prost::Message as _;
-use tonic::Status;
 use tracing::{debug, warn};
 
-use super::Dispatcher;
 use super::workers::lost_key;
+use super::{Dispatcher, Refused};
 use crate::engine::entities::{self as entity_rules, Plan};
 use crate::engine::{self, events};
 use crate::limits;
@@ -19,7 +18,7 @@ use crate::store::{StoreError, Write};
 use crate::time;
 
 /// Most bytes of actions buffered for one chunked answer (all its partial chunks together).
-const MAX_CHUNKED_BYTES: usize = 64 << 20;
+pub(super) const MAX_CHUNKED_BYTES: usize = 64 << 20;
 
 /// An orchestrator work item a worker holds.
 pub(super) struct HeldOrchestration {
@@ -52,55 +51,43 @@ pub(super) struct HeldEntity {
     pub(super) plan: Plan,
 }
 
-/// Why a completion or abandon was refused.
-pub(super) fn stale(token: &str) -> Status {
-    Status::failed_precondition(format!(
-        "completion token '{token}' does not name a work item this sidecar has outstanding (already completed, abandoned, or its worker disconnected)"
-    ))
-}
-
 impl Dispatcher {
     /// Applies an orchestrator's answer (or buffers it, for a chunk that is not the last).
     /// Chunking is deprecated in the protocol but still sent by the .NET and Java SDKs.
     #[allow(deprecated)]
-    pub async fn complete_orchestration(&self, response: OrchestratorResponse) -> Result<(), Status> {
-        engine::validate(&response.actions).map_err(Status::invalid_argument)?;
+    pub async fn complete_orchestration(&self, response: OrchestratorResponse) -> Result<(), Refused> {
+        engine::validate(&response.actions)?;
         let (token, held) = {
             let mut state = self.state.lock().unwrap();
             let token = if response.completion_token.is_empty() {
                 // Workers built before completion tokens existed: one item per instance at a time.
                 if response.instance_id.is_empty() {
-                    return Err(Status::invalid_argument("instanceId is required when completionToken is empty"));
+                    return Err(Refused::NoInstanceId);
                 }
                 state
                     .orchestrations
                     .iter()
                     .find(|(_, h)| h.instance.instance_id == response.instance_id)
                     .map(|(t, _)| t.clone())
-                    .ok_or_else(|| {
-                        Status::failed_precondition(format!(
-                            "no orchestration work item for instance '{}' is outstanding",
-                            response.instance_id
-                        ))
-                    })?
+                    .ok_or_else(|| Refused::NoOrchestration(response.instance_id.clone()))?
             } else {
                 response.completion_token.clone()
             };
-            let held = state.orchestrations.get_mut(&token).ok_or_else(|| stale(&token))?;
+            let held = state.orchestrations.get_mut(&token).ok_or_else(|| Refused::Stale(token.clone()))?;
             if !response.instance_id.is_empty() && response.instance_id != held.instance.instance_id {
-                return Err(Status::invalid_argument(format!(
-                    "instanceId '{}' does not match the work item's instance '{}'",
-                    response.instance_id, held.instance.instance_id
-                )));
+                return Err(Refused::OtherInstance {
+                    given: response.instance_id.clone(),
+                    held: held.instance.instance_id.clone(),
+                });
             }
             let chunked = response.is_partial || response.chunk_index.is_some();
             if chunked {
                 let index = response.chunk_index.unwrap_or(held.next_chunk);
                 if index != held.next_chunk {
-                    return Err(Status::invalid_argument(format!(
-                        "expected chunk {}, got chunk {index}",
-                        held.next_chunk
-                    )));
+                    return Err(Refused::ChunkOutOfOrder {
+                        expected: held.next_chunk,
+                        got: index,
+                    });
                 }
                 let bytes = response.actions.iter().map(|a| a.encoded_len()).sum::<usize>();
                 if held.chunks.len() + response.actions.len() > limits::MAX_ACTIONS || held.chunk_bytes + bytes > MAX_CHUNKED_BYTES {
@@ -108,10 +95,7 @@ impl Dispatcher {
                     held.chunks = vec![];
                     held.chunk_bytes = 0;
                     held.next_chunk = 0;
-                    return Err(Status::resource_exhausted(format!(
-                        "a chunked answer may hold at most {} actions and {MAX_CHUNKED_BYTES} bytes; this chunk makes it larger, so the answer is discarded (abandon the work item)",
-                        limits::MAX_ACTIONS
-                    )));
+                    return Err(Refused::ChunksTooLarge);
                 }
                 held.next_chunk += 1;
                 held.chunk_bytes += bytes;
@@ -198,9 +182,7 @@ impl Dispatcher {
                     warn!(instance_id = %id, error = %e, "could not fail the orchestration either");
                     self.release(&id, &token).await;
                 }
-                Err(Status::invalid_argument(format!(
-                    "the orchestration step could not be stored, so the orchestration was failed: {e}"
-                )))
+                Err(Refused::NotStorable(e))
             }
             Err(e) => {
                 spans.failed(&e);
@@ -208,7 +190,7 @@ impl Dispatcher {
                 if !matches!(e, StoreError::LeaseLost) {
                     self.release(&id, &token).await;
                 }
-                Err(crate::grpc::status(e))
+                Err(Refused::Store(e))
             }
         }
     }
@@ -221,7 +203,7 @@ impl Dispatcher {
     }
 
     /// Records an activity's result.
-    pub async fn complete_activity(&self, response: ActivityResponse) -> Result<(), Status> {
+    pub async fn complete_activity(&self, response: ActivityResponse) -> Result<(), Refused> {
         let (token, held) = {
             let mut state = self.state.lock().unwrap();
             let token = if response.completion_token.is_empty() {
@@ -230,21 +212,21 @@ impl Dispatcher {
                     .iter()
                     .find(|(_, h)| h.instance_id == response.instance_id && h.task_id == response.task_id)
                     .map(|(t, _)| t.clone())
-                    .ok_or_else(|| {
-                        Status::failed_precondition(format!(
-                            "no activity work item for instance '{}' task {} is outstanding",
-                            response.instance_id, response.task_id
-                        ))
+                    .ok_or_else(|| Refused::NoActivity {
+                        instance_id: response.instance_id.clone(),
+                        task_id: response.task_id,
                     })?
             } else {
                 response.completion_token.clone()
             };
-            let held = state.activities.get(&token).ok_or_else(|| stale(&token))?;
+            let held = state.activities.get(&token).ok_or_else(|| Refused::Stale(token.clone()))?;
             if (!response.instance_id.is_empty() && response.instance_id != held.instance_id) || response.task_id != held.task_id {
-                return Err(Status::invalid_argument(format!(
-                    "instanceId/taskId '{}'/{} do not match the work item's '{}'/{}",
-                    response.instance_id, response.task_id, held.instance_id, held.task_id
-                )));
+                return Err(Refused::OtherTask {
+                    given_instance: response.instance_id.clone(),
+                    given_task: response.task_id,
+                    held_instance: held.instance_id.clone(),
+                    held_task: held.task_id,
+                });
             }
             let held = state.activities.remove(&token).expect("checked above");
             if let Some(w) = state.workers.get_mut(&held.worker) {
@@ -292,7 +274,7 @@ impl Dispatcher {
             })
             .await;
         self.wake();
-        outcome.map(drop).map_err(crate::grpc::status)
+        outcome.map(drop).map_err(Refused::Store)
     }
 
     /// Returns an orchestration work item to the queue. Unknown tokens are fine (idempotent).
@@ -341,7 +323,7 @@ impl Dispatcher {
 
     /// Applies an entity batch's result. Workers that predate completion tokens may send none;
     /// then the result belongs to the one entity batch outstanding, if there is only one.
-    pub async fn complete_entity(&self, result: EntityBatchResult) -> Result<(), Status> {
+    pub async fn complete_entity(&self, result: EntityBatchResult) -> Result<(), Refused> {
         let (token, held) = {
             let mut state = self.state.lock().unwrap();
             let token = if result.completion_token.is_empty() {
@@ -349,15 +331,13 @@ impl Dispatcher {
                 match (tokens.next(), tokens.next()) {
                     (Some(only), None) => only.clone(),
                     _ => {
-                        return Err(Status::failed_precondition(
-                            "completionToken is required when more than one entity work item is outstanding (EntityBatchResult has no instance id)",
-                        ));
+                        return Err(Refused::AmbiguousEntity);
                     }
                 }
             } else {
                 result.completion_token.clone()
             };
-            let held = state.entities.remove(&token).ok_or_else(|| stale(&token))?;
+            let held = state.entities.remove(&token).ok_or_else(|| Refused::Stale(token.clone()))?;
             if let Some(w) = state.workers.get_mut(&held.worker) {
                 w.entities -= 1;
             }
@@ -393,7 +373,7 @@ impl Dispatcher {
                     let _ = self.store.release_entity(&id, &token, 0).await;
                     self.wake();
                 }
-                Err(crate::grpc::status(e))
+                Err(Refused::Store(e))
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod completion;
 mod push;
+mod refused;
 mod workers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,7 @@ use crate::telemetry::Telemetry;
 use crate::time::{self, Micros};
 use crate::watchers::Watchers;
 
+pub use refused::Refused;
 use workers::State;
 pub use workers::{Outbox, WorkerGuard};
 

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prost::Message as _;
 use tokio::sync::mpsc;
-use tonic::Status;
 use tracing::{debug, info};
 
 use super::Dispatcher;
@@ -23,7 +22,7 @@ use crate::time;
 /// one worker cannot hoard the whole backlog.
 pub(super) const DEFAULT_LIMIT: usize = 1000;
 
-pub(super) type Sender = mpsc::UnboundedSender<Result<WorkItem, Status>>;
+pub(super) type Sender = mpsc::UnboundedSender<WorkItem>;
 
 pub(super) struct Worker {
     pub(super) tx: Sender,
@@ -61,7 +60,7 @@ impl Worker {
     /// Queues a work item of `size` encoded bytes; false if the stream is gone.
     pub(super) fn send(&self, work: WorkItem, size: usize) -> bool {
         self.buffered.fetch_add(size, Ordering::AcqRel);
-        if self.tx.send(Ok(work)).is_err() {
+        if self.tx.send(work).is_err() {
             self.buffered.fetch_sub(size, Ordering::AcqRel);
             return false;
         }
@@ -153,7 +152,7 @@ impl Dispatcher {
                     request: Some(Item::HealthPing(HealthPing {})),
                     completion_token: String::new(),
                 };
-                if ping_tx.send(Ok(ping)).is_err() {
+                if ping_tx.send(ping).is_err() {
                     break;
                 }
             }
@@ -263,16 +262,16 @@ impl Dispatcher {
 /// What the dispatcher queued for one worker stream, counted out as the stream takes it, so
 /// a worker that stops reading is sent nothing more (see [`Settings::worker_buffer_bytes`]).
 pub struct Outbox {
-    rx: mpsc::UnboundedReceiver<Result<WorkItem, Status>>,
+    rx: mpsc::UnboundedReceiver<WorkItem>,
     buffered: Arc<AtomicUsize>,
     buffer: usize,
     dispatcher: Arc<Dispatcher>,
 }
 
 impl Outbox {
-    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<WorkItem, Status>>> {
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<WorkItem>> {
         let next = self.rx.poll_recv(cx);
-        if let std::task::Poll::Ready(Some(Ok(item))) = &next
+        if let std::task::Poll::Ready(Some(item)) = &next
             && !matches!(item.request, Some(Item::HealthPing(_)))
         {
             let size = item.encoded_len();

@@ -190,9 +190,18 @@ pub struct Response {
     pub trace_context: Option<OrchestrationTraceContext>,
 }
 
+/// A worker's answer the engine will not apply, and why (a precise message for the worker).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidAction(pub String);
+
 /// Checks a worker's actions before anything is applied, so a malformed answer is refused
 /// with a precise message instead of corrupting history.
-pub fn validate(actions: &[OrchestratorAction]) -> Result<(), String> {
+pub fn validate(actions: &[OrchestratorAction]) -> Result<(), InvalidAction> {
+    check(actions).map_err(InvalidAction)
+}
+
+fn check(actions: &[OrchestratorAction]) -> Result<(), String> {
     if actions.len() > limits::MAX_ACTIONS {
         return Err(format!(
             "the answer holds {} actions; at most {} are allowed",

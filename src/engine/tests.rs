@@ -1533,7 +1533,7 @@ fn a_terminated_orchestration_releases_its_locks() {
 // ---------------------------------------------------------------------------------------------
 
 fn refused(actions: Vec<OrchestratorAction>) -> String {
-    validate(&actions).expect_err("validate should refuse these actions")
+    validate(&actions).expect_err("validate should refuse these actions").0
 }
 
 fn assert_names(err: &str, parts: &[&str]) {

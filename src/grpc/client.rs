@@ -182,7 +182,7 @@ impl Service {
         };
         match self.create(engine::new_instance(spec, now), &replaceable, now).await {
             Err(StoreError::AlreadyExists(_, existing)) if keep.iter().any(|s| s.as_str_name() == existing) => {}
-            other => other.map_err(status)?,
+            other => other.map_err(status::store)?,
         }
         Ok(CreateInstanceResponse { instance_id: id })
     }
@@ -202,7 +202,7 @@ impl Service {
     }
 
     pub(crate) async fn get(&self, r: GetInstanceRequest) -> Result<GetInstanceResponse, Status> {
-        let i = self.store.get_instance(instance_id(&r.instance_id)?).await.map_err(status)?;
+        let i = self.store.get_instance(instance_id(&r.instance_id)?).await.map_err(status::store)?;
         Ok(found(i, r.get_inputs_and_outputs))
     }
 
@@ -225,7 +225,7 @@ impl Service {
         let wait = async {
             let mut changes = watchers.subscribe(&id);
             loop {
-                if let Some(i) = self.store.get_instance(&id).await.map_err(status)? {
+                if let Some(i) = self.store.get_instance(&id).await.map_err(status::store)? {
                     seen.store(true, Ordering::Relaxed);
                     if done(i.status) {
                         return Ok(found(Some(i), r.get_inputs_and_outputs));
@@ -287,12 +287,12 @@ impl Service {
         let mut seen = HashSet::from([root.to_string()]);
         let mut pending = vec![root.to_string()];
         while let Some(id) = pending.pop() {
-            let history = self.store.history(&id).await.map_err(status)?;
+            let history = self.store.history(&id).await.map_err(status::store)?;
             for child in engine::sub_orchestrations(&history) {
                 if !seen.insert(child.clone()) {
                     continue;
                 }
-                let Some(i) = self.store.get_instance(&child).await.map_err(status)? else {
+                let Some(i) = self.store.get_instance(&child).await.map_err(status::store)? else {
                     continue;
                 };
                 if !is_terminal(i.status) {
@@ -303,7 +303,7 @@ impl Service {
                         visible_at: now,
                         priority: Message::NORMAL,
                     };
-                    self.store.send(message).await.map_err(status)?;
+                    self.store.send(message).await.map_err(status::store)?;
                 }
                 pending.push(child);
             }
@@ -333,7 +333,7 @@ impl Service {
             visible_at: now,
             priority: Message::NORMAL,
         };
-        match self.store.send(message).await.map_err(status)? {
+        match self.store.send(message).await.map_err(status::store)? {
             Delivery::Unknown => Err(Status::not_found(format!("no instance with id '{id}'"))),
             delivery => {
                 self.dispatcher.wake();
@@ -363,7 +363,7 @@ impl Service {
             limit: limit + 1, // one extra row tells whether another page exists
             ..Default::default()
         };
-        let mut rows = self.store.query(&filter).await.map_err(status)?;
+        let mut rows = self.store.query(&filter).await.map_err(status::store)?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let continuation_token = more
@@ -384,7 +384,7 @@ impl Service {
             after: parse_page_token("lastInstanceKey", &r.last_instance_key)?,
             limit: limit + 1,
         };
-        let mut rows = self.store.finished(&filter).await.map_err(status)?;
+        let mut rows = self.store.finished(&filter).await.map_err(status::store)?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let last_instance_key = more.then(|| rows.last().map(|(at, id)| page_token(*at, id))).flatten();
@@ -406,7 +406,7 @@ impl Service {
             )),
             Some(Target::InstanceId(id)) => {
                 let id = instance_id(&id)?;
-                match self.store.purge(id, r.recursive).await.map_err(status)? {
+                match self.store.purge(id, r.recursive).await.map_err(status::store)? {
                     Purge::Deleted(n) => Ok(complete(n, true)),
                     Purge::NotFinished(s) => Err(Status::failed_precondition(format!(
                         "instance '{id}' is {} and cannot be purged until it finishes (terminate it first)",
@@ -423,7 +423,7 @@ impl Service {
                 }
                 let mut deleted = 0;
                 for id in &batch.instance_ids {
-                    if let Purge::Deleted(n) = self.store.purge(instance_id(id)?, r.recursive).await.map_err(status)? {
+                    if let Purge::Deleted(n) = self.store.purge(instance_id(id)?, r.recursive).await.map_err(status::store)? {
                         deleted += n;
                     }
                 }
@@ -453,7 +453,7 @@ impl Service {
                     return Ok(complete(0, true));
                 }
                 loop {
-                    let page = self.store.query(&filter).await.map_err(status)?;
+                    let page = self.store.query(&filter).await.map_err(status::store)?;
                     let Some(last) = page.last() else {
                         return Ok(complete(deleted, true));
                     };
@@ -462,7 +462,7 @@ impl Service {
                         if timeout.is_some_and(|t| started.elapsed() >= t) {
                             return Ok(complete(deleted, false));
                         }
-                        if let Purge::Deleted(n) = self.store.purge(&i.instance_id, r.recursive).await.map_err(status)? {
+                        if let Purge::Deleted(n) = self.store.purge(&i.instance_id, r.recursive).await.map_err(status::store)? {
                             deleted += n;
                         }
                     }
@@ -473,7 +473,7 @@ impl Service {
 
     pub(crate) async fn history(&self, r: StreamInstanceHistoryRequest) -> Result<Vec<HistoryChunk>, Status> {
         let id = instance_id(&r.instance_id)?;
-        let Some(instance) = self.store.get_instance(id).await.map_err(status)? else {
+        let Some(instance) = self.store.get_instance(id).await.map_err(status::store)? else {
             return Err(Status::not_found(format!("no instance with id '{id}'")));
         };
         if let Some(e) = r.execution_id.filter(|e| !e.is_empty() && *e != instance.execution_id) {
@@ -481,7 +481,7 @@ impl Service {
                 "execution '{e}' of instance '{id}' is not its current execution; only the current one is kept"
             )));
         }
-        let events = self.store.history(id).await.map_err(status)?;
+        let events = self.store.history(id).await.map_err(status::store)?;
         let mut chunks = vec![];
         let mut chunk = HistoryChunk::default();
         let mut bytes = 0;
@@ -502,7 +502,7 @@ impl Service {
 
     pub(crate) async fn restart(&self, r: RestartInstanceRequest) -> Result<RestartInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?;
-        let Some(old) = self.store.get_instance(id).await.map_err(status)? else {
+        let Some(old) = self.store.get_instance(id).await.map_err(status::store)? else {
             return Err(Status::not_found(format!("no instance with id '{id}'")));
         };
         if !r.restart_with_new_instance_id && !old.is_terminal() {
@@ -517,7 +517,7 @@ impl Service {
             id.to_string()
         };
         // The original input is the first execution's, as recorded when the instance started.
-        let history = self.store.history(id).await.map_err(status)?;
+        let history = self.store.history(id).await.map_err(status::store)?;
         let input = events::execution_started(&history)
             .map(|s| s.input.clone())
             .unwrap_or(old.input.clone());
@@ -534,7 +534,7 @@ impl Service {
         let now = time::now();
         self.create(engine::new_instance(spec, now), replaceable, now)
             .await
-            .map_err(status)?;
+            .map_err(status::store)?;
         Ok(RestartInstanceResponse { instance_id: new_id })
     }
 
@@ -545,7 +545,7 @@ impl Service {
             .store
             .rewind(id, events::rewound(now, r.reason, None), now)
             .await
-            .map_err(status)?
+            .map_err(status::store)?
         {
             Rewind::Rewound => {
                 self.dispatcher.changed([&id.to_string()]);

@@ -68,14 +68,14 @@ impl Service {
             r.request_id
         };
         let message = entities::signal(&id, request_id, r.name, r.input, r.scheduled_time, at, now);
-        self.store.send(message).await.map_err(status)?;
+        self.store.send(message).await.map_err(status::store)?;
         self.dispatcher.changed(&[id]);
         Ok(SignalEntityResponse {})
     }
 
     pub(crate) async fn get_entity(&self, r: GetEntityRequest) -> Result<GetEntityResponse, Status> {
         let id = entity_id(&r.instance_id)?;
-        let found = self.store.get_entity(&id).await.map_err(status)?;
+        let found = self.store.get_entity(&id).await.map_err(status::store)?;
         // An entity without state and without a lock does not exist (it may have queued work).
         Ok(match found.filter(|s| s.entity.state.is_some() || s.entity.lock.is_some()) {
             Some(s) => GetEntityResponse {
@@ -111,7 +111,7 @@ impl Service {
             },
             limit: limit + 1,
         };
-        let mut rows = self.store.query_entities(&filter).await.map_err(status)?;
+        let mut rows = self.store.query_entities(&filter).await.map_err(status::store)?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let continuation_token = more.then(|| rows.last().map(|s| s.entity.instance_id.clone())).flatten();
@@ -126,7 +126,7 @@ impl Service {
             .store
             .clean_entities(r.remove_empty_entities, r.release_orphaned_locks)
             .await
-            .map_err(status)?;
+            .map_err(status::store)?;
         if cleaned.released > 0 {
             self.dispatcher.wake(); // deferred operations may run now
         }

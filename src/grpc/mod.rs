@@ -2,9 +2,11 @@
 //! Client-facing RPCs live in [`client`], worker-facing ones in [`worker`]; the store and the
 //! dispatcher do the work.
 
+mod auth_layer;
 pub(crate) mod client;
 mod entities;
 mod rerun;
+pub mod status;
 mod worker;
 
 use std::sync::Arc;
@@ -12,11 +14,13 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+pub use auth_layer::AuthLayer;
+
 use crate::auth::Caller;
 use crate::dispatch::Dispatcher;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService;
 use crate::proto::*;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::watchers::Watchers;
 
@@ -80,17 +84,6 @@ pub fn stamp_arrival<B>(mut request: tonic::codegen::http::Request<B>) -> tonic:
     request
 }
 
-/// The one mapping from store failures to gRPC statuses.
-pub(crate) fn status(e: StoreError) -> Status {
-    match e {
-        StoreError::AlreadyExists(..) => Status::already_exists(e.to_string()),
-        StoreError::LeaseLost => Status::failed_precondition(e.to_string()),
-        // Retriable: the SDKs retry or surface it, and nothing was half-written.
-        StoreError::Database(_) | StoreError::BatchFailed(_) => Status::unavailable(e.to_string()),
-        StoreError::Corrupt(_) => Status::internal(e.to_string()),
-    }
-}
-
 type Rpc<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]
@@ -150,7 +143,7 @@ impl TaskHubSidecarService for Service {
         let caller = Caller::of(&r);
         let r = r.into_inner();
         if matches!(r.request, Some(purge_instances_request::Request::PurgeInstanceFilter(_))) {
-            caller.may_destroy()?;
+            caller.may_destroy().map_err(|d| status::denied(&d))?;
         }
         self.purge(r).await.map(Response::new)
     }
@@ -163,18 +156,21 @@ impl TaskHubSidecarService for Service {
         self.dispatcher
             .complete_activity(r.into_inner())
             .await
+            .map_err(status::refused)
             .map(|_| Response::new(CompleteTaskResponse {}))
     }
     async fn complete_orchestrator_task(&self, r: Request<OrchestratorResponse>) -> Rpc<CompleteTaskResponse> {
         self.dispatcher
             .complete_orchestration(r.into_inner())
             .await
+            .map_err(status::refused)
             .map(|_| Response::new(CompleteTaskResponse {}))
     }
     async fn complete_entity_task(&self, r: Request<EntityBatchResult>) -> Rpc<CompleteTaskResponse> {
         self.dispatcher
             .complete_entity(r.into_inner())
             .await
+            .map_err(status::refused)
             .map(|_| Response::new(CompleteTaskResponse {}))
     }
 
@@ -188,14 +184,14 @@ impl TaskHubSidecarService for Service {
         // The schema is created when the sidecar starts; "recreate" means start empty.
         let caller = Caller::of(&r);
         if r.into_inner().recreate_if_exists {
-            caller.may_destroy()?;
-            self.store.delete_all().await.map_err(status)?;
+            caller.may_destroy().map_err(|d| status::denied(&d))?;
+            self.store.delete_all().await.map_err(status::store)?;
         }
         Ok(Response::new(CreateTaskHubResponse {}))
     }
     async fn delete_task_hub(&self, r: Request<DeleteTaskHubRequest>) -> Rpc<DeleteTaskHubResponse> {
-        Caller::of(&r).may_destroy()?;
-        self.store.delete_all().await.map_err(status)?;
+        Caller::of(&r).may_destroy().map_err(|d| status::denied(&d))?;
+        self.store.delete_all().await.map_err(status::store)?;
         Ok(Response::new(DeleteTaskHubResponse {}))
     }
     async fn signal_entity(&self, r: Request<SignalEntityRequest>) -> Rpc<SignalEntityResponse> {

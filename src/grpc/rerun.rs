@@ -5,7 +5,7 @@
 use tonic::Status;
 
 use super::{Service, status};
-use crate::engine::rerun::{self, RerunError, RerunRequest};
+use crate::engine::rerun::{self, RerunRequest};
 use crate::limits;
 use crate::time;
 
@@ -21,25 +21,15 @@ impl Service {
         if let Some(child) = &request.new_child_instance_id {
             limits::instance_id("newChildWorkflowInstanceID", child).map_err(Status::invalid_argument)?;
         }
-        let found = self.store.get_instance(source).await.map_err(status)?;
+        let found = self.store.get_instance(source).await.map_err(status::store)?;
         let instance = found.ok_or_else(|| Status::not_found(format!("no instance with id '{source}'")))?;
-        let history = self.store.history(source).await.map_err(status)?;
+        let history = self.store.history(source).await.map_err(status::store)?;
         let now = time::now();
         let mut new_id = || uuid::Uuid::new_v4().simple().to_string();
-        let commit = rerun::rerun(&instance, &history, &request, now, &mut new_id).map_err(|e| refused(source, e))?;
-        let changed = self.store.create_with_history(commit, now).await.map_err(status)?;
+        let commit = rerun::rerun(&instance, &history, &request, now, &mut new_id).map_err(|e| status::rerun(source, e))?;
+        let changed = self.store.create_with_history(commit, now).await.map_err(status::store)?;
         crate::metrics::METRICS.orchestrations_started(1);
         self.dispatcher.changed(&changed);
         Ok(request.new_instance_id)
-    }
-}
-
-/// The status for each refusal; the codes of the event checks are Dapr's own.
-fn refused(source: &str, e: RerunError) -> Status {
-    let message = format!("cannot rerun '{source}': {e}");
-    match e {
-        RerunError::NotFinished(_) => Status::failed_precondition(message),
-        RerunError::NoSuchEvent(_) | RerunError::NotRerunnable(..) => Status::not_found(message),
-        RerunError::Child | RerunError::ChildIdOnActivity(_) => Status::invalid_argument(message),
     }
 }

@@ -21,7 +21,7 @@ impl tokio_stream::Stream for WorkStream {
     type Item = Result<WorkItem, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.outbox.poll_recv(cx)
+        self.outbox.poll_recv(cx).map(|item| item.map(Ok))
     }
 }
 

@@ -56,7 +56,7 @@ pub async fn check(State(keys): State<Keys>, mut request: Request, next: Next) -
 
 fn refusal(denied: Denied) -> Response {
     let unauthenticated = matches!(denied, Denied::Unauthenticated(_));
-    let mut response = ApiError::from(denied.status()).into_response();
+    let mut response = ApiError::from(denied).into_response();
     if unauthenticated {
         response
             .headers_mut()

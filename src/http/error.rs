@@ -5,6 +5,9 @@ use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tonic::Code;
 
+use crate::auth::Denied;
+use crate::store::StoreError;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -46,6 +49,25 @@ impl From<tonic::Status> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, s.message())
+    }
+}
+
+/// Keys that do not allow a call: 401 without a valid key, 403 with one of too low a role.
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        let status = match d {
+            Denied::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Denied::Forbidden { .. } => StatusCode::FORBIDDEN,
+        };
+        ApiError::new(status, d.to_string())
+    }
+}
+
+/// A store failure: the same codes and plain messages the gRPC handlers answer with (the
+/// cause is logged there), as HTTP.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::from(crate::grpc::status::store(e))
     }
 }
 

@@ -1,10 +1,9 @@
 //! Task hubs: isolated sets of instances, work and entities in one database, chosen per call by
-//! the `taskhub` metadata ([`name`]). Each hub is served by its own store, dispatcher and
+//! the `taskhub` metadata ([`crate::taskhub`]). Each hub is served by its own store, dispatcher and
 //! service handlers ([`Hub`]), so the handlers, the engine and the stores know nothing of hubs;
 //! a [`route::Route`] in front of each dialect's service forwards every call to its hub's. The
 //! default hub is opened at start; named hubs on their first call, up to a bound.
 
-pub mod name;
 pub mod route;
 
 use std::collections::HashMap;
@@ -13,7 +12,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
-use tonic::Status;
 use tracing::info;
 
 use crate::dapr::DaprService;
@@ -23,6 +21,7 @@ use crate::grpc::Service;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
 use crate::store::{self, Store};
 use crate::task::AbortOnDrop;
+use crate::taskhub::HubError;
 use crate::telemetry::Telemetry;
 use crate::watchers::Watchers;
 
@@ -119,7 +118,7 @@ impl Hubs {
     }
 
     /// The hub `name` names (`None`: the default hub), opening it on first use.
-    pub async fn get(&self, name: Option<&str>) -> Result<Arc<Hub>, Status> {
+    pub async fn get(&self, name: Option<&str>) -> Result<Arc<Hub>, HubError> {
         let Some(name) = name else {
             return Ok(self.default.clone());
         };
@@ -129,21 +128,19 @@ impl Hubs {
                 Some(cell) => cell.clone(),
                 None => {
                     let Some((url, _)) = &self.settings.database else {
-                        return Err(Status::invalid_argument(format!(
-                            "taskhub: this sidecar serves only the default task hub, not '{name}'"
-                        )));
+                        return Err(HubError::OnlyDefault(name.to_string()));
                     };
                     if named.len() >= self.settings.max {
-                        return Err(Status::invalid_argument(format!(
-                            "taskhub: '{name}' would be task hub number {} besides the default one; this sidecar serves at most {} (--max-task-hubs)",
-                            named.len() + 1,
-                            self.settings.max
-                        )));
+                        return Err(HubError::TooMany {
+                            name: name.to_string(),
+                            number: named.len() + 1,
+                            max: self.settings.max,
+                        });
                     }
                     if self.draining.load(Ordering::SeqCst) {
-                        return Err(Status::unavailable("the sidecar is shutting down"));
+                        return Err(HubError::ShuttingDown);
                     }
-                    info!(task_hub = name, database_url = %crate::config::redact(url), "opening task hub");
+                    info!(task_hub = name, database_url = %crate::redact::redact(url), "opening task hub");
                     let cell = Arc::new(OnceCell::new());
                     named.insert(name.to_string(), cell.clone());
                     cell
@@ -153,13 +150,13 @@ impl Hubs {
         let opened = cell
             .get_or_try_init(|| async {
                 let (url, options) = self.settings.database.as_ref().expect("checked above");
-                let store = store::open_hub(url, name, options).await.map_err(Status::unavailable)?;
+                let store = store::open_hub(url, name, options).await.map_err(HubError::Open)?;
                 // A hub opened while the drain began hands out no work either.
                 let hub = Arc::new(Hub::new(store, &self.recipe));
                 if self.draining.load(Ordering::SeqCst) {
                     hub.dispatcher.drain();
                 }
-                Ok::<_, Status>(hub)
+                Ok::<_, HubError>(hub)
             })
             .await;
         match opened {

@@ -13,7 +13,8 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tower::ServiceExt;
 
-use super::{Hub, Hubs, name};
+use super::{Hub, Hubs};
+use crate::taskhub as name;
 
 /// Routes calls to `pick(hub)` of the hub each call names.
 pub struct Route<S> {
@@ -63,7 +64,7 @@ where
             };
             match hub {
                 Ok(hub) => pick(&hub).oneshot(request).await,
-                Err(refused) => Ok(refused.into_http()),
+                Err(refused) => Ok(crate::grpc::status::hub(refused).into_http()),
             }
         })
     }

@@ -419,7 +419,7 @@ impl Default for Options {
 
 /// Opens the store a database URL names, applying pending schema migrations first.
 pub async fn open(url: &str, options: &Options) -> Result<Arc<dyn Store>, String> {
-    let shown = crate::config::redact(url);
+    let shown = crate::redact::redact(url);
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::open(url)
             .await
@@ -445,7 +445,7 @@ pub async fn open_hub(url: &str, hub: &str, options: &Options) -> Result<Arc<dyn
     if postgres::handles(url) {
         let store = postgres::PostgresStore::open_hub(url, options, hub)
             .await
-            .map_err(|e| format!("cannot open task hub '{hub}' in {}: {e}", crate::config::redact(url)))?;
+            .map_err(|e| format!("cannot open task hub '{hub}' in {}: {e}", crate::redact::redact(url)))?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("sqlite:") {
@@ -456,7 +456,7 @@ pub async fn open_hub(url: &str, hub: &str, options: &Options) -> Result<Arc<dyn
 
 /// Applies pending schema migrations and returns (for operators who migrate separately).
 pub async fn migrate(url: &str, options: &Options) -> Result<(), String> {
-    let shown = crate::config::redact(url);
+    let shown = crate::redact::redact(url);
     if postgres::handles(url) {
         return postgres::migrate(url, options)
             .await

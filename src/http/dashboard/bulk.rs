@@ -8,7 +8,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::filter::{MAX_PAGE, Page};
@@ -91,7 +91,7 @@ async fn selection(d: &Dashboard, query: &str, body: &Bytes) -> ApiResult<(Vec<S
             page.filter.limit = MAX_PAGE;
             let mut ids = vec![];
             loop {
-                let rows = d.service.store().query(&page.filter).await.map_err(crate::grpc::status)?;
+                let rows = d.service.store().query(&page.filter).await.map_err(ApiError::from)?;
                 let Some(last) = rows.last() else { break };
                 page.filter.after = Some((last.created_at, last.instance_id.clone()));
                 let full = rows.len() == MAX_PAGE as usize;
@@ -140,10 +140,13 @@ pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): Ra
         // An event (terminate, suspend, resume, raise) sent to a finished instance changes
         // nothing: that is not a success.
         let delivered = |d: Delivery| match d {
-            Delivery::Finished => Err(tonic::Status::failed_precondition(format!("instance '{id}' has already finished"))),
+            Delivery::Finished => Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("instance '{id}' has already finished"),
+            )),
             _ => Ok(()),
         };
-        let outcome: Result<(), tonic::Status> = match action {
+        let outcome: Result<(), ApiError> = match action {
             Action::Terminate => d
                 .service
                 .terminate(TerminateRequest {
@@ -152,11 +155,13 @@ pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): Ra
                     recursive: false,
                 })
                 .await
+                .map_err(ApiError::from)
                 .and_then(delivered),
             Action::Suspend | Action::Resume => d
                 .service
                 .suspend_or_resume(id.clone(), reason.clone(), action == Action::Suspend)
                 .await
+                .map_err(ApiError::from)
                 .and_then(delivered),
             Action::Rewind => d
                 .service
@@ -165,7 +170,8 @@ pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): Ra
                     reason: reason.clone(),
                 })
                 .await
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(ApiError::from),
             Action::Raise => d
                 .service
                 .raise(RaiseEventRequest {
@@ -174,6 +180,7 @@ pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): Ra
                     input: data.clone(),
                 })
                 .await
+                .map_err(ApiError::from)
                 .and_then(delivered),
             Action::Restart => d
                 .service
@@ -182,7 +189,8 @@ pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): Ra
                     restart_with_new_instance_id: false,
                 })
                 .await
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(ApiError::from),
             Action::Purge => d
                 .service
                 .purge(PurgeInstancesRequest {
@@ -191,8 +199,9 @@ pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): Ra
                     ..Default::default()
                 })
                 .await
+                .map_err(ApiError::from)
                 .and_then(|r| match r.deleted_instance_count {
-                    0 => Err(tonic::Status::not_found(format!("no instance with id '{id}'"))),
+                    0 => Err(ApiError::not_found(format!("no instance with id '{id}'"))),
                     n => {
                         deleted += i64::from(n);
                         Ok(())
@@ -204,7 +213,7 @@ pub async fn run(State(d): State<Dashboard>, caller: Caller, RawQuery(query): Ra
             Err(e) => {
                 failed += 1;
                 if errors.len() < MAX_ERRORS {
-                    errors.push(json!({ "instanceId": id, "message": e.message() }));
+                    errors.push(json!({ "instanceId": id, "message": e.message }));
                 }
             }
         }

@@ -57,7 +57,7 @@ pub async fn list(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers
         }
     }
     f.limit = size + 1;
-    let mut rows = d.service.store().query_entities(&f).await.map_err(crate::grpc::status)?;
+    let mut rows = d.service.store().query_entities(&f).await.map_err(ApiError::from)?;
     let more = rows.len() > size as usize;
     rows.truncate(size as usize);
     let next = if more {

@@ -108,7 +108,7 @@ async fn config(State(d): State<Dashboard>, headers: HeaderMap) -> ApiResult {
 async fn list(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult {
     d.permit(&headers, Need::Read)?;
     let page = filter::Page::parse(query.as_deref().unwrap_or(""))?;
-    let mut rows = d.service.store().query(&page.filter).await.map_err(crate::grpc::status)?;
+    let mut rows = d.service.store().query(&page.filter).await.map_err(ApiError::from)?;
     let more = rows.len() > page.size as usize;
     rows.truncate(page.size as usize);
     let next = if more { rows.last().map(|r| page.token_after(r)) } else { None };
@@ -123,7 +123,7 @@ async fn counts(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers: 
     d.permit(&headers, Need::Read)?;
     let mut f = filter::Page::parse(query.as_deref().unwrap_or(""))?.filter;
     f.statuses.clear();
-    let counts = d.service.store().count_by_status(&f).await.map_err(crate::grpc::status)?;
+    let counts = d.service.store().count_by_status(&f).await.map_err(ApiError::from)?;
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     let by_name: serde_json::Map<String, Value> = counts
         .iter()
@@ -136,10 +136,10 @@ async fn counts(State(d): State<Dashboard>, RawQuery(query): RawQuery, headers: 
 async fn one(State(d): State<Dashboard>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult {
     d.permit(&headers, Need::Read)?;
     let store = d.service.store();
-    let Some(instance) = store.get_instance(&id).await.map_err(crate::grpc::status)? else {
+    let Some(instance) = store.get_instance(&id).await.map_err(ApiError::from)? else {
         return Err(ApiError::not_found(format!("no instance with id '{id}'")));
     };
-    let history = store.history(&id).await.map_err(crate::grpc::status)?;
+    let history = store.history(&id).await.map_err(ApiError::from)?;
     let trace_id = view::trace_id(&history);
     let trace_url = match (&d.settings.trace_url, &trace_id) {
         (Some(template), Some(trace)) => Some(view::trace_url(template, trace, &id)),

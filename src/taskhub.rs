@@ -1,8 +1,27 @@
 //! Which task hub a call is for: the `taskhub` request metadata, as the managed scheduler's SDK
-//! packages (and their emulator's apps) send it on every call.
+//! packages (and their emulator's apps) send it on every call, and why a call's hub cannot be
+//! served. The hubs themselves are opened and served by [`crate::hubs`].
 
-use tonic::Status;
 use tonic::codegen::http::HeaderMap;
+
+/// Why a call's task hub cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The `taskhub` metadata is not a hub name.
+    #[error("{0}")]
+    Name(String),
+    #[error("taskhub: this sidecar serves only the default task hub, not '{0}'")]
+    OnlyDefault(String),
+    #[error(
+        "taskhub: '{name}' would be task hub number {number} besides the default one; this sidecar serves at most {max} (--max-task-hubs)"
+    )]
+    TooMany { name: String, number: usize, max: usize },
+    #[error("the sidecar is shutting down")]
+    ShuttingDown,
+    /// Its store could not be opened (the message names the redacted URL and the cause).
+    #[error("{0}")]
+    Open(String),
+}
 
 /// The metadata key naming the task hub.
 pub const HEADER: &str = "taskhub";
@@ -20,30 +39,30 @@ pub const MAX_LEN: usize = 40;
 /// as the scheduler compares them, and may hold ASCII letters, digits, `-` and `_`, starting
 /// with a letter or digit, so that every store can derive file, schema and channel names from
 /// them without quoting surprises.
-pub fn from_headers(headers: &HeaderMap) -> Result<Option<String>, Status> {
+pub fn from_headers(headers: &HeaderMap) -> Result<Option<String>, HubError> {
     let Some(value) = headers.get(HEADER) else {
         return Ok(None);
     };
     let name = value
         .to_str()
-        .map_err(|_| Status::invalid_argument("taskhub: the task hub name must be plain ASCII"))?;
+        .map_err(|_| HubError::Name("taskhub: the task hub name must be plain ASCII".to_string()))?;
     parse(name)
 }
 
 /// See [`from_headers`].
-pub fn parse(name: &str) -> Result<Option<String>, Status> {
+pub fn parse(name: &str) -> Result<Option<String>, HubError> {
     if name.is_empty() || name.eq_ignore_ascii_case(DEFAULT) {
         return Ok(None);
     }
     if name.len() > MAX_LEN {
-        return Err(Status::invalid_argument(format!(
+        return Err(HubError::Name(format!(
             "taskhub: a task hub name has at most {MAX_LEN} characters (got {})",
             name.len()
         )));
     }
     let plain = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
     if !name.chars().all(plain) || !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(Status::invalid_argument(format!(
+        return Err(HubError::Name(format!(
             "taskhub: '{}' is not a valid task hub name (ASCII letters, digits, '-' and '_', starting with a letter or digit)",
             name.escape_default()
         )));
@@ -74,11 +93,11 @@ mod tests {
     fn bad_names_are_invalid_arguments() {
         for bad in ["-x", "_x", "a b", "a.b", "a\"b", "hé", "a/b", &"x".repeat(MAX_LEN + 1)] {
             let e = parse(bad).unwrap_err();
-            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
-            assert!(e.message().starts_with("taskhub: "), "{}", e.message());
+            assert!(matches!(e, HubError::Name(_)), "{bad}");
+            assert!(e.to_string().starts_with("taskhub: "), "{e}");
         }
         let mut headers = HeaderMap::new();
         headers.insert(HEADER, tonic::codegen::http::HeaderValue::from_bytes(b"\xff").unwrap());
-        assert_eq!(from_headers(&headers).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert!(matches!(from_headers(&headers).unwrap_err(), HubError::Name(_)));
     }
 }

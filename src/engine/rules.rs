@@ -27,7 +27,9 @@ pub enum Target {
 /// Decides a delivery from the target's current status and execution (`None`: no such
 /// instance).
 pub fn delivery(target: Option<(OrchestrationStatus, &str)>, m: &Message) -> Target {
-    let Some((status, execution)) = target else { return Target::Unknown };
+    let Some((status, execution)) = target else {
+        return Target::Unknown;
+    };
     if is_terminal(status) {
         return Target::Finished(status);
     }
@@ -129,7 +131,6 @@ mod tests {
                 event_id: -1,
                 timestamp: None,
                 event_type: Some(kind),
-                ..Default::default()
             },
             visible_at: 5,
             priority: Message::NORMAL,
@@ -233,7 +234,9 @@ mod tests {
                 start: message(None, raised()),
             },
         };
-        let Some(EventType::ExecutionRewound(e)) = child_rewound(&r, 7).event_type else { panic!("a rewind event") };
+        let Some(EventType::ExecutionRewound(e)) = child_rewound(&r, 7).event_type else {
+            panic!("a rewind event")
+        };
         assert_eq!(e.reason.as_deref(), Some("retry"));
         assert_eq!(e.parent_execution_id.as_deref(), Some("p1"));
     }

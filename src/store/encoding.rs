@@ -182,7 +182,10 @@ pub fn leased(rows: &[impl Columns]) -> Result<Vec<(String, Instance)>, StoreErr
 pub fn histories(rows: &[impl Columns]) -> Result<HashMap<String, Vec<HistoryEvent>>, StoreError> {
     let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
     for r in rows {
-        histories.entry(r.text("instance_id")?).or_default().push(decode(r.bytes("event")?)?);
+        histories
+            .entry(r.text("instance_id")?)
+            .or_default()
+            .push(decode(r.bytes("event")?)?);
     }
     Ok(histories)
 }
@@ -198,7 +201,10 @@ pub fn inboxes(rows: &[impl Columns]) -> Result<HashMap<String, Vec<(i64, Messag
             visible_at: r.int("visible_at")?,
             event: decode(r.bytes("event")?)?,
         };
-        inboxes.entry(message.instance_id.clone()).or_default().push((r.int("id")?, message));
+        inboxes
+            .entry(message.instance_id.clone())
+            .or_default()
+            .push((r.int("id")?, message));
     }
     Ok(inboxes)
 }

@@ -7,7 +7,6 @@ use super::{FinishedFilter, InstanceFilter, SortKey};
 use crate::model::{Names, TERMINAL};
 use crate::proto::OrchestrationStatus;
 
-
 /// `SELECT {columns} FROM instances` matching `f`, in `f.sort` order, one page.
 pub fn instances<DB>(columns: &str, f: &InstanceFilter) -> QueryBuilder<DB>
 where

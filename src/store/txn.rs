@@ -123,7 +123,8 @@ pub(super) async fn insert_new<C: Statements>(conn: &mut C, new: &NewInstance, r
     if replacing {
         conn.delete_instance(&new.instance.instance_id).await?;
     }
-    conn.insert_instance(&new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
+    conn.insert_instance(&new.instance, new.instance.scheduled_start_at.unwrap_or(0))
+        .await?;
     conn.insert_message(&new.start).await
 }
 
@@ -326,7 +327,9 @@ async fn apply<C: EntityStatements>(
         changed.push(r.instance_id.clone());
     }
     effects.touched.extend(commit.messages.iter().map(|m| m.instance_id.clone()));
-    effects.touched.extend(commit.children.iter().map(|c| c.on_conflict.instance_id.clone()));
+    effects
+        .touched
+        .extend(commit.children.iter().map(|c| c.on_conflict.instance_id.clone()));
     Ok(changed)
 }
 

@@ -147,12 +147,18 @@ impl Statements for PgConnection {
     }
 
     async fn lock_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-        let s: Option<i32> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE).bind(id).fetch_optional(&mut *self).await?;
+        let s: Option<i32> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE)
+            .bind(id)
+            .fetch_optional(&mut *self)
+            .await?;
         s.map(|s| status(s.into())).transpose()
     }
 
     async fn target(&mut self, id: &str) -> Result<Option<(OrchestrationStatus, String)>> {
-        let row: Option<(i32, String)> = sqlx::query_as(SELECT_STATUS_AND_EXECUTION).bind(id).fetch_optional(&mut *self).await?;
+        let row: Option<(i32, String)> = sqlx::query_as(SELECT_STATUS_AND_EXECUTION)
+            .bind(id)
+            .fetch_optional(&mut *self)
+            .await?;
         row.map(|(s, execution)| Ok((status(s.into())?, execution))).transpose()
     }
 
@@ -235,7 +241,11 @@ impl Statements for PgConnection {
             names.push(a.request.name.as_str());
             versions.push(a.request.version.as_deref());
         }
-        let q = sqlx::query(INSERT_ACTIVITIES).bind(ids).bind(executions).bind(task_ids).bind(requests);
+        let q = sqlx::query(INSERT_ACTIVITIES)
+            .bind(ids)
+            .bind(executions)
+            .bind(task_ids)
+            .bind(requests);
         q.bind(now).bind(names).bind(versions).execute(&mut *self).await?;
         Ok(())
     }
@@ -318,7 +328,10 @@ impl Store for PostgresStore {
     }
 
     async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
-        Ok(filters::finished::<sqlx::Postgres>(f).build_query_as().fetch_all(&self.pool).await?)
+        Ok(filters::finished::<sqlx::Postgres>(f)
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
@@ -349,7 +362,11 @@ impl Store for PostgresStore {
         let mut conn = self.pool.acquire().await?;
         let histories = sqlx::query(SELECT_HISTORIES).bind(&ids).fetch_all(&mut *conn).await?;
         let inboxes = sqlx::query(SELECT_INBOXES).bind(&ids).bind(lease.now).fetch_all(&mut *conn).await?;
-        Ok(LockedOrchestration::assemble(picked, encoding::histories(&histories)?, encoding::inboxes(&inboxes)?))
+        Ok(LockedOrchestration::assemble(
+            picked,
+            encoding::histories(&histories)?,
+            encoding::inboxes(&inboxes)?,
+        ))
     }
 
     async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
@@ -376,7 +393,9 @@ impl Store for PostgresStore {
     }
 
     async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
-        let rows = bind_lease(sqlx::query(LOCK_ACTIVITIES), lease, max, names).fetch_all(&self.pool).await?;
+        let rows = bind_lease(sqlx::query(LOCK_ACTIVITIES), lease, max, names)
+            .fetch_all(&self.pool)
+            .await?;
         encoding::activities(&rows)
     }
 

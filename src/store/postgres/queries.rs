@@ -4,19 +4,15 @@
 /// The instance columns every instance read selects, in table order (`encoding::bind_fields`
 /// binds them so).
 macro_rules! instance_columns {
-    ($prefix:literal) => {
-        concat!(
-            $prefix, "instance_id, ", $prefix, "name, ", $prefix, "version, ", $prefix, "execution_id, ", $prefix, "status, ",
-            $prefix, "input, ", $prefix, "output, ", $prefix, "custom_status, ", $prefix, "failure_details, ", $prefix,
-            "created_at, ", $prefix, "updated_at, ", $prefix, "completed_at, ", $prefix, "scheduled_start_at, ", $prefix,
-            "parent_instance_id, ", $prefix, "tags, ", $prefix, "trace_context"
-        )
+    () => {
+        "instance_id, name, version, execution_id, status, input, output, custom_status, failure_details, created_at, \
+         updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context"
     };
 }
 
-pub const INSTANCE_COLUMNS: &str = instance_columns!("");
+pub const INSTANCE_COLUMNS: &str = instance_columns!();
 
-pub const SELECT_INSTANCE: &str = concat!("SELECT ", instance_columns!(""), " FROM instances WHERE instance_id = $1");
+pub const SELECT_INSTANCE: &str = concat!("SELECT ", instance_columns!(), " FROM instances WHERE instance_id = $1");
 
 pub const SELECT_STATUS: &str = "SELECT status FROM instances WHERE instance_id = $1";
 
@@ -88,8 +84,8 @@ pub const LOCK_ORCHESTRATIONS: &str = concat!(
        LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
      ) p \
      WHERE i.instance_id = p.picked \
-     RETURNING i.lock_token, ",
-    instance_columns!("i.")
+     RETURNING lock_token, ",
+    instance_columns!()
 );
 
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \

@@ -8,8 +8,8 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use super::super::encoding::{decode, encode};
 use super::super::entities_txn::{self, EntityStatements, entity};
 use super::super::filters;
-use super::for_ids;
 use super::super::*;
+use super::for_ids;
 
 pub(super) use entities_txn::clean;
 

@@ -245,12 +245,18 @@ impl Statements for SqliteConnection {
     }
 
     async fn lock_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-        let s: Option<i64> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE).bind(id).fetch_optional(&mut *self).await?;
+        let s: Option<i64> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE)
+            .bind(id)
+            .fetch_optional(&mut *self)
+            .await?;
         s.map(status).transpose()
     }
 
     async fn target(&mut self, id: &str) -> Result<Option<(OrchestrationStatus, String)>> {
-        let row: Option<(i64, String)> = sqlx::query_as(SELECT_STATUS_AND_EXECUTION).bind(id).fetch_optional(&mut *self).await?;
+        let row: Option<(i64, String)> = sqlx::query_as(SELECT_STATUS_AND_EXECUTION)
+            .bind(id)
+            .fetch_optional(&mut *self)
+            .await?;
         row.map(|(s, execution)| Ok((status(s)?, execution))).transpose()
     }
 
@@ -417,7 +423,10 @@ impl Store for SqliteStore {
     }
 
     async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
-        Ok(filters::finished::<sqlx::Sqlite>(f).build_query_as().fetch_all(&self.reader).await?)
+        Ok(filters::finished::<sqlx::Sqlite>(f)
+            .build_query_as()
+            .fetch_all(&self.reader)
+            .await?)
     }
 
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
@@ -495,7 +504,9 @@ impl Store for SqliteStore {
     }
 
     async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
-        let rows = bind_lease(sqlx::query(LOCK_ACTIVITIES), lease, max, names).fetch_all(&self.writer).await?;
+        let rows = bind_lease(sqlx::query(LOCK_ACTIVITIES), lease, max, names)
+            .fetch_all(&self.writer)
+            .await?;
         encoding::activities(&rows)
     }
 

@@ -37,7 +37,8 @@ pub const UPDATE_HELD_INSTANCE: &str = "UPDATE instances SET name = ?, version =
      ready_at = 0, lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
      WHERE instance_id = ? AND lock_token = ?";
 
-pub const INSERT_MESSAGE: &str = "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES (?, ?, ?, ?, ?, ?)";
+pub const INSERT_MESSAGE: &str =
+    "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES (?, ?, ?, ?, ?, ?)";
 
 /// A terminate for an instance whose start lies in the future runs it now, in two steps:
 /// its messages become visible at ?1 (instance ?2), its start is no longer held back
@@ -54,7 +55,12 @@ pub const DELETE_INSTANCE: [&str; 4] = [
     "DELETE FROM instances WHERE instance_id = ?",
 ];
 
-pub const DELETE_ALL: [&str; 4] = ["DELETE FROM history", "DELETE FROM inbox", "DELETE FROM activities", "DELETE FROM instances"];
+pub const DELETE_ALL: [&str; 4] = [
+    "DELETE FROM history",
+    "DELETE FROM inbox",
+    "DELETE FROM activities",
+    "DELETE FROM instances",
+];
 
 pub const SELECT_HISTORY: &str = "SELECT event FROM history WHERE instance_id = ? ORDER BY seq";
 

@@ -596,3 +596,84 @@ async fn a_huge_continuation_token_is_a_short_invalid_argument() {
     }
     neighbour_completes(&sidecar, &mut worker, "neighbour").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Responses: paged by size, and too large for the message limit
+// ---------------------------------------------------------------------------------------------
+
+/// Thirty instances with 200 KiB inputs are 6 MiB together, over the 4 MiB an SDK receives by
+/// default (as does this test's client): a 100-count page stops early with a continuation,
+/// and paging on returns every instance once.
+#[tokio::test]
+async fn query_pages_stop_before_they_outgrow_the_receive_limit() {
+    use prost::Message;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    let input = format!("\"{}\"", "i".repeat(200 << 10));
+    for i in 0..30 {
+        start(&mut client, &format!("large-{i:02}"), "Large", Some(&input)).await;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut pages = vec![];
+    let mut token = None;
+    loop {
+        let response = client
+            .query_instances(QueryInstancesRequest {
+                query: Some(InstanceQuery {
+                    max_instance_count: 100,
+                    fetch_inputs_and_outputs: true,
+                    continuation_token: token.take(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("a page fits the client's 4 MiB receive limit")
+            .into_inner();
+        let bytes = response.encoded_len();
+        assert!(bytes <= (2 << 20) + (64 << 10), "a page of {bytes} bytes");
+        for state in &response.orchestration_state {
+            assert_eq!(state.input.as_deref(), Some(input.as_str()), "inputs are whole");
+            assert!(seen.insert(state.instance_id.clone()), "{} twice", state.instance_id);
+        }
+        pages.push((response.orchestration_state.len(), bytes));
+        match response.continuation_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 30, "every instance once");
+    assert!(pages.len() >= 3, "paged by size: {pages:?}");
+    eprintln!("30 instances of 200 KiB: pages (instances, bytes) {pages:?}");
+}
+
+/// A response larger than the message limit answers RESOURCE_EXHAUSTED (tonic's own code
+/// for it is OUT_OF_RANGE), and the connection goes on serving.
+#[tokio::test]
+async fn a_response_over_the_message_limit_is_resource_exhausted() {
+    let sidecar = Sidecar::with(|o| o.max_message_bytes = 1 << 20).await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    let half = format!("\"{}\"", "h".repeat(600 << 10));
+    start(&mut client, "big", "Big", Some(&half)).await;
+    let (token, _) = worker.orchestration().await;
+    complete_orchestrator(&mut client, &token, "big", vec![complete(1, OrchestrationStatus::Completed, &half)])
+        .await
+        .expect("600 KiB fits the 1 MiB limit");
+    let request = GetInstanceRequest {
+        instance_id: "big".into(),
+        get_inputs_and_outputs: true,
+    };
+    let status = expect_code(client.get_instance(request).await, Code::ResourceExhausted);
+    assert!(status.message().contains("too large"), "{status:?}");
+    // Without the payloads the same instance reads fine, on the same connection.
+    let request = GetInstanceRequest {
+        instance_id: "big".into(),
+        get_inputs_and_outputs: false,
+    };
+    let state = client.get_instance(request).await.expect("read").into_inner();
+    assert_eq!(
+        state.orchestration_state.expect("exists").orchestration_status(),
+        OrchestrationStatus::Completed
+    );
+    neighbour_completes(&sidecar, &mut worker, "neighbour").await;
+}

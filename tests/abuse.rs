@@ -677,3 +677,246 @@ async fn a_response_over_the_message_limit_is_resource_exhausted() {
     );
     neighbour_completes(&sidecar, &mut worker, "neighbour").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory: every buffer a client can fill is bounded (figures from a sidecar process of its own)
+// ---------------------------------------------------------------------------------------------
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A worker that sends partial chunks without end: the chunked answer is refused once it
+/// passes its bound (64 MiB), with an error that says so, and the sidecar's memory stays
+/// near that bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_chunks_beyond_their_bound_are_refused() {
+    let sidecar = spawned::Spawned::start(&[]);
+    let mut client = sidecar.client().await;
+    let mut worker = Worker::connect(&mut client, GetWorkItemsRequest::default()).await;
+    let base = sidecar.kib("VmRSS");
+    start(&mut client, "chunky", "Chunky", None).await;
+    let (token, _) = worker.orchestration().await;
+    let payload = format!("\"{}\"", "c".repeat(1 << 20));
+    let mut accepted = 0;
+    let refused = loop {
+        #[allow(deprecated)]
+        let chunk = OrchestratorResponse {
+            instance_id: "chunky".into(),
+            completion_token: token.clone(),
+            actions: vec![schedule_task(accepted + 1, "Chunk", &payload)],
+            is_partial: true,
+            chunk_index: Some(accepted),
+            ..Default::default()
+        };
+        match client.complete_orchestrator_task(chunk).await {
+            Ok(_) => accepted += 1,
+            Err(status) => break status,
+        }
+        assert!(accepted <= 200, "200 MiB of chunks taken without a refusal");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("chunked answer may hold at most"), "{refused:?}");
+    assert!((60..=64).contains(&accepted), "refused after {accepted} chunks of 1 MiB");
+    let peak = sidecar.kib("VmHWM");
+    eprintln!(
+        "partial chunks: {accepted} chunks of 1 MiB taken, the next refused; sidecar RSS {:.0} MiB before, peak {:.0} MiB",
+        mib(base),
+        mib(peak)
+    );
+    assert!(mib(peak) < 512.0, "peak RSS {:.0} MiB", mib(peak));
+    // The worker abandons the item; the sidecar goes on serving.
+    client
+        .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest {
+            completion_token: token,
+            ..Default::default()
+        })
+        .await
+        .expect("abandon");
+    let (token, _) = worker.orchestration().await;
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "chunky",
+        vec![complete(1, OrchestrationStatus::Completed, "0")],
+    )
+    .await
+    .expect("a plain answer after the refused chunks");
+    assert_eq!(
+        wait_completion(&mut client, "chunky").await.orchestration_status(),
+        OrchestrationStatus::Completed
+    );
+}
+
+/// One answer with 1,000,000 actions is refused with a clear error; the sidecar's peak RSS
+/// for it is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_a_million_actions_is_refused() {
+    let sidecar = spawned::Spawned::start(&[]);
+    let mut client = sidecar.client().await;
+    let mut worker = Worker::connect(&mut client, GetWorkItemsRequest::default()).await;
+    start(&mut client, "million", "Million", None).await;
+    let (token, _) = worker.orchestration().await;
+    let base = sidecar.kib("VmRSS");
+    let actions: Vec<_> = (1..=1_000_000).map(|i| schedule_task(i, "A", "")).collect();
+    let refused = expect_code(
+        complete_orchestrator(&mut client, &token, "million", actions).await,
+        Code::InvalidArgument,
+    );
+    assert!(refused.message().contains("at most 100000 are allowed"), "{refused:?}");
+    let peak = sidecar.kib("VmHWM");
+    eprintln!(
+        "1,000,000 actions: refused ({}); sidecar RSS {:.0} MiB before, peak {:.0} MiB",
+        refused.message(),
+        mib(base),
+        mib(peak)
+    );
+    assert!(mib(peak) < 1024.0, "peak RSS {:.0} MiB", mib(peak));
+    complete_orchestrator(
+        &mut client,
+        &token,
+        "million",
+        vec![complete(1, OrchestrationStatus::Completed, "0")],
+    )
+    .await
+    .expect("the same item answered sensibly");
+}
+
+/// A worker that stops reading its stream is sent no more than `--worker-buffer-mib` of work
+/// items; the others keep getting work, and what it held goes to them when it disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_reading_is_bounded_by_its_buffer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let sidecar = spawned::Spawned::start(&["--worker-buffer-mib", "1"]);
+    let mut client = sidecar.client().await;
+    let stalled = Worker::connect(&mut sidecar.client().await, GetWorkItemsRequest::default()).await;
+    let total = 300;
+    let input = format!("\"{}\"", "s".repeat(200 << 10));
+    for i in 0..total {
+        start(&mut client, &format!("item-{i:03}"), "Stalled", Some(&input)).await;
+    }
+    // The healthy worker completes whatever it gets.
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut healthy = Worker::connect(&mut sidecar.client().await, GetWorkItemsRequest::default()).await;
+    let healthy_task = {
+        let (done, mut client) = (done.clone(), client.clone());
+        tokio::spawn(async move {
+            loop {
+                let (token, request) = healthy.orchestration().await;
+                let id = request.instance_id.clone();
+                complete_orchestrator(&mut client, &token, &id, vec![complete(1, OrchestrationStatus::Completed, "0")])
+                    .await
+                    .expect("complete");
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    // Everything but what the stalled worker holds gets done: nothing due is left unleased
+    // and every instance not completed is one the stalled worker holds.
+    let completed = |client: &mut Client| {
+        let mut client = client.clone();
+        async move {
+            let query = QueryInstancesRequest {
+                query: Some(InstanceQuery {
+                    runtime_status: vec![OrchestrationStatus::Completed as i32],
+                    max_instance_count: 1000,
+                    ..Default::default()
+                }),
+            };
+            client
+                .query_instances(query)
+                .await
+                .expect("query")
+                .into_inner()
+                .orchestration_state
+                .len()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let held_by_stalled = loop {
+        let finished = completed(&mut client).await;
+        let due = sidecar.metric("outrigger_backlog_work_items{kind=\"orchestration\"}");
+        if due == 0.0 && finished == done.load(Ordering::SeqCst) && finished > 0 {
+            // Settled: check once more that nothing moved in between.
+            let again = completed(&mut client).await;
+            if again == finished {
+                break total - finished;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the healthy worker stopped at {finished}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let peak = sidecar.kib("VmHWM");
+    eprintln!(
+        "stalled worker: held {held_by_stalled} of {total} items of 200 KiB with a 1 MiB buffer; the healthy one did {}; sidecar peak RSS {:.0} MiB",
+        total - held_by_stalled,
+        mib(peak)
+    );
+    assert!(
+        (1..=40).contains(&held_by_stalled),
+        "the stalled worker holds {held_by_stalled} items (1 MiB buffer, 200 KiB items)"
+    );
+    assert!(mib(peak) < 512.0, "peak RSS {:.0} MiB", mib(peak));
+    drop(stalled);
+    spawned::until("the stalled worker's items to be done", || done.load(Ordering::SeqCst) == total).await;
+    healthy_task.abort();
+}
+
+/// 20,000 WaitForInstanceCompletion calls cancelled mid-wait leave nothing registered: the
+/// waiter count (`outrigger_awaited_instances`) returns to zero after every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_waits_leave_nothing_behind() {
+    let sidecar = spawned::Spawned::start(&[]);
+    let mut clients = vec![];
+    for _ in 0..20 {
+        clients.push(sidecar.client().await);
+    }
+    let (rounds, per_round) = (10, 2000);
+    let base = sidecar.kib("VmRSS");
+    let mut after_first = 0;
+    for round in 0..rounds {
+        let mut waits = tokio::task::JoinSet::new();
+        for i in 0..per_round {
+            let mut client = clients[i % clients.len()].clone();
+            let id = format!("absent-{round}-{i}");
+            waits.spawn(async move {
+                let _ = client
+                    .wait_for_instance_completion(GetInstanceRequest {
+                        instance_id: id,
+                        get_inputs_and_outputs: false,
+                    })
+                    .await;
+            });
+        }
+        spawned::until("every wait to be registered", || {
+            sidecar.metric("outrigger_awaited_instances") == per_round as f64
+        })
+        .await;
+        waits.abort_all(); // the calls are cancelled: the client resets their streams
+        while waits.join_next().await.is_some() {}
+        spawned::until("the cancelled waits to be released", || {
+            sidecar.metric("outrigger_awaited_instances") == 0.0
+        })
+        .await;
+        if round == 0 {
+            after_first = sidecar.kib("VmRSS");
+        }
+    }
+    let end = sidecar.kib("VmRSS");
+    eprintln!(
+        "{} cancelled waits: sidecar RSS {:.1} MiB before, {:.1} MiB after the first {per_round}, {:.1} MiB after all (peak {:.1} MiB)",
+        rounds * per_round,
+        mib(base),
+        mib(after_first),
+        mib(end),
+        mib(sidecar.kib("VmHWM"))
+    );
+    // A leak of 600 bytes a wait would be 10 MiB over the last 18,000.
+    assert!(
+        mib(end) < mib(after_first) + 6.0,
+        "RSS grew from {:.1} to {:.1} MiB",
+        mib(after_first),
+        mib(end)
+    );
+}

@@ -727,10 +727,7 @@ async fn partial_chunks_beyond_their_bound_are_refused() {
     assert!(mib(peak) < 512.0, "peak RSS {:.0} MiB", mib(peak));
     // The worker abandons the item; the sidecar goes on serving.
     client
-        .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest {
-            completion_token: token,
-            ..Default::default()
-        })
+        .abandon_task_orchestrator_work_item(AbandonOrchestrationTaskRequest { completion_token: token })
         .await
         .expect("abandon");
     let (token, _) = worker.orchestration().await;

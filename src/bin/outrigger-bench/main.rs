@@ -30,13 +30,15 @@ use stats::Summary;
 use worker::{Client, Worker};
 use workload::{STANDARD, Workload};
 
-/// Benchmarks a Durable Task sidecar with a raw-protocol worker.
+/// Load generator for a Durable Task sidecar: starts orchestrations, runs them with its own
+/// raw-protocol worker and reports throughput, latency, timer lateness and the server's CPU
+/// time and peak memory (markdown on stdout, JSON in --results).
 ///
-/// Workloads: hello5, latency1, fanout, timers, long, starts (the standard set, also named
-/// "standard"), fill (1,000,000 single-step orchestrations, for the memory target) and
-/// sdk-hello5 (hello5 through the Python SDK).
+/// Workloads: hello5, latency1, fanout, timers, long, starts, entity-signals, entity-calls
+/// (the standard set, also named "standard"), fill (1,000,000 single-step orchestrations, for
+/// the memory target) and sdk-hello5 (hello5 through the Python SDK).
 #[derive(Debug, Parser)]
-#[command(name = "outrigger-bench", version, about, long_about = None)]
+#[command(name = "outrigger-bench", version)]
 struct Args {
     /// Server to benchmark, when not started with --sidecar.
     #[arg(long, default_value = "http://127.0.0.1:4001")]
@@ -88,13 +90,35 @@ struct Args {
     #[arg(long, default_value_t = 600)]
     timeout: u64,
 
-    /// Python with durabletask installed, for sdk-hello5.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/sdk-tests/python/.venv/bin/python"))]
-    python: PathBuf,
+    /// Python with durabletask installed, for sdk-hello5
+    /// [default: sdk-tests/python/.venv/bin/python in the repository].
+    #[arg(long)]
+    python: Option<PathBuf>,
 
-    /// The Python SDK driver, for sdk-hello5.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sdk_hello5.py"))]
-    sdk_driver: PathBuf,
+    /// The Python SDK driver, for sdk-hello5 [default: bench/sdk_hello5.py in the repository].
+    #[arg(long)]
+    sdk_driver: Option<PathBuf>,
+}
+
+/// The repository this bench runs from: the first of the current directory and the
+/// directories above the binary (target/release/outrigger-bench) that holds `bench/`.
+fn repository() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    cwd.into_iter()
+        .chain(exe.iter().flat_map(|e| e.ancestors().skip(1).map(PathBuf::from)))
+        .find(|dir| dir.join("bench").join("sdk_hello5.py").is_file() && dir.join("Cargo.toml").is_file())
+}
+
+/// `given`, or `relative` inside the repository; an error naming `flag` when neither exists.
+fn in_repository(given: &Option<PathBuf>, relative: &str, flag: &str) -> Result<PathBuf, String> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    repository()
+        .map(|repo| repo.join(relative))
+        .filter(|p| p.exists())
+        .ok_or_else(|| format!("{relative} not found next to this binary or in the current directory; pass {flag}"))
 }
 
 fn main() -> ExitCode {
@@ -164,7 +188,9 @@ async fn run(args: Args) -> Result<bool, String> {
     println!("{}", report::markdown(&reports));
     let document = json!({
         "date": command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        "commit": command_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
+        "commit": repository().and_then(|repo| {
+            command_output("git", &["-C", &repo.to_string_lossy(), "describe", "--always", "--dirty"])
+        }),
         "machine": machine(),
         "address": address,
         "runs": reports.iter().map(Report::to_json).collect::<Vec<_>>(),
@@ -246,7 +272,11 @@ impl Context<'_> {
 
         let mut worker = None;
         let (outcome, activities) = match workload {
-            Workload::SdkHello5 => sdk::run(&args.python, &args.sdk_driver, &self.address, count, concurrency).await?,
+            Workload::SdkHello5 => {
+                let python = in_repository(&args.python, "sdk-tests/python/.venv/bin/python", "--python")?;
+                let driver = in_repository(&args.sdk_driver, "bench/sdk_hello5.py", "--sdk-driver")?;
+                sdk::run(&python, &driver, &self.address, count, concurrency).await?
+            }
             Workload::Starts => {
                 let outcome = driver::start_only(&client, &script.name, &prefix, count, concurrency).await;
                 report
@@ -256,13 +286,11 @@ impl Context<'_> {
             }
             Workload::EntitySignals => {
                 let (completed_tx, _) = mpsc::unbounded_channel();
-                let w = Worker::connect(self.connect().await?, Arc::clone(&script), false, completed_tx)
-                    .await
-                    .map_err(|s| format!("GetWorkItems: {s}"))?;
+                let w = Worker::start(self.connect().await?, Arc::clone(&script), false, completed_tx);
                 let entities = args.width.unwrap_or(1000) as usize;
-                let applied = w.entity_operations.clone();
+                let (applied, stopped) = (w.entity_operations.clone(), w.stopped.clone());
                 worker = Some(w);
-                let outcome = driver::signal_only(&client, &prefix, count, concurrency, entities, applied, deadline).await;
+                let outcome = driver::signal_only(&client, &prefix, count, concurrency, entities, applied, stopped, deadline).await;
                 report.notes.push(format!(
                     "signals over {entities} entities; latency is the SignalEntity call; orch/s column is entity ops/s"
                 ));
@@ -270,11 +298,10 @@ impl Context<'_> {
             }
             _ => {
                 let (completed_tx, completed_rx) = mpsc::unbounded_channel();
-                let w = Worker::connect(self.connect().await?, Arc::clone(&script), workload == Workload::Long, completed_tx)
-                    .await
-                    .map_err(|s| format!("GetWorkItems: {s}"))?;
+                let w = Worker::start(self.connect().await?, Arc::clone(&script), workload == Workload::Long, completed_tx);
+                let stopped = w.stopped.clone();
                 worker = Some(w);
-                let outcome = driver::run(&client, &script.name, &prefix, count, concurrency, completed_rx, deadline).await;
+                let outcome = driver::run(&client, &script.name, &prefix, count, concurrency, completed_rx, stopped, deadline).await;
                 let activities = outcome.completed as u64 * script.activities();
                 (outcome, activities)
             }
@@ -331,10 +358,8 @@ impl Context<'_> {
             Workload::Starts => {
                 // Leave no pending instances behind for later workloads: run them to completion.
                 let (completed_tx, completed_rx) = mpsc::unbounded_channel();
-                let _drainer = Worker::connect(self.connect().await?, Arc::clone(&script), false, completed_tx)
-                    .await
-                    .map_err(|s| format!("GetWorkItems: {s}"))?;
-                let drained = driver::drain(&client, outcome.completed, completed_rx, deadline).await;
+                let drainer = Worker::start(self.connect().await?, Arc::clone(&script), false, completed_tx);
+                let drained = driver::drain(&client, outcome.completed, completed_rx, drainer.stopped.clone(), deadline).await;
                 report.notes.push(format!("{drained} drained after"));
             }
             Workload::Fill => {

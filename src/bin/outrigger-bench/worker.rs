@@ -60,6 +60,8 @@ pub struct Worker {
     pub observed: Arc<Mutex<Observed>>,
     /// Entity operations acknowledged so far, for waiting on them.
     pub entity_operations: watch::Receiver<u64>,
+    /// Why the work-item stream stopped, once it has.
+    pub stopped: watch::Receiver<Option<String>>,
 }
 
 impl Drop for Worker {
@@ -69,49 +71,51 @@ impl Drop for Worker {
 }
 
 impl Worker {
-    /// Opens the stream. Each instance whose completing answer the server accepted is sent on
-    /// `completed`. With `track_episodes` the arrival time of every orchestrator item is kept.
-    pub async fn connect(
-        mut client: Client,
-        script: Arc<Script>,
-        track_episodes: bool,
-        completed: mpsc::UnboundedSender<String>,
-    ) -> Result<Worker, tonic::Status> {
-        let mut stream = client.get_work_items(GetWorkItemsRequest::default()).await?.into_inner();
+    /// Starts the worker. The stream is opened on the worker's own task, so the caller never
+    /// waits for the response headers: a server may send them only with its first work item
+    /// (grpc-go does), which comes only after the caller started something. Each instance
+    /// whose completing answer the server accepted is sent on `completed`. With
+    /// `track_episodes` the arrival time of every orchestrator item is kept. Once the stream
+    /// cannot be opened, fails or ends, [`Worker::stopped`] holds why.
+    pub fn start(mut client: Client, script: Arc<Script>, track_episodes: bool, completed: mpsc::UnboundedSender<String>) -> Worker {
         let observed = Arc::new(Mutex::new(Observed::default()));
         let shared = Arc::clone(&observed);
         let (entity_tx, entity_operations) = watch::channel(0);
         let entity_tx = Arc::new(entity_tx);
+        let (stopped_tx, stopped) = watch::channel(None);
         let task = tokio::spawn(async move {
-            loop {
-                match stream.message().await {
-                    Ok(Some(item)) => {
-                        let handler = Handler {
-                            client: client.clone(),
-                            entity_operations: Arc::clone(&entity_tx),
-                            script: Arc::clone(&script),
-                            observed: Arc::clone(&shared),
-                            completed: completed.clone(),
-                            track_episodes,
-                        };
-                        tokio::spawn(handler.handle(item));
-                    }
-                    Ok(None) => {
-                        shared.lock().unwrap().errors.add("the work-item stream ended".into());
-                        return;
-                    }
-                    Err(status) => {
-                        shared.lock().unwrap().errors.add(format!("the work-item stream failed: {status}"));
-                        return;
+            let why = match client.get_work_items(GetWorkItemsRequest::default()).await {
+                Err(status) => format!("GetWorkItems: {status}"),
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(item)) => {
+                                let handler = Handler {
+                                    client: client.clone(),
+                                    entity_operations: Arc::clone(&entity_tx),
+                                    script: Arc::clone(&script),
+                                    observed: Arc::clone(&shared),
+                                    completed: completed.clone(),
+                                    track_episodes,
+                                };
+                                tokio::spawn(handler.handle(item));
+                            }
+                            Ok(None) => break "the work-item stream ended".to_string(),
+                            Err(status) => break format!("the work-item stream failed: {status}"),
+                        }
                     }
                 }
-            }
+            };
+            shared.lock().unwrap().errors.add(why.clone());
+            let _ = stopped_tx.send(Some(why));
         });
-        Ok(Worker {
+        Worker {
             task,
             observed,
             entity_operations,
-        })
+            stopped,
+        }
     }
 }
 

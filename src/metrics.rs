@@ -120,6 +120,8 @@ pub struct Metrics {
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
     pub connected_workers: u64,
+    /// Instances some WaitForInstanceStart/Completion call is waiting on.
+    pub awaited_instances: u64,
     /// Work due now and not leased to anyone: orchestrations, activities.
     pub backlog: Option<[u64; 2]>,
     /// Durable timers (and other future messages) not yet due.
@@ -274,6 +276,13 @@ impl Metrics {
             "Worker streams (GetWorkItems) open on this sidecar.",
         );
         let _ = writeln!(out, "outrigger_connected_workers {}", gauges.connected_workers);
+        family(
+            &mut out,
+            "outrigger_awaited_instances",
+            "gauge",
+            "Instances that WaitForInstanceStart/Completion calls on this sidecar are waiting on.",
+        );
+        let _ = writeln!(out, "outrigger_awaited_instances {}", gauges.awaited_instances);
         if let Some(backlog) = gauges.backlog {
             family(
                 &mut out,

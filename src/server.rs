@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_stream::Stream;
-use tonic::codegen::http;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -309,7 +308,7 @@ async fn serve_dialect(
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(keepalive)
         .layer(tower::util::MapRequestLayer::new(crate::grpc::stamp_arrival::<tonic::body::Body>))
-        .layer(tower::util::MapResponseLayer::new(refusal_codes::<tonic::body::Body>))
+        .layer(tower::util::MapResponseLayer::new(crate::grpc::refusal_codes))
         .layer(tower::util::MapResponseLayer::new(guard::undecodable_is_invalid_argument(dialect)))
         .layer(guard::RefuseDaprClientsLayer {
             refuse: dialect == "Microsoft",
@@ -319,18 +318,4 @@ async fn serve_dialect(
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stopped)
         .await
-}
-
-/// A too-large request is refused by tonic with OUT_OF_RANGE, where gRPC's convention (and what
-/// clients test for) is RESOURCE_EXHAUSTED. Such refusals are trailers-only responses, so the
-/// status sits in the headers. (Requests that cannot be decoded are mapped by
-/// `dapr::guard::undecodable_is_invalid_argument`, the layer inside this one on both listeners.)
-fn refusal_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let headers = response.headers();
-    let status = headers.get("grpc-status").and_then(|s| s.to_str().ok()).unwrap_or("");
-    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("");
-    if status == "11" && (message.contains("length too large") || message.contains("length%20too%20large")) {
-        response.headers_mut().insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
-    response
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::{Arrival, Service, status};
+use super::{Arrival, Service, page, status};
 use crate::engine::reuse::{self, Reuse, TERMINAL};
 use crate::engine::{self, StartSpec, events};
 use crate::limits;
@@ -363,14 +363,15 @@ impl Service {
             limit: limit + 1, // one extra row tells whether another page exists
             ..Default::default()
         };
-        let mut rows = self.store.query(&filter).await.map_err(status::store)?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let continuation_token = more
-            .then(|| rows.last().map(|i| page_token(i.created_at, &i.instance_id)))
-            .flatten();
+        let rows = self.store.query(&filter).await.map_err(status::store)?;
+        let (orchestration_state, continuation_token) = page(
+            rows,
+            limit as usize,
+            |i| page_token(i.created_at, &i.instance_id),
+            |i| state(i, q.fetch_inputs_and_outputs),
+        );
         Ok(QueryInstancesResponse {
-            orchestration_state: rows.into_iter().map(|i| state(i, q.fetch_inputs_and_outputs)).collect(),
+            orchestration_state,
             continuation_token,
         })
     }
@@ -384,12 +385,10 @@ impl Service {
             after: parse_page_token("lastInstanceKey", &r.last_instance_key)?,
             limit: limit + 1,
         };
-        let mut rows = self.store.finished(&filter).await.map_err(status::store)?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let last_instance_key = more.then(|| rows.last().map(|(at, id)| page_token(*at, id))).flatten();
+        let rows = self.store.finished(&filter).await.map_err(status::store)?;
+        let (instance_ids, last_instance_key) = page(rows, limit as usize, |(at, id)| page_token(*at, id), |(_, id)| id);
         Ok(ListInstanceIdsResponse {
-            instance_ids: rows.into_iter().map(|(_, id)| id).collect(),
+            instance_ids,
             last_instance_key,
         })
     }

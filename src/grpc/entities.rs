@@ -2,7 +2,7 @@
 
 use tonic::Status;
 
-use super::{Service, status};
+use super::{Service, page, status};
 use crate::engine::entities;
 use crate::proto::*;
 use crate::store::{EntityListFilter, EntitySummary};
@@ -111,12 +111,15 @@ impl Service {
             },
             limit: limit + 1,
         };
-        let mut rows = self.store.query_entities(&filter).await.map_err(status::store)?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let continuation_token = more.then(|| rows.last().map(|s| s.entity.instance_id.clone())).flatten();
+        let rows = self.store.query_entities(&filter).await.map_err(status::store)?;
+        let (entities, continuation_token) = page(
+            rows,
+            limit as usize,
+            |s| s.entity.instance_id.clone(),
+            |s| metadata(s, q.include_state),
+        );
         Ok(QueryEntitiesResponse {
-            entities: rows.into_iter().map(|s| metadata(s, q.include_state)).collect(),
+            entities,
             continuation_token,
         })
     }

@@ -5,6 +5,7 @@
 mod auth_layer;
 pub(crate) mod client;
 mod entities;
+mod refusal;
 mod rerun;
 pub mod status;
 mod worker;
@@ -23,6 +24,8 @@ use crate::proto::*;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 use crate::watchers::Watchers;
+
+pub use refusal::refusal_codes;
 
 /// The service state shared by all handlers.
 #[derive(Clone)]
@@ -82,6 +85,38 @@ pub struct Arrival(pub tokio::time::Instant);
 pub fn stamp_arrival<B>(mut request: tonic::codegen::http::Request<B>) -> tonic::codegen::http::Request<B> {
     request.extensions_mut().insert(Arrival(tokio::time::Instant::now()));
     request
+}
+
+/// Most encoded bytes of the rows of one query page (QueryInstances, ListInstanceIds,
+/// QueryEntities): a page ends early, with a continuation, rather than grow past this, so it
+/// stays well under the 4 MiB an SDK's gRPC client receives by default however large the
+/// instances' inputs and outputs are. A single row larger than this still goes out, alone.
+pub(crate) const MAX_PAGE_BYTES: usize = 2 << 20;
+
+/// One page of query results: the first `limit` of `rows` (the store was asked for one more,
+/// which tells whether another page exists), fewer when their encoded size would pass
+/// [`MAX_PAGE_BYTES`], with the continuation naming the last row kept.
+pub(crate) fn page<R, T: prost::Message>(
+    rows: Vec<R>,
+    limit: usize,
+    key: impl Fn(&R) -> String,
+    convert: impl Fn(R) -> T,
+) -> (Vec<T>, Option<String>) {
+    let mut more = rows.len() > limit;
+    let (mut page, mut bytes, mut last) = (Vec::new(), 0, None);
+    for row in rows.into_iter().take(limit) {
+        let row_key = key(&row);
+        let message = convert(row);
+        // A repeated field's entry costs its length, a tag and a length prefix.
+        bytes += message.encoded_len() + 8;
+        if !page.is_empty() && bytes > MAX_PAGE_BYTES {
+            more = true;
+            break;
+        }
+        page.push(message);
+        last = Some(row_key);
+    }
+    (page, last.filter(|_| more))
 }
 
 type Rpc<T> = Result<Response<T>, Status>;

@@ -7,6 +7,7 @@
 
 pub mod postgres;
 pub mod raw;
+pub mod spawned;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outrigger::proto::*;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::worker::{Client, Errors};
 
@@ -50,15 +50,19 @@ fn create_request(id: String, name: &str) -> CreateInstanceRequest {
     }
 }
 
-/// Starts `count` instances of `name`, at most `concurrency` of them unfinished at a time, and
-/// waits until each completion arrives on `completed` and is confirmed, or until `deadline`.
+/// Starts `count` instances of `name` on `clients` in turn (several servers sharing one
+/// database), at most `concurrency` of them unfinished at a time, and
+/// waits until each completion arrives on `completed` and is confirmed, until `deadline`, or
+/// until the worker's stream stops (`stopped`), since then nothing more will complete.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
-    client: &Client,
+    clients: &[Client],
     name: &str,
     prefix: &str,
     count: usize,
     concurrency: usize,
     mut completed: mpsc::UnboundedReceiver<String>,
+    mut stopped: watch::Receiver<Option<String>>,
     deadline: Duration,
 ) -> Outcome {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -67,8 +71,8 @@ pub async fn run(
     let began = Instant::now();
 
     let starter = {
-        let (client, name, prefix, in_flight, results) = (
-            client.clone(),
+        let (clients, name, prefix, in_flight, results) = (
+            clients.to_vec(),
             name.to_string(),
             prefix.to_string(),
             Arc::clone(&in_flight),
@@ -83,7 +87,7 @@ pub async fn run(
                 // Registered before the call: the completion may be reported before it returns.
                 in_flight.lock().unwrap().insert(id.clone(), (Instant::now(), slot));
                 let (mut client, in_flight, results, request) = (
-                    client.clone(),
+                    clients[i % clients.len()].clone(),
                     Arc::clone(&in_flight),
                     results.clone(),
                     create_request(id.clone(), &name),
@@ -99,10 +103,13 @@ pub async fn run(
     };
 
     let confirmer = {
-        let (client, in_flight) = (client.clone(), Arc::clone(&in_flight));
+        let (clients, in_flight) = (clients.to_vec(), Arc::clone(&in_flight));
         tokio::spawn(async move {
+            let mut turn = 0;
             while let Some(id) = completed.recv().await {
-                let (client, in_flight, results) = (client.clone(), Arc::clone(&in_flight), results.clone());
+                turn += 1;
+                let client = clients[turn % clients.len()].clone();
+                let (in_flight, results) = (Arc::clone(&in_flight), results.clone());
                 tokio::spawn(async move {
                     let outcome = confirm(client, &id).await;
                     // Dropping the entry frees its concurrency slot.
@@ -119,7 +126,17 @@ pub async fn run(
     let mut progress = Progress::new(count);
     while outcome.completed + outcome.failed < count {
         let remaining = deadline.saturating_sub(began.elapsed());
-        match tokio::time::timeout(remaining.min(Duration::from_secs(10)), results_rx.recv()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(remaining.min(Duration::from_secs(10)), results_rx.recv()) => next,
+            why = stop_reason(&mut stopped) => {
+                outcome.errors.add(format!(
+                    "{why}, with {} instances unfinished",
+                    count - outcome.completed - outcome.failed
+                ));
+                break;
+            }
+        };
+        match next {
             Ok(Some(Ok(ms))) => {
                 outcome.completed += 1;
                 outcome.latencies_ms.push(ms);
@@ -182,18 +199,18 @@ pub async fn start_only(client: &Client, name: &str, prefix: &str, count: usize,
     outcome
 }
 
-/// Waits until `count` completions arrived on `completed` and are confirmed (or `deadline`);
-/// returns how many were confirmed.
 /// Signals spread round-robin over `entities` entities, `concurrency` SignalEntity calls at a
 /// time; the latencies are the calls'. Finishes once `applied` (the worker's count of executed
 /// operations) reaches `count`, so the elapsed time covers running them all.
+#[allow(clippy::too_many_arguments)]
 pub async fn signal_only(
     client: &Client,
     prefix: &str,
     count: usize,
     concurrency: usize,
     entities: usize,
-    mut applied: tokio::sync::watch::Receiver<u64>,
+    mut applied: watch::Receiver<u64>,
+    mut stopped: watch::Receiver<Option<String>>,
     deadline: Duration,
 ) -> Outcome {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -230,7 +247,13 @@ pub async fn signal_only(
     }
     let target = (count - outcome.failed) as u64;
     let remaining = deadline.saturating_sub(began.elapsed());
-    let all = matches!(tokio::time::timeout(remaining, applied.wait_for(|n| *n >= target)).await, Ok(Ok(_)));
+    let all = tokio::select! {
+        all = tokio::time::timeout(remaining, applied.wait_for(|n| *n >= target)) => matches!(all, Ok(Ok(_))),
+        why = stop_reason(&mut stopped) => {
+            outcome.errors.add(why);
+            false
+        }
+    };
     match all {
         true => outcome.completed = target as usize,
         false => {
@@ -245,7 +268,15 @@ pub async fn signal_only(
     outcome
 }
 
-pub async fn drain(client: &Client, count: usize, mut completed: mpsc::UnboundedReceiver<String>, deadline: Duration) -> usize {
+/// Waits until `count` completions arrived on `completed` and are confirmed (or `deadline`, or
+/// the worker's stream stopped); returns how many were confirmed.
+pub async fn drain(
+    client: &Client,
+    count: usize,
+    mut completed: mpsc::UnboundedReceiver<String>,
+    mut stopped: watch::Receiver<Option<String>>,
+    deadline: Duration,
+) -> usize {
     let (results, mut results_rx) = mpsc::unbounded_channel::<bool>();
     let client = client.clone();
     let confirmer = tokio::spawn(async move {
@@ -258,7 +289,7 @@ pub async fn drain(client: &Client, count: usize, mut completed: mpsc::Unbounded
     });
     let mut confirmed = 0;
     let mut seen = 0;
-    let _ = tokio::time::timeout(deadline, async {
+    let confirming = async {
         while seen < count {
             match results_rx.recv().await {
                 Some(ok) => {
@@ -268,10 +299,21 @@ pub async fn drain(client: &Client, count: usize, mut completed: mpsc::Unbounded
                 None => break,
             }
         }
-    })
-    .await;
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(deadline, confirming) => {}
+        _ = stop_reason(&mut stopped) => {}
+    }
     confirmer.abort();
     confirmed
+}
+
+/// Resolves once the worker's stream stopped, with why; never if it is still running.
+async fn stop_reason(stopped: &mut watch::Receiver<Option<String>>) -> String {
+    match stopped.wait_for(Option::is_some).await {
+        Ok(why) => why.clone().unwrap_or_default(),
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Asks the server whether `id` completed; Ok once it reports COMPLETED.

@@ -30,25 +30,34 @@ use stats::Summary;
 use worker::{Client, Worker};
 use workload::{STANDARD, Workload};
 
-/// Benchmarks a Durable Task sidecar with a raw-protocol worker.
+/// Load generator for a Durable Task sidecar: starts orchestrations, runs them with its own
+/// raw-protocol worker and reports throughput, latency, timer lateness and the server's CPU
+/// time and peak memory (markdown on stdout, JSON in --results).
 ///
-/// Workloads: hello5, latency1, fanout, timers, long, starts (the standard set, also named
-/// "standard"), fill (1,000,000 single-step orchestrations, for the memory target) and
-/// sdk-hello5 (hello5 through the Python SDK).
+/// Workloads: hello5, latency1, fanout, timers, long, starts, entity-signals, entity-calls
+/// (the standard set, also named "standard"), fill (1,000,000 single-step orchestrations, for
+/// the memory target) and sdk-hello5 (hello5 through the Python SDK).
 #[derive(Debug, Parser)]
-#[command(name = "outrigger-bench", version, about, long_about = None)]
+#[command(name = "outrigger-bench", version)]
 struct Args {
-    /// Server to benchmark, when not started with --sidecar.
-    #[arg(long, default_value = "http://127.0.0.1:4001")]
-    address: String,
+    /// Server to benchmark, when not started with --sidecar. Several, comma-separated, are
+    /// sidecars sharing one database: the run starts instances on each in turn and attaches
+    /// one worker to each (hello5, latency1, fanout, timers, long, fill).
+    #[arg(long, default_value = "http://127.0.0.1:4001", value_delimiter = ',')]
+    address: Vec<String>,
 
-    /// Process id of the server at --address, to report its CPU time and peak RSS.
-    #[arg(long)]
-    sidecar_pid: Option<u32>,
+    /// Process ids of the servers at --address, to report their CPU time (summed) and peak RSS
+    /// (the largest); comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    sidecar_pid: Vec<u32>,
 
     /// Start this outrigger binary on a free port and benchmark it (killed at the end).
     #[arg(long, conflicts_with_all = ["address", "sidecar_pid"])]
     sidecar: Option<PathBuf>,
+
+    /// How many --sidecar processes to start on the one --database-url (scale-out figures).
+    #[arg(long, default_value_t = 1, requires = "sidecar")]
+    sidecars: usize,
 
     /// Start the --sidecar outrigger with only its Dapr-dialect listener (`--dapr-port`) and
     /// benchmark that. The raw worker and client send only fields both dialects encode alike,
@@ -88,13 +97,35 @@ struct Args {
     #[arg(long, default_value_t = 600)]
     timeout: u64,
 
-    /// Python with durabletask installed, for sdk-hello5.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/sdk-tests/python/.venv/bin/python"))]
-    python: PathBuf,
+    /// Python with durabletask installed, for sdk-hello5
+    /// [default: sdk-tests/python/.venv/bin/python in the repository].
+    #[arg(long)]
+    python: Option<PathBuf>,
 
-    /// The Python SDK driver, for sdk-hello5.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/sdk_hello5.py"))]
-    sdk_driver: PathBuf,
+    /// The Python SDK driver, for sdk-hello5 [default: bench/sdk_hello5.py in the repository].
+    #[arg(long)]
+    sdk_driver: Option<PathBuf>,
+}
+
+/// The repository this bench runs from: the first of the current directory and the
+/// directories above the binary (target/release/outrigger-bench) that holds `bench/`.
+fn repository() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    cwd.into_iter()
+        .chain(exe.iter().flat_map(|e| e.ancestors().skip(1).map(PathBuf::from)))
+        .find(|dir| dir.join("bench").join("sdk_hello5.py").is_file() && dir.join("Cargo.toml").is_file())
+}
+
+/// `given`, or `relative` inside the repository; an error naming `flag` when neither exists.
+fn in_repository(given: &Option<PathBuf>, relative: &str, flag: &str) -> Result<PathBuf, String> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    repository()
+        .map(|repo| repo.join(relative))
+        .filter(|p| p.exists())
+        .ok_or_else(|| format!("{relative} not found next to this binary or in the current directory; pass {flag}"))
 }
 
 fn main() -> ExitCode {
@@ -116,7 +147,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let workloads = parse_workloads(&args.workload)?;
     let temp_dir = std::env::temp_dir().join(format!("outrigger-bench-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(temp_dir.clone());
-    let (spawned, address, probe) = match &args.sidecar {
+    let (spawned, addresses, probe) = match &args.sidecar {
         Some(binary) => {
             std::fs::create_dir_all(&temp_dir).map_err(|e| e.to_string())?;
             let url = args
@@ -124,20 +155,37 @@ async fn run(args: Args) -> Result<bool, String> {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", temp_dir.join("bench.db").display()));
             let port_flag = if args.dapr { "--dapr-port" } else { "--port" };
-            let spawned = Spawned::start(binary, port_flag, &url, &temp_dir.join("sidecar.log"))?;
-            let (address, probe) = (spawned.address.clone(), Some(Probe::new(spawned.pid())));
-            (Some(spawned), address, probe)
+            if args.sidecars > 1 && !url.starts_with("postgres") {
+                return Err("--sidecars above 1 needs a Postgres --database-url (SQLite is one file, one sidecar)".into());
+            }
+            let mut spawned = vec![];
+            for i in 0..args.sidecars.max(1) {
+                spawned.push(Spawned::start(binary, port_flag, &url, &temp_dir.join(format!("sidecar-{i}.log")))?);
+            }
+            let addresses = spawned.iter().map(|s| s.address.clone()).collect();
+            let probe = Some(Probe::new(spawned.iter().map(Spawned::pid).collect()));
+            (spawned, addresses, probe)
         }
-        None => (None, args.address.clone(), args.sidecar_pid.map(Probe::new)),
+        None => (
+            vec![],
+            args.address.clone(),
+            (!args.sidecar_pid.is_empty()).then(|| Probe::new(args.sidecar_pid.clone())),
+        ),
     };
+    let address = addresses.join(",");
     let backend = args.backend.clone().unwrap_or_else(|| match &args.database_url {
         Some(url) => url.split(':').next().unwrap_or("external").to_string(),
-        None if spawned.is_some() => "sqlite".into(),
+        None if !spawned.is_empty() => "sqlite".into(),
         None => "external".into(),
-    }) + if args.dapr { " (Dapr listener)" } else { "" };
+    }) + if args.dapr { " (Dapr listener)" } else { "" }
+        + &if addresses.len() > 1 {
+            format!(" ×{}", addresses.len())
+        } else {
+            String::new()
+        };
     let context = Context {
         args: &args,
-        address: address.clone(),
+        addresses,
         probe,
         backend,
     };
@@ -164,7 +212,9 @@ async fn run(args: Args) -> Result<bool, String> {
     println!("{}", report::markdown(&reports));
     let document = json!({
         "date": command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        "commit": command_output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
+        "commit": repository().and_then(|repo| {
+            command_output("git", &["-C", &repo.to_string_lossy(), "describe", "--always", "--dirty"])
+        }),
         "machine": machine(),
         "address": address,
         "runs": reports.iter().map(Report::to_json).collect::<Vec<_>>(),
@@ -178,6 +228,17 @@ async fn run(args: Args) -> Result<bool, String> {
     Ok(reports
         .iter()
         .all(|r| r.failed == 0 && r.errors.is_empty() && r.completed == r.count))
+}
+
+async fn connect(address: &str) -> Result<Client, String> {
+    let channel = Endpoint::from_shared(address.to_string())
+        .map_err(|e| format!("bad --address '{address}': {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    Ok(Client::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
 }
 
 fn parse_workloads(list: &str) -> Result<Vec<Workload>, String> {
@@ -198,21 +259,25 @@ fn parse_workloads(list: &str) -> Result<Vec<Workload>, String> {
 /// What every workload run shares.
 struct Context<'a> {
     args: &'a Args,
-    address: String,
+    /// One server, or several sharing a database.
+    addresses: Vec<String>,
     probe: Option<Probe>,
     backend: String,
 }
 
 impl Context<'_> {
+    /// A client of the first server.
     async fn connect(&self) -> Result<Client, String> {
-        let channel = Endpoint::from_shared(self.address.clone())
-            .map_err(|e| format!("bad --address '{}': {e}", self.address))?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
-        Ok(Client::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+        connect(&self.addresses[0]).await
+    }
+
+    /// A client of every server, in --address order.
+    async fn connect_all(&self) -> Result<Vec<Client>, String> {
+        let mut clients = vec![];
+        for address in &self.addresses {
+            clients.push(connect(address).await?);
+        }
+        Ok(clients)
     }
 
     async fn run(&self, workload: Workload) -> Result<Report, String> {
@@ -246,7 +311,11 @@ impl Context<'_> {
 
         let mut worker = None;
         let (outcome, activities) = match workload {
-            Workload::SdkHello5 => sdk::run(&args.python, &args.sdk_driver, &self.address, count, concurrency).await?,
+            Workload::SdkHello5 => {
+                let python = in_repository(&args.python, "sdk-tests/python/.venv/bin/python", "--python")?;
+                let driver = in_repository(&args.sdk_driver, "bench/sdk_hello5.py", "--sdk-driver")?;
+                sdk::run(&python, &driver, &self.addresses[0], count, concurrency).await?
+            }
             Workload::Starts => {
                 let outcome = driver::start_only(&client, &script.name, &prefix, count, concurrency).await;
                 report
@@ -256,13 +325,11 @@ impl Context<'_> {
             }
             Workload::EntitySignals => {
                 let (completed_tx, _) = mpsc::unbounded_channel();
-                let w = Worker::connect(self.connect().await?, Arc::clone(&script), false, completed_tx)
-                    .await
-                    .map_err(|s| format!("GetWorkItems: {s}"))?;
+                let w = Worker::start(vec![self.connect().await?], Arc::clone(&script), false, completed_tx);
                 let entities = args.width.unwrap_or(1000) as usize;
-                let applied = w.entity_operations.clone();
+                let (applied, stopped) = (w.entity_operations.clone(), w.stopped.clone());
                 worker = Some(w);
-                let outcome = driver::signal_only(&client, &prefix, count, concurrency, entities, applied, deadline).await;
+                let outcome = driver::signal_only(&client, &prefix, count, concurrency, entities, applied, stopped, deadline).await;
                 report.notes.push(format!(
                     "signals over {entities} entities; latency is the SignalEntity call; orch/s column is entity ops/s"
                 ));
@@ -270,11 +337,12 @@ impl Context<'_> {
             }
             _ => {
                 let (completed_tx, completed_rx) = mpsc::unbounded_channel();
-                let w = Worker::connect(self.connect().await?, Arc::clone(&script), workload == Workload::Long, completed_tx)
-                    .await
-                    .map_err(|s| format!("GetWorkItems: {s}"))?;
+                // One worker per server; they share what they observe and when one stops.
+                let clients = self.connect_all().await?;
+                let w = Worker::start(clients.clone(), Arc::clone(&script), workload == Workload::Long, completed_tx);
+                let stopped = w.stopped.clone();
                 worker = Some(w);
-                let outcome = driver::run(&client, &script.name, &prefix, count, concurrency, completed_rx, deadline).await;
+                let outcome = driver::run(&clients, &script.name, &prefix, count, concurrency, completed_rx, stopped, deadline).await;
                 let activities = outcome.completed as u64 * script.activities();
                 (outcome, activities)
             }
@@ -331,10 +399,8 @@ impl Context<'_> {
             Workload::Starts => {
                 // Leave no pending instances behind for later workloads: run them to completion.
                 let (completed_tx, completed_rx) = mpsc::unbounded_channel();
-                let _drainer = Worker::connect(self.connect().await?, Arc::clone(&script), false, completed_tx)
-                    .await
-                    .map_err(|s| format!("GetWorkItems: {s}"))?;
-                let drained = driver::drain(&client, outcome.completed, completed_rx, deadline).await;
+                let drainer = Worker::start(vec![self.connect().await?], Arc::clone(&script), false, completed_tx);
+                let drained = driver::drain(&client, outcome.completed, completed_rx, drainer.stopped.clone(), deadline).await;
                 report.notes.push(format!("{drained} drained after"));
             }
             Workload::Fill => {

@@ -54,29 +54,68 @@ impl Errors {
     }
 }
 
-/// A connected worker; dropping it closes its stream.
+/// A worker with one stream per server; dropping it closes them.
 pub struct Worker {
-    _task: AbortOnDrop,
+    _tasks: Vec<AbortOnDrop>,
     pub observed: Arc<Mutex<Observed>>,
     /// Entity operations acknowledged so far, for waiting on them.
     pub entity_operations: watch::Receiver<u64>,
+    /// Why the work-item stream stopped, once it has.
+    pub stopped: watch::Receiver<Option<String>>,
 }
 
 impl Worker {
-    /// Opens the stream. Each instance whose completing answer the server accepted is sent on
-    /// `completed`. With `track_episodes` the arrival time of every orchestrator item is kept.
-    pub async fn connect(
-        mut client: Client,
-        script: Arc<Script>,
-        track_episodes: bool,
-        completed: mpsc::UnboundedSender<String>,
-    ) -> Result<Worker, tonic::Status> {
-        let mut stream = client.get_work_items(GetWorkItemsRequest::default()).await?.into_inner();
+    /// Starts the worker. The stream is opened on the worker's own task, so the caller never
+    /// waits for the response headers: a server may send them only with its first work item
+    /// (grpc-go does), which comes only after the caller started something. Each instance
+    /// whose completing answer the server accepted is sent on `completed`. With
+    /// `track_episodes` the arrival time of every orchestrator item is kept. Once a stream
+    /// cannot be opened, fails or ends, [`Worker::stopped`] holds why. One stream is opened on
+    /// each of `clients` (servers sharing a database); what they observe is added up.
+    pub fn start(clients: Vec<Client>, script: Arc<Script>, track_episodes: bool, completed: mpsc::UnboundedSender<String>) -> Worker {
         let observed = Arc::new(Mutex::new(Observed::default()));
-        let shared = Arc::clone(&observed);
         let (entity_tx, entity_operations) = watch::channel(0);
         let entity_tx = Arc::new(entity_tx);
-        let task = tokio::spawn(async move {
+        let (stopped_tx, stopped) = watch::channel(None);
+        let stopped_tx = Arc::new(stopped_tx);
+        let tasks = clients
+            .into_iter()
+            .map(|client| {
+                let (observed, entity_tx, stopped_tx) = (Arc::clone(&observed), Arc::clone(&entity_tx), Arc::clone(&stopped_tx));
+                AbortOnDrop(tokio::spawn(stream(
+                    client,
+                    Arc::clone(&script),
+                    track_episodes,
+                    completed.clone(),
+                    observed,
+                    entity_tx,
+                    stopped_tx,
+                )))
+            })
+            .collect();
+        Worker {
+            _tasks: tasks,
+            observed,
+            entity_operations,
+            stopped,
+        }
+    }
+}
+
+/// One work-item stream: opens it and hands each item to its own task until it stops.
+async fn stream(
+    mut client: Client,
+    script: Arc<Script>,
+    track_episodes: bool,
+    completed: mpsc::UnboundedSender<String>,
+    shared: Arc<Mutex<Observed>>,
+    entity_tx: Arc<watch::Sender<u64>>,
+    stopped_tx: Arc<watch::Sender<Option<String>>>,
+) {
+    let why = match client.get_work_items(GetWorkItemsRequest::default()).await {
+        Err(status) => format!("GetWorkItems: {status}"),
+        Ok(response) => {
+            let mut stream = response.into_inner();
             loop {
                 match stream.message().await {
                     Ok(Some(item)) => {
@@ -90,23 +129,14 @@ impl Worker {
                         };
                         tokio::spawn(handler.handle(item));
                     }
-                    Ok(None) => {
-                        shared.lock().unwrap().errors.add("the work-item stream ended".into());
-                        return;
-                    }
-                    Err(status) => {
-                        shared.lock().unwrap().errors.add(format!("the work-item stream failed: {status}"));
-                        return;
-                    }
+                    Ok(None) => break "the work-item stream ended".to_string(),
+                    Err(status) => break format!("the work-item stream failed: {status}"),
                 }
             }
-        });
-        Ok(Worker {
-            _task: AbortOnDrop(task),
-            observed,
-            entity_operations,
-        })
-    }
+        }
+    };
+    shared.lock().unwrap().errors.add(why.clone());
+    let _ = stopped_tx.send(Some(why));
 }
 
 struct Handler {

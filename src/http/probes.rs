@@ -49,7 +49,7 @@ async fn ready(State(app): State<App>) -> Response {
 async fn metrics(State(app): State<App>) -> Response {
     let mut gauges = Gauges {
         connected_workers: app.service.dispatcher().connected_workers() as u64,
-        awaited_instances: app.service.dispatcher().watchers.len() as u64,
+        awaited_instances: app.service.watchers().len() as u64,
         ..Default::default()
     };
     // A store that is down leaves the store gauges out rather than failing the scrape.

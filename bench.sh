@@ -8,6 +8,8 @@
 #   ./bench.sh --workload hello5   any outrigger-bench options are passed through
 #   ./bench.sh --vs PEER [OPTS]    side by side with durabletask-go, restate or dbos (bench/vs.py;
 #                                  OPTS: --rounds N --count N --concurrency N --latency-count N)
+#   ./bench.sh --scale-out [OPTS]  hello5 on 1, 2 and 3 sidecars sharing one fresh Postgres
+#                                  database, twice in turn (any outrigger-bench options follow)
 #
 # Postgres: $OUTRIGGER_BENCH_POSTGRES_URL (a server where the user may CREATE DATABASE), else
 # the local cluster started with pg_ctlcluster, else skipped. OUTRIGGER_BENCH_NO_POSTGRES=1
@@ -100,6 +102,23 @@ if [ "${1:-}" = --vs ]; then
       ;;
   esac
   exec "${vs[@]}" "$@"
+fi
+
+if [ "${1:-}" = --scale-out ]; then
+  shift
+  status=0
+  for round in 1 2; do
+    for n in 1 2 3; do
+      stamp=$(date -u +%Y%m%dT%H%M%SZ)
+      fresh_postgres
+      [ -n "$pg_url" ] || { echo "== --scale-out needs Postgres (OUTRIGGER_BENCH_POSTGRES_URL or a local cluster)" >&2; exit 1; }
+      echo "== round $round: $n sidecar(s) on one Postgres database" >&2
+      "$bench" --sidecar "$sidecar" --sidecars "$n" --database-url "$pg_url" --backend postgres \
+        --workload hello5 --results "$results/$stamp-scale-$n.json" "$@" | grep '^| hello5' || status=1
+      [ ${#pg_drop[@]} -eq 0 ] || "${pg_drop[@]}" >&2
+    done
+  done
+  exit "$status"
 fi
 
 args=("$@")

@@ -413,6 +413,13 @@ def main() -> int:
         if getattr(args, name):
             setattr(args, name, os.path.abspath(getattr(args, name)))
 
+    needed = {"durabletask-go": ["dtgo"], "restate": ["node", "restate_server"], "dbos": ["node"]}[args.peer]
+    for name in ["outrigger", "bench", *needed]:
+        path = getattr(args, name)
+        if not path or not os.access(path, os.X_OK):
+            print(f"vs.py: --{name.replace('_', '-')} {path or ''} is not an executable", file=sys.stderr)
+            return 2
+
     pg = None
     if args.peer == "dbos":
         if args.pg_port is None and args.pg_url is None:

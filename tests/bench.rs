@@ -112,3 +112,28 @@ async fn hello5_runs_over_the_dapr_listener() {
     );
     assert!(run["errors"].as_array().is_some_and(Vec::is_empty), "{run}");
 }
+
+/// Several --address values: instances are started on each in turn and a worker is attached to
+/// each (here the same sidecar twice, so the run must still complete every instance once).
+#[tokio::test(flavor = "multi_thread")]
+async fn several_addresses_share_the_run() {
+    let sidecar = Sidecar::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let results = dir.path().join("results.json");
+    let address = format!("http://{}", sidecar.addr);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outrigger-bench"));
+    command.args(["--address", &format!("{address},{address}"), "--workload", "hello5"]);
+    command.args(["--count", "6", "--concurrency", "3", "--timeout", "30"]);
+    command.arg("--results").arg(&results);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run outrigger-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let document: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
+    let run = &document["runs"][0];
+    assert_eq!((run["completed"].as_u64(), run["failed"].as_u64()), (Some(6), Some(0)), "{run}");
+    assert!(run["errors"].as_array().is_some_and(Vec::is_empty), "{run}");
+    assert!(run["backend"].as_str().is_some_and(|b| b.ends_with("×2")), "{run}");
+}

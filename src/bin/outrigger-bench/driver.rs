@@ -50,12 +50,13 @@ fn create_request(id: String, name: &str) -> CreateInstanceRequest {
     }
 }
 
-/// Starts `count` instances of `name`, at most `concurrency` of them unfinished at a time, and
+/// Starts `count` instances of `name` on `clients` in turn (several servers sharing one
+/// database), at most `concurrency` of them unfinished at a time, and
 /// waits until each completion arrives on `completed` and is confirmed, until `deadline`, or
 /// until the worker's stream stops (`stopped`), since then nothing more will complete.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    client: &Client,
+    clients: &[Client],
     name: &str,
     prefix: &str,
     count: usize,
@@ -70,8 +71,8 @@ pub async fn run(
     let began = Instant::now();
 
     let starter = {
-        let (client, name, prefix, in_flight, results) = (
-            client.clone(),
+        let (clients, name, prefix, in_flight, results) = (
+            clients.to_vec(),
             name.to_string(),
             prefix.to_string(),
             Arc::clone(&in_flight),
@@ -86,7 +87,7 @@ pub async fn run(
                 // Registered before the call: the completion may be reported before it returns.
                 in_flight.lock().unwrap().insert(id.clone(), (Instant::now(), slot));
                 let (mut client, in_flight, results, request) = (
-                    client.clone(),
+                    clients[i % clients.len()].clone(),
                     Arc::clone(&in_flight),
                     results.clone(),
                     create_request(id.clone(), &name),
@@ -102,10 +103,13 @@ pub async fn run(
     };
 
     let confirmer = {
-        let (client, in_flight) = (client.clone(), Arc::clone(&in_flight));
+        let (clients, in_flight) = (clients.to_vec(), Arc::clone(&in_flight));
         tokio::spawn(async move {
+            let mut turn = 0;
             while let Some(id) = completed.recv().await {
-                let (client, in_flight, results) = (client.clone(), Arc::clone(&in_flight), results.clone());
+                turn += 1;
+                let client = clients[turn % clients.len()].clone();
+                let (in_flight, results) = (Arc::clone(&in_flight), results.clone());
                 tokio::spawn(async move {
                     let outcome = confirm(client, &id).await;
                     // Dropping the entry frees its concurrency slot.

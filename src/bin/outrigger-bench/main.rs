@@ -40,17 +40,24 @@ use workload::{STANDARD, Workload};
 #[derive(Debug, Parser)]
 #[command(name = "outrigger-bench", version)]
 struct Args {
-    /// Server to benchmark, when not started with --sidecar.
-    #[arg(long, default_value = "http://127.0.0.1:4001")]
-    address: String,
+    /// Server to benchmark, when not started with --sidecar. Several, comma-separated, are
+    /// sidecars sharing one database: the run starts instances on each in turn and attaches
+    /// one worker to each (hello5, latency1, fanout, timers, long, fill).
+    #[arg(long, default_value = "http://127.0.0.1:4001", value_delimiter = ',')]
+    address: Vec<String>,
 
-    /// Process id of the server at --address, to report its CPU time and peak RSS.
-    #[arg(long)]
-    sidecar_pid: Option<u32>,
+    /// Process ids of the servers at --address, to report their CPU time (summed) and peak RSS
+    /// (the largest); comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    sidecar_pid: Vec<u32>,
 
     /// Start this outrigger binary on a free port and benchmark it (killed at the end).
     #[arg(long, conflicts_with_all = ["address", "sidecar_pid"])]
     sidecar: Option<PathBuf>,
+
+    /// How many --sidecar processes to start on the one --database-url (scale-out figures).
+    #[arg(long, default_value_t = 1, requires = "sidecar")]
+    sidecars: usize,
 
     /// Start the --sidecar outrigger with only its Dapr-dialect listener (`--dapr-port`) and
     /// benchmark that. The raw worker and client send only fields both dialects encode alike,
@@ -140,7 +147,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let workloads = parse_workloads(&args.workload)?;
     let temp_dir = std::env::temp_dir().join(format!("outrigger-bench-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(temp_dir.clone());
-    let (spawned, address, probe) = match &args.sidecar {
+    let (spawned, addresses, probe) = match &args.sidecar {
         Some(binary) => {
             std::fs::create_dir_all(&temp_dir).map_err(|e| e.to_string())?;
             let url = args
@@ -148,20 +155,37 @@ async fn run(args: Args) -> Result<bool, String> {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", temp_dir.join("bench.db").display()));
             let port_flag = if args.dapr { "--dapr-port" } else { "--port" };
-            let spawned = Spawned::start(binary, port_flag, &url, &temp_dir.join("sidecar.log"))?;
-            let (address, probe) = (spawned.address.clone(), Some(Probe::new(spawned.pid())));
-            (Some(spawned), address, probe)
+            if args.sidecars > 1 && !url.starts_with("postgres") {
+                return Err("--sidecars above 1 needs a Postgres --database-url (SQLite is one file, one sidecar)".into());
+            }
+            let mut spawned = vec![];
+            for i in 0..args.sidecars.max(1) {
+                spawned.push(Spawned::start(binary, port_flag, &url, &temp_dir.join(format!("sidecar-{i}.log")))?);
+            }
+            let addresses = spawned.iter().map(|s| s.address.clone()).collect();
+            let probe = Some(Probe::new(spawned.iter().map(Spawned::pid).collect()));
+            (spawned, addresses, probe)
         }
-        None => (None, args.address.clone(), args.sidecar_pid.map(Probe::new)),
+        None => (
+            vec![],
+            args.address.clone(),
+            (!args.sidecar_pid.is_empty()).then(|| Probe::new(args.sidecar_pid.clone())),
+        ),
     };
+    let address = addresses.join(",");
     let backend = args.backend.clone().unwrap_or_else(|| match &args.database_url {
         Some(url) => url.split(':').next().unwrap_or("external").to_string(),
-        None if spawned.is_some() => "sqlite".into(),
+        None if !spawned.is_empty() => "sqlite".into(),
         None => "external".into(),
-    }) + if args.dapr { " (Dapr listener)" } else { "" };
+    }) + if args.dapr { " (Dapr listener)" } else { "" }
+        + &if addresses.len() > 1 {
+            format!(" ×{}", addresses.len())
+        } else {
+            String::new()
+        };
     let context = Context {
         args: &args,
-        address: address.clone(),
+        addresses,
         probe,
         backend,
     };
@@ -206,6 +230,17 @@ async fn run(args: Args) -> Result<bool, String> {
         .all(|r| r.failed == 0 && r.errors.is_empty() && r.completed == r.count))
 }
 
+async fn connect(address: &str) -> Result<Client, String> {
+    let channel = Endpoint::from_shared(address.to_string())
+        .map_err(|e| format!("bad --address '{address}': {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    Ok(Client::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20))
+}
+
 fn parse_workloads(list: &str) -> Result<Vec<Workload>, String> {
     let mut out = vec![];
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -224,21 +259,25 @@ fn parse_workloads(list: &str) -> Result<Vec<Workload>, String> {
 /// What every workload run shares.
 struct Context<'a> {
     args: &'a Args,
-    address: String,
+    /// One server, or several sharing a database.
+    addresses: Vec<String>,
     probe: Option<Probe>,
     backend: String,
 }
 
 impl Context<'_> {
+    /// A client of the first server.
     async fn connect(&self) -> Result<Client, String> {
-        let channel = Endpoint::from_shared(self.address.clone())
-            .map_err(|e| format!("bad --address '{}': {e}", self.address))?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.address))?;
-        Ok(Client::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+        connect(&self.addresses[0]).await
+    }
+
+    /// A client of every server, in --address order.
+    async fn connect_all(&self) -> Result<Vec<Client>, String> {
+        let mut clients = vec![];
+        for address in &self.addresses {
+            clients.push(connect(address).await?);
+        }
+        Ok(clients)
     }
 
     async fn run(&self, workload: Workload) -> Result<Report, String> {
@@ -275,7 +314,7 @@ impl Context<'_> {
             Workload::SdkHello5 => {
                 let python = in_repository(&args.python, "sdk-tests/python/.venv/bin/python", "--python")?;
                 let driver = in_repository(&args.sdk_driver, "bench/sdk_hello5.py", "--sdk-driver")?;
-                sdk::run(&python, &driver, &self.address, count, concurrency).await?
+                sdk::run(&python, &driver, &self.addresses[0], count, concurrency).await?
             }
             Workload::Starts => {
                 let outcome = driver::start_only(&client, &script.name, &prefix, count, concurrency).await;
@@ -286,7 +325,7 @@ impl Context<'_> {
             }
             Workload::EntitySignals => {
                 let (completed_tx, _) = mpsc::unbounded_channel();
-                let w = Worker::start(self.connect().await?, Arc::clone(&script), false, completed_tx);
+                let w = Worker::start(vec![self.connect().await?], Arc::clone(&script), false, completed_tx);
                 let entities = args.width.unwrap_or(1000) as usize;
                 let (applied, stopped) = (w.entity_operations.clone(), w.stopped.clone());
                 worker = Some(w);
@@ -298,10 +337,12 @@ impl Context<'_> {
             }
             _ => {
                 let (completed_tx, completed_rx) = mpsc::unbounded_channel();
-                let w = Worker::start(self.connect().await?, Arc::clone(&script), workload == Workload::Long, completed_tx);
+                // One worker per server; they share what they observe and when one stops.
+                let clients = self.connect_all().await?;
+                let w = Worker::start(clients.clone(), Arc::clone(&script), workload == Workload::Long, completed_tx);
                 let stopped = w.stopped.clone();
                 worker = Some(w);
-                let outcome = driver::run(&client, &script.name, &prefix, count, concurrency, completed_rx, stopped, deadline).await;
+                let outcome = driver::run(&clients, &script.name, &prefix, count, concurrency, completed_rx, stopped, deadline).await;
                 let activities = outcome.completed as u64 * script.activities();
                 (outcome, activities)
             }
@@ -358,7 +399,7 @@ impl Context<'_> {
             Workload::Starts => {
                 // Leave no pending instances behind for later workloads: run them to completion.
                 let (completed_tx, completed_rx) = mpsc::unbounded_channel();
-                let drainer = Worker::start(self.connect().await?, Arc::clone(&script), false, completed_tx);
+                let drainer = Worker::start(vec![self.connect().await?], Arc::clone(&script), false, completed_tx);
                 let drained = driver::drain(&client, outcome.completed, completed_rx, drainer.stopped.clone(), deadline).await;
                 report.notes.push(format!("{drained} drained after"));
             }

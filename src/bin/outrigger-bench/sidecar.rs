@@ -7,25 +7,30 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Reads a process's CPU time and memory high-water mark (Linux /proc).
+/// Reads the CPU time and memory high-water mark of one or more processes (Linux /proc):
+/// CPU is added up over them, memory is the largest of them.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    pid: u32,
+    pids: Vec<u32>,
     ticks_per_second: f64,
 }
 
 impl Probe {
-    pub fn new(pid: u32) -> Probe {
+    pub fn new(pids: Vec<u32>) -> Probe {
         Probe {
-            pid,
+            pids,
             ticks_per_second: clock_ticks(),
         }
     }
 
-    /// User plus system CPU seconds the process has used so far, all threads included.
+    /// User plus system CPU seconds the processes have used so far, all threads included.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        cpu_ticks(&stat).map(|t| t as f64 / self.ticks_per_second)
+        let mut ticks = 0;
+        for pid in &self.pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            ticks += cpu_ticks(&stat)?;
+        }
+        Some(ticks as f64 / self.ticks_per_second)
     }
 
     /// Peak resident set size in MiB (VmHWM) since start or since the last [`Probe::reset_peak`].
@@ -39,14 +44,23 @@ impl Probe {
     }
 
     /// Restarts the peak RSS from the current RSS, so each workload reports its own peak.
-    /// Needs permission to write the process's clear_refs; returns whether it worked.
+    /// Needs permission to write the processes' clear_refs; returns whether it worked.
     pub fn reset_peak(&self) -> bool {
-        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5").is_ok()
+        self.pids
+            .iter()
+            .all(|pid| std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok())
     }
 
     fn status_kib(&self, key: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        status_field_kib(&status, key)
+        self.pids
+            .iter()
+            .map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                status_field_kib(&status, key)
+            })
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .max()
     }
 }
 
@@ -171,7 +185,7 @@ mod tests {
 
     #[test]
     fn probe_reads_this_process() {
-        let probe = Probe::new(std::process::id());
+        let probe = Probe::new(vec![std::process::id()]);
         assert!(probe.cpu_seconds().is_some());
         assert!(probe.peak_rss_mib().expect("VmHWM") > 0.0);
         assert!(probe.rss_mib().expect("VmRSS") > 0.0);

@@ -54,9 +54,9 @@ impl Errors {
     }
 }
 
-/// A connected worker; dropping it closes its stream.
+/// A worker with one stream per server; dropping it closes them.
 pub struct Worker {
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
     pub observed: Arc<Mutex<Observed>>,
     /// Entity operations acknowledged so far, for waiting on them.
     pub entity_operations: watch::Receiver<u64>,
@@ -66,7 +66,9 @@ pub struct Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -75,48 +77,74 @@ impl Worker {
     /// waits for the response headers: a server may send them only with its first work item
     /// (grpc-go does), which comes only after the caller started something. Each instance
     /// whose completing answer the server accepted is sent on `completed`. With
-    /// `track_episodes` the arrival time of every orchestrator item is kept. Once the stream
-    /// cannot be opened, fails or ends, [`Worker::stopped`] holds why.
-    pub fn start(mut client: Client, script: Arc<Script>, track_episodes: bool, completed: mpsc::UnboundedSender<String>) -> Worker {
+    /// `track_episodes` the arrival time of every orchestrator item is kept. Once a stream
+    /// cannot be opened, fails or ends, [`Worker::stopped`] holds why. One stream is opened on
+    /// each of `clients` (servers sharing a database); what they observe is added up.
+    pub fn start(clients: Vec<Client>, script: Arc<Script>, track_episodes: bool, completed: mpsc::UnboundedSender<String>) -> Worker {
         let observed = Arc::new(Mutex::new(Observed::default()));
-        let shared = Arc::clone(&observed);
         let (entity_tx, entity_operations) = watch::channel(0);
         let entity_tx = Arc::new(entity_tx);
         let (stopped_tx, stopped) = watch::channel(None);
-        let task = tokio::spawn(async move {
-            let why = match client.get_work_items(GetWorkItemsRequest::default()).await {
-                Err(status) => format!("GetWorkItems: {status}"),
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(item)) => {
-                                let handler = Handler {
-                                    client: client.clone(),
-                                    entity_operations: Arc::clone(&entity_tx),
-                                    script: Arc::clone(&script),
-                                    observed: Arc::clone(&shared),
-                                    completed: completed.clone(),
-                                    track_episodes,
-                                };
-                                tokio::spawn(handler.handle(item));
-                            }
-                            Ok(None) => break "the work-item stream ended".to_string(),
-                            Err(status) => break format!("the work-item stream failed: {status}"),
-                        }
-                    }
-                }
-            };
-            shared.lock().unwrap().errors.add(why.clone());
-            let _ = stopped_tx.send(Some(why));
-        });
+        let stopped_tx = Arc::new(stopped_tx);
+        let tasks = clients
+            .into_iter()
+            .map(|client| {
+                let (observed, entity_tx, stopped_tx) = (Arc::clone(&observed), Arc::clone(&entity_tx), Arc::clone(&stopped_tx));
+                tokio::spawn(stream(
+                    client,
+                    Arc::clone(&script),
+                    track_episodes,
+                    completed.clone(),
+                    observed,
+                    entity_tx,
+                    stopped_tx,
+                ))
+            })
+            .collect();
         Worker {
-            task,
+            tasks,
             observed,
             entity_operations,
             stopped,
         }
     }
+}
+
+/// One work-item stream: opens it and hands each item to its own task until it stops.
+async fn stream(
+    mut client: Client,
+    script: Arc<Script>,
+    track_episodes: bool,
+    completed: mpsc::UnboundedSender<String>,
+    shared: Arc<Mutex<Observed>>,
+    entity_tx: Arc<watch::Sender<u64>>,
+    stopped_tx: Arc<watch::Sender<Option<String>>>,
+) {
+    let why = match client.get_work_items(GetWorkItemsRequest::default()).await {
+        Err(status) => format!("GetWorkItems: {status}"),
+        Ok(response) => {
+            let mut stream = response.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(item)) => {
+                        let handler = Handler {
+                            client: client.clone(),
+                            entity_operations: Arc::clone(&entity_tx),
+                            script: Arc::clone(&script),
+                            observed: Arc::clone(&shared),
+                            completed: completed.clone(),
+                            track_episodes,
+                        };
+                        tokio::spawn(handler.handle(item));
+                    }
+                    Ok(None) => break "the work-item stream ended".to_string(),
+                    Err(status) => break format!("the work-item stream failed: {status}"),
+                }
+            }
+        }
+    };
+    shared.lock().unwrap().errors.add(why.clone());
+    let _ = stopped_tx.send(Some(why));
 }
 
 struct Handler {

@@ -37,12 +37,18 @@ impl Instance {
     }
 }
 
+/// The final statuses: an instance in one of them runs no more unless a client restarts or
+/// rewinds it. The one list; the stores' SQL and the default reuse policy are built from it.
+pub const TERMINAL: [OrchestrationStatus; 4] = [
+    OrchestrationStatus::Completed,
+    OrchestrationStatus::Failed,
+    OrchestrationStatus::Terminated,
+    OrchestrationStatus::Canceled,
+];
+
 /// Whether a status is final.
 pub fn is_terminal(status: OrchestrationStatus) -> bool {
-    matches!(
-        status,
-        OrchestrationStatus::Completed | OrchestrationStatus::Failed | OrchestrationStatus::Terminated | OrchestrationStatus::Canceled
-    )
+    TERMINAL.contains(&status)
 }
 
 /// An event waiting in an instance's inbox until its orchestrator sees it.

@@ -9,6 +9,7 @@ mod entity_tests;
 pub mod events;
 pub mod rerun;
 pub mod reuse;
+pub mod rules;
 #[cfg(test)]
 mod tests;
 pub mod work_filters;

@@ -14,8 +14,8 @@ use crate::proto::{CreateOrchestrationAction, OrchestrationStatus};
 
 use OrchestrationStatus as S;
 
-/// The statuses that end an instance: without a policy, those are the replaceable ones.
-pub const TERMINAL: [OrchestrationStatus; 4] = [S::Completed, S::Failed, S::Terminated, S::Canceled];
+/// Without a policy, the final statuses are the replaceable ones.
+pub use crate::model::TERMINAL;
 
 /// What to do with an existing instance of the same id.
 #[derive(Debug, Clone, PartialEq, Eq)]

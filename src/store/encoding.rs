@@ -1,15 +1,16 @@
 //! How domain values become column values: protobuf bytes for wire messages, a small
 //! protobuf message for tag maps (so both engines store the same bytes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
 use sqlx::query::Query;
-use sqlx::{Database, Encode, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 
-use super::StoreError;
-use crate::model::Instance;
-use crate::proto::OrchestrationStatus;
+use super::{Lease, LockedActivity, StoreError, filters};
+use crate::engine::wakes_suspended;
+use crate::model::{ActivityTask, Instance, Message, Names};
+use crate::proto::{HistoryEvent, OrchestrationStatus};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Tags {
@@ -67,4 +68,164 @@ where
         .bind(i.parent_instance_id.as_deref())
         .bind(encode_tags(&i.tags))
         .bind(i.trace_context.as_ref().map(encode))
+}
+
+/// Binds a message's inbox columns: instance_id, execution_id, priority, kind (whether it
+/// wakes a suspended instance), visible_at, event.
+pub fn bind_message<'q, DB>(q: Query<'q, DB, DB::Arguments>, m: &Message) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
+    for<'t> i32: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
+{
+    q.bind(m.instance_id.as_str())
+        .bind(m.execution_id.as_deref())
+        .bind(m.priority)
+        .bind(i32::from(wakes_suspended(&m.event)))
+        .bind(m.visible_at)
+        .bind(encode(&m.event))
+}
+
+/// Binds a lease's parameters in the order both engines' lease statements take them: now,
+/// owner, until, the most rows to lease, the workers' name filter (`filters::names_json`).
+pub fn bind_lease<'q, DB>(q: Query<'q, DB, DB::Arguments>, lease: &Lease<'_>, max: u32, names: &Names) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
+{
+    q.bind(lease.now)
+        .bind(lease.owner)
+        .bind(lease.until)
+        .bind(i64::from(max))
+        .bind(filters::names_json(names))
+}
+
+/// Reads the columns the store selects, from a row of either engine (by column name).
+pub trait Columns {
+    fn text(&self, c: &str) -> Result<String, StoreError>;
+    fn maybe_text(&self, c: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, c: &str) -> Result<i64, StoreError>;
+    fn maybe_int(&self, c: &str) -> Result<Option<i64>, StoreError>;
+    fn small(&self, c: &str) -> Result<i32, StoreError>;
+    fn bytes(&self, c: &str) -> Result<&[u8], StoreError>;
+    fn maybe_bytes(&self, c: &str) -> Result<Option<&[u8]>, StoreError>;
+}
+
+impl<R> Columns for R
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> &'r [u8]: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<&'r [u8]>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, c: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(c)?)
+    }
+    fn maybe_text(&self, c: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(c)?)
+    }
+    fn int(&self, c: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(c)?)
+    }
+    fn maybe_int(&self, c: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(c)?)
+    }
+    fn small(&self, c: &str) -> Result<i32, StoreError> {
+        Ok(self.try_get(c)?)
+    }
+    fn bytes(&self, c: &str) -> Result<&[u8], StoreError> {
+        Ok(self.try_get(c)?)
+    }
+    fn maybe_bytes(&self, c: &str) -> Result<Option<&[u8]>, StoreError> {
+        Ok(self.try_get(c)?)
+    }
+}
+
+/// An instance from its columns (as each engine's `INSTANCE_COLUMNS` lists them).
+pub fn instance(row: &impl Columns) -> Result<Instance, StoreError> {
+    Ok(Instance {
+        instance_id: row.text("instance_id")?,
+        name: row.text("name")?,
+        version: row.maybe_text("version")?,
+        execution_id: row.text("execution_id")?,
+        status: status(row.small("status")?.into())?,
+        input: row.maybe_text("input")?,
+        output: row.maybe_text("output")?,
+        custom_status: row.maybe_text("custom_status")?,
+        failure_details: row.maybe_bytes("failure_details")?.map(decode).transpose()?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+        completed_at: row.maybe_int("completed_at")?,
+        scheduled_start_at: row.maybe_int("scheduled_start_at")?,
+        parent_instance_id: row.maybe_text("parent_instance_id")?,
+        tags: decode_tags(row.maybe_bytes("tags")?)?,
+        trace_context: row.maybe_bytes("trace_context")?.map(decode).transpose()?,
+    })
+}
+
+/// Leased instances with their tokens, from rows of `lock_token` and the instance columns.
+pub fn leased(rows: &[impl Columns]) -> Result<Vec<(String, Instance)>, StoreError> {
+    rows.iter().map(|r| Ok((r.text("lock_token")?, instance(r)?))).collect()
+}
+
+/// Histories by instance, from rows of (instance_id, event) in order.
+pub fn histories(rows: &[impl Columns]) -> Result<HashMap<String, Vec<HistoryEvent>>, StoreError> {
+    let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
+    for r in rows {
+        histories
+            .entry(r.text("instance_id")?)
+            .or_default()
+            .push(decode(r.bytes("event")?)?);
+    }
+    Ok(histories)
+}
+
+/// Inbox messages by instance, with their row ids, from rows of the inbox columns in order.
+pub fn inboxes(rows: &[impl Columns]) -> Result<HashMap<String, Vec<(i64, Message)>>, StoreError> {
+    let mut inboxes: HashMap<String, Vec<(i64, Message)>> = HashMap::new();
+    for r in rows {
+        let message = Message {
+            instance_id: r.text("instance_id")?,
+            execution_id: r.maybe_text("execution_id")?,
+            priority: r.small("priority")?,
+            visible_at: r.int("visible_at")?,
+            event: decode(r.bytes("event")?)?,
+        };
+        inboxes
+            .entry(message.instance_id.clone())
+            .or_default()
+            .push((r.int("id")?, message));
+    }
+    Ok(inboxes)
+}
+
+/// Leased activities, by id, from rows of (id, lock_token, instance_id, execution_id, request).
+pub fn activities(rows: &[impl Columns]) -> Result<Vec<LockedActivity>, StoreError> {
+    let mut locked = rows
+        .iter()
+        .map(|r| {
+            let task = ActivityTask {
+                instance_id: r.text("instance_id")?,
+                execution_id: r.text("execution_id")?,
+                request: decode(r.bytes("request")?)?,
+            };
+            Ok(LockedActivity {
+                id: r.int("id")?,
+                token: r.text("lock_token")?,
+                task,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    locked.sort_by_key(|a| a.id);
+    Ok(locked)
 }

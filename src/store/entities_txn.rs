@@ -8,14 +8,18 @@ use std::future::Future;
 
 use tracing::info;
 
+use super::txn::{self, Statements};
 use super::{Cleaned, Delivery, LockedEntity, Result, StoreError};
-use crate::model::{Entity, EntityCommit, EntityLock, Message, NewInstance, is_terminal};
-use crate::proto::{HistoryEvent, OrchestrationStatus};
+use crate::engine::rules::{self, Slot};
+use crate::model::{Entity, EntityCommit, EntityLock, Message};
+use crate::proto::HistoryEvent;
 use crate::time::{self, Micros};
 
 /// The statements one engine runs for entities, each on the connection of the transaction
 /// (or batch) that calls it.
-pub(super) trait EntityStatements: Send {
+/// An entity step also delivers messages and starts orchestrations, hence the orchestration
+/// statements beside these.
+pub(super) trait EntityStatements: Statements {
     /// Creates the entity's row if it has none; `at` is its first modification time.
     fn insert_entity(&mut self, id: &str, at: Micros) -> impl Future<Output = Result<()>> + Send;
     fn push_queue(&mut self, m: &Message) -> impl Future<Output = Result<()>> + Send;
@@ -24,10 +28,6 @@ pub(super) trait EntityStatements: Send {
     fn delete_consumed(&mut self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     /// Makes exactly `deferred` the entity's deferred messages (earlier ones may run again).
     fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> impl Future<Output = Result<()>> + Send;
-    /// Delivers a message the step sent (to an orchestration or another entity).
-    fn deliver(&mut self, m: &Message) -> impl Future<Output = Result<Delivery>> + Send;
-    fn instance_status(&mut self, id: &str) -> impl Future<Output = Result<Option<OrchestrationStatus>>> + Send;
-    fn insert_instance(&mut self, new: &NewInstance, replacing: bool) -> impl Future<Output = Result<()>> + Send;
     /// Deletes the entity's row when its queue is empty.
     fn delete_if_unqueued(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Clears locks held by missing or finished instances and undefers those entities' queues;
@@ -85,16 +85,16 @@ pub(super) async fn step<C: EntityStatements>(conn: &mut C, token: &str, c: &Ent
     conn.set_deferred(&c.instance_id, &c.deferred).await?;
     let mut changed = vec![c.instance_id.clone()];
     for m in &c.messages {
-        conn.deliver(m).await?;
+        txn::deliver(conn, m).await?;
     }
     for new in &c.starts {
         let id = &new.instance.instance_id;
-        match conn.instance_status(id).await? {
-            Some(s) if !is_terminal(s) => {
+        match rules::child_slot(conn.instance_status(id).await?) {
+            Slot::Taken(_) => {
                 info!(entity = %c.instance_id, instance_id = %id, "an entity started an orchestration whose id is taken by a live instance; skipped");
             }
-            existing => {
-                conn.insert_instance(new, existing.is_some()).await?;
+            slot => {
+                txn::insert_new(conn, new, slot == Slot::Replace).await?;
                 changed.push(id.clone());
             }
         }

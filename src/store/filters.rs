@@ -4,15 +4,8 @@
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
 use super::{FinishedFilter, InstanceFilter, SortKey};
-use crate::model::Names;
+use crate::model::{Names, TERMINAL};
 use crate::proto::OrchestrationStatus;
-
-const TERMINAL: [OrchestrationStatus; 4] = [
-    OrchestrationStatus::Completed,
-    OrchestrationStatus::Failed,
-    OrchestrationStatus::Terminated,
-    OrchestrationStatus::Canceled,
-];
 
 /// `SELECT {columns} FROM instances` matching `f`, in `f.sort` order, one page.
 pub fn instances<DB>(columns: &str, f: &InstanceFilter) -> QueryBuilder<DB>
@@ -178,9 +171,9 @@ pub fn names_json(names: &Names) -> Option<String> {
 }
 
 /// Decodes the rows of a [`counts`] query: (status, count).
-pub(crate) fn status_counts(rows: impl IntoIterator<Item = (i64, i64)>) -> super::Result<Vec<(OrchestrationStatus, u64)>> {
+pub(crate) fn status_counts(rows: impl IntoIterator<Item = (i32, i64)>) -> super::Result<Vec<(OrchestrationStatus, u64)>> {
     rows.into_iter()
-        .map(|(s, n)| Ok((super::encoding::status(s)?, n.max(0) as u64)))
+        .map(|(s, n)| Ok((super::encoding::status(s.into())?, n.max(0) as u64)))
         .collect()
 }
 

@@ -8,6 +8,7 @@ mod entities_txn;
 mod filters;
 pub mod postgres;
 pub mod sqlite;
+mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -251,7 +252,6 @@ pub struct Lease<'a> {
     pub until: Micros,
 }
 
-/// A change another process sharing the database made.
 /// What is waiting in the store, for the metrics (counted when scraped).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -266,6 +266,19 @@ pub struct Backlog {
     pub expired_leases: u64,
 }
 
+impl Backlog {
+    /// From the counts both engines' backlog statements select, in field order.
+    fn from_counts((orchestrations, activities, timers, expired): (i64, i64, i64, i64)) -> Backlog {
+        Backlog {
+            orchestrations: orchestrations as u64,
+            activities: activities as u64,
+            timers: timers as u64,
+            expired_leases: expired as u64,
+        }
+    }
+}
+
+/// A change another process sharing the database made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// These instances changed state or received work; an empty list means only that some

@@ -12,7 +12,7 @@ use super::super::entities_txn::{self, EntityStatements, entity};
 use super::super::filters;
 use super::super::*;
 
-pub(super) use entities_txn::{clean, enqueue, purge};
+pub(super) use entities_txn::clean;
 
 pub(super) const DELETE_ALL: &str = "TRUNCATE entity_queue, entities";
 
@@ -42,14 +42,6 @@ fn summary_from_row(row: &PgRow) -> Result<EntitySummary> {
         entity: entity_from_row(row)?,
         backlog: row.try_get::<i64, _>("backlog")? as u32,
     })
-}
-
-/// One entity step inside a write batch; the instances its messages went to join `touched`,
-/// whose NOTIFY wakes the other sidecars.
-pub(super) async fn step_in(conn: &mut PgConnection, token: &str, c: &EntityCommit, touched: &mut Vec<String>) -> Result<Vec<String>> {
-    let changed = entities_txn::step(conn, token, c).await?;
-    touched.extend(c.messages.iter().map(|m| m.instance_id.clone()));
-    Ok(changed)
 }
 
 impl EntityStatements for PgConnection {
@@ -104,18 +96,6 @@ impl EntityStatements for PgConnection {
             .execute(&mut *self)
             .await?;
         Ok(())
-    }
-
-    async fn deliver(&mut self, m: &Message) -> Result<Delivery> {
-        super::deliver(self, m).await
-    }
-
-    async fn instance_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-        super::instance_status(self, id).await
-    }
-
-    async fn insert_instance(&mut self, new: &NewInstance, replacing: bool) -> Result<()> {
-        super::insert_new(self, new, replacing).await
     }
 
     async fn delete_if_unqueued(&mut self, id: &str) -> Result<()> {

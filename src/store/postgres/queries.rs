@@ -1,11 +1,18 @@
-//! Every statement the Postgres store runs, by name. Times are Unix microseconds.
+//! Every orchestration statement the Postgres store runs, by name (the SQLite store's
+//! `queries.rs` has the same names). Times are Unix microseconds.
 
-pub const INSTANCE_COLUMNS: &str = "instance_id, name, version, execution_id, status, input, output, custom_status, \
-     failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context";
+/// The instance columns every instance read selects, in table order (`encoding::bind_fields`
+/// binds them so).
+macro_rules! instance_columns {
+    () => {
+        "instance_id, name, version, execution_id, status, input, output, custom_status, failure_details, created_at, \
+         updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context"
+    };
+}
 
-pub const SELECT_INSTANCE: &str = "SELECT instance_id, name, version, execution_id, status, input, output, custom_status, \
-     failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context \
-     FROM instances WHERE instance_id = $1";
+pub const INSTANCE_COLUMNS: &str = instance_columns!();
+
+pub const SELECT_INSTANCE: &str = concat!("SELECT ", instance_columns!(), " FROM instances WHERE instance_id = $1");
 
 pub const SELECT_STATUS: &str = "SELECT status FROM instances WHERE instance_id = $1";
 
@@ -31,7 +38,7 @@ pub const UPDATE_HELD_INSTANCE: &str = "UPDATE instances SET name = $1, version 
 pub const INSERT_MESSAGE: &str =
     "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES ($1, $2, $3, $4, $5, $6)";
 
-/// A terminate for an instance whose start lies in the future runs it now.
+/// A terminate for an instance whose start lies in the future runs it now ($1).
 pub const MAKE_PENDING_DUE: &str = "WITH due AS (UPDATE inbox SET visible_at = $1 WHERE instance_id = $2 AND visible_at > $1) \
      UPDATE instances SET ready_at = 0 WHERE instance_id = $2";
 
@@ -59,26 +66,27 @@ pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) 
 pub const REWIND_INSTANCE: &str = "UPDATE instances SET status = $1, output = NULL, failure_details = NULL, completed_at = NULL, \
      updated_at = $2, ready_at = 0 WHERE instance_id = $3";
 
-/// Leases up to $5 instances with visible inbox messages ($1 = now) that nobody holds, with a
-/// fresh token each. The candidates come from the inbox, so finished instances (which have
-/// none) cost nothing; a suspended instance is only picked for an event that wakes it.
-/// SKIP LOCKED lets sidecars lease side by side without waiting on each other. $6 is the
-/// workers' name filter (NULL: any name), see `filters::names_json`.
-pub const LOCK_ORCHESTRATIONS: &str = "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
+/// Leases up to $4 instances with visible inbox messages ($1 = now) that nobody holds, for
+/// owner $2 until $3, with a fresh token each. The candidates come from the inbox, so finished
+/// instances (which have none) cost nothing; a suspended ($6) instance is only picked for an
+/// event that wakes it. SKIP LOCKED lets sidecars lease side by side without waiting on each
+/// other. $5 is the workers' name filter (NULL: any name), see `filters::names_json`.
+pub const LOCK_ORCHESTRATIONS: &str = concat!(
+    "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
      FROM ( \
        SELECT c.instance_id AS picked FROM instances c \
        WHERE c.instance_id IN (SELECT m.instance_id FROM inbox m WHERE m.visible_at <= $1) \
          AND c.lock_expires <= $1 AND c.ready_at <= $1 \
-         AND (c.status <> $4 OR EXISTS ( \
+         AND (c.status <> $6 OR EXISTS ( \
            SELECT 1 FROM inbox k WHERE k.instance_id = c.instance_id AND k.kind = 1 AND k.visible_at <= $1)) \
-         AND ($6::jsonb IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($6::jsonb) f(v) \
+         AND ($5::jsonb IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($5::jsonb) f(v) \
            WHERE f.v ->> 0 = c.name AND (f.v ->> 1 IS NULL OR f.v ->> 1 = COALESCE(c.version, '')))) \
-       LIMIT $5 FOR UPDATE OF c SKIP LOCKED \
+       LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
      ) p \
      WHERE i.instance_id = p.picked \
-     RETURNING i.lock_token, i.instance_id, i.name, i.version, i.execution_id, i.status, i.input, i.output, i.custom_status, \
-       i.failure_details, i.created_at, i.updated_at, i.completed_at, i.scheduled_start_at, i.parent_instance_id, i.tags, \
-       i.trace_context";
+     RETURNING lock_token, ",
+    instance_columns!()
+);
 
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
      WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
@@ -114,12 +122,12 @@ pub const LOCK_ACTIVITIES: &str = "UPDATE activities a SET lock_token = gen_rand
      WHERE a.id = p.picked \
      RETURNING a.id, a.lock_token, a.instance_id, a.execution_id, a.request";
 
-/// Queues an activity result ($1..$5: instance, execution, priority, visible_at, event) only
-/// while that execution ($6, $7) is still running.
+/// Queues an activity result (bound as INSERT_MESSAGE's) only while that execution is still
+/// running.
 pub static QUEUE_RESULT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
-        "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT $1, $2, $3, 0, $4, $5 \
-         WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = $6 AND execution_id = $7 AND status NOT IN ({}))",
+        "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT $1, $2, $3, $4, $5, $6 \
+         WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = $1 AND execution_id = $2 AND status NOT IN ({}))",
         crate::store::filters::terminal_statuses()
     )
 });

@@ -5,14 +5,20 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use super::super::encoding::{decode, encode, status};
+use super::super::encoding::{decode, encode};
 use super::super::entities_txn::{self, EntityStatements, entity};
 use super::super::filters;
 use super::super::*;
+use super::for_ids;
 
-pub(super) use entities_txn::{clean, enqueue, purge, step as step_in};
+pub(super) use entities_txn::clean;
 
 pub(super) const DELETE_ALL: [&str; 2] = ["DELETE FROM entity_queue", "DELETE FROM entities"];
+
+pub(super) const RENEW: &str = "UPDATE entities SET lease_expires = ? WHERE lease_token = ?";
+
+pub(super) const RELEASE_ALL: &str = "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 \
+     WHERE lease_owner IS NOT NULL AND (?1 IS NULL OR lease_owner = ?1)";
 
 pub(super) fn entity_from_row(row: &SqliteRow) -> Result<Entity> {
     Ok(entity(
@@ -29,21 +35,6 @@ fn summary_from_row(row: &SqliteRow) -> Result<EntitySummary> {
         entity: entity_from_row(row)?,
         backlog: row.try_get::<i64, _>("backlog")? as u32,
     })
-}
-
-/// Runs `UPDATE .. WHERE id IN (ids)`-style statements; SQLite has no array binds.
-async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut q = sqlx::QueryBuilder::new(head);
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    q.push(")");
-    q.build().execute(&mut *conn).await?;
-    Ok(())
 }
 
 impl EntityStatements for SqliteConnection {
@@ -92,22 +83,6 @@ impl EntityStatements for SqliteConnection {
             .execute(&mut *self)
             .await?;
         for_ids(self, "UPDATE entity_queue SET deferred = 1 WHERE id IN (", deferred).await
-    }
-
-    async fn deliver(&mut self, m: &Message) -> Result<Delivery> {
-        super::deliver(self, m).await
-    }
-
-    async fn instance_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-        let existing: Option<i64> = sqlx::query_scalar("SELECT status FROM instances WHERE instance_id = ?")
-            .bind(id)
-            .fetch_optional(&mut *self)
-            .await?;
-        existing.map(status).transpose()
-    }
-
-    async fn insert_instance(&mut self, new: &NewInstance, replacing: bool) -> Result<()> {
-        super::insert_new(self, new, replacing).await
     }
 
     async fn delete_if_unqueued(&mut self, id: &str) -> Result<()> {

@@ -1151,8 +1151,9 @@ async fn hand_over_from_a_paused_worker(sidecar: &Sidecar, id: &str) -> std::tim
     let mut client = sidecar.client.clone();
     start(&mut client, id, "Held", None).await;
     line(&mut lines, "holding").await;
-    let stopped = Command::new("kill")
-        .args(["-STOP", &child.id().to_string()])
+    // The shell's own kill: no procps needed.
+    let stopped = Command::new("sh")
+        .args(["-c", "kill -STOP \"$0\"", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(stopped.success());

@@ -4,6 +4,7 @@
 
 mod auth_layer;
 pub(crate) mod client;
+pub mod codec;
 mod entities;
 mod refusal;
 mod rerun;

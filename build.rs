@@ -6,9 +6,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let files = protox::compile(["orchestrator_service.proto"], ["proto"])?;
+    // Orchestrator answers are counted before they are decoded (src/grpc/codec.rs).
+    let codec = "crate::grpc::codec::BoundedCodec";
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path(codec)
         .compile_fds(files)?;
 
     let dapr_out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("dapr");
@@ -17,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path(codec)
         .out_dir(dapr_out)
         .compile_fds(dapr)?;
     Ok(())

@@ -745,8 +745,8 @@ async fn partial_chunks_beyond_their_bound_are_refused() {
     );
 }
 
-/// One answer with 1,000,000 actions is refused with a clear error; the sidecar's peak RSS
-/// for it is reported.
+/// One answer with 1,000,000 actions is refused with a clear error, before it is decoded (the
+/// decoded actions alone took over 300 MiB); the sidecar's peak RSS for it is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_with_a_million_actions_is_refused() {
     let sidecar = spawned::Spawned::start(&[]);
@@ -768,7 +768,8 @@ async fn an_answer_with_a_million_actions_is_refused() {
         mib(base),
         mib(peak)
     );
-    assert!(mib(peak) < 1024.0, "peak RSS {:.0} MiB", mib(peak));
+    // Counted before it is decoded: the peak is about the message's own 10 MB.
+    assert!(mib(peak) < 160.0, "peak RSS {:.0} MiB", mib(peak));
     complete_orchestrator(
         &mut client,
         &token,
@@ -1150,8 +1151,9 @@ async fn hand_over_from_a_paused_worker(sidecar: &Sidecar, id: &str) -> std::tim
     let mut client = sidecar.client.clone();
     start(&mut client, id, "Held", None).await;
     line(&mut lines, "holding").await;
-    let stopped = Command::new("kill")
-        .args(["-STOP", &child.id().to_string()])
+    // The shell's own kill: no procps needed.
+    let stopped = Command::new("sh")
+        .args(["-c", "kill -STOP \"$0\"", &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(stopped.success());

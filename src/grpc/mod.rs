@@ -3,6 +3,7 @@
 //! dispatcher do the work.
 
 pub(crate) mod client;
+pub mod codec;
 mod entities;
 mod refusal;
 mod rerun;

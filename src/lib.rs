@@ -10,7 +10,7 @@
 //! - [`limits`]: size limits on every field clients and workers send.
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`watchers`]: client waits on instance state and the live change feed.
-//! - [`store`]: durable state behind one trait, on SQLite or Postgres.
+//! - [`store`]: durable state behind one trait, on SQLite or Postgres; it persists what the engine decides.
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
 //! - [`http`]: the Durable Functions HTTP management API, probes, `/metrics` and the dashboard.
 //! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.

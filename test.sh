@@ -66,6 +66,8 @@ run_script_suite() {
 
 # The Postgres store tests read OUTRIGGER_TEST_POSTGRES_URL (and the restart test
 # OUTRIGGER_TEST_POSTGRES_CLUSTER); without a server they cannot run, which counts as a failure.
+# Plain `cargo test` skips them when the URL is unset; here they are required.
+export OUTRIGGER_TEST_REQUIRE_POSTGRES=1
 echo "== Postgres server for the tests"
 have_postgres=0
 if pg_env=$(tests/postgres.sh); then

@@ -29,6 +29,9 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
+                    if !super::common::postgres::available() {
+                        return;
+                    }
                     super::$test(super::Backend::Postgres).await;
                 }
             )*

@@ -138,27 +138,45 @@ struct Seen {
     children: Ledger,
 }
 
-/// How often each id was scheduled and how many results it has had.
-#[derive(Default)]
-struct Ledger {
-    scheduled: HashMap<i32, u32>,
-    results: HashMap<i32, u32>,
+/// How often each id was scheduled, with what each scheduling carries (`T`), and how many of
+/// those schedulings have had their result: the nth result of an id answers its nth
+/// scheduling (SDK retry policies schedule the same task or child id again). The engine counts
+/// results with it to drop duplicates; telemetry times each result from its scheduling.
+#[derive(Debug)]
+pub struct Ledger<T = ()> {
+    scheduled: HashMap<i32, Vec<T>>,
+    answered: HashMap<i32, usize>,
 }
 
-impl Ledger {
-    fn schedule(&mut self, id: i32) {
-        *self.scheduled.entry(id).or_default() += 1;
+impl<T> Default for Ledger<T> {
+    fn default() -> Self {
+        Ledger {
+            scheduled: HashMap::new(),
+            answered: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Ledger<T> {
+    /// Records a scheduling of `id`; returns its ordinal among that id's schedulings.
+    pub fn schedule(&mut self, id: i32, with: T) -> u32 {
+        let all = self.scheduled.entry(id).or_default();
+        all.push(with);
+        (all.len() - 1) as u32
+    }
+
+    /// Matches a result to the oldest unanswered scheduling of `id`: its ordinal and what it
+    /// carries, or `None` when every scheduling of the id has had its result.
+    pub fn answer(&mut self, id: i32) -> Option<(u32, &T)> {
+        let n = self.answered.entry(id).or_default();
+        let with = self.scheduled.get(&id)?.get(*n)?;
+        *n += 1;
+        Some(((*n - 1) as u32, with))
     }
 
     /// Counts a result; false if the id has no outstanding scheduling to match it.
     fn result(&mut self, id: i32) -> bool {
-        let results = self.results.entry(id).or_default();
-        if *results < self.scheduled.get(&id).copied().unwrap_or(0) {
-            *results += 1;
-            true
-        } else {
-            false
-        }
+        self.answer(id).is_some()
     }
 }
 
@@ -168,12 +186,12 @@ impl Seen {
         for e in history {
             match &e.event_type {
                 Some(EventType::ExecutionStarted(_)) => seen.started = true,
-                Some(EventType::TaskScheduled(_)) => seen.tasks.schedule(e.event_id),
+                Some(EventType::TaskScheduled(_)) => _ = seen.tasks.schedule(e.event_id, ()),
                 Some(EventType::TaskCompleted(r)) => _ = seen.tasks.result(r.task_scheduled_id),
                 Some(EventType::TaskFailed(r)) => _ = seen.tasks.result(r.task_scheduled_id),
-                Some(EventType::TimerCreated(_)) => seen.timers.schedule(e.event_id),
+                Some(EventType::TimerCreated(_)) => _ = seen.timers.schedule(e.event_id, ()),
                 Some(EventType::TimerFired(r)) => _ = seen.timers.result(r.timer_id),
-                Some(EventType::SubOrchestrationInstanceCreated(_)) => seen.children.schedule(e.event_id),
+                Some(EventType::SubOrchestrationInstanceCreated(_)) => _ = seen.children.schedule(e.event_id, ()),
                 Some(EventType::SubOrchestrationInstanceCompleted(r)) => _ = seen.children.result(r.task_scheduled_id),
                 Some(EventType::SubOrchestrationInstanceFailed(r)) => _ = seen.children.result(r.task_scheduled_id),
                 _ => {}
@@ -289,6 +307,22 @@ pub struct StartSpec {
     pub tags: BTreeMap<String, String>,
     pub parent: Option<ParentInstanceInfo>,
     pub parent_trace_context: Option<TraceContext>,
+}
+
+/// What a restart starts: the old instance's orchestration, name, version and tags, with the
+/// first execution's input (as its ExecutionStarted recorded it, else the instance's own),
+/// under `instance_id` (the same id or a new one) and a fresh execution.
+pub fn restart_spec(old: Instance, history: &[HistoryEvent], instance_id: String, execution_id: String) -> StartSpec {
+    let input = events::execution_started(history).map_or(old.input, |s| s.input.clone());
+    StartSpec {
+        instance_id,
+        name: old.name,
+        version: old.version,
+        input,
+        execution_id,
+        tags: old.tags,
+        ..Default::default()
+    }
 }
 
 /// Builds a PENDING instance and the ExecutionStarted message that will start it.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use prost_types::Timestamp;
 
 use super::events::{self, EXTERNAL, event};
-use super::{NewInstance, Prepared, Response, StartSpec, apply, new_instance, prepare, validate};
+use super::{Ledger, NewInstance, Prepared, Response, StartSpec, apply, new_instance, prepare, restart_spec, validate};
 use crate::model::*;
 use crate::proto::history_event::EventType;
 use crate::proto::orchestrator_action::OrchestratorActionType as Action;
@@ -1787,4 +1787,32 @@ fn retried_task_and_child_ids_earn_one_result_per_scheduling() {
     let prepared = prepare(&running(), &past, &messages, NOW);
     // The second result of id 1 has no scheduling left to match, so only two events pass.
     assert_eq!(prepared, run(vec![os(NOW), task_failed(1), child_completed(3)], vec![1, 2, 3]));
+}
+
+#[test]
+fn results_answer_schedulings_in_order() {
+    let mut s: Ledger<i64> = Ledger::default();
+    assert_eq!(s.schedule(1, 10), 0);
+    assert_eq!(s.answer(1), Some((0, &10)));
+    assert_eq!(s.schedule(1, 20), 1);
+    assert_eq!(s.answer(1), Some((1, &20)));
+    assert_eq!(s.answer(1), None);
+    assert_eq!(s.answer(2), None);
+}
+
+#[test]
+fn a_restart_starts_the_first_executions_input_again() {
+    // After a continue-as-new the instance row carries the latest input; the restart takes
+    // the one the instance was first started with.
+    let mut old = instance(S::Completed);
+    old.input = s("\"later\"");
+    let spec = restart_spec(old.clone(), &history_of(started(), []), "new-id".into(), "exec-9".into());
+    assert_eq!(spec.input, s("\"order\""));
+    assert_eq!((spec.instance_id.as_str(), spec.execution_id.as_str()), ("new-id", "exec-9"));
+    assert_eq!((spec.name.as_str(), spec.version.as_deref()), (NAME, Some("1.0")));
+    assert_eq!(spec.tags, old.tags);
+    assert!(spec.parent.is_none() && spec.scheduled_start.is_none());
+    // Without a recorded start (a purged history), the instance's own input.
+    let spec = restart_spec(old, &[], ID.into(), "exec-9".into());
+    assert_eq!(spec.input, s("\"later\""));
 }

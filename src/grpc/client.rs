@@ -515,20 +515,8 @@ impl Service {
         } else {
             id.to_string()
         };
-        // The original input is the first execution's, as recorded when the instance started.
         let history = self.store.history(id).await.map_err(status)?;
-        let input = events::execution_started(&history)
-            .map(|s| s.input.clone())
-            .unwrap_or(old.input.clone());
-        let spec = StartSpec {
-            instance_id: new_id.clone(),
-            name: old.name,
-            version: old.version,
-            input,
-            execution_id: new_execution_id(),
-            tags: old.tags,
-            ..Default::default()
-        };
+        let spec = engine::restart_spec(old, &history, new_id.clone(), new_execution_id());
         let replaceable: &[OrchestrationStatus] = if r.restart_with_new_instance_id { &[] } else { &TERMINAL };
         let now = time::now();
         self.create(engine::new_instance(spec, now), replaceable, now)

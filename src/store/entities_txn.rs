@@ -8,8 +8,9 @@ use std::future::Future;
 
 use tracing::info;
 
+use super::encoding::Columns;
 use super::txn::{self, Statements};
-use super::{Cleaned, Delivery, LockedEntity, Result, StoreError};
+use super::{Cleaned, Delivery, EntitySummary, LockedEntity, Result, StoreError};
 use crate::engine::rules::{self, Slot};
 use crate::model::{Entity, EntityCommit, EntityLock, Message};
 use crate::proto::HistoryEvent;
@@ -42,24 +43,83 @@ pub(super) trait EntityStatements: Statements {
     fn visible_queue(&mut self, id: &str, now: Micros) -> impl Future<Output = Result<Vec<(i64, HistoryEvent)>>> + Send;
 }
 
-/// Builds an entity from its columns (both engines select the same ones).
-pub(super) fn entity(
-    instance_id: String,
-    state: Option<String>,
-    locked_by: Option<String>,
-    lock_section: Option<String>,
-    modified_at: Micros,
-) -> Entity {
-    Entity {
-        instance_id,
-        state,
-        lock: locked_by.map(|owner| EntityLock {
+/// An entity from its columns (both engines select the same ones).
+pub(super) fn entity(row: &impl Columns) -> Result<Entity> {
+    let section = row.maybe_text("lock_section")?;
+    Ok(Entity {
+        instance_id: row.text("instance_id")?,
+        state: row.maybe_text("state")?,
+        lock: row.maybe_text("locked_by")?.map(|owner| EntityLock {
             owner,
-            critical_section_id: lock_section.unwrap_or_default(),
+            critical_section_id: section.unwrap_or_default(),
         }),
-        last_modified: modified_at,
-    }
+        last_modified: row.int("modified_at")?,
+    })
 }
+
+/// An entity and its queued-message count (`backlog`).
+pub(super) fn summary(row: &impl Columns) -> Result<EntitySummary> {
+    Ok(EntitySummary {
+        entity: entity(row)?,
+        backlog: row.int("backlog")? as u32,
+    })
+}
+
+/// Leased entities with their tokens, from rows of `lease_token` and the entity columns.
+pub(super) fn leased(rows: &[impl Columns]) -> Result<Vec<(String, Entity)>> {
+    rows.iter().map(|r| Ok((r.text("lease_token")?, entity(r)?))).collect()
+}
+
+/// The [`EntityStatements`] both engines run the same way, only with their own SQL: expanded
+/// inside each engine's `impl EntityStatements`, where that engine's constants name the
+/// statements. (The rest of the trait is written per engine, where the databases differ.)
+macro_rules! same_statements {
+    () => {
+        async fn insert_entity(&mut self, id: &str, at: Micros) -> Result<()> {
+            sqlx::query(INSERT_ENTITY).bind(id).bind(at).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn push_queue(&mut self, m: &Message) -> Result<()> {
+            let q = sqlx::query(PUSH_QUEUE).bind(&m.instance_id).bind(m.visible_at);
+            q.bind(encode(&m.event)).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn write_step(&mut self, token: &str, c: &EntityCommit) -> Result<bool> {
+            let lock = c.lock.as_ref();
+            let q = sqlx::query(WRITE_STEP).bind(&c.state).bind(lock.map(|l| &l.owner));
+            let q = q.bind(lock.map(|l| &l.critical_section_id)).bind(c.now).bind(&c.instance_id);
+            Ok(q.bind(token).execute(&mut *self).await?.rows_affected() > 0)
+        }
+
+        async fn delete_if_unqueued(&mut self, id: &str) -> Result<()> {
+            sqlx::query(DELETE_IF_UNQUEUED).bind(id).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn delete_empty(&mut self) -> Result<u32> {
+            Ok(sqlx::query(DELETE_EMPTY).execute(&mut *self).await?.rows_affected() as u32)
+        }
+
+        async fn delete_queue(&mut self, id: &str) -> Result<()> {
+            sqlx::query(DELETE_QUEUE).bind(id).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn delete_entity(&mut self, id: &str) -> Result<u32> {
+            Ok(sqlx::query(DELETE_ENTITY).bind(id).execute(&mut *self).await?.rows_affected() as u32)
+        }
+
+        async fn visible_queue(&mut self, id: &str, now: Micros) -> Result<Vec<(i64, HistoryEvent)>> {
+            let rows = sqlx::query(VISIBLE_QUEUE).bind(id).bind(now).fetch_all(&mut *self).await?;
+            rows.iter()
+                .map(|r| Ok((r.get::<i64, _>(0), encoding::decode(r.get::<&[u8], _>(1))?)))
+                .collect()
+        }
+    };
+}
+pub(super) use same_statements;
 
 /// Queues a message for an entity, creating the entity's row on first use.
 pub(super) async fn enqueue<C: EntityStatements>(conn: &mut C, m: &Message) -> Result<Delivery> {

@@ -370,3 +370,100 @@ async fn activity_result<C: Statements>(conn: &mut C, id: i64, token: &str, resu
     }
     Ok(vec![message.instance_id])
 }
+
+/// The [`Statements`] both engines run the same way, only with their own SQL: expanded inside
+/// each engine's `impl Statements`, where that engine's `queries.rs` names the statements.
+/// (The rest of the trait is written per engine, where the databases differ.)
+macro_rules! same_statements {
+    () => {
+        async fn load_instance(&mut self, id: &str) -> Result<Option<Instance>> {
+            let row = sqlx::query(SELECT_INSTANCE).bind(id).fetch_optional(&mut *self).await?;
+            row.as_ref().map($crate::store::encoding::instance).transpose()
+        }
+
+        async fn instance_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
+            let s: Option<i32> = sqlx::query_scalar(SELECT_STATUS).bind(id).fetch_optional(&mut *self).await?;
+            s.map(|s| $crate::store::encoding::status(s.into())).transpose()
+        }
+
+        async fn lock_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
+            let q = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE).bind(id);
+            let s: Option<i32> = q.fetch_optional(&mut *self).await?;
+            s.map(|s| $crate::store::encoding::status(s.into())).transpose()
+        }
+
+        async fn target(&mut self, id: &str) -> Result<Option<(OrchestrationStatus, String)>> {
+            let q = sqlx::query_as(SELECT_STATUS_AND_EXECUTION).bind(id);
+            let row: Option<(i32, String)> = q.fetch_optional(&mut *self).await?;
+            row.map(|(s, execution)| Ok(($crate::store::encoding::status(s.into())?, execution)))
+                .transpose()
+        }
+
+        async fn load_history(&mut self, id: &str) -> Result<Vec<HistoryEvent>> {
+            let rows = sqlx::query(SELECT_HISTORY).bind(id).fetch_all(&mut *self).await?;
+            rows.iter()
+                .map(|r| $crate::store::encoding::decode(r.get::<&[u8], _>(0)))
+                .collect()
+        }
+
+        async fn insert_instance(&mut self, i: &Instance, ready_at: Micros) -> Result<()> {
+            let q = $crate::store::encoding::bind_fields(sqlx::query(INSERT_INSTANCE).bind(&i.instance_id), i);
+            q.bind(ready_at).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn update_held_instance(&mut self, i: &Instance, token: &str) -> Result<bool> {
+            let q = $crate::store::encoding::bind_fields(sqlx::query(UPDATE_HELD_INSTANCE), i).bind(&i.instance_id);
+            Ok(q.bind(token).execute(&mut *self).await?.rows_affected() > 0)
+        }
+
+        async fn release_instance(&mut self, id: &str, token: &str, ready_at: Micros) -> Result<bool> {
+            let q = sqlx::query(RELEASE_ORCHESTRATION).bind(ready_at).bind(id).bind(token);
+            Ok(q.execute(&mut *self).await?.rows_affected() > 0)
+        }
+
+        async fn reopen_instance(&mut self, id: &str, now: Micros) -> Result<()> {
+            let q = sqlx::query(REWIND_INSTANCE)
+                .bind(OrchestrationStatus::Running as i32)
+                .bind(now);
+            q.bind(id).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn insert_message(&mut self, m: &Message) -> Result<()> {
+            let q = $crate::store::encoding::bind_message(sqlx::query(INSERT_MESSAGE), m);
+            q.execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn delete_instance(&mut self, id: &str) -> Result<()> {
+            for sql in DELETE_INSTANCE {
+                sqlx::query(sql).bind(id).execute(&mut *self).await?;
+            }
+            Ok(())
+        }
+
+        async fn delete_leftovers(&mut self, id: &str) -> Result<()> {
+            for sql in DELETE_LEFTOVERS {
+                sqlx::query(sql).bind(id).execute(&mut *self).await?;
+            }
+            Ok(())
+        }
+
+        async fn delete_history(&mut self, id: &str) -> Result<()> {
+            sqlx::query(DELETE_HISTORY).bind(id).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn take_activity(&mut self, id: i64, token: &str) -> Result<Option<(String, String)>> {
+            let q = sqlx::query_as(DELETE_LOCKED_ACTIVITY).bind(id).bind(token);
+            Ok(q.fetch_optional(&mut *self).await?)
+        }
+
+        async fn queue_result(&mut self, m: &Message) -> Result<bool> {
+            let q = $crate::store::encoding::bind_message(sqlx::query(QUEUE_RESULT.as_str()), m);
+            Ok(q.execute(&mut *self).await?.rows_affected() > 0)
+        }
+    };
+}
+pub(super) use same_statements;

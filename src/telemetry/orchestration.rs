@@ -8,6 +8,7 @@ use opentelemetry::trace::{Event, Link, Span as _, SpanContext, SpanId, SpanKind
 use opentelemetry::{Context, KeyValue};
 
 use super::{Inner, Telemetry, context, ids};
+use crate::engine::Ledger;
 use crate::model::{Commit, HistoryWrite, Instance, NewInstance};
 use crate::proto::history_event::EventType;
 use crate::proto::{EntityOperationCompletedEvent, EntityOperationFailedEvent, ExecutionStartedEvent, HistoryEvent, OrchestrationStatus};
@@ -161,31 +162,6 @@ fn started_mut(event: &mut HistoryEvent) -> Option<&mut ExecutionStartedEvent> {
     }
 }
 
-/// Times each task id was scheduled, and how many of those schedulings have had their result:
-/// the nth result of a task id answers its nth scheduling (retries reuse task ids).
-#[derive(Default)]
-struct Schedulings {
-    at: HashMap<i32, Vec<Micros>>,
-    answered: HashMap<i32, usize>,
-}
-
-impl Schedulings {
-    /// Records a scheduling; returns its ordinal for the task id.
-    fn schedule(&mut self, id: i32, at: Micros) -> u32 {
-        let times = self.at.entry(id).or_default();
-        times.push(at);
-        (times.len() - 1) as u32
-    }
-
-    /// Matches a result to its scheduling: (ordinal, scheduled at).
-    fn answer(&mut self, id: i32) -> Option<(u32, Micros)> {
-        let n = self.answered.entry(id).or_default();
-        let at = *self.at.get(&id)?.get(*n)?;
-        *n += 1;
-        Some(((*n - 1) as u32, at))
-    }
-}
-
 impl Telemetry {
     /// A new instance from a client (StartInstance, RestartInstance): opens its create span
     /// under the request's trace context, or else the current one (the RPC span), and records
@@ -230,7 +206,8 @@ impl Telemetry {
             ]
         };
 
-        let mut schedulings = Schedulings::default();
+        // When each task was scheduled, matched to its results as the engine matches them.
+        let mut schedulings: Ledger<Micros> = Ledger::default();
         let mut timers: HashMap<i32, Micros> = HashMap::new();
         // Entity calls by request id: when sent, to which entity, which operation.
         let mut calls: HashMap<String, (Micros, String, String)> = HashMap::new();
@@ -238,7 +215,7 @@ impl Telemetry {
         for e in history {
             match &e.event_type {
                 Some(EventType::TaskScheduled(t)) => {
-                    schedulings.schedule(e.event_id, event_time(e));
+                    _ = schedulings.schedule(e.event_id, event_time(e));
                     scheduled_names.insert(e.event_id, (t.name.clone(), t.version.clone()));
                 }
                 Some(EventType::TaskCompleted(r)) => _ = schedulings.answer(r.task_scheduled_id),
@@ -328,7 +305,7 @@ impl Telemetry {
                 }
                 _ => continue,
             };
-            let Some((nth, scheduled_at)) = schedulings.answer(task_id) else {
+            let Some((nth, &scheduled_at)) = schedulings.answer(task_id) else {
                 continue;
             };
             let (name, version) = scheduled_names.get(&task_id).cloned().unwrap_or_default();
@@ -496,16 +473,5 @@ mod tests {
         assert_eq!(span_name("activity", "Charge", None), "activity:Charge");
         assert_eq!(span_name("orchestration", "Order", Some("2")), "orchestration:Order@(2)");
         assert_eq!(title_case("CONTINUED_AS_NEW"), "ContinuedAsNew");
-    }
-
-    #[test]
-    fn results_answer_schedulings_in_order() {
-        let mut s = Schedulings::default();
-        assert_eq!(s.schedule(1, 10), 0);
-        assert_eq!(s.answer(1), Some((0, 10)));
-        assert_eq!(s.schedule(1, 20), 1);
-        assert_eq!(s.answer(1), Some((1, 20)));
-        assert_eq!(s.answer(1), None);
-        assert_eq!(s.answer(2), None);
     }
 }

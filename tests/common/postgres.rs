@@ -1,9 +1,31 @@
 //! A Postgres database of a test's own, on the server `OUTRIGGER_TEST_POSTGRES_URL` names (its
 //! user may create databases; `./test.sh` provisions one). Shared by the store conformance suite
-//! and the service tests that run a sidecar on Postgres.
+//! and the service tests that run a sidecar on Postgres. Each Postgres test first asks
+//! [`available`], so a machine without a server runs the rest.
 #![allow(dead_code)]
 
 use sqlx::Connection;
+
+/// Whether the Postgres tests can run here. Without `OUTRIGGER_TEST_POSTGRES_URL` they are
+/// skipped (false, with a notice on stderr that the test harness does not capture), unless
+/// `OUTRIGGER_TEST_REQUIRE_POSTGRES=1` (as `./test.sh` sets) makes that a failure.
+pub fn available() -> bool {
+    if std::env::var_os("OUTRIGGER_TEST_POSTGRES_URL").is_some() {
+        return true;
+    }
+    if std::env::var("OUTRIGGER_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+        panic!("OUTRIGGER_TEST_POSTGRES_URL is not set and OUTRIGGER_TEST_REQUIRE_POSTGRES=1: the Postgres tests must run");
+    }
+    static NOTICE: std::sync::Once = std::sync::Once::new();
+    NOTICE.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "postgres tests skipped: OUTRIGGER_TEST_POSTGRES_URL is not set (./test.sh provides a server)"
+        );
+    });
+    false
+}
 
 /// The admin URL the Postgres tests read.
 pub fn admin_url() -> String {

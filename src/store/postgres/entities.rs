@@ -4,11 +4,10 @@
 //! picked with `FOR UPDATE SKIP LOCKED`, written back `WHERE lease_token = $token`, so one
 //! entity is processed in one place at a time across every sidecar on the database.
 
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
-use super::super::encoding::{decode, encode};
-use super::super::entities_txn::{self, EntityStatements, entity};
+use super::super::encoding::{self, encode};
+use super::super::entities_txn::{self, EntityStatements};
 use super::super::filters;
 use super::super::*;
 
@@ -27,58 +26,47 @@ pub(super) const NEXT_DUE_PARTS: &str = "UNION ALL SELECT MIN(visible_at) FROM e
      UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > $1 \
      UNION ALL SELECT MIN(lease_expires) FROM entities WHERE lease_token IS NOT NULL AND lease_expires > $1";
 
-fn entity_from_row(row: &PgRow) -> Result<Entity> {
-    Ok(entity(
-        row.try_get("instance_id")?,
-        row.try_get("state")?,
-        row.try_get("locked_by")?,
-        row.try_get("lock_section")?,
-        row.try_get("modified_at")?,
-    ))
-}
+const INSERT_ENTITY: &str = "INSERT INTO entities (instance_id, modified_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING";
 
-fn summary_from_row(row: &PgRow) -> Result<EntitySummary> {
-    Ok(EntitySummary {
-        entity: entity_from_row(row)?,
-        backlog: row.try_get::<i64, _>("backlog")? as u32,
-    })
-}
+const PUSH_QUEUE: &str = "INSERT INTO entity_queue (instance_id, visible_at, event) VALUES ($1, $2, $3)";
+
+/// A step's state and lock ($1..$4), ending the lease token $6 holds on entity $5.
+const WRITE_STEP: &str = "UPDATE entities SET state = $1, locked_by = $2, lock_section = $3, modified_at = $4, ready_at = 0, \
+     lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE instance_id = $5 AND lease_token = $6";
+
+const DELETE_IF_UNQUEUED: &str =
+    "DELETE FROM entities e WHERE e.instance_id = $1 AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)";
+
+const DELETE_EMPTY: &str = "DELETE FROM entities e WHERE e.state IS NULL AND e.locked_by IS NULL AND e.lease_token IS NULL \
+     AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)";
+
+const DELETE_QUEUE: &str = "DELETE FROM entity_queue WHERE instance_id = $1";
+
+const DELETE_ENTITY: &str = "DELETE FROM entities WHERE instance_id = $1";
+
+const VISIBLE_QUEUE: &str = "SELECT id, event FROM entity_queue WHERE instance_id = $1 AND visible_at <= $2 ORDER BY id";
+
+const SELECT_ENTITY: &str = "SELECT instance_id, state, locked_by, lock_section, modified_at, \
+     (SELECT COUNT(*) FROM entity_queue q WHERE q.instance_id = e.instance_id) AS backlog \
+     FROM entities e WHERE instance_id = $1";
+
+/// Leases up to $4 entities with runnable messages ($1 = now) for owner $2 until $3.
+const LOCK_ENTITIES: &str = "UPDATE entities e SET lease_token = gen_random_uuid()::text, lease_owner = $2, lease_expires = $3 \
+     FROM ( \
+       SELECT c.instance_id AS picked FROM entities c \
+       WHERE c.instance_id IN (SELECT q.instance_id FROM entity_queue q WHERE q.deferred = 0 AND q.visible_at <= $1) \
+         AND c.lease_expires <= $1 AND c.ready_at <= $1 \
+       LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
+     ) p \
+     WHERE e.instance_id = p.picked \
+     RETURNING e.lease_token, e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at";
+
+/// Ends a lease held with token $3 on entity $2; not dispatched again before $1.
+const RELEASE_ENTITY: &str = "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0, ready_at = $1 \
+     WHERE instance_id = $2 AND lease_token = $3";
 
 impl EntityStatements for PgConnection {
-    async fn insert_entity(&mut self, id: &str, at: Micros) -> Result<()> {
-        sqlx::query("INSERT INTO entities (instance_id, modified_at) VALUES ($1, $2) ON CONFLICT (instance_id) DO NOTHING")
-            .bind(id)
-            .bind(at)
-            .execute(&mut *self)
-            .await?;
-        Ok(())
-    }
-
-    async fn push_queue(&mut self, m: &Message) -> Result<()> {
-        sqlx::query("INSERT INTO entity_queue (instance_id, visible_at, event) VALUES ($1, $2, $3)")
-            .bind(&m.instance_id)
-            .bind(m.visible_at)
-            .bind(encode(&m.event))
-            .execute(&mut *self)
-            .await?;
-        Ok(())
-    }
-
-    async fn write_step(&mut self, token: &str, c: &EntityCommit) -> Result<bool> {
-        let held = sqlx::query(
-            "UPDATE entities SET state = $1, locked_by = $2, lock_section = $3, modified_at = $4, ready_at = 0, \
-             lease_token = NULL, lease_owner = NULL, lease_expires = 0 WHERE instance_id = $5 AND lease_token = $6",
-        )
-        .bind(&c.state)
-        .bind(c.lock.as_ref().map(|l| &l.owner))
-        .bind(c.lock.as_ref().map(|l| &l.critical_section_id))
-        .bind(c.now)
-        .bind(&c.instance_id)
-        .bind(token)
-        .execute(&mut *self)
-        .await?;
-        Ok(held.rows_affected() > 0)
-    }
+    entities_txn::same_statements!();
 
     async fn delete_consumed(&mut self, ids: &[i64]) -> Result<()> {
         sqlx::query("DELETE FROM entity_queue WHERE id = ANY($1)")
@@ -98,16 +86,6 @@ impl EntityStatements for PgConnection {
         Ok(())
     }
 
-    async fn delete_if_unqueued(&mut self, id: &str) -> Result<()> {
-        sqlx::query(
-            "DELETE FROM entities e WHERE e.instance_id = $1 AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)",
-        )
-        .bind(id)
-        .execute(&mut *self)
-        .await?;
-        Ok(())
-    }
-
     async fn release_orphaned_locks(&mut self) -> Result<u32> {
         // Orphaned: the holder is gone or finished. Deferred messages may run again.
         let released = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -123,103 +101,33 @@ impl EntityStatements for PgConnection {
         .await?;
         Ok(released.get::<i64, _>(0) as u32)
     }
-
-    async fn delete_empty(&mut self) -> Result<u32> {
-        let removed = sqlx::query(
-            "DELETE FROM entities e WHERE e.state IS NULL AND e.locked_by IS NULL AND e.lease_token IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM entity_queue q WHERE q.instance_id = e.instance_id)",
-        )
-        .execute(&mut *self)
-        .await?;
-        Ok(removed.rows_affected() as u32)
-    }
-
-    async fn delete_queue(&mut self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM entity_queue WHERE instance_id = $1")
-            .bind(id)
-            .execute(&mut *self)
-            .await?;
-        Ok(())
-    }
-
-    async fn delete_entity(&mut self, id: &str) -> Result<u32> {
-        let done = sqlx::query("DELETE FROM entities WHERE instance_id = $1")
-            .bind(id)
-            .execute(&mut *self)
-            .await?;
-        Ok(done.rows_affected() as u32)
-    }
-
-    async fn visible_queue(&mut self, id: &str, now: Micros) -> Result<Vec<(i64, HistoryEvent)>> {
-        let rows = sqlx::query("SELECT id, event FROM entity_queue WHERE instance_id = $1 AND visible_at <= $2 ORDER BY id")
-            .bind(id)
-            .bind(now)
-            .fetch_all(&mut *self)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.get::<i64, _>(0), decode(r.get::<&[u8], _>(1))?)))
-            .collect()
-    }
 }
 
 pub(super) async fn get(pool: &PgPool, id: &str) -> Result<Option<EntitySummary>> {
-    let row = sqlx::query(
-        "SELECT instance_id, state, locked_by, lock_section, modified_at, \
-         (SELECT COUNT(*) FROM entity_queue q WHERE q.instance_id = e.instance_id) AS backlog \
-         FROM entities e WHERE instance_id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    row.as_ref().map(summary_from_row).transpose()
+    let row = sqlx::query(SELECT_ENTITY).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(entities_txn::summary).transpose()
 }
 
 pub(super) async fn query(pool: &PgPool, f: &EntityListFilter) -> Result<Vec<EntitySummary>> {
     let rows = filters::entities::<sqlx::Postgres>(f).build().fetch_all(pool).await?;
-    rows.iter().map(summary_from_row).collect()
+    rows.iter().map(entities_txn::summary).collect()
 }
 
 pub(super) async fn lock(pool: &PgPool, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
-    let rows = sqlx::query(
-        "UPDATE entities e SET lease_token = gen_random_uuid()::text, lease_owner = $2, lease_expires = $3 \
-         FROM ( \
-           SELECT c.instance_id AS picked FROM entities c \
-           WHERE c.instance_id IN (SELECT q.instance_id FROM entity_queue q WHERE q.deferred = 0 AND q.visible_at <= $1) \
-             AND c.lease_expires <= $1 AND c.ready_at <= $1 \
-           LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
-         ) p \
-         WHERE e.instance_id = p.picked \
-         RETURNING e.lease_token, e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at",
-    )
-    .bind(lease.now)
-    .bind(lease.owner)
-    .bind(lease.until)
-    .bind(i64::from(max))
-    .fetch_all(pool)
-    .await?;
+    let q = sqlx::query(LOCK_ENTITIES).bind(lease.now).bind(lease.owner).bind(lease.until);
+    let rows = q.bind(i64::from(max)).fetch_all(pool).await?;
     // Nothing leased: spare the pool a connection.
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    let leased = rows
-        .iter()
-        .map(|row| Ok((row.try_get("lease_token")?, entity_from_row(row)?)))
-        .collect::<Result<Vec<_>>>()?;
+    let leased = entities_txn::leased(&rows)?;
     let mut conn = pool.acquire().await?;
     entities_txn::with_queues(&mut *conn, leased, lease.now).await
 }
 
 pub(super) async fn release(conn: &mut PgConnection, id: &str, token: &str, ready_at: Micros) -> Result<()> {
-    let done = sqlx::query(
-        "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0, ready_at = $1 \
-         WHERE instance_id = $2 AND lease_token = $3",
-    )
-    .bind(ready_at)
-    .bind(id)
-    .bind(token)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() == 0 {
+    let done = sqlx::query(RELEASE_ENTITY).bind(ready_at).bind(id).bind(token);
+    if done.execute(&mut *conn).await?.rows_affected() == 0 {
         return Err(StoreError::LeaseLost);
     }
     Ok(())

@@ -16,7 +16,7 @@ use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
 use tonic::async_trait;
 use tracing::{debug, info, warn};
 
-use super::encoding::{self, bind_fields, bind_lease, bind_message, decode, encode, status};
+use super::encoding::{self, bind_lease, encode};
 use super::filters;
 use super::txn::{self, Effects, HistoryChange, Statements};
 use super::*;
@@ -225,72 +225,8 @@ async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result
     Ok(())
 }
 
-/// Runs statements that each take the instance id as their one parameter.
-async fn for_each(conn: &mut SqliteConnection, statements: &[&'static str], id: &str) -> Result<()> {
-    for &sql in statements {
-        sqlx::query(sql).bind(id).execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
 impl Statements for SqliteConnection {
-    async fn load_instance(&mut self, id: &str) -> Result<Option<Instance>> {
-        let row = sqlx::query(SELECT_INSTANCE).bind(id).fetch_optional(&mut *self).await?;
-        row.as_ref().map(encoding::instance).transpose()
-    }
-
-    async fn instance_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-        let s: Option<i64> = sqlx::query_scalar(SELECT_STATUS).bind(id).fetch_optional(&mut *self).await?;
-        s.map(status).transpose()
-    }
-
-    async fn lock_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-        let s: Option<i64> = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE)
-            .bind(id)
-            .fetch_optional(&mut *self)
-            .await?;
-        s.map(status).transpose()
-    }
-
-    async fn target(&mut self, id: &str) -> Result<Option<(OrchestrationStatus, String)>> {
-        let row: Option<(i64, String)> = sqlx::query_as(SELECT_STATUS_AND_EXECUTION)
-            .bind(id)
-            .fetch_optional(&mut *self)
-            .await?;
-        row.map(|(s, execution)| Ok((status(s)?, execution))).transpose()
-    }
-
-    async fn load_history(&mut self, id: &str) -> Result<Vec<HistoryEvent>> {
-        let rows = sqlx::query(SELECT_HISTORY).bind(id).fetch_all(&mut *self).await?;
-        rows.iter().map(|r| decode(r.get::<&[u8], _>(0))).collect()
-    }
-
-    async fn insert_instance(&mut self, i: &Instance, ready_at: Micros) -> Result<()> {
-        let q = bind_fields(sqlx::query(INSERT_INSTANCE).bind(&i.instance_id), i);
-        q.bind(ready_at).execute(&mut *self).await?;
-        Ok(())
-    }
-
-    async fn update_held_instance(&mut self, i: &Instance, token: &str) -> Result<bool> {
-        let q = bind_fields(sqlx::query(UPDATE_HELD_INSTANCE), i).bind(&i.instance_id);
-        Ok(q.bind(token).execute(&mut *self).await?.rows_affected() > 0)
-    }
-
-    async fn release_instance(&mut self, id: &str, token: &str, ready_at: Micros) -> Result<bool> {
-        let q = sqlx::query(RELEASE_ORCHESTRATION).bind(ready_at).bind(id).bind(token);
-        Ok(q.execute(&mut *self).await?.rows_affected() > 0)
-    }
-
-    async fn reopen_instance(&mut self, id: &str, now: Micros) -> Result<()> {
-        let q = sqlx::query(REWIND_INSTANCE).bind(OrchestrationStatus::Running as i32).bind(now);
-        q.bind(id).execute(&mut *self).await?;
-        Ok(())
-    }
-
-    async fn insert_message(&mut self, m: &Message) -> Result<()> {
-        bind_message(sqlx::query(INSERT_MESSAGE), m).execute(&mut *self).await?;
-        Ok(())
-    }
+    txn::same_statements!();
 
     async fn make_start_due(&mut self, id: &str, at: Micros) -> Result<()> {
         let [messages, start] = MAKE_PENDING_DUE;
@@ -306,21 +242,8 @@ impl Statements for SqliteConnection {
         Ok(())
     }
 
-    async fn delete_instance(&mut self, id: &str) -> Result<()> {
-        for_each(self, &DELETE_INSTANCE, id).await
-    }
-
-    async fn delete_leftovers(&mut self, id: &str) -> Result<()> {
-        for_each(self, &DELETE_LEFTOVERS, id).await
-    }
-
     async fn next_history_seq(&mut self, id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(NEXT_HISTORY_SEQ).bind(id).fetch_one(&mut *self).await?)
-    }
-
-    async fn delete_history(&mut self, id: &str) -> Result<()> {
-        sqlx::query(DELETE_HISTORY).bind(id).execute(&mut *self).await?;
-        Ok(())
     }
 
     async fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> Result<()> {
@@ -351,16 +274,6 @@ impl Statements for SqliteConnection {
             q.build().execute(&mut *self).await?;
         }
         Ok(())
-    }
-
-    async fn take_activity(&mut self, id: i64, token: &str) -> Result<Option<(String, String)>> {
-        let q = sqlx::query_as(DELETE_LOCKED_ACTIVITY).bind(id).bind(token);
-        Ok(q.fetch_optional(&mut *self).await?)
-    }
-
-    async fn queue_result(&mut self, m: &Message) -> Result<bool> {
-        let q = bind_message(sqlx::query(QUEUE_RESULT.as_str()), m);
-        Ok(q.execute(&mut *self).await?.rows_affected() > 0)
     }
 }
 

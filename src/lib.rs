@@ -7,7 +7,7 @@
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
 //! - [`limits`]: size limits on every field clients and workers send.
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
-//! - [`store`]: durable state behind one trait (SQLite).
+//! - [`store`]: durable state behind one trait, on SQLite or Postgres; it persists what the engine decides.
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
 //! - [`http`]: the Durable Functions HTTP management API, probes and `/metrics`.
 //! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.

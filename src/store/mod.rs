@@ -1,6 +1,8 @@
-//! Durable storage behind one trait. The store executes what the engine decided; it holds no
-//! Durable Task rules beyond the mechanical ones each method documents (a message to a finished
-//! instance is dropped, a lease token must match, only finished instances are purged).
+//! Durable storage behind one trait. The store executes what the engine decided: each
+//! transaction is written once (`txn.rs`, `entities_txn.rs`) over a statements trait that
+//! each engine implements with its own SQL, and what it decides from the rows it reads (a
+//! message to a finished instance is dropped, only finished instances are purged, ...) comes
+//! from `engine::rules`.
 
 mod batch;
 mod encoding;

@@ -426,3 +426,49 @@ async fn an_older_worker_without_completion_tokens_completes_its_only_batch() {
         Code::FailedPrecondition,
     );
 }
+
+/// Thirty entities with 200 KiB states are 6 MiB together: QueryEntities pages end early by
+/// size, under the client's 4 MiB receive limit, and paging on returns every entity once.
+#[tokio::test]
+async fn entity_query_pages_stop_before_they_outgrow_the_receive_limit() {
+    use prost::Message;
+    let sidecar = Sidecar::start().await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    let state = format!("\"{}\"", "e".repeat(200 << 10));
+    for i in 0..30 {
+        signal(&mut client, &format!("@big@k{i:02}"), "set", "1", &format!("r{i}")).await;
+    }
+    for _ in 0..30 {
+        let (token, request) = guarded("an entity batch", entity_v2(&mut worker)).await;
+        let results = request.operation_requests.iter().map(|_| ok("")).collect::<Vec<_>>();
+        complete_entity(&mut client, &token, results, Some(&state)).await.expect("complete");
+    }
+    let (mut seen, mut pages, mut token) = (std::collections::HashSet::new(), vec![], None);
+    loop {
+        let response = client
+            .query_entities(QueryEntitiesRequest {
+                query: Some(EntityQuery {
+                    include_state: true,
+                    page_size: Some(100),
+                    continuation_token: token.take(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("a page fits the client's 4 MiB receive limit")
+            .into_inner();
+        for e in &response.entities {
+            assert_eq!(e.serialized_state.as_deref(), Some(state.as_str()));
+            assert!(seen.insert(e.instance_id.clone()), "{} twice", e.instance_id);
+        }
+        pages.push((response.entities.len(), response.encoded_len()));
+        match response.continuation_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 30, "every entity once: {pages:?}");
+    assert!(pages.len() >= 3, "paged by size: {pages:?}");
+    eprintln!("30 entities of 200 KiB: pages (entities, bytes) {pages:?}");
+}

@@ -152,6 +152,10 @@ conformance!(
     purge_and_delete_all_remove_entities,
     entity_leases_are_renewed_and_released_by_owner,
     a_prepared_instance_is_created_whole,
+    a_step_leases_the_activities_it_claims_in_its_commit,
+    an_activity_result_leases_the_orchestration_it_claims,
+    a_claim_takes_nothing_held_and_strands_nothing,
+    a_step_claims_its_instance_when_events_arrived_meanwhile,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -773,6 +777,7 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
             consumed,
             commit,
             now: T0,
+            claim: None,
         });
     }
     writes.sort_by_key(|w| match w {
@@ -781,11 +786,184 @@ async fn a_batch_refuses_a_stale_write_alone(h: &Harness) {
     });
     let results = s.write(&writes).await.unwrap();
     assert!(matches!(results[0], Err(StoreError::LeaseLost)), "{:?}", results[0]);
-    assert_eq!(results[1].as_ref().unwrap(), &["b"]);
+    assert_eq!(results[1].as_ref().unwrap().changed, ["b"]);
     assert!(s.history("a").await.unwrap().is_empty(), "the stale write wrote nothing");
     assert_eq!(s.history("b").await.unwrap().len(), 4);
     let activities = s.lock_activities(&lease("w", T0), 10, &Names::Any).await.unwrap();
     assert_eq!(activities.iter().map(|a| a.task.instance_id.as_str()).collect::<Vec<_>>(), ["b"]);
+}
+
+fn event_raised(to: &str, name: &str, at: Micros) -> Message {
+    Message {
+        instance_id: to.into(),
+        execution_id: None,
+        event: engine::events::event_raised(at, name.into(), None),
+        visible_at: at,
+        priority: Message::NORMAL,
+    }
+}
+
+fn claim(owner: &str, now: Micros, activities: usize, orchestration: bool) -> Option<store::Claim> {
+    Some(store::Claim {
+        owner: owner.into(),
+        until: now + LEASE,
+        activities,
+        orchestration,
+    })
+}
+
+/// A step's commit, as the dispatcher writes it, with `claim`.
+fn step_write(item: &LockedOrchestration, actions: Vec<OrchestratorAction>, now: Micros, claim: Option<store::Claim>) -> Write {
+    let Prepared::Run { new_events, consumed } = engine::prepare(&item.instance, &item.history, &item.inbox, now) else {
+        panic!("{} has nothing to run", item.instance.instance_id);
+    };
+    let response = Response {
+        actions,
+        ..Default::default()
+    };
+    let commit = engine::apply(&item.instance, &item.history, &new_events, response, now, &mut || "x".into());
+    Write::Step {
+        token: item.token.clone(),
+        consumed,
+        commit,
+        now,
+        claim,
+    }
+}
+
+async fn write_one(s: &dyn Store, write: Write) -> store::Written {
+    s.write(&[write]).await.unwrap().pop().unwrap().unwrap()
+}
+
+fn result_write(id: i64, token: &str, task_id: i32, now: Micros, claim: Option<store::Claim>) -> Write {
+    Write::ActivityResult {
+        id,
+        token: token.into(),
+        result: engine::events::task_result(now, task_id, Some("\"done\"".into()), None),
+        now,
+        claim,
+    }
+}
+
+async fn a_step_leases_the_activities_it_claims_in_its_commit(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let item = lock_one(s, "me", T0).await;
+    let written = write_one(
+        s,
+        step_write(&item, vec![schedule_task(0), schedule_task(1)], T0, claim("me", T0, 1, false)),
+    )
+    .await;
+    assert_eq!(written.changed, ["a"]);
+    assert!(written.orchestration.is_none());
+    let [claimed] = &written.activities[..] else {
+        panic!("one activity claimed: {:?}", written.activities)
+    };
+    assert_eq!(claimed.task.instance_id, "a");
+    assert_eq!(claimed.task.execution_id, "a-e1");
+    assert_eq!(claimed.task.request.task_id, 0);
+    assert_eq!(claimed.task.request.input.as_deref(), Some("0"));
+    // The claimed one is leased; the other waits for the dispatch loop, here another sidecar's.
+    let peer = h.peer().await;
+    let others = peer.lock_activities(&lease("peer", T0), 10, &Names::Any).await.unwrap();
+    assert_eq!(others.iter().map(|a| a.task.request.task_id).collect::<Vec<_>>(), [1]);
+    // The claim's token completes it; released, it would be leased again.
+    s.complete_activity(claimed.id, &claimed.token, engine::events::task_result(T0, 0, None, None), T0)
+        .await
+        .unwrap();
+    assert!(peer.lock_activities(&lease("peer", T0), 10, &Names::Any).await.unwrap().is_empty());
+    assert_eq!(lock_one(s, "me", T0).await.inbox.len(), 1, "the result reached the orchestration");
+}
+
+async fn an_activity_result_leases_the_orchestration_it_claims(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let item = lock_one(s, "me", T0).await;
+    let written = write_one(s, step_write(&item, vec![schedule_task(0)], T0, claim("me", T0, 1, true))).await;
+    assert!(written.orchestration.is_none(), "nothing was due for the instance after its step");
+    let activity = written.activities.into_iter().next().expect("the activity was claimed");
+    let t1 = T0 + 1_000;
+    let written = write_one(s, result_write(activity.id, &activity.token, 0, t1, claim("me", t1, 0, true))).await;
+    assert_eq!(written.changed, ["a"]);
+    let leased = written.orchestration.expect("the orchestration was claimed with the result");
+    assert_eq!(leased.instance.instance_id, "a");
+    assert_eq!(leased.history.len(), 4, "its history came with it");
+    let kinds: Vec<_> = leased.inbox.iter().map(|(_, m)| engine::events::kind_name(&m.event)).collect();
+    assert_eq!(kinds, ["TaskCompleted"]);
+    // Leased: neither this sidecar's loop nor another sidecar gets it while the lease lasts.
+    let peer = h.peer().await;
+    assert!(lock_ids(&*peer, "peer", t1).await.is_empty());
+    assert!(lock_ids(s, "me", t1).await.is_empty());
+    // Its token steps it, as any lease's.
+    step(s, leased, vec![complete(1, "\"ok\"")], t1).await.unwrap();
+    assert_eq!(s.get_instance("a").await.unwrap().unwrap().status, OrchestrationStatus::Completed);
+}
+
+async fn a_claim_takes_nothing_held_and_strands_nothing(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let item = lock_one(s, "me", T0).await;
+    let written = write_one(
+        s,
+        step_write(&item, vec![schedule_task(0), schedule_task(1)], T0, claim("me", T0, 2, false)),
+    )
+    .await;
+    let [first, second] = &written.activities[..] else { panic!() };
+    // A result for an instance someone holds claims nothing; the result waits in its inbox.
+    s.send(event_raised("a", "go", T0)).await.unwrap();
+    let _held = lock_one(s, "other", T0).await;
+    let written = write_one(s, result_write(first.id, &first.token, 0, T0, claim("me", T0, 0, true))).await;
+    assert!(written.orchestration.is_none(), "a held instance is not claimed");
+    // A claim whose sidecar dies before handing the work out: it comes free when the lease
+    // expires, to anyone.
+    let written = write_one(s, result_write(second.id, &second.token, 1, T0, claim("me", T0, 0, true))).await;
+    assert!(written.orchestration.is_none());
+    let peer = h.peer().await;
+    let expired = T0 + LEASE + 1;
+    let item = lock_one(&*peer, "peer", expired).await;
+    assert_eq!(item.inbox.len(), 3, "the event and both results wait for the next episode");
+    // A claimed activity dropped unhanded is leased again after its lease expires.
+    create(s, "b", expired).await;
+    let item_b = lock_one(s, "me", expired).await;
+    let written = write_one(
+        s,
+        step_write(&item_b, vec![schedule_task(0)], expired, claim("me", expired, 1, false)),
+    )
+    .await;
+    assert_eq!(written.activities.len(), 1);
+    assert!(
+        peer.lock_activities(&lease("peer", expired), 10, &Names::Any)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = expired + LEASE + 1;
+    let retaken = peer.lock_activities(&lease("peer", later), 10, &Names::Any).await.unwrap();
+    assert_eq!(retaken.iter().map(|a| a.task.instance_id.as_str()).collect::<Vec<_>>(), ["b"]);
+}
+
+async fn a_step_claims_its_instance_when_events_arrived_meanwhile(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    let item = lock_one(s, "me", T0).await;
+    let written = write_one(s, step_write(&item, vec![schedule_task(0)], T0, claim("me", T0, 1, false))).await;
+    let activity = written.activities.into_iter().next().unwrap();
+    // The instance runs its next episode while the result arrives: the result cannot claim it.
+    let t1 = T0 + 1_000;
+    s.send(event_raised("a", "go", t1)).await.unwrap();
+    let episode = lock_one(s, "me", t1).await;
+    let written = write_one(s, result_write(activity.id, &activity.token, 0, t1, claim("me", t1, 0, true))).await;
+    assert!(written.orchestration.is_none());
+    // The episode's step ends its lease and, as it claims, leases it again for the result.
+    let t2 = t1 + 1_000;
+    let written = write_one(s, step_write(&episode, vec![], t2, claim("me", t2, 0, true))).await;
+    let again = written.orchestration.expect("the instance was claimed again by its own step");
+    let kinds: Vec<_> = again.inbox.iter().map(|(_, m)| engine::events::kind_name(&m.event)).collect();
+    assert_eq!(kinds, ["TaskCompleted"]);
+    assert!(lock_ids(s, "me", t2).await.is_empty());
+    // A finished instance claims nothing.
+    let written = write_one(s, step_write(&again, vec![complete(1, "1")], t2, claim("me", t2, 0, true))).await;
+    assert!(written.orchestration.is_none());
 }
 
 async fn a_result_for_a_finished_execution_is_dropped(h: &Harness) {
@@ -1049,7 +1227,7 @@ async fn write_entity(store: &dyn Store, token: &str, commit: EntityCommit) -> R
         token: token.into(),
         commit,
     };
-    store.write(&[write]).await.unwrap().pop().unwrap()
+    store.write(&[write]).await.unwrap().pop().unwrap().map(|w| w.changed)
 }
 
 fn all_entities(transient: bool) -> EntityListFilter {

@@ -142,6 +142,7 @@ impl Dispatcher {
             (commit.instance.is_terminal() && !held.instance.is_terminal()).then_some(commit.instance.status)
         };
         let children = commit.children.len();
+        let claim = self.claim(&commit.activities);
         match self
             .batcher
             .write(Write::Step {
@@ -149,16 +150,18 @@ impl Dispatcher {
                 consumed: held.consumed,
                 commit,
                 now,
+                claim,
             })
             .await
         {
-            Ok(changed) => {
+            Ok(mut written) => {
                 spans.committed();
                 if let Some(status) = ended {
                     METRICS.orchestration_finished(status);
                 }
                 METRICS.orchestrations_started(children);
-                self.changed(&changed);
+                self.hand_claimed(&mut written).await;
+                self.changed(&written.changed);
                 Ok(())
             }
             Err(e) if e.is_permanent() => {
@@ -264,15 +267,20 @@ impl Dispatcher {
             None => (response.result, response.failure_details),
         };
         let result = events::task_result(now, held.task_id, result, failure_details);
-        let outcome = self
+        let claim = self.claim(&[]);
+        let mut outcome = self
             .batcher
             .write(Write::ActivityResult {
                 id: held.id,
                 token,
                 result,
                 now,
+                claim,
             })
             .await;
+        if let Ok(written) = &mut outcome {
+            self.hand_claimed(written).await;
+        }
         self.wake();
         outcome.map(drop).map_err(Refused::Store)
     }
@@ -363,8 +371,8 @@ impl Dispatcher {
             })
             .await
         {
-            Ok(changed) => {
-                self.changed(&changed);
+            Ok(written) => {
+                self.changed(&written.changed);
                 Ok(())
             }
             Err(e) => {

@@ -4,6 +4,7 @@
 //! worker holds are tracked here by completion token until completed, abandoned, or the
 //! worker's stream drops, which releases them at once.
 
+mod claims;
 mod completion;
 mod push;
 mod refused;

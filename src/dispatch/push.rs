@@ -174,7 +174,7 @@ impl Dispatcher {
         Ok(more)
     }
 
-    async fn hand_orchestration(&self, item: LockedOrchestration, now: Micros) -> Result<(), StoreError> {
+    pub(super) async fn hand_orchestration(&self, item: LockedOrchestration, now: Micros) -> Result<(), StoreError> {
         let LockedOrchestration {
             token,
             instance,
@@ -327,12 +327,13 @@ impl Dispatcher {
                 consumed,
                 commit,
                 now,
+                claim: None,
             })
             .await
         {
-            Ok(changed) => {
+            Ok(written) => {
                 spans.committed();
-                self.changed(&changed);
+                self.changed(&written.changed);
                 Ok(())
             }
             Err(e) => {
@@ -342,7 +343,7 @@ impl Dispatcher {
         }
     }
 
-    async fn hand_activity(&self, item: LockedActivity) -> Result<(), StoreError> {
+    pub(super) async fn hand_activity(&self, item: LockedActivity) -> Result<(), StoreError> {
         let LockedActivity { id, token, task } = item;
         let key = lost_key::activity(id);
         let lost = self.state.lock().unwrap().lost.get(&key).copied().unwrap_or(0);
@@ -354,8 +355,15 @@ impl Dispatcher {
             warn!(instance_id = %task.instance_id, task_id = task.request.task_id, reason = %why, "failing the activity");
             let now = time::now();
             let result = events::task_result(now, task.request.task_id, None, Some(events::failure("WorkItemUndeliverable", why)));
-            let changed = self.batcher.write(Write::ActivityResult { id, token, result, now }).await?;
-            self.changed(&changed);
+            let done = Write::ActivityResult {
+                id,
+                token,
+                result,
+                now,
+                claim: None,
+            };
+            let written = self.batcher.write(done).await?;
+            self.changed(&written.changed);
             return Ok(());
         }
         let (taken, sent) = {
@@ -407,8 +415,8 @@ impl Dispatcher {
         if plan.operations.is_empty() {
             // Only lock traffic or deferrals: nothing for a worker to run.
             let commit = entity_rules::without_worker(&entity, plan, now);
-            let changed = self.batcher.write(Write::EntityStep { token, commit }).await?;
-            self.changed(&changed);
+            let written = self.batcher.write(Write::EntityStep { token, commit }).await?;
+            self.changed(&written.changed);
             return Ok(());
         }
         let shape = self.settings.entity_work_items;

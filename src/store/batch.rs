@@ -9,13 +9,13 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::warn;
 
-use super::{Result, Store, StoreError, Write};
+use super::{Result, Store, StoreError, Write, Written};
 
 /// Most writes in one transaction: enough to amortise a flush, few enough that a batch never
 /// holds the database for long.
 const MAX_BATCH: usize = 256;
 
-type Pending = (Write, oneshot::Sender<Result<Vec<String>>>);
+type Pending = (Write, oneshot::Sender<Result<Written>>);
 
 /// Queues writes for the store's batch writers.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ impl Batcher {
     }
 
     /// Writes durably (in some batch) and returns what the store returned for this write.
-    pub async fn write(&self, write: Write) -> Result<Vec<String>> {
+    pub async fn write(&self, write: Write) -> Result<Written> {
         let (tx, rx) = oneshot::channel();
         self.queue
             .send((write, tx))
@@ -95,7 +95,7 @@ async fn writer(store: Arc<dyn Store>, queue: Arc<Mutex<mpsc::UnboundedReceiver<
 
 /// Writes a batch, running it again when the database aborted it over a conflict with a
 /// concurrent transaction (nothing of it was written then).
-async fn write(store: &dyn Store, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
+async fn write(store: &dyn Store, writes: &[Write]) -> Result<Vec<Result<Written>>> {
     let mut attempts = 0;
     loop {
         match store.write(writes).await {

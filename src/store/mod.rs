@@ -233,6 +233,7 @@ pub enum Write {
         consumed: Vec<i64>,
         commit: Commit,
         now: Micros,
+        claim: Option<Claim>,
     },
     /// An activity's result: delete the task, queue `result` for its orchestration.
     ActivityResult {
@@ -240,10 +241,94 @@ pub enum Write {
         token: String,
         result: HistoryEvent,
         now: Micros,
+        claim: Option<Claim>,
     },
     /// An entity step: write the entity, consume its queue rows, send its messages, start its
     /// orchestrations, end the lease.
     EntityStep { token: String, commit: EntityCommit },
+}
+
+/// Work a write creates that is leased in the same transaction, for workers already waiting
+/// for it: no lease round after the commit, no second flush to disk. What the caller cannot
+/// hand out it releases like any other lease; what it never gets to (a crash) comes free when
+/// the lease expires.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub owner: String,
+    pub until: Micros,
+    /// How many of a step's new activities to lease, from the first.
+    pub activities: usize,
+    /// Lease the orchestration the write leaves with visible work (the step's own instance,
+    /// the activity's orchestration), unless someone holds it or it is not ready.
+    pub orchestration: bool,
+}
+
+/// What a write did: the instances whose state changed, and the work it leased by its
+/// [`Claim`].
+#[derive(Debug, Default)]
+pub struct Written {
+    pub changed: Vec<String>,
+    pub activities: Vec<LockedActivity>,
+    pub orchestration: Option<LockedOrchestration>,
+    /// The orchestration leased in the transaction, before its history and inbox are read
+    /// (after the commit) into `orchestration`.
+    pub(crate) claimed: Option<(String, Instance)>,
+}
+
+impl Written {
+    pub(crate) fn changed(changed: Vec<String>) -> Written {
+        Written {
+            changed,
+            ..Default::default()
+        }
+    }
+}
+
+impl Write {
+    /// When the write was decided (entity steps carry no time).
+    fn now(&self) -> Option<Micros> {
+        match self {
+            Write::Step { now, .. } | Write::ActivityResult { now, .. } => Some(*now),
+            Write::EntityStep { .. } => None,
+        }
+    }
+}
+
+/// The latest time of a batch's writes: what their claims' inboxes are read as of.
+fn latest(writes: &[Write]) -> Micros {
+    writes.iter().filter_map(Write::now).max().unwrap_or_default()
+}
+
+/// The orchestrations a committed batch's claims leased, with their tokens.
+fn claimed(results: &[Result<Written>]) -> Vec<(String, Instance)> {
+    results.iter().filter_map(|r| r.as_ref().ok()?.claimed.clone()).collect()
+}
+
+/// Puts the claimed orchestrations, read with their histories and inboxes, into their writes'
+/// results. When they could not be read, their leases are let go again for the dispatch loop
+/// (the batch itself is committed: its results stand).
+async fn attach_claimed<S: Store + ?Sized>(
+    store: &S,
+    results: &mut [Result<Written>],
+    picked: Vec<(String, Instance)>,
+    leased: Result<Vec<LockedOrchestration>>,
+) {
+    let mut leased = match leased {
+        Ok(leased) => leased,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading claimed orchestrations failed; releasing them");
+            for (token, i) in picked {
+                let _ = store.release_orchestration(&i.instance_id, &token, &[], 0).await;
+            }
+            vec![]
+        }
+    };
+    for w in results.iter_mut().flatten() {
+        if let Some((token, _)) = w.claimed.take() {
+            let at = leased.iter().position(|l| l.token == token);
+            w.orchestration = at.map(|at| leased.swap_remove(at));
+        }
+    }
 }
 
 /// Lease parameters: who takes the lease and until when.
@@ -341,7 +426,7 @@ pub trait Store: Send + Sync + 'static {
     /// Each write either happens whole or, when its lease is gone, not at all
     /// ([`StoreError::LeaseLost`] in its slot); a database failure rolls the whole batch back
     /// and is returned (the [`Batcher`] then writes each alone). An `Ok` means committed.
-    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>>;
+    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Written>>>;
 
     /// How many batches may be written at once (one for a single-writer database).
     fn write_concurrency(&self) -> usize {
@@ -356,8 +441,9 @@ pub trait Store: Send + Sync + 'static {
             consumed: consumed.to_vec(),
             commit,
             now,
+            claim: None,
         };
-        self.write(&[step]).await?.pop().expect("one result per write")
+        Ok(self.write(&[step]).await?.pop().expect("one result per write")?.changed)
     }
 
     /// Releases an orchestration lease, deleting `consumed` inbox rows; the instance is not
@@ -376,6 +462,7 @@ pub trait Store: Send + Sync + 'static {
             token: token.to_string(),
             result,
             now,
+            claim: None,
         };
         self.write(&[done]).await?.pop().expect("one result per write").map(drop)
     }

@@ -10,7 +10,7 @@ use std::future::Future;
 use tracing::{debug, info};
 
 use super::entities_txn::{self, EntityStatements};
-use super::{Delivery, Purge, Result, Rewind, StoreError, Write};
+use super::{Claim, Delivery, LockedActivity, Purge, Result, Rewind, StoreError, Write, Written};
 use crate::engine::events::kind_name;
 use crate::engine::rules::{self, PurgeStep, Slot, Target};
 use crate::model::{ActivityTask, ChildRewind, Commit, HistoryWrite, Instance, Message, NewInstance};
@@ -53,6 +53,16 @@ pub(super) trait Statements: Send {
     /// Appends `events` numbered from `first`.
     fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;
     fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> impl Future<Output = Result<()>> + Send;
+    /// Inserts activities already leased by `claim`, and returns them with their tokens.
+    fn insert_claimed_activities(
+        &mut self,
+        activities: &[ActivityTask],
+        now: Micros,
+        claim: &Claim,
+    ) -> impl Future<Output = Result<Vec<LockedActivity>>> + Send;
+    /// Leases the instance by `claim` if it has visible work at `now` (a suspended one only
+    /// for an event that wakes it), is ready and nobody else holds it; its token and row.
+    fn claim_instance(&mut self, id: &str, now: Micros, claim: &Claim) -> impl Future<Output = Result<Option<(String, Instance)>>> + Send;
     /// Deletes a leased activity while `token` holds it; its (instance, execution), or `None`
     /// when the lease is gone.
     fn take_activity(&mut self, id: i64, token: &str) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
@@ -113,7 +123,7 @@ pub(super) async fn create_with_history<C: EntityStatements>(
         return Err(StoreError::AlreadyExists(id.clone(), s.as_str_name()));
     }
     conn.insert_instance(&commit.instance, 0).await.map_err(|e| taken(id, e))?;
-    let changed = apply(conn, commit, now, Some(0), effects).await?;
+    let changed = apply(conn, commit, now, Some(0), None, effects).await?.changed;
     effects.touched.extend(changed.iter().cloned());
     Ok(changed)
 }
@@ -215,7 +225,7 @@ pub(super) async fn purge<C: EntityStatements>(conn: &mut C, instance_id: &str, 
 /// Applies a batch of writes, each whole or (when its lease is gone) not at all, in the
 /// caller's transaction. `known_len` gives a step's current history length when the engine
 /// knows it (instance, execution). A database failure is returned for the whole batch.
-pub(super) async fn write<C, K>(conn: &mut C, writes: &[Write], known_len: K, effects: &mut Effects) -> Result<Vec<Result<Vec<String>>>>
+pub(super) async fn write<C, K>(conn: &mut C, writes: &[Write], known_len: K, effects: &mut Effects) -> Result<Vec<Result<Written>>>
 where
     C: EntityStatements,
     K: Fn(&str, &str) -> Option<usize> + Sync,
@@ -228,25 +238,32 @@ where
                 consumed,
                 commit,
                 now,
+                claim,
             } => {
                 let len = known_len(&commit.instance.instance_id, &commit.instance.execution_id);
-                step(conn, token, consumed, commit, *now, len, effects).await
+                step(conn, token, consumed, commit, *now, len, claim.as_ref(), effects).await
             }
-            Write::ActivityResult { id, token, result, now } => activity_result(conn, *id, token, result, *now).await,
+            Write::ActivityResult {
+                id,
+                token,
+                result,
+                now,
+                claim,
+            } => activity_result(conn, *id, token, result, *now, claim.as_ref()).await,
             Write::EntityStep { token, commit } => {
                 let changed = entities_txn::step(conn, token, commit).await;
                 if changed.is_ok() {
                     effects.touched.extend(commit.messages.iter().map(|m| m.instance_id.clone()));
                 }
-                changed
+                changed.map(Written::changed)
             }
         };
         match result {
             Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
             Err(e) => return Err(e),
-            Ok(changed) => {
-                effects.touched.extend(changed.iter().cloned());
-                results.push(Ok(changed));
+            Ok(written) => {
+                effects.touched.extend(written.changed.iter().cloned());
+                results.push(Ok(written));
             }
         }
     }
@@ -262,6 +279,7 @@ pub(super) async fn release<C: Statements>(conn: &mut C, id: &str, token: &str, 
 }
 
 /// One orchestration step; nothing is written when the lease is gone.
+#[allow(clippy::too_many_arguments)]
 async fn step<C: EntityStatements>(
     conn: &mut C,
     token: &str,
@@ -269,41 +287,55 @@ async fn step<C: EntityStatements>(
     commit: &Commit,
     now: Micros,
     known_len: Option<usize>,
+    claim: Option<&Claim>,
     effects: &mut Effects,
-) -> Result<Vec<String>> {
+) -> Result<Written> {
     // Checked first: a sidecar that took the instance over after our lease expired has
     // changed the token, and we write nothing.
     if !conn.update_held_instance(&commit.instance, token).await? {
         return Err(StoreError::LeaseLost);
     }
     conn.delete_messages(consumed).await?;
-    let changed = apply(conn, commit, now, known_len, effects).await?;
+    let mut written = apply(conn, commit, now, known_len, claim, effects).await?;
     effects.histories.push(HistoryChange {
         instance_id: commit.instance.instance_id.clone(),
         execution_id: commit.instance.execution_id.clone(),
         finished: commit.instance.is_terminal(),
         write: commit.history.clone(),
     });
-    Ok(changed)
+    // Events that arrived while the step ran (or a continued-as-new start) make the instance
+    // due again at once.
+    if let Some(claim) = claim.filter(|c| c.orchestration && !commit.instance.is_terminal()) {
+        written.claimed = conn.claim_instance(&commit.instance.instance_id, now, claim).await?;
+    }
+    Ok(written)
 }
 
 /// What a commit writes beyond its instance row: history, leftovers of a finished instance,
-/// activities, children, messages and rewinds. Returns the instances whose state changed; the
-/// ones it sends messages to are added to `effects.touched`.
+/// activities (the first ones leased when `claim` says so), children, messages and rewinds.
+/// Returns the instances whose state changed and the activities leased; the instances it
+/// sends messages to are added to `effects.touched`.
 async fn apply<C: EntityStatements>(
     conn: &mut C,
     commit: &Commit,
     now: Micros,
     known_len: Option<usize>,
+    claim: Option<&Claim>,
     effects: &mut Effects,
-) -> Result<Vec<String>> {
+) -> Result<Written> {
     let id = &commit.instance.instance_id;
     write_history(conn, id, &commit.history, known_len).await?;
     if commit.instance.is_terminal() {
         conn.delete_leftovers(id).await?;
     }
-    if !commit.activities.is_empty() {
-        conn.insert_activities(&commit.activities, now).await?;
+    let mut written = Written::default();
+    let claimed = claim.map_or(0, |c| c.activities.min(commit.activities.len()));
+    let (leased, queued) = commit.activities.split_at(claimed);
+    if let Some(claim) = claim.filter(|_| !leased.is_empty()) {
+        written.activities = conn.insert_claimed_activities(leased, now, claim).await?;
+    }
+    if !queued.is_empty() {
+        conn.insert_activities(queued, now).await?;
     }
     let mut changed = vec![id.clone()];
     for c in &commit.children {
@@ -330,7 +362,8 @@ async fn apply<C: EntityStatements>(
     effects
         .touched
         .extend(commit.children.iter().map(|c| c.on_conflict.instance_id.clone()));
-    Ok(changed)
+    written.changed = changed;
+    Ok(written)
 }
 
 /// Writes a step's history; `known_len` is the current length when the caller knows it.
@@ -351,8 +384,16 @@ async fn write_history<C: Statements>(conn: &mut C, id: &str, write: &HistoryWri
     }
 }
 
-/// One activity result; nothing is written when the lease is gone.
-async fn activity_result<C: Statements>(conn: &mut C, id: i64, token: &str, result: &HistoryEvent, now: Micros) -> Result<Vec<String>> {
+/// One activity result; nothing is written when the lease is gone. With a `claim`, the
+/// orchestration it feeds is leased in the same transaction if it is free to run.
+async fn activity_result<C: Statements>(
+    conn: &mut C,
+    id: i64,
+    token: &str,
+    result: &HistoryEvent,
+    now: Micros,
+    claim: Option<&Claim>,
+) -> Result<Written> {
     let Some((instance_id, execution_id)) = conn.take_activity(id, token).await? else {
         return Err(StoreError::LeaseLost);
     };
@@ -365,10 +406,14 @@ async fn activity_result<C: Statements>(conn: &mut C, id: i64, token: &str, resu
     };
     // One statement: queued only while that execution is still running (a result for a
     // finished or replaced execution is dropped, as `deliver` would).
+    let mut written = Written::default();
     if !conn.queue_result(&message).await? {
         debug!(instance_id = %message.instance_id, "dropping an activity result for a finished or replaced execution");
+    } else if let Some(claim) = claim.filter(|c| c.orchestration) {
+        written.claimed = conn.claim_instance(&message.instance_id, now, claim).await?;
     }
-    Ok(vec![message.instance_id])
+    written.changed = vec![message.instance_id];
+    Ok(written)
 }
 
 /// The [`Statements`] both engines run the same way, only with their own SQL: expanded inside
@@ -453,6 +498,16 @@ macro_rules! same_statements {
         async fn delete_history(&mut self, id: &str) -> Result<()> {
             sqlx::query(DELETE_HISTORY).bind(id).execute(&mut *self).await?;
             Ok(())
+        }
+
+        async fn claim_instance(&mut self, id: &str, now: Micros, claim: &Claim) -> Result<Option<(String, Instance)>> {
+            let q = sqlx::query(CLAIM_INSTANCE)
+                .bind(now)
+                .bind(&claim.owner)
+                .bind(claim.until)
+                .bind(id);
+            let rows = q.bind(OrchestrationStatus::Suspended as i32).fetch_all(&mut *self).await?;
+            Ok($crate::store::encoding::leased(&rows)?.pop())
         }
 
         async fn take_activity(&mut self, id: i64, token: &str) -> Result<Option<(String, String)>> {

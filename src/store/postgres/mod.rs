@@ -135,6 +135,22 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Joins freshly leased instances to their histories and visible inboxes, read after the
+    /// lease commits: the lease keeps them ours.
+    async fn load_leased(&self, picked: Vec<(String, Instance)>, now: Micros) -> Result<Vec<LockedOrchestration>> {
+        let ids: Vec<&str> = picked.iter().map(|(_, i)| i.instance_id.as_str()).collect();
+        let mut conn = self.pool.acquire().await?;
+        let histories = sqlx::query(SELECT_HISTORIES).bind(&ids).fetch_all(&mut *conn).await?;
+        let inboxes = sqlx::query(SELECT_INBOXES).bind(&ids).bind(now).fetch_all(&mut *conn).await?;
+        Ok(LockedOrchestration::assemble(
+            picked,
+            encoding::histories(&histories)?,
+            encoding::inboxes(&inboxes)?,
+        ))
+    }
+}
+
 impl Statements for PgConnection {
     txn::same_statements!();
 
@@ -179,6 +195,27 @@ impl Statements for PgConnection {
             .bind(requests);
         q.bind(now).bind(names).bind(versions).execute(&mut *self).await?;
         Ok(())
+    }
+
+    async fn insert_claimed_activities(&mut self, activities: &[ActivityTask], now: Micros, claim: &Claim) -> Result<Vec<LockedActivity>> {
+        let (mut ids, mut executions, mut task_ids, mut requests) = (vec![], vec![], vec![], vec![]);
+        let (mut names, mut versions) = (vec![], vec![]);
+        for a in activities {
+            ids.push(a.instance_id.as_str());
+            executions.push(a.execution_id.as_str());
+            task_ids.push(a.request.task_id);
+            requests.push(encode(&a.request));
+            names.push(a.request.name.as_str());
+            versions.push(a.request.version.as_deref());
+        }
+        let q = sqlx::query_as(INSERT_CLAIMED_ACTIVITIES)
+            .bind(ids)
+            .bind(executions)
+            .bind(task_ids)
+            .bind(requests);
+        let q = q.bind(now).bind(names).bind(versions).bind(&claim.owner).bind(claim.until);
+        let rows: Vec<(i64, String, i32)> = q.fetch_all(&mut *self).await?;
+        Ok(encoding::claimed(activities, rows))
     }
 }
 
@@ -270,26 +307,22 @@ impl Store for PostgresStore {
         if rows.is_empty() {
             return Ok(vec![]);
         }
-        let picked = encoding::leased(&rows)?;
-        let ids: Vec<&str> = picked.iter().map(|(_, i)| i.instance_id.as_str()).collect();
-        let mut conn = self.pool.acquire().await?;
-        let histories = sqlx::query(SELECT_HISTORIES).bind(&ids).fetch_all(&mut *conn).await?;
-        let inboxes = sqlx::query(SELECT_INBOXES).bind(&ids).bind(lease.now).fetch_all(&mut *conn).await?;
-        Ok(LockedOrchestration::assemble(
-            picked,
-            encoding::histories(&histories)?,
-            encoding::inboxes(&inboxes)?,
-        ))
+        self.load_leased(encoding::leased(&rows)?, lease.now).await
     }
 
-    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
+    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Written>>> {
         let mut tx = self.pool.begin().await?;
         let mut effects = Effects::default();
-        let results = txn::write(&mut *tx, writes, |_, _| None, &mut effects).await?;
+        let mut results = txn::write(&mut *tx, writes, |_, _| None, &mut effects).await?;
         if !effects.touched.is_empty() {
             self.notifier.send(&mut tx, &effects.touched).await?;
         }
         tx.commit().await?;
+        let picked = claimed(&results);
+        if !picked.is_empty() {
+            let leased = self.load_leased(picked.clone(), latest(writes)).await;
+            attach_claimed(self, &mut results, picked, leased).await;
+        }
         Ok(results)
     }
 

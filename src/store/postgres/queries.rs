@@ -88,6 +88,24 @@ pub const LOCK_ORCHESTRATIONS: &str = concat!(
     instance_columns!()
 );
 
+/// Leases instance $4 for owner $2 until $3 when it has visible inbox messages ($1 = now), is
+/// ready and nobody holds it (a suspended ($5) one only for an event that wakes it): a
+/// commit's claim on the work it leaves. A row another transaction has locked is skipped (it
+/// is being leased or stepped elsewhere); the one this transaction holds is not.
+pub const CLAIM_INSTANCE: &str = concat!(
+    "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
+     FROM ( \
+       SELECT c.instance_id AS picked FROM instances c \
+       WHERE c.instance_id = $4 AND c.lock_expires <= $1 AND c.ready_at <= $1 \
+         AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = $4 AND m.visible_at <= $1 \
+           AND (c.status <> $5 OR m.kind = 1)) \
+       FOR UPDATE OF c SKIP LOCKED \
+     ) p \
+     WHERE i.instance_id = p.picked \
+     RETURNING lock_token, ",
+    instance_columns!()
+);
+
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
      WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
 
@@ -108,6 +126,14 @@ pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execut
      SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version \
      FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \
        AS a(instance_id, execution_id, task_id, request, name, version)";
+
+/// As INSERT_ACTIVITIES, each row leased as it is queued: a fresh token, owner $8, until $9.
+pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version, \
+       lock_token, lock_owner, lock_expires) \
+     SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version, gen_random_uuid()::text, $8, $9 \
+     FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \
+       AS a(instance_id, execution_id, task_id, request, name, version) \
+     RETURNING id, lock_token, task_id";
 
 /// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first, whose name
 /// the workers' filter $5 takes (NULL: any name; rows queued before the name column existed

@@ -72,6 +72,38 @@ pub fn hub_url(url: &str, hub: &str) -> String {
 }
 
 impl SqliteStore {
+    /// Joins freshly leased instances to their histories (from the cache where it has them)
+    /// and visible inboxes, read beside the writer: the lease keeps them ours.
+    async fn load_leased(&self, picked: Vec<(String, Instance)>, now: Micros) -> Result<Vec<LockedOrchestration>> {
+        let ids: Vec<String> = picked.iter().map(|(_, i)| i.instance_id.clone()).collect();
+        let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
+        for (_, i) in &picked {
+            if let Some(events) = self.histories.get(&i.instance_id, &i.execution_id) {
+                histories.insert(i.instance_id.clone(), events);
+            }
+        }
+        let missing: Vec<&String> = ids.iter().filter(|id| !histories.contains_key(*id)).collect();
+        let mut conn = self.reader.acquire().await?;
+        if !missing.is_empty() {
+            let mut q = sqlx::QueryBuilder::new(SELECT_HISTORIES);
+            push_in(&mut q, "instance_id", missing.iter().copied());
+            q.push(" ORDER BY instance_id, seq");
+            let mut loaded = encoding::histories(&q.build().fetch_all(&mut *conn).await?)?;
+            for (_, i) in picked.iter().filter(|(_, i)| missing.contains(&&i.instance_id)) {
+                let events = loaded.remove(&i.instance_id).unwrap_or_default();
+                if !i.is_terminal() {
+                    self.histories.put(&i.instance_id, &i.execution_id, events.clone());
+                }
+                histories.insert(i.instance_id.clone(), events);
+            }
+        }
+        let mut q = sqlx::QueryBuilder::new(SELECT_INBOXES);
+        push_in(&mut q, "instance_id", &ids);
+        q.push(" AND visible_at <= ").push_bind(now).push(" ORDER BY priority, id");
+        let inboxes = encoding::inboxes(&q.build().fetch_all(&mut *conn).await?)?;
+        Ok(LockedOrchestration::assemble(picked, histories, inboxes))
+    }
+
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
         let memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -275,6 +307,29 @@ impl Statements for SqliteConnection {
         }
         Ok(())
     }
+
+    async fn insert_claimed_activities(&mut self, activities: &[ActivityTask], now: Micros, claim: &Claim) -> Result<Vec<LockedActivity>> {
+        let mut leased = Vec::with_capacity(activities.len());
+        for activities in activities.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new(INSERT_CLAIMED_ACTIVITIES);
+            q.push_values(activities, |mut row, a| {
+                row.push_bind(a.instance_id.clone())
+                    .push_bind(a.execution_id.clone())
+                    .push_bind(a.request.task_id)
+                    .push_bind(encode(&a.request))
+                    .push_bind(now)
+                    .push_bind(a.request.name.clone())
+                    .push_bind(a.request.version.clone())
+                    .push("lower(hex(randomblob(16)))")
+                    .push_bind(claim.owner.clone())
+                    .push_bind(claim.until);
+            });
+            q.push(CLAIMED_ACTIVITIES_RETURNING);
+            let rows: Vec<(i64, String, i32)> = q.build_query_as().fetch_all(&mut *self).await?;
+            leased.extend(encoding::claimed(activities, rows));
+        }
+        Ok(leased)
+    }
 }
 
 /// Tells the history cache what a committed batch wrote.
@@ -370,43 +425,21 @@ impl Store for SqliteStore {
         if rows.is_empty() {
             return Ok(vec![]);
         }
-        let picked = encoding::leased(&rows)?;
-        let ids: Vec<String> = picked.iter().map(|(_, i)| i.instance_id.clone()).collect();
-        let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
-        for (_, i) in &picked {
-            if let Some(events) = self.histories.get(&i.instance_id, &i.execution_id) {
-                histories.insert(i.instance_id.clone(), events);
-            }
-        }
-        let missing: Vec<&String> = ids.iter().filter(|id| !histories.contains_key(*id)).collect();
-        let mut conn = self.reader.acquire().await?;
-        if !missing.is_empty() {
-            let mut q = sqlx::QueryBuilder::new(SELECT_HISTORIES);
-            push_in(&mut q, "instance_id", missing.iter().copied());
-            q.push(" ORDER BY instance_id, seq");
-            let mut loaded = encoding::histories(&q.build().fetch_all(&mut *conn).await?)?;
-            for (_, i) in picked.iter().filter(|(_, i)| missing.contains(&&i.instance_id)) {
-                let events = loaded.remove(&i.instance_id).unwrap_or_default();
-                if !i.is_terminal() {
-                    self.histories.put(&i.instance_id, &i.execution_id, events.clone());
-                }
-                histories.insert(i.instance_id.clone(), events);
-            }
-        }
-        let mut q = sqlx::QueryBuilder::new(SELECT_INBOXES);
-        push_in(&mut q, "instance_id", &ids);
-        q.push(" AND visible_at <= ").push_bind(lease.now).push(" ORDER BY priority, id");
-        let inboxes = encoding::inboxes(&q.build().fetch_all(&mut *conn).await?)?;
-        Ok(LockedOrchestration::assemble(picked, histories, inboxes))
+        self.load_leased(encoding::leased(&rows)?, lease.now).await
     }
 
-    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
+    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Written>>> {
         let mut tx = WriteTx::begin(&self.writer).await?;
         let mut effects = Effects::default();
-        let results = txn::write(&mut *tx, writes, |id, execution| self.histories.len(id, execution), &mut effects).await?;
+        let mut results = txn::write(&mut *tx, writes, |id, execution| self.histories.len(id, execution), &mut effects).await?;
         tx.commit().await?;
         // Only now that the batch is on disk does the cache learn of it.
         learn(&self.histories, effects.histories);
+        let picked = claimed(&results);
+        if !picked.is_empty() {
+            let leased = self.load_leased(picked.clone(), latest(writes)).await;
+            attach_claimed(self, &mut results, picked, leased).await;
+        }
         Ok(results)
     }
 

@@ -93,6 +93,18 @@ pub const LOCK_ORCHESTRATIONS: &str = concat!(
     instance_columns!()
 );
 
+/// Leases instance ?4 for owner ?2 until ?3 when it has visible inbox messages (?1 = now), is
+/// ready and nobody holds it (a suspended (?5) one only for an event that wakes it): a
+/// commit's claim on the work it leaves.
+pub const CLAIM_INSTANCE: &str = concat!(
+    "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
+     WHERE instance_id = ?4 AND lock_expires <= ?1 AND ready_at <= ?1 \
+       AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = ?4 AND m.visible_at <= ?1 \
+         AND (instances.status != ?5 OR m.kind = 1)) \
+     RETURNING lock_token, ",
+    instance_columns!()
+);
+
 /// Completed by `instance_id IN (..) AND visible_at <= now ORDER BY priority, id`.
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox WHERE ";
 
@@ -112,6 +124,13 @@ pub const DELETE_LEFTOVERS: [&str; 2] = [
 
 /// Completed by `VALUES` rows (instance_id, execution_id, task_id, request, visible_at, name, version).
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) ";
+
+/// Completed by `VALUES` rows (instance_id, execution_id, task_id, request, visible_at, name,
+/// version, a fresh token, lock_owner, lock_expires) and [`CLAIMED_ACTIVITIES_RETURNING`]:
+/// activities leased as they are queued.
+pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version, lock_token, lock_owner, lock_expires) ";
+
+pub const CLAIMED_ACTIVITIES_RETURNING: &str = " RETURNING id, lock_token, task_id";
 
 /// Leases up to ?4 visible activities (?1 = now) that nobody holds, oldest first, for owner
 /// ?2 until ?3, whose name the workers' filter ?5 takes (NULL: any name; rows queued before

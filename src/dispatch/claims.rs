@@ -1,0 +1,85 @@
+//! Work a commit creates, leased inside that commit for the workers already waiting for it
+//! and handed to them as soon as it returns: no lease round after the commit, no second
+//! flush to disk. The claim is only made while a connected worker has room for the work;
+//! what no worker takes by the time the commit returns (its room went to other work, its
+//! stream ended) is released at once, and what this sidecar never hands out (it died) comes
+//! free when the lease expires, as any lease.
+
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, warn};
+
+use super::Dispatcher;
+use crate::model::{ActivityTask, Names};
+use crate::store::{Claim, Written};
+use crate::time;
+
+impl Dispatcher {
+    /// What a write should lease for the workers waiting now: the first of a step's new
+    /// `activities` that connected workers with room take, and the orchestration the write
+    /// leaves due when a worker with room takes any orchestration. `None` when nothing would
+    /// be handed out (no room, or the sidecar is draining).
+    pub(super) fn claim(&self, activities: &[ActivityTask]) -> Option<Claim> {
+        if self.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        let buffer = self.settings.worker_buffer_bytes;
+        let state = self.state.lock().unwrap();
+        let waiting = || state.workers.values().filter(|w| w.has_room(buffer));
+        let orchestration = waiting().any(|w| w.orchestrations < w.max_orchestrations && w.filter.orchestrations == Names::Any);
+        // Each activity in turn goes to some worker with room that takes it; the claim stops
+        // at the first that none would take.
+        let mut room: Vec<_> = waiting()
+            .map(|w| (&w.filter, w.max_activities.saturating_sub(w.activities)))
+            .filter(|(_, free)| *free > 0)
+            .collect();
+        let mut claimed = 0;
+        for a in activities {
+            let (name, version) = (&a.request.name, a.request.version.as_deref());
+            match room.iter_mut().find(|(f, free)| *free > 0 && f.takes_activity(name, version)) {
+                Some((_, free)) => *free -= 1,
+                None => break,
+            }
+            claimed += 1;
+        }
+        if claimed == 0 && !orchestration {
+            return None;
+        }
+        Some(Claim {
+            owner: self.owner.clone(),
+            until: time::now() + time::span(self.settings.lease),
+            activities: claimed,
+            orchestration,
+        })
+    }
+
+    /// Hands out what a committed write's claim leased; what no worker takes now is released.
+    pub(super) async fn hand_claimed(&self, written: &mut Written) {
+        let now = time::now();
+        let draining = self.draining.load(Ordering::SeqCst);
+        for item in std::mem::take(&mut written.activities) {
+            let outcome = if draining {
+                self.store.release_activity(item.id, &item.token, now).await
+            } else {
+                self.hand_activity(item).await
+            };
+            if let Err(e) = outcome {
+                warn!(error = %e, "could not hand out a claimed activity work item; its lease will expire");
+            }
+        }
+        if let Some(item) = written.orchestration.take() {
+            let id = item.instance.instance_id.clone();
+            let outcome = if draining {
+                self.store.release_orchestration(&id, &item.token, &[], 0).await
+            } else {
+                self.hand_orchestration(item, now).await
+            };
+            match outcome {
+                Ok(()) => debug!(instance_id = %id, "claimed orchestration work item handed out"),
+                Err(e) => {
+                    warn!(instance_id = %id, error = %e, "could not hand out a claimed orchestration work item; its lease will expire")
+                }
+            }
+        }
+    }
+}

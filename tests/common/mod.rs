@@ -43,6 +43,8 @@ pub enum Backend {
 pub struct Sidecar {
     pub client: Client,
     pub addr: SocketAddr,
+    /// The store's database URL.
+    pub url: String,
     _stop: oneshot::Sender<()>,
     _dir: tempfile::TempDir,
     _database: Option<postgres::TestDatabase>,
@@ -61,8 +63,6 @@ impl Sidecar {
 
     /// A sidecar on the given store, with options adjusted by `adjust`.
     pub async fn on(backend: Backend, adjust: impl FnOnce(&mut Options)) -> Sidecar {
-        let mut options = Options::default();
-        adjust(&mut options);
         let dir = tempfile::tempdir().expect("temp dir");
         let database = match backend {
             Backend::Sqlite => None,
@@ -72,6 +72,23 @@ impl Sidecar {
             None => format!("sqlite://{}", dir.path().join("t.db").display()),
             Some(db) => db.url.clone(),
         };
+        Sidecar::serve(url, dir, database, adjust).await
+    }
+
+    /// Another sidecar on this one's Postgres database (which lives as long as this one).
+    pub async fn sharing(&self, adjust: impl FnOnce(&mut Options)) -> Sidecar {
+        assert!(self._database.is_some(), "only a Postgres database can be shared");
+        Sidecar::serve(self.url.clone(), tempfile::tempdir().expect("temp dir"), None, adjust).await
+    }
+
+    async fn serve(
+        url: String,
+        dir: tempfile::TempDir,
+        database: Option<postgres::TestDatabase>,
+        adjust: impl FnOnce(&mut Options),
+    ) -> Sidecar {
+        let mut options = Options::default();
+        adjust(&mut options);
         let store = outrigger::store::open(&url, &Default::default()).await.expect("open store");
         // Named task hubs live beside the test's own store, as the binary sets them up.
         if options.task_hubs.database.is_none() {
@@ -93,6 +110,7 @@ impl Sidecar {
         Sidecar {
             client,
             addr,
+            url,
             _stop: stop,
             _dir: dir,
             _database: database,

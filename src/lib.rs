@@ -11,6 +11,8 @@
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`watchers`]: client waits on instance state and the live change feed.
 //! - [`store`]: durable state behind one trait, on SQLite or Postgres; it persists what the engine decides.
+//!   The trait, each transaction and the SQL both engines run alike are written once; each
+//!   engine's folder keeps only what its database says or does differently.
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
 //! - [`http`]: the Durable Functions HTTP management API, probes, `/metrics` and the dashboard.
 //! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.

@@ -1,14 +1,20 @@
-//! Durable storage behind one trait. The store executes what the engine decided: each
+//! Durable storage behind one trait. The store executes what the engine decided: the trait
+//! is implemented once (`db.rs`) over each engine's connections and transactions, each
 //! transaction is written once (`txn.rs`, `entities_txn.rs`) over a statements trait that
-//! each engine implements with its own SQL, and what it decides from the rows it reads (a
-//! message to a finished instance is dropped, only finished instances are purged, ...) comes
-//! from `engine::rules`.
+//! each engine implements, the SQL both run alike is written once (`queries.rs`), and what a
+//! transaction decides from the rows it reads (a message to a finished instance is dropped,
+//! only finished instances are purged, ...) comes from `engine::rules`. Each engine's folder
+//! keeps what only it says or does: SQLite's single writer and the history cache it may
+//! keep (`cache.rs`), Postgres's row locks, array binds and NOTIFY.
 
 mod batch;
+mod cache;
+mod db;
 mod encoding;
 mod entities_txn;
 mod filters;
 pub mod postgres;
+mod queries;
 pub mod sqlite;
 mod txn;
 

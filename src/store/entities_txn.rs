@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::encoding::Columns;
 use super::txn::{self, Statements};
-use super::{Cleaned, Delivery, EntitySummary, LockedEntity, Result, StoreError};
+use super::{Cleaned, Delivery, EntityListFilter, EntitySummary, Lease, LockedEntity, Result, StoreError};
 use crate::engine::rules::{self, Slot};
 use crate::model::{Entity, EntityCommit, EntityLock, Message};
 use crate::proto::HistoryEvent;
@@ -41,6 +41,13 @@ pub(super) trait EntityStatements: Statements {
     fn delete_entity(&mut self, id: &str) -> impl Future<Output = Result<u32>> + Send;
     /// The entity's messages visible at `now`, in arrival order.
     fn visible_queue(&mut self, id: &str, now: Micros) -> impl Future<Output = Result<Vec<(i64, HistoryEvent)>>> + Send;
+    fn select_entity(&mut self, id: &str) -> impl Future<Output = Result<Option<EntitySummary>>> + Send;
+    fn query_entities(&mut self, f: &EntityListFilter) -> impl Future<Output = Result<Vec<EntitySummary>>> + Send;
+    /// Leases up to `max` entities with runnable messages, in one statement; (token, entity) each.
+    fn lease_entities(&mut self, l: &Lease<'_>, max: u32) -> impl Future<Output = Result<Vec<(String, Entity)>>> + Send;
+    /// Ends the lease `token` holds, the entity not dispatched again before `ready_at`; false
+    /// when the lease is gone.
+    fn release_entity(&mut self, id: &str, token: &str, ready_at: Micros) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// An entity from its columns (both engines select the same ones).
@@ -116,6 +123,31 @@ macro_rules! same_statements {
             rows.iter()
                 .map(|r| Ok((r.get::<i64, _>(0), encoding::decode(r.get::<&[u8], _>(1))?)))
                 .collect()
+        }
+
+        async fn select_entity(&mut self, id: &str) -> Result<Option<EntitySummary>> {
+            let row = sqlx::query(SELECT_ENTITY).bind(id).fetch_optional(&mut *self).await?;
+            row.as_ref().map(entities_txn::summary).transpose()
+        }
+
+        async fn query_entities(&mut self, f: &EntityListFilter) -> Result<Vec<EntitySummary>> {
+            let mut q = filters::entities::<<Self as sqlx::Connection>::Database>(f);
+            q.build()
+                .fetch_all(&mut *self)
+                .await?
+                .iter()
+                .map(entities_txn::summary)
+                .collect()
+        }
+
+        async fn lease_entities(&mut self, l: &Lease<'_>, max: u32) -> Result<Vec<(String, Entity)>> {
+            let q = sqlx::query(LOCK_ENTITIES).bind(l.now).bind(l.owner).bind(l.until);
+            entities_txn::leased(&q.bind(i64::from(max)).fetch_all(&mut *self).await?)
+        }
+
+        async fn release_entity(&mut self, id: &str, token: &str, ready_at: Micros) -> Result<bool> {
+            let q = sqlx::query(RELEASE_ENTITY).bind(ready_at).bind(id).bind(token);
+            Ok(q.execute(&mut *self).await?.rows_affected() > 0)
         }
     };
 }

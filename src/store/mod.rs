@@ -1,14 +1,20 @@
-//! Durable storage behind one trait. The store executes what the engine decided: each
+//! Durable storage behind one trait. The store executes what the engine decided: the trait
+//! is implemented once (`db.rs`) over each engine's connections and transactions, each
 //! transaction is written once (`txn.rs`, `entities_txn.rs`) over a statements trait that
-//! each engine implements with its own SQL, and what it decides from the rows it reads (a
-//! message to a finished instance is dropped, only finished instances are purged, ...) comes
-//! from `engine::rules`.
+//! each engine implements, the SQL both run alike is written once (`queries.rs`), and what a
+//! transaction decides from the rows it reads (a message to a finished instance is dropped,
+//! only finished instances are purged, ...) comes from `engine::rules`. Each engine's folder
+//! keeps what only it says or does: SQLite's single writer and the history cache it may
+//! keep (`cache.rs`), Postgres's row locks, array binds and NOTIFY.
 
 mod batch;
+mod cache;
+mod db;
 mod encoding;
 mod entities_txn;
 mod filters;
 pub mod postgres;
+mod queries;
 pub mod sqlite;
 mod txn;
 
@@ -70,6 +76,45 @@ impl StoreError {
                 matches!(primary, 18 | 19 | 20 | 25) || e.message().contains("too many SQL variables")
             }
             _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Why the database failed, in words a client may be shown: the category only, never the
+    /// driver's or the database's own text (which can name tables, values or the server).
+    pub fn plain_cause(&self) -> &'static str {
+        let StoreError::Database(e) = self else {
+            return "the store is stopping";
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => "the connection to the database failed",
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+                    match code.as_str() {
+                        "53100" => "the database's disk is full",
+                        "40001" | "40P01" | "55P03" => "the database is busy",
+                        c if c.starts_with("08") || c.starts_with("57") => "the connection to the database failed",
+                        c if c.starts_with("53") => "the database is out of resources",
+                        _ => "the database refused the transaction",
+                    }
+                } else {
+                    // SQLite's primary code is the low byte of the extended one.
+                    match code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0) {
+                        13 => "the database's disk is full",
+                        5 | 6 => "the database is busy",
+                        10 => "the database could not write to its disk",
+                        _ => "the database refused the transaction",
+                    }
+                }
+            }
+            _ => "the database refused the transaction",
         }
     }
 }

@@ -5,15 +5,18 @@
 //! lists under a single writer; Postgres array binds and row locks) and wraps these in its own
 //! transaction, adding what only it does (the SQLite history cache, Postgres NOTIFY).
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use tracing::{debug, info};
 
 use super::entities_txn::{self, EntityStatements};
-use super::{Claim, Delivery, LockedActivity, Purge, Result, Rewind, StoreError, Write, Written};
+use super::{
+    Backlog, Claim, Delivery, FinishedFilter, InstanceFilter, Lease, LockedActivity, Purge, Result, Rewind, StoreError, Write, Written,
+};
 use crate::engine::events::kind_name;
 use crate::engine::rules::{self, PurgeStep, Slot, Target};
-use crate::model::{ActivityTask, ChildRewind, Commit, HistoryWrite, Instance, Message, NewInstance};
+use crate::model::{ActivityTask, ChildRewind, Commit, HistoryWrite, Instance, Message, Names, NewInstance};
 use crate::proto::{HistoryEvent, OrchestrationStatus};
 use crate::time::Micros;
 
@@ -68,6 +71,35 @@ pub(super) trait Statements: Send {
     fn take_activity(&mut self, id: i64, token: &str) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
     /// Queues an activity's result only while its execution still runs; false when dropped.
     fn queue_result(&mut self, m: &Message) -> impl Future<Output = Result<bool>> + Send;
+
+    // What the `Store` runs outside these transactions: leases, releases and reads.
+
+    /// Leases up to `max` instances with visible work of the orchestration names `names`, in
+    /// one statement; (token, instance) each.
+    fn lease_orchestrations(
+        &mut self,
+        l: &Lease<'_>,
+        max: u32,
+        names: &Names,
+    ) -> impl Future<Output = Result<Vec<(String, Instance)>>> + Send;
+    /// The histories of these instances, by instance.
+    fn histories(&mut self, ids: &[&str]) -> impl Future<Output = Result<HashMap<String, Vec<HistoryEvent>>>> + Send;
+    /// The inbox messages of these instances visible at `now`, by instance, in delivery order.
+    fn inboxes(&mut self, ids: &[&str], now: Micros) -> impl Future<Output = Result<HashMap<String, Vec<(i64, Message)>>>> + Send;
+    fn lease_activities(&mut self, l: &Lease<'_>, max: u32, names: &Names) -> impl Future<Output = Result<Vec<LockedActivity>>> + Send;
+    /// Ends the lease `token` holds on an activity, not dispatched again before `visible_at`;
+    /// false when the lease is gone.
+    fn release_activity(&mut self, id: i64, token: &str, visible_at: Micros) -> impl Future<Output = Result<bool>> + Send;
+    /// Extends the leases (of instances, activities and entities) with these tokens.
+    fn renew_leases(&mut self, tokens: &[String], until: Micros) -> impl Future<Output = Result<()>> + Send;
+    /// Releases every lease `owner` holds, or every lease when `None`.
+    fn release_all(&mut self, owner: Option<&str>) -> impl Future<Output = Result<()>> + Send;
+    fn delete_all(&mut self) -> impl Future<Output = Result<()>> + Send;
+    fn next_due(&mut self, now: Micros) -> impl Future<Output = Result<Option<Micros>>> + Send;
+    fn backlog(&mut self, now: Micros) -> impl Future<Output = Result<Backlog>> + Send;
+    fn query(&mut self, f: &InstanceFilter) -> impl Future<Output = Result<Vec<Instance>>> + Send;
+    fn count_by_status(&mut self, f: &InstanceFilter) -> impl Future<Output = Result<Vec<(OrchestrationStatus, u64)>>> + Send;
+    fn finished(&mut self, f: &FinishedFilter) -> impl Future<Output = Result<Vec<(Micros, String)>>> + Send;
 }
 
 /// What a batch did beyond its results, for the engine's own after-commit work.
@@ -518,6 +550,73 @@ macro_rules! same_statements {
         async fn queue_result(&mut self, m: &Message) -> Result<bool> {
             let q = $crate::store::encoding::bind_message(sqlx::query(QUEUE_RESULT.as_str()), m);
             Ok(q.execute(&mut *self).await?.rows_affected() > 0)
+        }
+
+        async fn make_start_due(&mut self, id: &str, at: Micros) -> Result<()> {
+            let [messages, start] = MAKE_PENDING_DUE;
+            sqlx::query(messages).bind(at).bind(id).execute(&mut *self).await?;
+            sqlx::query(start).bind(id).execute(&mut *self).await?;
+            Ok(())
+        }
+
+        async fn next_history_seq(&mut self, id: &str) -> Result<i64> {
+            Ok(sqlx::query_scalar(NEXT_HISTORY_SEQ).bind(id).fetch_one(&mut *self).await?)
+        }
+
+        async fn lease_orchestrations(&mut self, l: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<(String, Instance)>> {
+            let q = $crate::store::encoding::bind_lease(sqlx::query(LOCK_ORCHESTRATIONS), l, max, names);
+            let rows = q.bind(OrchestrationStatus::Suspended as i32).fetch_all(&mut *self).await?;
+            $crate::store::encoding::leased(&rows)
+        }
+
+        async fn lease_activities(&mut self, l: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
+            let q = $crate::store::encoding::bind_lease(sqlx::query(LOCK_ACTIVITIES), l, max, names);
+            $crate::store::encoding::activities(&q.fetch_all(&mut *self).await?)
+        }
+
+        async fn release_activity(&mut self, id: i64, token: &str, visible_at: Micros) -> Result<bool> {
+            let q = sqlx::query(RELEASE_ACTIVITY).bind(visible_at).bind(id).bind(token);
+            Ok(q.execute(&mut *self).await?.rows_affected() > 0)
+        }
+
+        async fn release_all(&mut self, owner: Option<&str>) -> Result<()> {
+            for sql in RELEASE_ALL.into_iter().chain([entities::RELEASE_ALL]) {
+                sqlx::query(sql).bind(owner).execute(&mut *self).await?;
+            }
+            Ok(())
+        }
+
+        async fn delete_all(&mut self) -> Result<()> {
+            for sql in DELETE_ALL.into_iter().chain(entities::DELETE_ALL) {
+                sqlx::query(sql).execute(&mut *self).await?;
+            }
+            Ok(())
+        }
+
+        async fn next_due(&mut self, now: Micros) -> Result<Option<Micros>> {
+            Ok(sqlx::query_scalar(NEXT_DUE).bind(now).fetch_one(&mut *self).await?)
+        }
+
+        async fn backlog(&mut self, now: Micros) -> Result<Backlog> {
+            let q = sqlx::query_as(BACKLOG).bind(now).bind(OrchestrationStatus::Suspended as i32);
+            Ok(Backlog::from_counts(q.fetch_one(&mut *self).await?))
+        }
+
+        async fn query(&mut self, f: &InstanceFilter) -> Result<Vec<Instance>> {
+            let mut q = $crate::store::filters::instances::<<Self as sqlx::Connection>::Database>(INSTANCE_COLUMNS, f);
+            let rows = q.build().fetch_all(&mut *self).await?;
+            rows.iter().map($crate::store::encoding::instance).collect()
+        }
+
+        async fn count_by_status(&mut self, f: &InstanceFilter) -> Result<Vec<(OrchestrationStatus, u64)>> {
+            let mut q = $crate::store::filters::counts::<<Self as sqlx::Connection>::Database>(f);
+            let rows: Vec<(i32, i64)> = q.build_query_as().fetch_all(&mut *self).await?;
+            $crate::store::filters::status_counts(rows)
+        }
+
+        async fn finished(&mut self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
+            let mut q = $crate::store::filters::finished::<<Self as sqlx::Connection>::Database>(f);
+            Ok(q.build_query_as().fetch_all(&mut *self).await?)
         }
     };
 }

@@ -75,6 +75,13 @@ impl Sidecar {
         Sidecar::serve(url, dir, database, adjust).await
     }
 
+    /// Shuts the sidecar down, handing back its Postgres database (if it has one) to outlive it,
+    /// for the sidecars [`Sidecar::sharing`] it.
+    pub fn stop(self) -> Option<postgres::TestDatabase> {
+        let Sidecar { _database, .. } = self;
+        _database
+    }
+
     /// Another sidecar on this one's Postgres database (which lives as long as this one).
     pub async fn sharing(&self, adjust: impl FnOnce(&mut Options)) -> Sidecar {
         assert!(self._database.is_some(), "only a Postgres database can be shared");

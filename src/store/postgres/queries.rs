@@ -1,14 +1,13 @@
-//! The orchestration statements only Postgres says this way (the SQLite store's `queries.rs`
+//! The statements only Postgres says this way (the SQLite store's `queries.rs`
 //! has the same names; what both run alike is `store::queries`): row locks, `SKIP LOCKED`
 //! picks and array binds.
 
 use crate::store::queries::instance_columns;
-pub use crate::store::queries::*;
 
 /// Locks the row (when there is one) so a concurrent create of the same id waits for us.
 pub const SELECT_STATUS_FOR_UPDATE: &str = "SELECT status FROM instances WHERE instance_id = $1 FOR UPDATE";
 
-pub const DELETE_ALL: [&str; 1] = ["TRUNCATE history, inbox, activities, instances"];
+pub const DELETE_ALL: [&str; 1] = ["TRUNCATE history, inbox, activities, instances, entity_queue, entities"];
 
 pub const SELECT_HISTORIES: &str = "SELECT instance_id, event FROM history WHERE instance_id = ANY($1) ORDER BY instance_id, seq";
 
@@ -63,25 +62,43 @@ pub const LOCK_ACTIVITIES: &str = "UPDATE activities a SET lock_token = gen_rand
 
 /// Extends leases. Rows a write batch has locked are skipped, never waited for: that batch is
 /// ending those leases anyway, and waiting would let renewal and batches deadlock.
-pub const RENEW_LEASES: [&str; 2] = [
+pub const RENEW_LEASES: [&str; 3] = [
     "UPDATE instances SET lock_expires = $1 WHERE instance_id IN ( \
        SELECT instance_id FROM instances WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
     "UPDATE activities SET lock_expires = $1 WHERE id IN ( \
        SELECT id FROM activities WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
+    "UPDATE entities SET lease_expires = $1 WHERE instance_id IN ( \
+       SELECT instance_id FROM entities WHERE lease_token = ANY($2) FOR UPDATE SKIP LOCKED)",
 ];
 
 /// Releases the leases of owner $1, or of everyone when $1 is NULL.
-pub const RELEASE_ALL: [&str; 2] = [
+pub const RELEASE_ALL: [&str; 3] = [
     "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
      WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
     "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
      WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
+    "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 \
+     WHERE lease_owner IS NOT NULL AND ($1::text IS NULL OR lease_owner = $1)",
 ];
+
+/// Leases up to $4 entities with runnable messages ($1 = now) for owner $2 until $3. Entities
+/// are leased like instances: picked with `FOR UPDATE SKIP LOCKED`, written back `WHERE
+/// lease_token = $token`, so one entity is processed in one place at a time across every
+/// sidecar on the database.
+pub const LOCK_ENTITIES: &str = "UPDATE entities e SET lease_token = gen_random_uuid()::text, lease_owner = $2, lease_expires = $3 \
+     FROM ( \
+       SELECT c.instance_id AS picked FROM entities c \
+       WHERE c.instance_id IN (SELECT q.instance_id FROM entity_queue q WHERE q.deferred = 0 AND q.visible_at <= $1) \
+         AND c.lease_expires <= $1 AND c.ready_at <= $1 \
+       LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
+     ) p \
+     WHERE e.instance_id = p.picked \
+     RETURNING e.lease_token, e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at";
 
 /// The earliest moment after $1 when work appears: a timer or other future message, a
 /// scheduled start or back-off ending, an activity's retry time, or a lease running out (a
 /// crashed sidecar's work is taken over right then, not at the next sweep).
-pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
+pub const NEXT_DUE: &str = "SELECT MIN(t) AS due FROM ( \
        SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > $1 \
        UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > $1 \
        UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > $1 \

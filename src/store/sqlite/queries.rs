@@ -1,19 +1,20 @@
-//! The orchestration statements only SQLite says this way (the Postgres store's `queries.rs`
+//! The statements only SQLite says this way (the Postgres store's `queries.rs`
 //! has the same names; what both run alike is `store::queries`). SQLite has no array binds:
 //! statements over many ids or rows are prefixes the store completes with `IN (..)` lists or
 //! `VALUES` rows, a bounded number at a time.
 
 use crate::store::queries::instance_columns;
-pub use crate::store::queries::*;
 
 /// The single writer already keeps a concurrent create of the same id out.
-pub const SELECT_STATUS_FOR_UPDATE: &str = SELECT_STATUS;
+pub const SELECT_STATUS_FOR_UPDATE: &str = crate::store::queries::SELECT_STATUS;
 
-pub const DELETE_ALL: [&str; 4] = [
+pub const DELETE_ALL: [&str; 6] = [
     "DELETE FROM history",
     "DELETE FROM inbox",
     "DELETE FROM activities",
     "DELETE FROM instances",
+    "DELETE FROM entity_queue",
+    "DELETE FROM entities",
 ];
 
 /// Completed by `instance_id IN (..) ORDER BY instance_id, seq`.
@@ -58,23 +59,33 @@ pub const LOCK_ACTIVITIES: &str = "UPDATE activities SET lock_token = lower(hex(
      RETURNING id, lock_token, instance_id, execution_id, request";
 
 /// Extends the lease with token ?2 to ?1, one token at a time.
-pub const RENEW_LEASES: [&str; 2] = [
+pub const RENEW_LEASES: [&str; 3] = [
     "UPDATE instances SET lock_expires = ? WHERE lock_token = ?",
     "UPDATE activities SET lock_expires = ? WHERE lock_token = ?",
+    "UPDATE entities SET lease_expires = ? WHERE lease_token = ?",
 ];
 
 /// Releases the leases of owner ?1, or of everyone when ?1 is NULL.
-pub const RELEASE_ALL: [&str; 2] = [
+pub const RELEASE_ALL: [&str; 3] = [
     "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
      WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)",
     "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
      WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)",
+    "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 \
+     WHERE lease_owner IS NOT NULL AND (?1 IS NULL OR lease_owner = ?1)",
 ];
+
+/// Leases up to ?4 entities with runnable messages (?1 = now) for owner ?2 until ?3.
+pub const LOCK_ENTITIES: &str = "UPDATE entities SET lease_token = lower(hex(randomblob(16))), lease_owner = ?2, lease_expires = ?3 \
+     WHERE instance_id IN ( \
+       SELECT DISTINCT q.instance_id FROM entity_queue q JOIN entities e ON e.instance_id = q.instance_id \
+       WHERE q.deferred = 0 AND q.visible_at <= ?1 AND e.lease_expires <= ?1 AND e.ready_at <= ?1 LIMIT ?4) \
+     RETURNING lease_token, instance_id, state, locked_by, lock_section, modified_at";
 
 /// The earliest moment after ?1 when work appears: a timer or other future message, a
 /// scheduled start or back-off ending, an activity's retry time. (One sidecar per file: no
 /// other sidecar's lease runs out.)
-pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
+pub const NEXT_DUE: &str = "SELECT MIN(t) AS due FROM ( \
        SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \
        UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > ?1 \
        UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1 \

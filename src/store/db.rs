@@ -18,7 +18,7 @@ use super::encoding::{self, Columns, bind_lease};
 use super::entities_txn;
 use super::queries::*;
 use super::sql::{Conn, Sql};
-use super::txn::{self, Effects, Statements};
+use super::txn::{self, Dialect, Effects, Statements};
 use super::*;
 
 /// One database engine: its connections and transactions, statically dispatched.

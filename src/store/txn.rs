@@ -22,11 +22,9 @@ use crate::model::{ActivityTask, ChildRewind, Commit, HistoryWrite, Instance, Me
 use crate::proto::{HistoryEvent, OrchestrationStatus};
 use crate::time::Micros;
 
-/// What one engine says its own way: the SQL it writes differently (row locks, lease picks,
-/// what it deletes and releases) and the statements over many rows (SQLite: `IN (..)` lists
-/// and `VALUES` rows, a bounded number at a time; Postgres: array binds). Each runs on the
-/// connection of the transaction (or batch) that calls it.
-pub(super) trait Statements: Conn {
+/// The SQL one engine writes its own way for the shared code: row locks, lease picks, what
+/// it deletes and releases. Each engine's `queries.rs` implements it, constant for constant.
+pub(super) trait Dialect {
     /// `SELECT status` of instance $1, its row (when there is one) locked until the transaction
     /// ends where the database locks rows, so a concurrent create of the id waits.
     const SELECT_STATUS_FOR_UPDATE: &'static str;
@@ -46,7 +44,12 @@ pub(super) trait Statements: Conn {
     const DELETE_ALL: &'static [&'static str];
     /// The earliest moment after $1 when work appears, as `due`.
     const NEXT_DUE: &'static str;
+}
 
+/// What one engine says its own way: its [`Dialect`], and the statements over many rows
+/// (SQLite: `IN (..)` lists and `VALUES` rows, a bounded number at a time; Postgres: array
+/// binds). Each runs on the connection of the transaction (or batch) that calls it.
+pub(super) trait Statements: Conn + Dialect {
     fn delete_messages(&mut self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     /// Appends `events` numbered from `first`.
     fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;

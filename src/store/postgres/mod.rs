@@ -136,14 +136,6 @@ impl PostgresStore {
 }
 
 impl Statements for PgConnection {
-    const SELECT_STATUS_FOR_UPDATE: &'static str = SELECT_STATUS_FOR_UPDATE;
-    const LOCK_ORCHESTRATIONS: &'static str = LOCK_ORCHESTRATIONS;
-    const LOCK_ACTIVITIES: &'static str = LOCK_ACTIVITIES;
-    const LOCK_ENTITIES: &'static str = LOCK_ENTITIES;
-    const RELEASE_ALL: &'static [&'static str] = &RELEASE_ALL;
-    const DELETE_ALL: &'static [&'static str] = &DELETE_ALL;
-    const NEXT_DUE: &'static str = NEXT_DUE;
-
     async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
         sqlx::query(DELETE_MESSAGES).bind(ids).execute(&mut *self).await?;
         Ok(())

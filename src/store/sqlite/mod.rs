@@ -222,14 +222,6 @@ async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result
 }
 
 impl Statements for SqliteConnection {
-    const SELECT_STATUS_FOR_UPDATE: &'static str = SELECT_STATUS_FOR_UPDATE;
-    const LOCK_ORCHESTRATIONS: &'static str = LOCK_ORCHESTRATIONS;
-    const LOCK_ACTIVITIES: &'static str = LOCK_ACTIVITIES;
-    const LOCK_ENTITIES: &'static str = LOCK_ENTITIES;
-    const RELEASE_ALL: &'static [&'static str] = &RELEASE_ALL;
-    const DELETE_ALL: &'static [&'static str] = &DELETE_ALL;
-    const NEXT_DUE: &'static str = NEXT_DUE;
-
     async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
         for ids in ids.chunks(ROWS_PER_STATEMENT) {
             for_ids(self, DELETE_MESSAGES, ids).await?;

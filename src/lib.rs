@@ -23,6 +23,7 @@
 //! - [`auth`], [`tls`]: API keys and roles, TLS with reload; shared by every listener.
 //! - [`time`], [`rfc3339`]: microsecond times and wire timestamps; ISO 8601 text.
 //! - [`accept`]: accepting connections (back-off when descriptors run out, a handshake deadline).
+//! - [`proto`], [`dapr_proto`]: the two dialects' wire messages, generated from `proto/`.
 //! - [`task`], [`redact`]: a background task that ends with its owner; URLs safe to log.
 
 pub mod accept;
@@ -53,4 +54,12 @@ pub mod watchers;
 pub mod proto {
     #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("_");
+}
+
+/// Types generated from `proto/dapr/orchestrator_service.proto`, the Dapr dialect's wire
+/// messages (also reached as `dapr::proto`). They sit here, beside `proto`, because the
+/// message codec both dialects are generated with (`grpc::codec`) names one of them.
+pub mod dapr_proto {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    include!(concat!(env!("OUT_DIR"), "/dapr/_.rs"));
 }

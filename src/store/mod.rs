@@ -81,6 +81,45 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Why the database failed, in words a client may be shown: the category only, never the
+    /// driver's or the database's own text (which can name tables, values or the server).
+    pub fn plain_cause(&self) -> &'static str {
+        let StoreError::Database(e) = self else {
+            return "the store is stopping";
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => "the connection to the database failed",
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+                    match code.as_str() {
+                        "53100" => "the database's disk is full",
+                        "40001" | "40P01" | "55P03" => "the database is busy",
+                        c if c.starts_with("08") || c.starts_with("57") => "the connection to the database failed",
+                        c if c.starts_with("53") => "the database is out of resources",
+                        _ => "the database refused the transaction",
+                    }
+                } else {
+                    // SQLite's primary code is the low byte of the extended one.
+                    match code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0) {
+                        13 => "the database's disk is full",
+                        5 | 6 => "the database is busy",
+                        10 => "the database could not write to its disk",
+                        _ => "the database refused the transaction",
+                    }
+                }
+            }
+            _ => "the database refused the transaction",
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What happened to a message sent to an instance from outside a step.

@@ -14,14 +14,17 @@ use tokio::sync::broadcast;
 use tonic::async_trait;
 
 use super::cache::HistoryCache;
-use super::entities_txn::{self, EntityStatements};
-use super::txn::{self, Effects, Statements};
+use super::encoding::{self, Columns, bind_lease};
+use super::entities_txn;
+use super::queries::*;
+use super::sql::{Conn, Sql};
+use super::txn::{self, Dialect, Effects, Statements};
 use super::*;
 
 /// One database engine: its connections and transactions, statically dispatched.
 pub(super) trait Db: Send + Sync + 'static {
     /// What the statements run on.
-    type Conn: EntityStatements;
+    type Conn: Statements;
     type Tx: DerefMut<Target = Self::Conn> + Send;
     type Pooled: DerefMut<Target = Self::Conn> + Send;
 
@@ -74,8 +77,14 @@ async fn load_leased<D: Db>(db: &D, picked: Vec<(String, Instance)>, now: Micros
         }
     }
     let ids: Vec<&str> = picked.iter().map(|(_, i)| i.instance_id.as_str()).collect();
-    let inboxes = conn.inboxes(&ids, now).await?;
-    Ok(LockedOrchestration::assemble(picked, histories, inboxes))
+    let mut inboxes = conn.inboxes(&ids, now).await?;
+    let locked = picked.into_iter().map(|(token, instance)| LockedOrchestration {
+        token,
+        history: histories.remove(&instance.instance_id).unwrap_or_default(),
+        inbox: inboxes.remove(&instance.instance_id).unwrap_or_default(),
+        instance,
+    });
+    Ok(locked.collect())
 }
 
 /// What [`Db::commit`] tells other sidecars when no instance in particular changed.
@@ -100,11 +109,11 @@ impl<D: Db> Store for D {
     }
 
     async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>> {
-        self.read().await?.load_instance(instance_id).await
+        txn::load_instance(&mut *self.read().await?, instance_id).await
     }
 
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>> {
-        self.read().await?.load_history(instance_id).await
+        txn::load_history(&mut *self.read().await?, instance_id).await
     }
 
     async fn send(&self, message: Message) -> Result<Delivery> {
@@ -124,15 +133,18 @@ impl<D: Db> Store for D {
     }
 
     async fn query(&self, filter: &InstanceFilter) -> Result<Vec<Instance>> {
-        self.read().await?.query(filter).await
+        let q = filters::instances(INSTANCE_COLUMNS, filter).bound::<D::Conn>();
+        q.rows(&mut *self.read().await?).await?.iter().map(encoding::instance).collect()
     }
 
     async fn count_by_status(&self, filter: &InstanceFilter) -> Result<Vec<(OrchestrationStatus, u64)>> {
-        self.read().await?.count_by_status(filter).await
+        let rows = filters::counts(filter).bound::<D::Conn>().rows(&mut *self.read().await?).await?;
+        filters::status_counts(&rows)
     }
 
     async fn finished(&self, filter: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
-        self.read().await?.finished(filter).await
+        let rows = filters::finished(filter).bound::<D::Conn>().rows(&mut *self.read().await?).await?;
+        rows.iter().map(|r| Ok((r.int("completed_at")?, r.text("instance_id")?))).collect()
     }
 
     async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
@@ -147,7 +159,9 @@ impl<D: Db> Store for D {
 
     async fn delete_all(&self) -> Result<()> {
         let mut tx = self.begin().await?;
-        tx.delete_all().await?;
+        for sql in D::Conn::DELETE_ALL {
+            D::Conn::sql(*sql).run(&mut *tx).await?;
+        }
         if let Some(cache) = self.cache() {
             cache.clear();
         }
@@ -158,7 +172,12 @@ impl<D: Db> Store for D {
         // One statement leases the batch and returns the rows (nothing to do costs one query).
         // History and inbox are read after it, beside the writer: the lease keeps them ours.
         // Histories the cache holds are not read at all.
-        let picked = self.lease().await?.lease_orchestrations(lease, max, names).await?;
+        let q = bind_lease(D::Conn::sql(D::Conn::LOCK_ORCHESTRATIONS), lease, max, names);
+        let rows = q
+            .small(OrchestrationStatus::Suspended as i32)
+            .rows(&mut *self.lease().await?)
+            .await?;
+        let picked = encoding::leased(&rows)?;
         if picked.is_empty() {
             return Ok(vec![]);
         }
@@ -195,12 +214,14 @@ impl<D: Db> Store for D {
     }
 
     async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
-        self.lease().await?.lease_activities(lease, max, names).await
+        let q = bind_lease(D::Conn::sql(D::Conn::LOCK_ACTIVITIES), lease, max, names);
+        encoding::activities(&q.rows(&mut *self.lease().await?).await?)
     }
 
     async fn release_activity(&self, id: i64, token: &str, visible_at: Micros) -> Result<()> {
         let mut tx = self.begin().await?;
-        if !tx.release_activity(id, token, visible_at).await? {
+        let q = D::Conn::sql(RELEASE_ACTIVITY).int(visible_at).int(id).text(token);
+        if q.run(&mut *tx).await? == 0 {
             return Err(StoreError::LeaseLost);
         }
         self.commit(tx, Some(SOME_WORK)).await
@@ -214,20 +235,25 @@ impl<D: Db> Store for D {
 
     async fn release_all(&self, owner: Option<&str>) -> Result<()> {
         let mut tx = self.begin().await?;
-        tx.release_all(owner).await?;
+        for sql in D::Conn::RELEASE_ALL {
+            D::Conn::sql(*sql).maybe_text(owner).run(&mut *tx).await?;
+        }
         self.commit(tx, Some(SOME_WORK)).await
     }
 
     async fn next_due(&self, now: Micros) -> Result<Option<Micros>> {
-        self.read().await?.next_due(now).await
+        let row = D::Conn::sql(D::Conn::NEXT_DUE).int(now).row(&mut *self.read().await?).await?;
+        Ok(row.map(|r| r.maybe_int("due")).transpose()?.flatten())
     }
 
     async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>> {
-        self.read().await?.select_entity(instance_id).await
+        let row = D::Conn::sql(SELECT_ENTITY).text(instance_id).row(&mut *self.read().await?).await?;
+        row.as_ref().map(entities_txn::summary).transpose()
     }
 
     async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>> {
-        self.read().await?.query_entities(filter).await
+        let rows = filters::entities(filter).bound::<D::Conn>().rows(&mut *self.read().await?).await?;
+        rows.iter().map(entities_txn::summary).collect()
     }
 
     async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
@@ -240,7 +266,11 @@ impl<D: Db> Store for D {
     async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
         // Leased on the writer, queues read beside it: the writer is held no longer than the
         // lease itself.
-        let leased = self.lease().await?.lease_entities(lease, max).await?;
+        let q = D::Conn::sql(D::Conn::LOCK_ENTITIES)
+            .int(lease.now)
+            .text(lease.owner)
+            .int(lease.until);
+        let leased = entities_txn::leased(&q.int(i64::from(max)).rows(&mut *self.lease().await?).await?)?;
         if leased.is_empty() {
             return Ok(vec![]);
         }
@@ -249,14 +279,25 @@ impl<D: Db> Store for D {
 
     async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Micros) -> Result<()> {
         let mut tx = self.begin().await?;
-        if !tx.release_entity(instance_id, token, ready_at).await? {
+        let q = D::Conn::sql(RELEASE_ENTITY).int(ready_at).text(instance_id).text(token);
+        if q.run(&mut *tx).await? == 0 {
             return Err(StoreError::LeaseLost);
         }
         self.commit(tx, Some(&[instance_id.to_string()])).await
     }
 
     async fn backlog(&self, now: Micros) -> Result<Backlog> {
-        self.read().await?.backlog(now).await
+        let q = D::Conn::sql(BACKLOG).int(now).small(OrchestrationStatus::Suspended as i32);
+        let Some(r) = q.row(&mut *self.read().await?).await? else {
+            return Ok(Backlog::default());
+        };
+        let count = |c| Ok::<_, StoreError>(r.int(c)?.max(0) as u64);
+        Ok(Backlog {
+            orchestrations: count("orchestrations")?,
+            activities: count("activities")?,
+            timers: count("timers")?,
+            expired_leases: count("expired")?,
+        })
     }
 
     fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {

@@ -1,11 +1,12 @@
 //! Durable storage behind one trait. The store executes what the engine decided: the trait
 //! is implemented once (`db.rs`) over each engine's connections and transactions, each
-//! transaction is written once (`txn.rs`, `entities_txn.rs`) over a statements trait that
-//! each engine implements, the SQL both run alike is written once (`queries.rs`), and what a
-//! transaction decides from the rows it reads (a message to a finished instance is dropped,
-//! only finished instances are purged, ...) comes from `engine::rules`. Each engine's folder
-//! keeps what only it says or does: SQLite's single writer and the history cache it may
-//! keep (`cache.rs`), Postgres's row locks, array binds and NOTIFY.
+//! transaction is written once (`txn.rs`, `entities_txn.rs`), every statement is bound and
+//! run one way on either engine (`sql.rs`), the SQL both run alike is written once
+//! (`queries.rs`), and what a transaction decides from the rows it reads (a message to a
+//! finished instance is dropped, only finished instances are purged, ...) comes from
+//! `engine::rules`. Each engine's folder keeps what only it says or does (`txn::Statements`):
+//! SQLite's single writer, `IN (..)` lists and the history cache it may keep (`cache.rs`);
+//! Postgres's row locks, array binds and NOTIFY.
 
 mod batch;
 mod cache;
@@ -15,10 +16,10 @@ mod entities_txn;
 mod filters;
 pub mod postgres;
 mod queries;
+mod sql;
 pub mod sqlite;
 mod txn;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -156,26 +157,6 @@ pub struct LockedOrchestration {
     pub history: Vec<HistoryEvent>,
     /// Visible inbox messages, in delivery order, with their row ids.
     pub inbox: Vec<(i64, Message)>,
-}
-
-impl LockedOrchestration {
-    /// Joins freshly leased instances (with their tokens) to their histories and inboxes,
-    /// loaded for the whole batch at once.
-    pub(crate) fn assemble(
-        picked: Vec<(String, Instance)>,
-        mut histories: HashMap<String, Vec<HistoryEvent>>,
-        mut inboxes: HashMap<String, Vec<(i64, Message)>>,
-    ) -> Vec<LockedOrchestration> {
-        picked
-            .into_iter()
-            .map(|(token, instance)| LockedOrchestration {
-                token,
-                history: histories.remove(&instance.instance_id).unwrap_or_default(),
-                inbox: inboxes.remove(&instance.instance_id).unwrap_or_default(),
-                instance,
-            })
-            .collect()
-    }
 }
 
 /// An activity work item the store has leased to this sidecar.
@@ -396,18 +377,6 @@ pub struct Backlog {
     /// Work items whose lease ran out without being released (a dead sidecar's work, about to
     /// be taken over).
     pub expired_leases: u64,
-}
-
-impl Backlog {
-    /// From the counts both engines' backlog statements select, in field order.
-    fn from_counts((orchestrations, activities, timers, expired): (i64, i64, i64, i64)) -> Backlog {
-        Backlog {
-            orchestrations: orchestrations as u64,
-            activities: activities as u64,
-            timers: timers as u64,
-            expired_leases: expired as u64,
-        }
-    }
 }
 
 /// A change another process sharing the database made.

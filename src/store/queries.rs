@@ -1,8 +1,8 @@
 //! The statements both engines run as they stand: portable SQL with `$N` placeholders, which
 //! Postgres and sqlx's SQLite driver both bind by number. What only one database can say
 //! (row locks, array binds, lease statements, `RETURNING` picks) is in that engine's
-//! `queries.rs` and `entities.rs`, under the same names on both sides. Times are Unix
-//! microseconds.
+//! `queries.rs` (its `txn::Dialect`, under the same names on both sides) and its
+//! `txn::Statements`. Times are Unix microseconds.
 
 /// The instance columns every instance read selects, in table order (`encoding::bind_fields`
 /// binds them so).
@@ -56,8 +56,8 @@ pub const DELETE_INSTANCE: [&str; 4] = [
 
 pub const SELECT_HISTORY: &str = "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq";
 
-/// A BIGINT on both engines (Postgres's `seq` column is an INTEGER).
-pub const NEXT_HISTORY_SEQ: &str = "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) FROM history WHERE instance_id = $1";
+/// `next`, a BIGINT on both engines (Postgres's `seq` column is an INTEGER).
+pub const NEXT_HISTORY_SEQ: &str = "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM history WHERE instance_id = $1";
 
 pub const DELETE_HISTORY: &str = "DELETE FROM history WHERE instance_id = $1";
 
@@ -96,11 +96,11 @@ pub const RELEASE_ACTIVITY: &str = "UPDATE activities SET lock_token = NULL, loc
 /// activities nobody holds, events not yet due, and leases that ran out unreleased.
 pub const BACKLOG: &str = "SELECT \
      (SELECT COUNT(DISTINCT m.instance_id) FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
-       WHERE m.visible_at <= $1 AND i.lock_expires <= $1 AND i.ready_at <= $1 AND (i.status <> $2 OR m.kind = 1)), \
-     (SELECT COUNT(*) FROM activities WHERE lock_expires <= $1 AND visible_at <= $1), \
-     (SELECT COUNT(*) FROM inbox WHERE visible_at > $1), \
+       WHERE m.visible_at <= $1 AND i.lock_expires <= $1 AND i.ready_at <= $1 AND (i.status <> $2 OR m.kind = 1)) AS orchestrations, \
+     (SELECT COUNT(*) FROM activities WHERE lock_expires <= $1 AND visible_at <= $1) AS activities, \
+     (SELECT COUNT(*) FROM inbox WHERE visible_at > $1) AS timers, \
      (SELECT COUNT(*) FROM instances WHERE lock_token IS NOT NULL AND lock_expires <= $1) \
-       + (SELECT COUNT(*) FROM activities WHERE lock_token IS NOT NULL AND lock_expires <= $1)";
+       + (SELECT COUNT(*) FROM activities WHERE lock_token IS NOT NULL AND lock_expires <= $1) AS expired";
 
 // Entities.
 

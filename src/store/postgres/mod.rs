@@ -7,7 +7,6 @@
 //! gone and writes nothing. Each transaction that gives another sidecar something to do ends with a
 //! `NOTIFY`; every sidecar `LISTEN`s, so work created anywhere is dispatched at once.
 
-mod entities;
 mod notify;
 mod queries;
 
@@ -22,7 +21,7 @@ use tracing::info;
 
 use super::db::Db;
 use super::encoding::{self, encode};
-use super::txn::{self, Statements};
+use super::txn::Statements;
 use super::*;
 use queries::*;
 
@@ -137,10 +136,9 @@ impl PostgresStore {
 }
 
 impl Statements for PgConnection {
-    txn::same_statements!();
-
-    async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
-        sqlx::query(DELETE_MESSAGES).bind(ids).execute(&mut *self).await?;
+    async fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> Result<()> {
+        let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).execute(&mut *self).await?;
         Ok(())
     }
 
@@ -202,10 +200,36 @@ impl Statements for PgConnection {
     }
 
     async fn renew_leases(&mut self, tokens: &[String], until: Micros) -> Result<()> {
-        for sql in RENEW_LEASES.into_iter().chain([entities::RENEW]) {
+        for sql in RENEW_LEASES {
             sqlx::query(sql).bind(until).bind(tokens).execute(&mut *self).await?;
         }
         Ok(())
+    }
+
+    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
+        // One statement: undefer the old set and defer the new one.
+        sqlx::query("UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END WHERE instance_id = $1 AND (deferred = 1 OR id = ANY($2))")
+            .bind(id)
+            .bind(deferred)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn release_orphaned_locks(&mut self) -> Result<u32> {
+        // Orphaned: the holder is gone or finished. Deferred messages may run again.
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH released AS ( \
+               UPDATE entities e SET locked_by = NULL, lock_section = NULL WHERE e.locked_by IS NOT NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM instances i WHERE i.instance_id = e.locked_by AND i.status NOT IN ({})) \
+               RETURNING e.instance_id), \
+             undeferred AS (UPDATE entity_queue q SET deferred = 0 FROM released r WHERE q.instance_id = r.instance_id) \
+             SELECT COUNT(*) FROM released",
+            filters::terminal_statuses()
+        )))
+        .fetch_one(&mut *self)
+        .await?;
+        Ok(released.get::<i64, _>(0) as u32)
     }
 }
 

@@ -2,7 +2,6 @@
 //! time anyway, and a single connection avoids SQLITE_BUSY between our own transactions) and a
 //! small pool of readers, which WAL mode lets run beside the writer.
 
-mod entities;
 mod queries;
 
 use std::collections::HashMap;
@@ -17,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::cache::HistoryCache;
 use super::db::Db;
 use super::encoding::{self, encode};
-use super::txn::{self, Statements};
+use super::txn::Statements;
 use super::*;
 use queries::*;
 
@@ -223,11 +222,10 @@ async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result
 }
 
 impl Statements for SqliteConnection {
-    txn::same_statements!();
-
-    async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
+    async fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> Result<()> {
+        let head = format!("DELETE FROM {table} WHERE id IN (");
         for ids in ids.chunks(ROWS_PER_STATEMENT) {
-            for_ids(self, DELETE_MESSAGES, ids).await?;
+            for_ids(self, &head, ids).await?;
         }
         Ok(())
     }
@@ -301,11 +299,38 @@ impl Statements for SqliteConnection {
 
     async fn renew_leases(&mut self, tokens: &[String], until: Micros) -> Result<()> {
         for token in tokens {
-            for sql in RENEW_LEASES.into_iter().chain([entities::RENEW]) {
+            for sql in RENEW_LEASES {
                 sqlx::query(sql).bind(until).bind(token).execute(&mut *self).await?;
             }
         }
         Ok(())
+    }
+
+    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
+        sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ? AND deferred = 1")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        for_ids(self, "UPDATE entity_queue SET deferred = 1 WHERE id IN (", deferred).await
+    }
+
+    async fn release_orphaned_locks(&mut self) -> Result<u32> {
+        // Orphaned: the holder is gone or finished. Deferred messages may run again.
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE entities SET locked_by = NULL, lock_section = NULL WHERE locked_by IS NOT NULL AND NOT EXISTS ( \
+               SELECT 1 FROM instances i WHERE i.instance_id = entities.locked_by AND i.status NOT IN ({})) \
+             RETURNING instance_id",
+            filters::terminal_statuses()
+        )))
+        .fetch_all(&mut *self)
+        .await?;
+        for r in &released {
+            sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ?")
+                .bind(r.get::<String, _>(0))
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(released.len() as u32)
     }
 }
 

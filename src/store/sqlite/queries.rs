@@ -1,20 +1,88 @@
-//! The orchestration statements only SQLite says this way (the Postgres store's `queries.rs`
+//! The statements only SQLite says this way (the Postgres store's `queries.rs`
 //! has the same names; what both run alike is `store::queries`). SQLite has no array binds:
 //! statements over many ids or rows are prefixes the store completes with `IN (..)` lists or
 //! `VALUES` rows, a bounded number at a time.
 
+use sqlx::SqliteConnection;
+
 use crate::store::queries::instance_columns;
-pub use crate::store::queries::*;
+use crate::store::txn::Dialect;
 
-/// The single writer already keeps a concurrent create of the same id out.
-pub const SELECT_STATUS_FOR_UPDATE: &str = SELECT_STATUS;
+impl Dialect for SqliteConnection {
+    /// The single writer already keeps a concurrent create of the same id out.
+    const SELECT_STATUS_FOR_UPDATE: &'static str = crate::store::queries::SELECT_STATUS;
 
-pub const DELETE_ALL: [&str; 4] = [
-    "DELETE FROM history",
-    "DELETE FROM inbox",
-    "DELETE FROM activities",
-    "DELETE FROM instances",
-];
+    /// Leases up to ?4 instances with visible inbox messages (?1 = now) that nobody holds, for
+    /// owner ?2 until ?3, with a fresh token each, in one statement that returns the rows (nothing
+    /// to do costs one query). A suspended (?6) instance is only picked for an event that wakes
+    /// it. ?5 is the workers' name filter (NULL: any name), see `filters::names_json`.
+    const LOCK_ORCHESTRATIONS: &'static str = concat!(
+        "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
+         WHERE instance_id IN ( \
+           SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
+           WHERE m.visible_at <= ?1 AND i.lock_expires <= ?1 AND i.ready_at <= ?1 AND (i.status != ?6 OR m.kind = 1) \
+             AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) f \
+               WHERE f.value ->> 0 = i.name AND (f.value ->> 1 IS NULL OR f.value ->> 1 = COALESCE(i.version, '')))) \
+           LIMIT ?4) \
+         RETURNING lock_token, ",
+        instance_columns!()
+    );
+
+    const CLAIM_INSTANCE: &'static str = concat!(
+        "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
+         WHERE instance_id = ?4 AND lock_expires <= ?1 AND ready_at <= ?1 \
+           AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = ?4 AND m.visible_at <= ?1 \
+             AND (instances.status != ?5 OR m.kind = 1)) \
+         RETURNING lock_token, ",
+        instance_columns!()
+    );
+
+    /// Leases up to ?4 visible activities (?1 = now) that nobody holds, oldest first, for owner
+    /// ?2 until ?3, whose name the workers' filter ?5 takes (NULL: any name; rows queued before
+    /// the name column existed are leased whatever the filter and checked by the dispatcher).
+    const LOCK_ACTIVITIES: &'static str = "UPDATE activities SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
+         WHERE id IN (SELECT id FROM activities a WHERE lock_expires <= ?1 AND visible_at <= ?1 \
+           AND (?5 IS NULL OR a.name IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) f \
+             WHERE f.value ->> 0 = a.name AND (f.value ->> 1 IS NULL OR f.value ->> 1 = COALESCE(a.version, '')))) \
+           ORDER BY id LIMIT ?4) \
+         RETURNING id, lock_token, instance_id, execution_id, request";
+
+    /// Leases up to ?4 entities with runnable messages (?1 = now) for owner ?2 until ?3.
+    const LOCK_ENTITIES: &'static str = "UPDATE entities SET lease_token = lower(hex(randomblob(16))), lease_owner = ?2, lease_expires = ?3 \
+         WHERE instance_id IN ( \
+           SELECT DISTINCT q.instance_id FROM entity_queue q JOIN entities e ON e.instance_id = q.instance_id \
+           WHERE q.deferred = 0 AND q.visible_at <= ?1 AND e.lease_expires <= ?1 AND e.ready_at <= ?1 LIMIT ?4) \
+         RETURNING lease_token, instance_id, state, locked_by, lock_section, modified_at";
+
+    /// Releases the leases of owner ?1, or of everyone when ?1 is NULL.
+    const RELEASE_ALL: &'static [&'static str] = &[
+        "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+         WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)",
+        "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+         WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)",
+        "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 \
+         WHERE lease_owner IS NOT NULL AND (?1 IS NULL OR lease_owner = ?1)",
+    ];
+
+    const DELETE_ALL: &'static [&'static str] = &[
+        "DELETE FROM history",
+        "DELETE FROM inbox",
+        "DELETE FROM activities",
+        "DELETE FROM instances",
+        "DELETE FROM entity_queue",
+        "DELETE FROM entities",
+    ];
+
+    /// The earliest moment after ?1 when work appears: a timer or other future message, a
+    /// scheduled start or back-off ending, an activity's retry time. (One sidecar per file: no
+    /// other sidecar's lease runs out.)
+    const NEXT_DUE: &'static str = "SELECT MIN(t) AS due FROM ( \
+           SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \
+           UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > ?1 \
+           UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1 \
+           UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > ?1 \
+           UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > ?1)";
+}
 
 /// Completed by `instance_id IN (..) ORDER BY instance_id, seq`.
 pub const SELECT_HISTORIES: &str = "SELECT instance_id, event FROM history WHERE ";
@@ -22,39 +90,8 @@ pub const SELECT_HISTORIES: &str = "SELECT instance_id, event FROM history WHERE
 /// Completed by `VALUES` rows (instance_id, seq, event).
 pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) ";
 
-/// Leases up to ?4 instances with visible inbox messages (?1 = now) that nobody holds, for
-/// owner ?2 until ?3, with a fresh token each, in one statement that returns the rows (nothing
-/// to do costs one query). A suspended (?6) instance is only picked for an event that wakes
-/// it. ?5 is the workers' name filter (NULL: any name), see `filters::names_json`.
-pub const LOCK_ORCHESTRATIONS: &str = concat!(
-    "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
-     WHERE instance_id IN ( \
-       SELECT DISTINCT m.instance_id FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
-       WHERE m.visible_at <= ?1 AND i.lock_expires <= ?1 AND i.ready_at <= ?1 AND (i.status != ?6 OR m.kind = 1) \
-         AND (?5 IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) f \
-           WHERE f.value ->> 0 = i.name AND (f.value ->> 1 IS NULL OR f.value ->> 1 = COALESCE(i.version, '')))) \
-       LIMIT ?4) \
-     RETURNING lock_token, ",
-    instance_columns!()
-);
-
-/// Leases instance ?4 for owner ?2 until ?3 when it has visible inbox messages (?1 = now), is
-/// ready and nobody holds it (a suspended (?5) one only for an event that wakes it): a
-/// commit's claim on the work it leaves.
-pub const CLAIM_INSTANCE: &str = concat!(
-    "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
-     WHERE instance_id = ?4 AND lock_expires <= ?1 AND ready_at <= ?1 \
-       AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = ?4 AND m.visible_at <= ?1 \
-         AND (instances.status != ?5 OR m.kind = 1)) \
-     RETURNING lock_token, ",
-    instance_columns!()
-);
-
 /// Completed by `instance_id IN (..) AND visible_at <= now ORDER BY priority, id`.
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox WHERE ";
-
-/// Completed by a list of ids and `)`.
-pub const DELETE_MESSAGES: &str = "DELETE FROM inbox WHERE id IN (";
 
 /// Completed by `VALUES` rows (instance_id, execution_id, task_id, request, visible_at, name, version).
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) ";
@@ -66,36 +103,9 @@ pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id
 
 pub const CLAIMED_ACTIVITIES_RETURNING: &str = " RETURNING id, lock_token, task_id";
 
-/// Leases up to ?4 visible activities (?1 = now) that nobody holds, oldest first, for owner
-/// ?2 until ?3, whose name the workers' filter ?5 takes (NULL: any name; rows queued before
-/// the name column existed are leased whatever the filter and checked by the dispatcher).
-pub const LOCK_ACTIVITIES: &str = "UPDATE activities SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
-     WHERE id IN (SELECT id FROM activities a WHERE lock_expires <= ?1 AND visible_at <= ?1 \
-       AND (?5 IS NULL OR a.name IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) f \
-         WHERE f.value ->> 0 = a.name AND (f.value ->> 1 IS NULL OR f.value ->> 1 = COALESCE(a.version, '')))) \
-       ORDER BY id LIMIT ?4) \
-     RETURNING id, lock_token, instance_id, execution_id, request";
-
 /// Extends the lease with token ?2 to ?1, one token at a time.
-pub const RENEW_LEASES: [&str; 2] = [
+pub const RENEW_LEASES: [&str; 3] = [
     "UPDATE instances SET lock_expires = ? WHERE lock_token = ?",
     "UPDATE activities SET lock_expires = ? WHERE lock_token = ?",
+    "UPDATE entities SET lease_expires = ? WHERE lease_token = ?",
 ];
-
-/// Releases the leases of owner ?1, or of everyone when ?1 is NULL.
-pub const RELEASE_ALL: [&str; 2] = [
-    "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
-     WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)",
-    "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
-     WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)",
-];
-
-/// The earliest moment after ?1 when work appears: a timer or other future message, a
-/// scheduled start or back-off ending, an activity's retry time. (One sidecar per file: no
-/// other sidecar's lease runs out.)
-pub const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
-       SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \
-       UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > ?1 \
-       UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1 \
-       UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > ?1 \
-       UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > ?1)";

@@ -19,7 +19,7 @@ use tracing::warn;
 use crate::proto::*;
 use crate::store::{Batcher, Lease, Store};
 use crate::telemetry::Telemetry;
-use crate::time::{self, Micros};
+use crate::time::{self, Clock, Micros};
 use crate::watchers::Watchers;
 
 pub use refused::Refused;
@@ -105,6 +105,8 @@ pub struct Dispatcher {
     settled: Notify,
     watchers: Arc<Watchers>,
     telemetry: Telemetry,
+    /// Where lease times, due times and the times stamped on events are read.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -114,7 +116,13 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, settings: Settings, telemetry: Telemetry, watchers: Arc<Watchers>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        telemetry: Telemetry,
+        watchers: Arc<Watchers>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         Arc::new(Dispatcher {
             batcher: Batcher::new(store.clone()),
@@ -127,6 +135,7 @@ impl Dispatcher {
             settled: Notify::new(),
             watchers,
             telemetry,
+            clock,
         })
     }
 

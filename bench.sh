@@ -6,6 +6,7 @@
 #
 #   ./bench.sh                     the standard set plus sdk-hello5
 #   ./bench.sh --workload hello5   any outrigger-bench options are passed through
+#   ./bench.sh --help              this text (and outrigger-bench's options), without building
 #   ./bench.sh --vs PEER [OPTS]    side by side with durabletask-go, restate or dbos (bench/vs.py;
 #                                  OPTS: --rounds N --count N --concurrency N --latency-count N)
 #   ./bench.sh --scale-out [OPTS]  hello5 on 1, 2 and 3 sidecars sharing one fresh Postgres
@@ -16,6 +17,19 @@
 # skips it. OUTRIGGER_BIN benchmarks another outrigger binary.
 set -uo pipefail
 cd "$(dirname "$0")"
+
+case "${1:-}" in
+  -h | --help)
+    # This header, then the load generator's own options (built only if it is there already).
+    sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    if [ -x target/release/outrigger-bench ]; then
+      echo; target/release/outrigger-bench --help
+    else
+      echo; echo "Options passed through to outrigger-bench: run 'cargo run --release --bin outrigger-bench -- --help'."
+    fi
+    exit 0
+    ;;
+esac
 
 results=bench-results
 stamp=$(date -u +%Y%m%dT%H%M%SZ)

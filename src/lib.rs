@@ -11,6 +11,8 @@
 //! - [`dispatch`]: worker streams, leases and the push loop that hands out work items.
 //! - [`watchers`]: client waits on instance state and the live change feed.
 //! - [`store`]: durable state behind one trait, on SQLite or Postgres; it persists what the engine decides.
+//!   The trait, each transaction and the SQL both engines run alike are written once; each
+//!   engine's folder keeps only what its database says or does differently.
 //! - [`telemetry`]: OpenTelemetry traces of orchestrations and client RPCs.
 //! - [`http`]: the Durable Functions HTTP management API, probes, `/metrics` and the dashboard.
 //! - [`metrics`]: Prometheus counters and histograms, cheap enough for the hot path.
@@ -22,6 +24,7 @@
 //! - [`time`], [`rfc3339`]: the `Clock` every time of day is read from (the system clock, or a
 //!   manual one for tests), microsecond times and wire timestamps; ISO 8601 text.
 //! - [`accept`]: accepting connections (back-off when descriptors run out, a handshake deadline).
+//! - [`proto`], [`dapr_proto`]: the two dialects' wire messages, generated from `proto/`.
 //! - [`task`], [`redact`]: a background task that ends with its owner; URLs safe to log.
 
 pub mod accept;
@@ -52,4 +55,12 @@ pub mod watchers;
 pub mod proto {
     #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("_");
+}
+
+/// Types generated from `proto/dapr/orchestrator_service.proto`, the Dapr dialect's wire
+/// messages (also reached as `dapr::proto`). They sit here, beside `proto`, because the
+/// message codec both dialects are generated with (`grpc::codec`) names one of them.
+pub mod dapr_proto {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    include!(concat!(env!("OUT_DIR"), "/dapr/_.rs"));
 }

@@ -9,41 +9,43 @@ use std::process::Command;
 use common::Sidecar;
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tiny_runs_complete_and_write_results() {
-    let sidecar = Sidecar::start().await;
+/// Runs `outrigger-bench` with `args` and `--results FILE`; asserts it succeeded and returns
+/// its stdout, its stderr and the results document.
+async fn bench(args: Vec<String>) -> (String, String, Value) {
     let dir = tempfile::tempdir().expect("temp dir");
     let results = dir.path().join("results.json");
-    let address = format!("http://{}", sidecar.addr);
-    // The sidecar runs inside this test process, so its pid is ours.
-    let pid = std::process::id().to_string();
     let mut command = Command::new(env!("CARGO_BIN_EXE_outrigger-bench"));
-    command.args([
-        "--address",
-        &address,
-        "--sidecar-pid",
-        &pid,
-        "--workload",
-        "hello5,fanout,timers,starts,entity-signals,entity-calls",
-    ]);
-    command.args(["--count", "4", "--concurrency", "2", "--width", "10", "--timeout", "30"]);
-    command.arg("--results").arg(&results);
+    command.args(args).arg("--results").arg(&results);
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .expect("join")
         .expect("run outrigger-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let document = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
+    (stdout, stderr, document)
+}
+
+/// Arguments from one line of words (none of them holds a space).
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tiny_runs_complete_and_write_results() {
+    let sidecar = Sidecar::start().await;
+    let address = format!("http://{}", sidecar.addr);
+    // The sidecar runs inside this test process, so its pid is ours.
+    let pid = std::process::id().to_string();
+    let workloads = "hello5,fanout,timers,starts,entity-signals,entity-calls";
+    let line = format!("--address {address} --sidecar-pid {pid} --workload {workloads}");
+    let (stdout, _, document) = bench(args(&format!("{line} --count 4 --concurrency 2 --width 10 --timeout 30"))).await;
     assert!(
         stdout.contains("| workload |") && stdout.contains("| hello5 |"),
         "no table on stdout:\n{stdout}"
     );
 
-    let document: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
     let runs = document["runs"].as_array().expect("runs");
     let names: Vec<&str> = runs.iter().map(|r| r["workload"].as_str().unwrap_or_default()).collect();
     assert_eq!(names, ["hello5", "fanout", "timers", "starts", "entity-signals", "entity-calls"]);
@@ -90,20 +92,10 @@ async fn tiny_runs_complete_and_write_results() {
 /// `--dapr` starts the sidecar with only its Dapr listener, and hello5 runs through it.
 #[tokio::test(flavor = "multi_thread")]
 async fn hello5_runs_over_the_dapr_listener() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let results = dir.path().join("results.json");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outrigger-bench"));
-    command.args(["--sidecar", env!("CARGO_BIN_EXE_outrigger"), "--dapr", "--workload", "hello5"]);
-    command.args(["--count", "4", "--concurrency", "2", "--timeout", "30"]);
-    command.arg("--results").arg(&results);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("run outrigger-bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stderr}");
+    let mut line = args("--dapr --workload hello5 --count 4 --concurrency 2 --timeout 30");
+    line.extend(["--sidecar".into(), env!("CARGO_BIN_EXE_outrigger").into()]);
+    let (_, stderr, document) = bench(line).await;
     assert!(stderr.contains("sqlite (Dapr listener)"), "the row names the listener:\n{stderr}");
-    let document: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
     let run = &document["runs"][0];
     assert_eq!(
         (run["workload"].as_str(), run["completed"].as_u64()),
@@ -118,20 +110,9 @@ async fn hello5_runs_over_the_dapr_listener() {
 #[tokio::test(flavor = "multi_thread")]
 async fn several_addresses_share_the_run() {
     let sidecar = Sidecar::start().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let results = dir.path().join("results.json");
     let address = format!("http://{}", sidecar.addr);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_outrigger-bench"));
-    command.args(["--address", &format!("{address},{address}"), "--workload", "hello5"]);
-    command.args(["--count", "6", "--concurrency", "3", "--timeout", "30"]);
-    command.arg("--results").arg(&results);
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .expect("join")
-        .expect("run outrigger-bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stderr}");
-    let document: Value = serde_json::from_str(&std::fs::read_to_string(&results).expect("results file")).expect("JSON");
+    let line = format!("--address {address},{address} --workload hello5 --count 6 --concurrency 3 --timeout 30");
+    let (_, _, document) = bench(args(&line)).await;
     let run = &document["runs"][0];
     assert_eq!((run["completed"].as_u64(), run["failed"].as_u64()), (Some(6), Some(0)), "{run}");
     assert!(run["errors"].as_array().is_some_and(Vec::is_empty), "{run}");

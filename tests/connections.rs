@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -107,87 +104,10 @@ async fn silent_and_preface_only_connections_are_closed_at_the_handshake_deadlin
     );
 }
 
-/// The binary run with a low descriptor limit, its log lines read into a channel.
-struct Limited {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Limited {
-    fn start(fd_limit: u32) -> Limited {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_outrigger"))
-            .args(["--port", "0", "--database-url", &url, "--handshake-deadline-seconds", "600"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run outrigger");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l))));
-        std::thread::spawn(move || BufReader::new(err).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(l))));
-        Limited {
-            child,
-            lines,
-            seen: vec![],
-            _dir: dir,
-        }
-    }
-
-    /// The first log line (from now or seen before) containing `needle`.
-    fn wait_for_line(&mut self, needle: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if l.contains(needle) {
-                        return l;
-                    }
-                }
-                Err(_) => panic!("no log line with {needle:?}; seen: {:#?}", self.seen),
-            }
-        }
-    }
-
-    /// User and system CPU time the process has used so far.
-    fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("read stat");
-        // Fields after the command name (which ends with the last ')'): utime is the 12th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // Linux reports CPU time in USER_HZ, 100 per second on every architecture it runs on.
-        Duration::from_millis(ticks * 10)
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_accept_loop_backs_off_logs_and_recovers() {
-    let mut sidecar = Limited::start(64);
-    let line = sidecar.wait_for_line("listening addr=");
-    let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let mut sidecar = spawned::Spawned::with_fd_limit(64, &["--handshake-deadline-seconds", "600"]);
+    let addr = sidecar.addr.to_string();
     let mut client = Client::connect(format!("http://{addr}")).await.expect("connect");
     let mut worker = Worker::connect(&mut client, GetWorkItemsRequest::default()).await;
 

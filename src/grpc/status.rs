@@ -13,9 +13,9 @@ use crate::engine::rerun::RerunError;
 use crate::store::StoreError;
 use crate::taskhub::HubError;
 
-/// A store failure. Database failures and corrupt data are logged here with their cause (the
-/// client's message still carries the store's description, which the SDKs show and the
-/// failure tests assert on: "database or disk is full", a refused commit).
+/// A store failure. Database failures and corrupt data are logged here with their cause; the
+/// client is told the category (a full disk, a lost connection, a refused transaction) and
+/// that nothing was written, never the database's own text.
 pub(crate) fn store(e: StoreError) -> Status {
     match e {
         StoreError::AlreadyExists(..) => Status::already_exists(e.to_string()),
@@ -23,11 +23,11 @@ pub(crate) fn store(e: StoreError) -> Status {
         // Retriable: the SDKs retry or surface it, and nothing was half-written.
         StoreError::Database(_) | StoreError::BatchFailed(_) => {
             warn!(error = %e, "database failure answered as UNAVAILABLE");
-            Status::unavailable(e.to_string())
+            Status::unavailable(format!("{}; nothing was written, try again", e.plain_cause()))
         }
         StoreError::Corrupt(_) => {
             warn!(error = %e, "corrupt stored data answered as INTERNAL");
-            Status::internal(e.to_string())
+            Status::internal("stored data could not be read; the cause is in the sidecar's log")
         }
     }
 }
@@ -111,7 +111,16 @@ mod tests {
             store(StoreError::BatchFailed("writer gone".into())).code(),
             tonic::Code::Unavailable
         );
-        assert_eq!(store(StoreError::Corrupt("row 7".into())).code(), tonic::Code::Internal);
+        let corrupt = store(StoreError::Corrupt("row 7 of instances".into()));
+        assert_eq!(corrupt.code(), tonic::Code::Internal);
+        assert!(!corrupt.message().contains("row 7"), "the detail is logged, not sent: {corrupt:?}");
+        let stopped = store(StoreError::BatchFailed("writer gone".into()));
+        assert_eq!(stopped.message(), "the store is stopping; nothing was written, try again");
+        let closed = store(StoreError::Database(sqlx::Error::PoolClosed));
+        assert_eq!(
+            closed.message(),
+            "the connection to the database failed; nothing was written, try again"
+        );
         assert_eq!(store(StoreError::LeaseLost).code(), tonic::Code::FailedPrecondition);
     }
 }

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
-use sqlx::query::Query;
-use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
+use sqlx::{ColumnIndex, Decode, Row, Type};
 
+use super::sql::Sql;
 use super::{Lease, LockedActivity, StoreError, filters};
 use crate::engine::wakes_suspended;
 use crate::model::{ActivityTask, Instance, Message, Names};
@@ -43,66 +43,40 @@ pub fn status(value: i64) -> Result<OrchestrationStatus, StoreError> {
 
 /// Binds an instance's columns after `instance_id`, in table order (both engines' instance
 /// statements list them so).
-pub fn bind_fields<'q, DB>(q: Query<'q, DB, DB::Arguments>, i: &Instance) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<i64>: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<Vec<u8>>: Encode<'t, DB> + Type<DB>,
-{
-    q.bind(i.name.as_str())
-        .bind(i.version.as_deref())
-        .bind(i.execution_id.as_str())
-        .bind(i.status as i32)
-        .bind(i.input.as_deref())
-        .bind(i.output.as_deref())
-        .bind(i.custom_status.as_deref())
-        .bind(i.failure_details.as_ref().map(encode))
-        .bind(i.created_at)
-        .bind(i.updated_at)
-        .bind(i.completed_at)
-        .bind(i.scheduled_start_at)
-        .bind(i.parent_instance_id.as_deref())
-        .bind(encode_tags(&i.tags))
-        .bind(i.trace_context.as_ref().map(encode))
+pub fn bind_fields<S: Sql>(q: S, i: &Instance) -> S {
+    q.text(&i.name)
+        .maybe_text(i.version.as_deref())
+        .text(&i.execution_id)
+        .small(i.status as i32)
+        .maybe_text(i.input.as_deref())
+        .maybe_text(i.output.as_deref())
+        .maybe_text(i.custom_status.as_deref())
+        .maybe_bytes(i.failure_details.as_ref().map(encode))
+        .int(i.created_at)
+        .int(i.updated_at)
+        .maybe_int(i.completed_at)
+        .maybe_int(i.scheduled_start_at)
+        .maybe_text(i.parent_instance_id.as_deref())
+        .maybe_bytes(encode_tags(&i.tags))
+        .maybe_bytes(i.trace_context.as_ref().map(encode))
 }
 
 /// Binds a message's inbox columns: instance_id, execution_id, priority, kind (whether it
 /// wakes a suspended instance), visible_at, event.
-pub fn bind_message<'q, DB>(q: Query<'q, DB, DB::Arguments>, m: &Message) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<&'t str>: Encode<'t, DB> + Type<DB>,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> Vec<u8>: Encode<'t, DB> + Type<DB>,
-{
-    q.bind(m.instance_id.as_str())
-        .bind(m.execution_id.as_deref())
-        .bind(m.priority)
-        .bind(i32::from(wakes_suspended(&m.event)))
-        .bind(m.visible_at)
-        .bind(encode(&m.event))
+pub fn bind_message<S: Sql>(q: S, m: &Message) -> S {
+    q.text(&m.instance_id)
+        .maybe_text(m.execution_id.as_deref())
+        .small(m.priority)
+        .small(i32::from(wakes_suspended(&m.event)))
+        .int(m.visible_at)
+        .bytes(encode(&m.event))
 }
 
 /// Binds a lease's parameters in the order both engines' lease statements take them: now,
 /// owner, until, the most rows to lease, the workers' name filter (`filters::names_json`).
-pub fn bind_lease<'q, DB>(q: Query<'q, DB, DB::Arguments>, lease: &Lease<'_>, max: u32, names: &Names) -> Query<'q, DB, DB::Arguments>
-where
-    DB: Database,
-    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> Option<String>: Encode<'t, DB> + Type<DB>,
-{
-    q.bind(lease.now)
-        .bind(lease.owner)
-        .bind(lease.until)
-        .bind(i64::from(max))
-        .bind(filters::names_json(names))
+pub fn bind_lease<S: Sql>(q: S, lease: &Lease<'_>, max: u32, names: &Names) -> S {
+    let q = q.int(lease.now).text(lease.owner).int(lease.until).int(i64::from(max));
+    q.maybe_text(filters::names_json(names).as_deref())
 }
 
 /// Reads the columns the store selects, from a row of either engine (by column name).

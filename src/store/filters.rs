@@ -1,22 +1,17 @@
-//! The listing queries (`query`, `finished`), built once for both engines: their SQL is
-//! portable, only the placeholders differ, which the query builder handles.
+//! The listing queries (`query`, `finished`, entities), built once for both engines: their
+//! SQL is portable, with `$N` placeholders.
 
-use sqlx::{Database, Encode, QueryBuilder, Type};
+use sqlx::AssertSqlSafe;
 
+use super::encoding::Columns;
+use super::sql::{Conn, Sql};
 use super::{FinishedFilter, InstanceFilter, SortKey};
 use crate::model::{Names, TERMINAL};
 use crate::proto::OrchestrationStatus;
 
 /// `SELECT {columns} FROM instances` matching `f`, in `f.sort` order, one page.
-pub fn instances<DB>(columns: &str, f: &InstanceFilter) -> QueryBuilder<DB>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-{
-    let mut q = QueryBuilder::new(format!("SELECT {columns} FROM instances WHERE 1 = 1"));
+pub fn instances(columns: &str, f: &InstanceFilter) -> Built {
+    let mut q = Built::new(format!("SELECT {columns} FROM instances WHERE 1 = 1"));
     push_conditions(&mut q, f);
     // Each order is an index (created, completed, name) read forwards or backwards, and the
     // page resumes strictly after the last row's key, so a page costs the same at any depth.
@@ -42,29 +37,16 @@ where
     q
 }
 
-/// `SELECT status, COUNT(*) FROM instances` matching `f` (paging and order aside), per status.
-pub fn counts<DB>(f: &InstanceFilter) -> QueryBuilder<DB>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-{
-    let mut q = QueryBuilder::new("SELECT status, COUNT(*) FROM instances WHERE 1 = 1");
+/// `SELECT status, COUNT(*) AS n FROM instances` matching `f` (paging and order aside), per status.
+pub fn counts(f: &InstanceFilter) -> Built {
+    let mut q = Built::new("SELECT status, COUNT(*) AS n FROM instances WHERE 1 = 1");
     push_conditions(&mut q, f);
     q.push(" GROUP BY status");
     q
 }
 
 /// The filter's conditions, each as " AND ...".
-fn push_conditions<DB>(q: &mut QueryBuilder<DB>, f: &InstanceFilter)
-where
-    DB: Database,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-{
+fn push_conditions(q: &mut Built, f: &InstanceFilter) {
     push_statuses(q, &f.statuses);
     if let Some(from) = f.created_from {
         q.push(" AND created_at >= ").push_bind(from);
@@ -102,15 +84,8 @@ where
 
 /// `SELECT completed_at, instance_id FROM instances` for finished instances matching `f`,
 /// by completion time, one page.
-pub fn finished<DB>(f: &FinishedFilter) -> QueryBuilder<DB>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-{
-    let mut q = QueryBuilder::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
+pub fn finished(f: &FinishedFilter) -> Built {
+    let mut q = Built::new("SELECT completed_at, instance_id FROM instances WHERE completed_at IS NOT NULL");
     q.push(format!(" AND status IN ({})", terminal_statuses()));
     push_statuses(&mut q, &f.statuses);
     if let Some(from) = f.completed_from {
@@ -136,18 +111,13 @@ pub fn terminal_statuses() -> String {
 }
 
 /// Adds "AND status IN (...)" unless the list is empty (meaning any status).
-fn push_statuses<DB>(q: &mut QueryBuilder<DB>, statuses: &[OrchestrationStatus])
-where
-    DB: Database,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-{
+fn push_statuses(q: &mut Built, statuses: &[OrchestrationStatus]) {
     if statuses.is_empty() {
         return;
     }
     q.push(" AND status IN (");
-    let mut list = q.separated(", ");
-    for s in statuses {
-        list.push_bind(*s as i32);
+    for (n, s) in statuses.iter().enumerate() {
+        q.push(if n == 0 { "" } else { ", " }).push_bind(*s as i32);
     }
     q.push(")");
 }
@@ -170,24 +140,17 @@ pub fn names_json(names: &Names) -> Option<String> {
     Some(serde_json::Value::Array(pairs).to_string())
 }
 
-/// Decodes the rows of a [`counts`] query: (status, count).
-pub(crate) fn status_counts(rows: impl IntoIterator<Item = (i32, i64)>) -> super::Result<Vec<(OrchestrationStatus, u64)>> {
-    rows.into_iter()
-        .map(|(s, n)| Ok((super::encoding::status(s.into())?, n.max(0) as u64)))
+/// Decodes the rows of a [`counts`] query: (status, n).
+pub(crate) fn status_counts(rows: &[impl Columns]) -> super::Result<Vec<(OrchestrationStatus, u64)>> {
+    rows.iter()
+        .map(|r| Ok((super::encoding::status(r.small("status")?.into())?, r.int("n")?.max(0) as u64)))
         .collect()
 }
 
 /// `SELECT` of entities matching `f` with their backlog, by id, one page. Columns: instance_id,
 /// state, locked_by, lock_section, modified_at, backlog.
-pub fn entities<DB>(f: &super::EntityListFilter) -> QueryBuilder<DB>
-where
-    DB: Database,
-    DB::Arguments: Default,
-    for<'t> i32: Encode<'t, DB> + Type<DB>,
-    for<'t> i64: Encode<'t, DB> + Type<DB>,
-    for<'t> String: Encode<'t, DB> + Type<DB>,
-{
-    let mut q = QueryBuilder::new(
+pub fn entities(f: &super::EntityListFilter) -> Built {
+    let mut q = Built::new(
         "SELECT e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at, \
          (SELECT COUNT(*) FROM entity_queue q WHERE q.instance_id = e.instance_id) AS backlog \
          FROM entities e WHERE 1 = 1",
@@ -217,4 +180,64 @@ where
     }
     q.push(" ORDER BY e.instance_id LIMIT ").push_bind(i64::from(f.limit));
     q
+}
+
+/// A statement built from a filter: its SQL, with `$N` placeholders, and the values to bind.
+pub struct Built {
+    sql: String,
+    values: Vec<Value>,
+}
+
+pub enum Value {
+    Small(i32),
+    Int(i64),
+    Text(String),
+}
+
+impl Built {
+    fn new(sql: impl Into<String>) -> Built {
+        Built {
+            sql: sql.into(),
+            values: vec![],
+        }
+    }
+
+    fn push(&mut self, sql: impl AsRef<str>) -> &mut Built {
+        self.sql.push_str(sql.as_ref());
+        self
+    }
+
+    fn push_bind(&mut self, value: impl Into<Value>) -> &mut Built {
+        self.values.push(value.into());
+        self.sql.push_str(&format!("${}", self.values.len()));
+        self
+    }
+
+    /// The statement, bound, for connections of kind `C`.
+    pub fn bound<C: Conn>(self) -> C::Sql {
+        let q = C::sql(AssertSqlSafe(self.sql));
+        self.values.into_iter().fold(q, |q, v| match v {
+            Value::Small(v) => q.small(v),
+            Value::Int(v) => q.int(v),
+            Value::Text(v) => q.text(&v),
+        })
+    }
+}
+
+impl From<i32> for Value {
+    fn from(v: i32) -> Value {
+        Value::Small(v)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Value {
+        Value::Int(v)
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Value {
+        Value::Text(v)
+    }
 }

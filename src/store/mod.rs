@@ -1,18 +1,25 @@
-//! Durable storage behind one trait. The store executes what the engine decided: each
-//! transaction is written once (`txn.rs`, `entities_txn.rs`) over a statements trait that
-//! each engine implements with its own SQL, and what it decides from the rows it reads (a
-//! message to a finished instance is dropped, only finished instances are purged, ...) comes
-//! from `engine::rules`.
+//! Durable storage behind one trait. The store executes what the engine decided: the trait
+//! is implemented once (`db.rs`) over each engine's connections and transactions, each
+//! transaction is written once (`txn.rs`, `entities_txn.rs`), every statement is bound and
+//! run one way on either engine (`sql.rs`), the SQL both run alike is written once
+//! (`queries.rs`), and what a transaction decides from the rows it reads (a message to a
+//! finished instance is dropped, only finished instances are purged, ...) comes from
+//! `engine::rules`. Each engine's folder keeps what only it says or does (`txn::Statements`):
+//! SQLite's single writer, `IN (..)` lists and the history cache it may keep (`cache.rs`);
+//! Postgres's row locks, array binds and NOTIFY.
 
 mod batch;
+mod cache;
+mod db;
 mod encoding;
 mod entities_txn;
 mod filters;
 pub mod postgres;
+mod queries;
+mod sql;
 pub mod sqlite;
 mod txn;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
@@ -74,6 +81,45 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Why the database failed, in words a client may be shown: the category only, never the
+    /// driver's or the database's own text (which can name tables, values or the server).
+    pub fn plain_cause(&self) -> &'static str {
+        let StoreError::Database(e) = self else {
+            return "the store is stopping";
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => "the connection to the database failed",
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+                    match code.as_str() {
+                        "53100" => "the database's disk is full",
+                        "40001" | "40P01" | "55P03" => "the database is busy",
+                        c if c.starts_with("08") || c.starts_with("57") => "the connection to the database failed",
+                        c if c.starts_with("53") => "the database is out of resources",
+                        _ => "the database refused the transaction",
+                    }
+                } else {
+                    // SQLite's primary code is the low byte of the extended one.
+                    match code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0) {
+                        13 => "the database's disk is full",
+                        5 | 6 => "the database is busy",
+                        10 => "the database could not write to its disk",
+                        _ => "the database refused the transaction",
+                    }
+                }
+            }
+            _ => "the database refused the transaction",
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What happened to a message sent to an instance from outside a step.
@@ -111,26 +157,6 @@ pub struct LockedOrchestration {
     pub history: Vec<HistoryEvent>,
     /// Visible inbox messages, in delivery order, with their row ids.
     pub inbox: Vec<(i64, Message)>,
-}
-
-impl LockedOrchestration {
-    /// Joins freshly leased instances (with their tokens) to their histories and inboxes,
-    /// loaded for the whole batch at once.
-    pub(crate) fn assemble(
-        picked: Vec<(String, Instance)>,
-        mut histories: HashMap<String, Vec<HistoryEvent>>,
-        mut inboxes: HashMap<String, Vec<(i64, Message)>>,
-    ) -> Vec<LockedOrchestration> {
-        picked
-            .into_iter()
-            .map(|(token, instance)| LockedOrchestration {
-                token,
-                history: histories.remove(&instance.instance_id).unwrap_or_default(),
-                inbox: inboxes.remove(&instance.instance_id).unwrap_or_default(),
-                instance,
-            })
-            .collect()
-    }
 }
 
 /// An activity work item the store has leased to this sidecar.
@@ -266,18 +292,6 @@ pub struct Backlog {
     /// Work items whose lease ran out without being released (a dead sidecar's work, about to
     /// be taken over).
     pub expired_leases: u64,
-}
-
-impl Backlog {
-    /// From the counts both engines' backlog statements select, in field order.
-    fn from_counts((orchestrations, activities, timers, expired): (i64, i64, i64, i64)) -> Backlog {
-        Backlog {
-            orchestrations: orchestrations as u64,
-            activities: activities as u64,
-            timers: timers as u64,
-            expired_leases: expired as u64,
-        }
-    }
 }
 
 /// A change another process sharing the database made.

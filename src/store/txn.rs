@@ -1,15 +1,20 @@
 //! The orchestration transactions, written once for both engines: the order of reads and
 //! writes that creates an instance, delivers a message, applies a step or an activity result,
 //! rewinds and purges. What each read means for Durable Task is decided by
-//! `engine::rules`; each engine implements [`Statements`] with its own SQL (SQLite `IN (..)`
-//! lists under a single writer; Postgres array binds and row locks) and wraps these in its own
-//! transaction, adding what only it does (the SQLite history cache, Postgres NOTIFY).
+//! `engine::rules`; the statements both engines say alike are in `queries.rs`, and each engine
+//! implements [`Statements`] for what it says its own way (SQLite `IN (..)` lists under a
+//! single writer; Postgres array binds and row locks). Each engine wraps these in its own
+//! transaction (`db.rs`), adding what only it does (the SQLite history cache, Postgres NOTIFY).
 
+use std::collections::HashMap;
 use std::future::Future;
 
 use tracing::{debug, info};
 
-use super::entities_txn::{self, EntityStatements};
+use super::encoding::{self, Columns, bind_fields, bind_message};
+use super::entities_txn;
+use super::queries::*;
+use super::sql::{Conn, Sql};
 use super::{Delivery, Purge, Result, Rewind, StoreError, Write};
 use crate::engine::events::kind_name;
 use crate::engine::rules::{self, PurgeStep, Slot, Target};
@@ -17,47 +22,51 @@ use crate::model::{ActivityTask, ChildRewind, Commit, HistoryWrite, Instance, Me
 use crate::proto::{HistoryEvent, OrchestrationStatus};
 use crate::time::Micros;
 
-/// The statements one engine runs for orchestrations, each on the connection of the
-/// transaction (or batch) that calls it.
-pub(super) trait Statements: Send {
-    fn load_instance(&mut self, id: &str) -> impl Future<Output = Result<Option<Instance>>> + Send;
-    fn instance_status(&mut self, id: &str) -> impl Future<Output = Result<Option<OrchestrationStatus>>> + Send;
-    /// As `instance_status`, and the row (when there is one) stays locked until the
-    /// transaction ends where the database locks rows, so a concurrent create of the id waits.
-    fn lock_status(&mut self, id: &str) -> impl Future<Output = Result<Option<OrchestrationStatus>>> + Send;
-    /// The status and current execution of a message's target.
-    fn target(&mut self, id: &str) -> impl Future<Output = Result<Option<(OrchestrationStatus, String)>>> + Send;
-    fn load_history(&mut self, id: &str) -> impl Future<Output = Result<Vec<HistoryEvent>>> + Send;
-    /// Inserts a new, unleased instance row, not dispatched before `ready_at`.
-    fn insert_instance(&mut self, i: &Instance, ready_at: Micros) -> impl Future<Output = Result<()>> + Send;
-    /// Writes a step's instance row and ends its lease, in one statement that matches only
-    /// while `token` still holds the lease (the row lock it takes also fences a sidecar that
-    /// took over). False when the lease is gone; then nothing was written.
-    fn update_held_instance(&mut self, i: &Instance, token: &str) -> impl Future<Output = Result<bool>> + Send;
-    /// Ends the lease `token` holds, the instance not dispatched again before `ready_at`;
-    /// false when the lease is gone.
-    fn release_instance(&mut self, id: &str, token: &str, ready_at: Micros) -> impl Future<Output = Result<bool>> + Send;
-    /// Sets a failed instance running again: no output, no failure, not completed.
-    fn reopen_instance(&mut self, id: &str, now: Micros) -> impl Future<Output = Result<()>> + Send;
-    fn insert_message(&mut self, m: &Message) -> impl Future<Output = Result<()>> + Send;
-    /// Makes the instance's scheduled start (and everything else it has queued) due `at`.
-    fn make_start_due(&mut self, id: &str, at: Micros) -> impl Future<Output = Result<()>> + Send;
+/// The SQL one engine writes its own way for the shared code: row locks, lease picks, what
+/// it deletes and releases. Each engine's `queries.rs` implements it, constant for constant.
+pub(super) trait Dialect {
+    /// `SELECT status` of instance $1, its row (when there is one) locked until the transaction
+    /// ends where the database locks rows, so a concurrent create of the id waits.
+    const SELECT_STATUS_FOR_UPDATE: &'static str;
+    /// Leases instances with visible work, bound by `encoding::bind_lease` then the suspended
+    /// status ($6); returns `lock_token` and the instance columns.
+    const LOCK_ORCHESTRATIONS: &'static str;
+    /// Leases visible activities, bound by `encoding::bind_lease`; returns id, lock_token,
+    /// instance_id, execution_id, request.
+    const LOCK_ACTIVITIES: &'static str;
+    /// Leases entities with runnable messages: now $1, owner $2, until $3, at most $4; returns
+    /// `lease_token` and the entity columns.
+    const LOCK_ENTITIES: &'static str;
+    /// Releases the leases (of instances, activities and entities) of owner $1, or every lease
+    /// when $1 is NULL.
+    const RELEASE_ALL: &'static [&'static str];
+    /// Empties every table of the hub.
+    const DELETE_ALL: &'static [&'static str];
+    /// The earliest moment after $1 when work appears, as `due`.
+    const NEXT_DUE: &'static str;
+}
+
+/// What one engine says its own way: its [`Dialect`], and the statements over many rows
+/// (SQLite: `IN (..)` lists and `VALUES` rows, a bounded number at a time; Postgres: array
+/// binds). Each runs on the connection of the transaction (or batch) that calls it.
+pub(super) trait Statements: Conn + Dialect {
     fn delete_messages(&mut self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes an instance and everything that belongs to it.
-    fn delete_instance(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes what a finished instance leaves that nothing will consume: its pending events
-    /// and timers, its activities not yet handed out.
-    fn delete_leftovers(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
-    fn next_history_seq(&mut self, id: &str) -> impl Future<Output = Result<i64>> + Send;
-    fn delete_history(&mut self, id: &str) -> impl Future<Output = Result<()>> + Send;
     /// Appends `events` numbered from `first`.
     fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;
     fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes a leased activity while `token` holds it; its (instance, execution), or `None`
-    /// when the lease is gone.
-    fn take_activity(&mut self, id: i64, token: &str) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
-    /// Queues an activity's result only while its execution still runs; false when dropped.
-    fn queue_result(&mut self, m: &Message) -> impl Future<Output = Result<bool>> + Send;
+    /// The histories of these instances, by instance.
+    fn histories(&mut self, ids: &[&str]) -> impl Future<Output = Result<HashMap<String, Vec<HistoryEvent>>>> + Send;
+    /// The inbox messages of these instances visible at `now`, by instance, in delivery order.
+    fn inboxes(&mut self, ids: &[&str], now: Micros) -> impl Future<Output = Result<HashMap<String, Vec<(i64, Message)>>>> + Send;
+    /// Extends the leases (of instances, activities and entities) with these tokens.
+    fn renew_leases(&mut self, tokens: &[String], until: Micros) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes these entity queue rows.
+    fn delete_consumed(&mut self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    /// Makes exactly `deferred` the entity's deferred messages (earlier ones may run again).
+    fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    /// Clears locks held by missing or finished instances and undefers those entities' queues;
+    /// returns how many locks were released.
+    fn release_orphaned_locks(&mut self) -> impl Future<Output = Result<u32>> + Send;
 }
 
 /// What a batch did beyond its results, for the engine's own after-commit work.
@@ -92,7 +101,7 @@ pub(super) fn taken(id: &str, e: StoreError) -> StoreError {
 /// Creates an instance, replacing one with the same id whose status is in `replaceable`.
 pub(super) async fn create<C: Statements>(conn: &mut C, new: &NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
     let id = &new.instance.instance_id;
-    let replacing = match rules::slot(conn.lock_status(id).await?, replaceable) {
+    let replacing = match rules::slot(status_of(conn, C::SELECT_STATUS_FOR_UPDATE, id).await?, replaceable) {
         Slot::Taken(s) => return Err(StoreError::AlreadyExists(id.clone(), s.as_str_name())),
         Slot::Free => false,
         Slot::Replace => true,
@@ -102,17 +111,17 @@ pub(super) async fn create<C: Statements>(conn: &mut C, new: &NewInstance, repla
 
 /// Creates an instance whose first step is decided: its row, history and queued work. Returns
 /// the instances created or changed.
-pub(super) async fn create_with_history<C: EntityStatements>(
+pub(super) async fn create_with_history<C: Statements>(
     conn: &mut C,
     commit: &Commit,
     now: Micros,
     effects: &mut Effects,
 ) -> Result<Vec<String>> {
     let id = &commit.instance.instance_id;
-    if let Some(s) = conn.instance_status(id).await? {
+    if let Some(s) = status_of(conn, SELECT_STATUS, id).await? {
         return Err(StoreError::AlreadyExists(id.clone(), s.as_str_name()));
     }
-    conn.insert_instance(&commit.instance, 0).await.map_err(|e| taken(id, e))?;
+    insert_instance(conn, &commit.instance, 0).await.map_err(|e| taken(id, e))?;
     let changed = apply(conn, commit, now, Some(0), effects).await?;
     effects.touched.extend(changed.iter().cloned());
     Ok(changed)
@@ -121,22 +130,25 @@ pub(super) async fn create_with_history<C: EntityStatements>(
 /// Creates an instance; `replacing` says a finished one with the same id is there to go first.
 pub(super) async fn insert_new<C: Statements>(conn: &mut C, new: &NewInstance, replacing: bool) -> Result<()> {
     if replacing {
-        conn.delete_instance(&new.instance.instance_id).await?;
+        for_id(conn, &DELETE_INSTANCE, &new.instance.instance_id).await?;
     }
-    conn.insert_instance(&new.instance, new.instance.scheduled_start_at.unwrap_or(0))
-        .await?;
-    conn.insert_message(&new.start).await
+    insert_instance(conn, &new.instance, new.instance.scheduled_start_at.unwrap_or(0)).await?;
+    insert_message(conn, &new.start).await
 }
 
 /// Queues a message if its target can take it (see [`rules::delivery`]); otherwise drops it
 /// with a log line. On a database several sidecars share, a message racing with its target
 /// finishing elsewhere may still be queued; the engine drops it when the finished instance
 /// is next looked at.
-pub(super) async fn deliver<C: EntityStatements>(conn: &mut C, m: &Message) -> Result<Delivery> {
+pub(super) async fn deliver<C: Statements>(conn: &mut C, m: &Message) -> Result<Delivery> {
     if m.is_for_entity() {
         return entities_txn::enqueue(conn, m).await;
     }
-    let target = conn.target(&m.instance_id).await?;
+    let row = C::sql(SELECT_STATUS_AND_EXECUTION).text(&m.instance_id).row(conn).await?;
+    let target = match row {
+        Some(r) => Some((encoding::status(r.small("status")?.into())?, r.text("execution_id")?)),
+        None => None,
+    };
     let (id, event) = (&m.instance_id, kind_name(&m.event));
     match rules::delivery(target.as_ref().map(|(s, e)| (*s, e.as_str())), m) {
         Target::Unknown => {
@@ -153,9 +165,11 @@ pub(super) async fn deliver<C: EntityStatements>(conn: &mut C, m: &Message) -> R
         }
         Target::Queue { start_now } => {
             if start_now {
-                conn.make_start_due(id, m.visible_at).await?;
+                let [messages, start] = MAKE_PENDING_DUE;
+                C::sql(messages).int(m.visible_at).text(id).run(conn).await?;
+                C::sql(start).text(id).run(conn).await?;
             }
-            conn.insert_message(m).await?;
+            insert_message(conn, m).await?;
             Ok(Delivery::Queued)
         }
     }
@@ -163,14 +177,15 @@ pub(super) async fn deliver<C: EntityStatements>(conn: &mut C, m: &Message) -> R
 
 /// Rewinds a failed instance with `event` (see [`rules::rewind`]).
 pub(super) async fn rewind<C: Statements>(conn: &mut C, id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
-    let Some(instance) = conn.load_instance(id).await? else {
+    let Some(instance) = load_instance(conn, id).await? else {
         return Ok(Rewind::Unknown);
     };
     match rules::rewind(&instance, event, now) {
         Err(status) => Ok(Rewind::NotFailed(status)),
         Ok(message) => {
-            conn.reopen_instance(id, now).await?;
-            conn.insert_message(&message).await?;
+            let running = OrchestrationStatus::Running as i32;
+            C::sql(REWIND_INSTANCE).small(running).int(now).text(id).run(conn).await?;
+            insert_message(conn, &message).await?;
             Ok(Rewind::Rewound)
         }
     }
@@ -189,22 +204,24 @@ async fn rewind_child<C: Statements>(conn: &mut C, r: &ChildRewind, now: Micros)
 /// Deletes a finished instance and, when `recursive`, its finished sub-orchestrations (see
 /// [`rules::purge_step`]); an entity id purges that entity. Returns the outcome and the
 /// instances deleted.
-pub(super) async fn purge<C: EntityStatements>(conn: &mut C, instance_id: &str, recursive: bool) -> Result<(Purge, Vec<String>)> {
+pub(super) async fn purge<C: Statements>(conn: &mut C, instance_id: &str, recursive: bool) -> Result<(Purge, Vec<String>)> {
     if let Ok(entity) = crate::engine::entities::normalize_id(instance_id) {
         return Ok((Purge::Deleted(entities_txn::purge(conn, &entity).await?), vec![]));
     }
     let mut pending = vec![instance_id.to_string()];
     let mut deleted = vec![];
     while let Some(id) = pending.pop() {
-        let Some(status) = conn.instance_status(&id).await? else { continue };
+        let Some(status) = status_of(conn, SELECT_STATUS, &id).await? else {
+            continue;
+        };
         match rules::purge_step(status, deleted.is_empty() && id == instance_id, recursive) {
             PurgeStep::Refuse(s) => return Ok((Purge::NotFinished(s), vec![])),
             PurgeStep::Keep => continue,
             PurgeStep::Delete { children } => {
                 if children {
-                    pending.extend(rules::purge_children(&conn.load_history(&id).await?));
+                    pending.extend(rules::purge_children(&load_history(conn, &id).await?));
                 }
-                conn.delete_instance(&id).await?;
+                for_id(conn, &DELETE_INSTANCE, &id).await?;
                 deleted.push(id);
             }
         }
@@ -217,7 +234,7 @@ pub(super) async fn purge<C: EntityStatements>(conn: &mut C, instance_id: &str, 
 /// knows it (instance, execution). A database failure is returned for the whole batch.
 pub(super) async fn write<C, K>(conn: &mut C, writes: &[Write], known_len: K, effects: &mut Effects) -> Result<Vec<Result<Vec<String>>>>
 where
-    C: EntityStatements,
+    C: Statements,
     K: Fn(&str, &str) -> Option<usize> + Sync,
 {
     let mut results = Vec::with_capacity(writes.len());
@@ -255,14 +272,14 @@ where
 
 /// Releases a lease without a step, deleting the `consumed` inbox rows.
 pub(super) async fn release<C: Statements>(conn: &mut C, id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()> {
-    if !conn.release_instance(id, token, ready_at).await? {
+    if C::sql(RELEASE_ORCHESTRATION).int(ready_at).text(id).text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
     conn.delete_messages(consumed).await
 }
 
 /// One orchestration step; nothing is written when the lease is gone.
-async fn step<C: EntityStatements>(
+async fn step<C: Statements>(
     conn: &mut C,
     token: &str,
     consumed: &[i64],
@@ -273,7 +290,8 @@ async fn step<C: EntityStatements>(
 ) -> Result<Vec<String>> {
     // Checked first: a sidecar that took the instance over after our lease expired has
     // changed the token, and we write nothing.
-    if !conn.update_held_instance(&commit.instance, token).await? {
+    let q = bind_fields(C::sql(UPDATE_HELD_INSTANCE), &commit.instance).text(&commit.instance.instance_id);
+    if q.text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
     conn.delete_messages(consumed).await?;
@@ -290,7 +308,7 @@ async fn step<C: EntityStatements>(
 /// What a commit writes beyond its instance row: history, leftovers of a finished instance,
 /// activities, children, messages and rewinds. Returns the instances whose state changed; the
 /// ones it sends messages to are added to `effects.touched`.
-async fn apply<C: EntityStatements>(
+async fn apply<C: Statements>(
     conn: &mut C,
     commit: &Commit,
     now: Micros,
@@ -300,7 +318,7 @@ async fn apply<C: EntityStatements>(
     let id = &commit.instance.instance_id;
     write_history(conn, id, &commit.history, known_len).await?;
     if commit.instance.is_terminal() {
-        conn.delete_leftovers(id).await?;
+        for_id(conn, &DELETE_LEFTOVERS, id).await?;
     }
     if !commit.activities.is_empty() {
         conn.insert_activities(&commit.activities, now).await?;
@@ -308,7 +326,7 @@ async fn apply<C: EntityStatements>(
     let mut changed = vec![id.clone()];
     for c in &commit.children {
         let child = &c.child.instance.instance_id;
-        match rules::child_slot(conn.instance_status(child).await?) {
+        match rules::child_slot(status_of(conn, SELECT_STATUS, child).await?) {
             Slot::Taken(_) => {
                 info!(parent = %id, %child, "sub-orchestration id is taken by a running instance; failing that child");
                 deliver(conn, &c.on_conflict).await?;
@@ -340,12 +358,15 @@ async fn write_history<C: Statements>(conn: &mut C, id: &str, write: &HistoryWri
         HistoryWrite::Append(events) => {
             let first = match known_len {
                 Some(len) => len as i64,
-                None => conn.next_history_seq(id).await?,
+                None => {
+                    let row = C::sql(NEXT_HISTORY_SEQ).text(id).row(conn).await?;
+                    row.map_or(Ok(0), |r| r.int("next"))?
+                }
             };
             conn.insert_history(id, first, events).await
         }
         HistoryWrite::Replace(events) => {
-            conn.delete_history(id).await?;
+            C::sql(DELETE_HISTORY).text(id).run(conn).await?;
             conn.insert_history(id, 0, events).await
         }
     }
@@ -353,9 +374,10 @@ async fn write_history<C: Statements>(conn: &mut C, id: &str, write: &HistoryWri
 
 /// One activity result; nothing is written when the lease is gone.
 async fn activity_result<C: Statements>(conn: &mut C, id: i64, token: &str, result: &HistoryEvent, now: Micros) -> Result<Vec<String>> {
-    let Some((instance_id, execution_id)) = conn.take_activity(id, token).await? else {
+    let Some(row) = C::sql(DELETE_LOCKED_ACTIVITY).int(id).text(token).row(conn).await? else {
         return Err(StoreError::LeaseLost);
     };
+    let (instance_id, execution_id) = (row.text("instance_id")?, row.text("execution_id")?);
     let message = Message {
         instance_id,
         execution_id: Some(execution_id),
@@ -365,105 +387,43 @@ async fn activity_result<C: Statements>(conn: &mut C, id: i64, token: &str, resu
     };
     // One statement: queued only while that execution is still running (a result for a
     // finished or replaced execution is dropped, as `deliver` would).
-    if !conn.queue_result(&message).await? {
+    if bind_message(C::sql(QUEUE_RESULT.as_str()), &message).run(conn).await? == 0 {
         debug!(instance_id = %message.instance_id, "dropping an activity result for a finished or replaced execution");
     }
     Ok(vec![message.instance_id])
 }
 
-/// The [`Statements`] both engines run the same way, only with their own SQL: expanded inside
-/// each engine's `impl Statements`, where that engine's `queries.rs` names the statements.
-/// (The rest of the trait is written per engine, where the databases differ.)
-macro_rules! same_statements {
-    () => {
-        async fn load_instance(&mut self, id: &str) -> Result<Option<Instance>> {
-            let row = sqlx::query(SELECT_INSTANCE).bind(id).fetch_optional(&mut *self).await?;
-            row.as_ref().map($crate::store::encoding::instance).transpose()
-        }
-
-        async fn instance_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-            let s: Option<i32> = sqlx::query_scalar(SELECT_STATUS).bind(id).fetch_optional(&mut *self).await?;
-            s.map(|s| $crate::store::encoding::status(s.into())).transpose()
-        }
-
-        async fn lock_status(&mut self, id: &str) -> Result<Option<OrchestrationStatus>> {
-            let q = sqlx::query_scalar(SELECT_STATUS_FOR_UPDATE).bind(id);
-            let s: Option<i32> = q.fetch_optional(&mut *self).await?;
-            s.map(|s| $crate::store::encoding::status(s.into())).transpose()
-        }
-
-        async fn target(&mut self, id: &str) -> Result<Option<(OrchestrationStatus, String)>> {
-            let q = sqlx::query_as(SELECT_STATUS_AND_EXECUTION).bind(id);
-            let row: Option<(i32, String)> = q.fetch_optional(&mut *self).await?;
-            row.map(|(s, execution)| Ok(($crate::store::encoding::status(s.into())?, execution)))
-                .transpose()
-        }
-
-        async fn load_history(&mut self, id: &str) -> Result<Vec<HistoryEvent>> {
-            let rows = sqlx::query(SELECT_HISTORY).bind(id).fetch_all(&mut *self).await?;
-            rows.iter()
-                .map(|r| $crate::store::encoding::decode(r.get::<&[u8], _>(0)))
-                .collect()
-        }
-
-        async fn insert_instance(&mut self, i: &Instance, ready_at: Micros) -> Result<()> {
-            let q = $crate::store::encoding::bind_fields(sqlx::query(INSERT_INSTANCE).bind(&i.instance_id), i);
-            q.bind(ready_at).execute(&mut *self).await?;
-            Ok(())
-        }
-
-        async fn update_held_instance(&mut self, i: &Instance, token: &str) -> Result<bool> {
-            let q = $crate::store::encoding::bind_fields(sqlx::query(UPDATE_HELD_INSTANCE), i).bind(&i.instance_id);
-            Ok(q.bind(token).execute(&mut *self).await?.rows_affected() > 0)
-        }
-
-        async fn release_instance(&mut self, id: &str, token: &str, ready_at: Micros) -> Result<bool> {
-            let q = sqlx::query(RELEASE_ORCHESTRATION).bind(ready_at).bind(id).bind(token);
-            Ok(q.execute(&mut *self).await?.rows_affected() > 0)
-        }
-
-        async fn reopen_instance(&mut self, id: &str, now: Micros) -> Result<()> {
-            let q = sqlx::query(REWIND_INSTANCE)
-                .bind(OrchestrationStatus::Running as i32)
-                .bind(now);
-            q.bind(id).execute(&mut *self).await?;
-            Ok(())
-        }
-
-        async fn insert_message(&mut self, m: &Message) -> Result<()> {
-            let q = $crate::store::encoding::bind_message(sqlx::query(INSERT_MESSAGE), m);
-            q.execute(&mut *self).await?;
-            Ok(())
-        }
-
-        async fn delete_instance(&mut self, id: &str) -> Result<()> {
-            for sql in DELETE_INSTANCE {
-                sqlx::query(sql).bind(id).execute(&mut *self).await?;
-            }
-            Ok(())
-        }
-
-        async fn delete_leftovers(&mut self, id: &str) -> Result<()> {
-            for sql in DELETE_LEFTOVERS {
-                sqlx::query(sql).bind(id).execute(&mut *self).await?;
-            }
-            Ok(())
-        }
-
-        async fn delete_history(&mut self, id: &str) -> Result<()> {
-            sqlx::query(DELETE_HISTORY).bind(id).execute(&mut *self).await?;
-            Ok(())
-        }
-
-        async fn take_activity(&mut self, id: i64, token: &str) -> Result<Option<(String, String)>> {
-            let q = sqlx::query_as(DELETE_LOCKED_ACTIVITY).bind(id).bind(token);
-            Ok(q.fetch_optional(&mut *self).await?)
-        }
-
-        async fn queue_result(&mut self, m: &Message) -> Result<bool> {
-            let q = $crate::store::encoding::bind_message(sqlx::query(QUEUE_RESULT.as_str()), m);
-            Ok(q.execute(&mut *self).await?.rows_affected() > 0)
-        }
-    };
+pub(super) async fn load_instance<C: Conn>(conn: &mut C, id: &str) -> Result<Option<Instance>> {
+    let row = C::sql(SELECT_INSTANCE).text(id).row(conn).await?;
+    row.as_ref().map(encoding::instance).transpose()
 }
-pub(super) use same_statements;
+
+/// The current execution's history, in order.
+pub(super) async fn load_history<C: Conn>(conn: &mut C, id: &str) -> Result<Vec<HistoryEvent>> {
+    let rows = C::sql(SELECT_HISTORY).text(id).rows(conn).await?;
+    rows.iter().map(|r| encoding::decode(r.bytes("event")?)).collect()
+}
+
+/// The status of an instance, read with `sql` (SELECT_STATUS or SELECT_STATUS_FOR_UPDATE).
+pub(super) async fn status_of<C: Conn>(conn: &mut C, sql: &'static str, id: &str) -> Result<Option<OrchestrationStatus>> {
+    let row = C::sql(sql).text(id).row(conn).await?;
+    row.map(|r| encoding::status(r.small("status")?.into())).transpose()
+}
+
+/// Inserts a new, unleased instance row, not dispatched before `ready_at`.
+async fn insert_instance<C: Conn>(conn: &mut C, i: &Instance, ready_at: Micros) -> Result<()> {
+    let q = bind_fields(C::sql(INSERT_INSTANCE).text(&i.instance_id), i);
+    q.int(ready_at).run(conn).await.map(drop)
+}
+
+async fn insert_message<C: Conn>(conn: &mut C, m: &Message) -> Result<()> {
+    bind_message(C::sql(INSERT_MESSAGE), m).run(conn).await.map(drop)
+}
+
+/// Runs each of `statements` with `id` as its one parameter.
+async fn for_id<C: Conn>(conn: &mut C, statements: &[&'static str], id: &str) -> Result<()> {
+    for sql in statements {
+        C::sql(*sql).text(id).run(conn).await?;
+    }
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The sidecar binary in a process of its own, for figures only a separate process gives
-//! (its peak RSS) and for signals. Killed when dropped.
+//! (its peak RSS, its CPU time, its log lines, a descriptor limit) and for signals. Killed
+//! when dropped.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,15 +15,36 @@ pub struct Spawned {
     child: Child,
     pub addr: SocketAddr,
     pub http: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Spawned {
     /// `outrigger` on a fresh SQLite file, gRPC and HTTP on ports of its choosing, with `args`.
     pub fn start(args: &[&str]) -> Spawned {
+        Spawned::launch(None, args)
+    }
+
+    /// The same, with at most `fd_limit` open descriptors (`ulimit -n`).
+    pub fn with_fd_limit(fd_limit: u32, args: &[&str]) -> Spawned {
+        Spawned::launch(Some(fd_limit), args)
+    }
+
+    fn launch(fd_limit: Option<u32>, args: &[&str]) -> Spawned {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        let binary = env!("CARGO_BIN_EXE_outrigger");
+        let mut command = match fd_limit {
+            // The shell lowers its limit and execs the sidecar, which keeps the shell's pid.
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(binary);
+                sh
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(["--port", "0", "--http-port", "0", "--database-url", &url])
             .args(args)
             .env("RUST_LOG", "info")
@@ -31,6 +53,7 @@ impl Spawned {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run outrigger");
+        // Every line goes to this test's stderr and to `lines`, for `wait_for_line`.
         let (tx, lines) = mpsc::channel::<String>();
         for out in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
@@ -39,36 +62,58 @@ impl Spawned {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send(line.clone()).is_err() {
-                        eprintln!("sidecar: {line}");
-                    }
+                    eprintln!("sidecar: {line}");
+                    let _ = tx.send(line);
                 }
             });
         }
+        let mut spawned = Spawned {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            http: ([0, 0, 0, 0], 0).into(),
+            lines,
+            seen: vec![],
+            _dir: dir,
+        };
+        let after = |line: String, key: &str| -> SocketAddr {
+            let addr = line.split(key).nth(1).and_then(|a| a.split_whitespace().next());
+            addr.and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+        };
+        spawned.addr = after(spawned.wait_for_line("listening addr="), "listening addr=");
+        spawned.http = after(spawned.wait_for_line("listening http="), "listening http=");
+        spawned
+    }
+
+    /// The first log line (seen before or from now on, for at most 30 s) containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut addr, mut http) = (None, None);
-        while addr.is_none() || http.is_none() {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines.recv_timeout(left).expect("the sidecar to say where it listens");
-            let after = |key: &str| {
-                line.split(key)
-                    .nth(1)
-                    .map(|a| a.split_whitespace().next().unwrap().parse().unwrap())
-            };
-            if line.contains("listening http=") {
-                http = after("listening http=");
-            } else if line.contains("listening addr=") {
-                addr = after("listening addr=");
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no log line with {needle:?}; seen: {:#?}", self.seen),
             }
         }
-        // Later lines go to this test's stderr.
-        std::thread::spawn(move || lines.iter().for_each(|l| eprintln!("sidecar: {l}")));
-        Spawned {
-            child,
-            addr: addr.unwrap(),
-            http: http.unwrap(),
-            _dir: dir,
-        }
+    }
+
+    /// User and system CPU time the process has used so far.
+    pub fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read stat");
+        // Fields after the command name (which ends with the last ')'): utime is the 12th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // Linux reports CPU time in USER_HZ, 100 per second on every architecture it runs on.
+        Duration::from_millis(ticks * 10)
     }
 
     pub fn pid(&self) -> u32 {

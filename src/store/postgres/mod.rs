@@ -7,21 +7,21 @@
 //! gone and writes nothing. Each transaction that gives another sidecar something to do ends with a
 //! `NOTIFY`; every sidecar `LISTEN`s, so work created anywhere is dispatched at once.
 
-mod entities;
 mod notify;
 mod queries;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Row};
+use sqlx::{Connection, Postgres, Row};
 use tokio::sync::broadcast;
-use tonic::async_trait;
 use tracing::info;
 
-use super::encoding::{self, bind_lease, encode};
-use super::filters;
-use super::txn::{self, Effects, Statements};
+use super::db::Db;
+use super::encoding::{self, encode};
+use super::txn::Statements;
 use super::*;
 use queries::*;
 
@@ -136,21 +136,9 @@ impl PostgresStore {
 }
 
 impl Statements for PgConnection {
-    txn::same_statements!();
-
-    async fn make_start_due(&mut self, id: &str, at: Micros) -> Result<()> {
-        sqlx::query(MAKE_PENDING_DUE).bind(at).bind(id).execute(&mut *self).await?;
-        Ok(())
-    }
-
     async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
         sqlx::query(DELETE_MESSAGES).bind(ids).execute(&mut *self).await?;
         Ok(())
-    }
-
-    async fn next_history_seq(&mut self, id: &str) -> Result<i64> {
-        let next: i32 = sqlx::query_scalar(NEXT_HISTORY_SEQ).bind(id).fetch_one(&mut *self).await?;
-        Ok(next.into())
     }
 
     async fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> Result<()> {
@@ -180,208 +168,87 @@ impl Statements for PgConnection {
         q.bind(now).bind(names).bind(versions).execute(&mut *self).await?;
         Ok(())
     }
-}
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
-        let id = &new.instance.instance_id;
-        let mut tx = self.pool.begin().await?;
-        txn::create(&mut *tx, &new, replaceable).await?;
-        self.notifier.send(&mut tx, [id]).await?;
-        tx.commit().await.map_err(|e| txn::taken(id, e.into()))
+    async fn histories(&mut self, ids: &[&str]) -> Result<HashMap<String, Vec<HistoryEvent>>> {
+        encoding::histories(&sqlx::query(SELECT_HISTORIES).bind(ids).fetch_all(&mut *self).await?)
     }
 
-    async fn create_with_history(&self, commit: Commit, now: Micros) -> Result<Vec<String>> {
-        let id = &commit.instance.instance_id;
-        let mut tx = self.pool.begin().await?;
-        let mut effects = Effects::default();
-        let changed = txn::create_with_history(&mut *tx, &commit, now, &mut effects).await?;
-        self.notifier.send(&mut tx, &effects.touched).await?;
-        tx.commit().await.map_err(|e| txn::taken(id, e.into()))?;
-        Ok(changed)
+    async fn inboxes(&mut self, ids: &[&str], now: Micros) -> Result<HashMap<String, Vec<(i64, Message)>>> {
+        encoding::inboxes(&sqlx::query(SELECT_INBOXES).bind(ids).bind(now).fetch_all(&mut *self).await?)
     }
 
-    async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>> {
-        self.pool.acquire().await?.load_instance(instance_id).await
-    }
-
-    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>> {
-        self.pool.acquire().await?.load_history(instance_id).await
-    }
-
-    async fn send(&self, message: Message) -> Result<Delivery> {
-        let mut tx = self.pool.begin().await?;
-        let delivery = txn::deliver(&mut *tx, &message).await?;
-        if delivery == Delivery::Queued {
-            self.notifier.send(&mut tx, [&message.instance_id]).await?;
+    async fn renew_leases(&mut self, tokens: &[String], until: Micros) -> Result<()> {
+        for sql in RENEW_LEASES {
+            sqlx::query(sql).bind(until).bind(tokens).execute(&mut *self).await?;
         }
-        tx.commit().await?;
-        Ok(delivery)
-    }
-
-    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
-        let mut tx = self.pool.begin().await?;
-        let outcome = txn::rewind(&mut *tx, instance_id, event, now).await?;
-        if outcome == Rewind::Rewound {
-            self.notifier.send(&mut tx, [instance_id]).await?;
-        }
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
-        let mut q = filters::instances::<sqlx::Postgres>(INSTANCE_COLUMNS, f);
-        q.build().fetch_all(&self.pool).await?.iter().map(encoding::instance).collect()
-    }
-
-    async fn count_by_status(&self, f: &InstanceFilter) -> Result<Vec<(OrchestrationStatus, u64)>> {
-        let rows: Vec<(i32, i64)> = filters::counts::<sqlx::Postgres>(f).build_query_as().fetch_all(&self.pool).await?;
-        filters::status_counts(rows)
-    }
-
-    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
-        Ok(filters::finished::<sqlx::Postgres>(f)
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
-        let mut tx = self.pool.begin().await?;
-        let (outcome, _) = txn::purge(&mut *tx, instance_id, recursive).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn delete_all(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(DELETE_ALL).execute(&mut *tx).await?;
-        sqlx::query(entities::DELETE_ALL).execute(&mut *tx).await?;
-        tx.commit().await?;
         Ok(())
     }
 
-    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedOrchestration>> {
-        // One statement leases the batch and returns the rows (nothing to do costs one query).
-        // History and inbox are read after it commits: the lease keeps them ours.
-        let q = bind_lease(sqlx::query(LOCK_ORCHESTRATIONS), lease, max, names);
-        let rows = q.bind(OrchestrationStatus::Suspended as i32).fetch_all(&self.pool).await?;
-        if rows.is_empty() {
-            return Ok(vec![]);
-        }
-        let picked = encoding::leased(&rows)?;
-        let ids: Vec<&str> = picked.iter().map(|(_, i)| i.instance_id.as_str()).collect();
-        let mut conn = self.pool.acquire().await?;
-        let histories = sqlx::query(SELECT_HISTORIES).bind(&ids).fetch_all(&mut *conn).await?;
-        let inboxes = sqlx::query(SELECT_INBOXES).bind(&ids).bind(lease.now).fetch_all(&mut *conn).await?;
-        Ok(LockedOrchestration::assemble(
-            picked,
-            encoding::histories(&histories)?,
-            encoding::inboxes(&inboxes)?,
-        ))
+    async fn delete_consumed(&mut self, ids: &[i64]) -> Result<()> {
+        sqlx::query("DELETE FROM entity_queue WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
     }
 
-    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
-        let mut tx = self.pool.begin().await?;
-        let mut effects = Effects::default();
-        let results = txn::write(&mut *tx, writes, |_, _| None, &mut effects).await?;
-        if !effects.touched.is_empty() {
-            self.notifier.send(&mut tx, &effects.touched).await?;
-        }
-        tx.commit().await?;
-        Ok(results)
+    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
+        // One statement: undefer the old set and defer the new one.
+        sqlx::query("UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END WHERE instance_id = $1 AND (deferred = 1 OR id = ANY($2))")
+            .bind(id)
+            .bind(deferred)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
     }
 
-    fn write_concurrency(&self) -> usize {
+    async fn release_orphaned_locks(&mut self) -> Result<u32> {
+        // Orphaned: the holder is gone or finished. Deferred messages may run again.
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH released AS ( \
+               UPDATE entities e SET locked_by = NULL, lock_section = NULL WHERE e.locked_by IS NOT NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM instances i WHERE i.instance_id = e.locked_by AND i.status NOT IN ({})) \
+               RETURNING e.instance_id), \
+             undeferred AS (UPDATE entity_queue q SET deferred = 0 FROM released r WHERE q.instance_id = r.instance_id) \
+             SELECT COUNT(*) FROM released",
+            filters::terminal_statuses()
+        )))
+        .fetch_one(&mut *self)
+        .await?;
+        Ok(released.get::<i64, _>(0) as u32)
+    }
+}
+
+impl Db for PostgresStore {
+    type Conn = PgConnection;
+    type Tx = sqlx::Transaction<'static, Postgres>;
+    type Pooled = PoolConnection<Postgres>;
+
+    async fn begin(&self) -> Result<Self::Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// The NOTIFY is delivered only if the transaction commits.
+    async fn commit(&self, mut tx: Self::Tx, wake: Option<&[String]>) -> Result<()> {
+        if let Some(ids) = wake {
+            self.notifier.send(&mut tx, ids).await?;
+        }
+        Ok(tx.commit().await?)
+    }
+
+    async fn read(&self) -> Result<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn lease(&self) -> Result<PoolConnection<Postgres>> {
+        self.read().await
+    }
+
+    fn writers(&self) -> usize {
         self.write_concurrency
     }
 
-    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        txn::release(&mut *tx, instance_id, token, consumed, ready_at).await?;
-        self.notifier.send(&mut tx, [instance_id]).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
-        let rows = bind_lease(sqlx::query(LOCK_ACTIVITIES), lease, max, names)
-            .fetch_all(&self.pool)
-            .await?;
-        encoding::activities(&rows)
-    }
-
-    async fn release_activity(&self, id: i64, token: &str, visible_at: Micros) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(RELEASE_ACTIVITY).bind(visible_at).bind(id).bind(token);
-        if done.execute(&mut *tx).await?.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost);
-        }
-        self.notifier.send(&mut tx, None::<&str>).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn renew_leases(&self, tokens: &[String], until: Micros) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for sql in RENEW_LEASES.into_iter().chain([entities::RENEW]) {
-            sqlx::query(sql).bind(until).bind(tokens).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn release_all(&self, owner: Option<&str>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for sql in RELEASE_ALL.into_iter().chain([entities::RELEASE_ALL]) {
-            sqlx::query(sql).bind(owner).execute(&mut *tx).await?;
-        }
-        self.notifier.send(&mut tx, None::<&str>).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn next_due(&self, now: Micros) -> Result<Option<Micros>> {
-        Ok(sqlx::query_scalar(NEXT_DUE.as_str()).bind(now).fetch_one(&self.pool).await?)
-    }
-
-    async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>> {
-        entities::get(&self.pool, instance_id).await
-    }
-
-    async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>> {
-        entities::query(&self.pool, filter).await
-    }
-
-    async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
-        let mut tx = self.pool.begin().await?;
-        let cleaned = entities::clean(&mut *tx, remove_empty, release_orphaned_locks).await?;
-        if cleaned.released > 0 {
-            self.notifier.send(&mut tx, None::<&str>).await?;
-        }
-        tx.commit().await?;
-        Ok(cleaned)
-    }
-
-    async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
-        entities::lock(&self.pool, lease, max).await
-    }
-
-    async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Micros) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        entities::release(&mut tx, instance_id, token, ready_at).await?;
-        self.notifier.send(&mut tx, [instance_id]).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn backlog(&self, now: Micros) -> Result<Backlog> {
-        let q = sqlx::query_as(BACKLOG).bind(now).bind(OrchestrationStatus::Suspended as i32);
-        Ok(Backlog::from_counts(q.fetch_one(&self.pool).await?))
-    }
-
-    fn remote_changes(&self) -> Option<broadcast::Receiver<Change>> {
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
         Some(self.changes.subscribe())
     }
 }

@@ -1,183 +1,115 @@
-//! Every orchestration statement the Postgres store runs, by name (the SQLite store's
-//! `queries.rs` has the same names). Times are Unix microseconds.
+//! The statements only Postgres says this way (the SQLite store's `queries.rs`
+//! has the same names; what both run alike is `store::queries`): row locks, `SKIP LOCKED`
+//! picks and array binds.
 
-/// The instance columns every instance read selects, in table order (`encoding::bind_fields`
-/// binds them so).
-macro_rules! instance_columns {
-    () => {
-        "instance_id, name, version, execution_id, status, input, output, custom_status, failure_details, created_at, \
-         updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, trace_context"
-    };
+use sqlx::PgConnection;
+
+use crate::store::queries::instance_columns;
+use crate::store::txn::Dialect;
+
+impl Dialect for PgConnection {
+    /// Locks the row (when there is one) so a concurrent create of the same id waits for us.
+    const SELECT_STATUS_FOR_UPDATE: &'static str = "SELECT status FROM instances WHERE instance_id = $1 FOR UPDATE";
+
+    /// Leases up to $4 instances with visible inbox messages ($1 = now) that nobody holds, for
+    /// owner $2 until $3, with a fresh token each. The candidates come from the inbox, so finished
+    /// instances (which have none) cost nothing; a suspended ($6) instance is only picked for an
+    /// event that wakes it. SKIP LOCKED lets sidecars lease side by side without waiting on each
+    /// other. $5 is the workers' name filter (NULL: any name), see `filters::names_json`.
+    const LOCK_ORCHESTRATIONS: &'static str = concat!(
+        "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
+         FROM ( \
+           SELECT c.instance_id AS picked FROM instances c \
+           WHERE c.instance_id IN (SELECT m.instance_id FROM inbox m WHERE m.visible_at <= $1) \
+             AND c.lock_expires <= $1 AND c.ready_at <= $1 \
+             AND (c.status <> $6 OR EXISTS ( \
+               SELECT 1 FROM inbox k WHERE k.instance_id = c.instance_id AND k.kind = 1 AND k.visible_at <= $1)) \
+             AND ($5::jsonb IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($5::jsonb) f(v) \
+               WHERE f.v ->> 0 = c.name AND (f.v ->> 1 IS NULL OR f.v ->> 1 = COALESCE(c.version, '')))) \
+           LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
+         ) p \
+         WHERE i.instance_id = p.picked \
+         RETURNING lock_token, ",
+        instance_columns!()
+    );
+
+    /// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first, whose name
+    /// the workers' filter $5 takes (NULL: any name; rows queued before the name column existed
+    /// are leased whatever the filter and checked by the dispatcher).
+    const LOCK_ACTIVITIES: &'static str = "UPDATE activities a SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
+         FROM ( \
+           SELECT id AS picked FROM activities c WHERE lock_expires <= $1 AND visible_at <= $1 \
+             AND ($5::jsonb IS NULL OR c.name IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($5::jsonb) f(v) \
+               WHERE f.v ->> 0 = c.name AND (f.v ->> 1 IS NULL OR f.v ->> 1 = COALESCE(c.version, '')))) \
+           ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED \
+         ) p \
+         WHERE a.id = p.picked \
+         RETURNING a.id, a.lock_token, a.instance_id, a.execution_id, a.request";
+
+    /// Leases up to $4 entities with runnable messages ($1 = now) for owner $2 until $3. Entities
+    /// are leased like instances: picked with `FOR UPDATE SKIP LOCKED`, written back `WHERE
+    /// lease_token = $token`, so one entity is processed in one place at a time across every
+    /// sidecar on the database.
+    const LOCK_ENTITIES: &'static str = "UPDATE entities e SET lease_token = gen_random_uuid()::text, lease_owner = $2, lease_expires = $3 \
+         FROM ( \
+           SELECT c.instance_id AS picked FROM entities c \
+           WHERE c.instance_id IN (SELECT q.instance_id FROM entity_queue q WHERE q.deferred = 0 AND q.visible_at <= $1) \
+             AND c.lease_expires <= $1 AND c.ready_at <= $1 \
+           LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
+         ) p \
+         WHERE e.instance_id = p.picked \
+         RETURNING e.lease_token, e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at";
+
+    /// Releases the leases of owner $1, or of everyone when $1 is NULL.
+    const RELEASE_ALL: &'static [&'static str] = &[
+        "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+         WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
+        "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
+         WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
+        "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0 \
+         WHERE lease_owner IS NOT NULL AND ($1::text IS NULL OR lease_owner = $1)",
+    ];
+
+    const DELETE_ALL: &'static [&'static str] = &["TRUNCATE history, inbox, activities, instances, entity_queue, entities"];
+
+    /// The earliest moment after $1 when work appears: a timer or other future message, a
+    /// scheduled start or back-off ending, an activity's retry time, or a lease running out (a
+    /// crashed sidecar's work is taken over right then, not at the next sweep).
+    const NEXT_DUE: &'static str = "SELECT MIN(t) AS due FROM ( \
+           SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > $1 \
+           UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > $1 \
+           UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > $1 \
+           UNION ALL SELECT MIN(lock_expires) FROM instances WHERE lock_token IS NOT NULL AND lock_expires > $1 \
+           UNION ALL SELECT MIN(lock_expires) FROM activities WHERE lock_token IS NOT NULL AND lock_expires > $1 \
+           UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > $1 \
+           UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > $1 \
+           UNION ALL SELECT MIN(lease_expires) FROM entities WHERE lease_token IS NOT NULL AND lease_expires > $1 \
+         ) due";
 }
 
-pub const INSTANCE_COLUMNS: &str = instance_columns!();
-
-pub const SELECT_INSTANCE: &str = concat!("SELECT ", instance_columns!(), " FROM instances WHERE instance_id = $1");
-
-pub const SELECT_STATUS: &str = "SELECT status FROM instances WHERE instance_id = $1";
-
-/// Locks the row (when there is one) so a concurrent create of the same id waits for us.
-pub const SELECT_STATUS_FOR_UPDATE: &str = "SELECT status FROM instances WHERE instance_id = $1 FOR UPDATE";
-
-pub const SELECT_STATUS_AND_EXECUTION: &str = "SELECT status, execution_id FROM instances WHERE instance_id = $1";
-
-/// A new row, unleased.
-pub const INSERT_INSTANCE: &str = "INSERT INTO instances (instance_id, name, version, execution_id, status, input, output, \
-     custom_status, failure_details, created_at, updated_at, completed_at, scheduled_start_at, parent_instance_id, tags, \
-     trace_context, ready_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
-
-/// A step's instance row, written only while token $17 holds the lease on instance $16, which
-/// the same statement ends.
-pub const UPDATE_HELD_INSTANCE: &str = "UPDATE instances SET name = $1, version = $2, execution_id = $3, status = $4, \
-     input = $5, output = $6, custom_status = $7, failure_details = $8, created_at = $9, updated_at = $10, \
-     completed_at = $11, scheduled_start_at = $12, parent_instance_id = $13, tags = $14, trace_context = $15, \
-     ready_at = 0, lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
-     WHERE instance_id = $16 AND lock_token = $17";
-
-pub const INSERT_MESSAGE: &str =
-    "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) VALUES ($1, $2, $3, $4, $5, $6)";
-
-/// A terminate for an instance whose start lies in the future runs it now ($1).
-pub const MAKE_PENDING_DUE: &str = "WITH due AS (UPDATE inbox SET visible_at = $1 WHERE instance_id = $2 AND visible_at > $1) \
-     UPDATE instances SET ready_at = 0 WHERE instance_id = $2";
-
-pub const DELETE_INSTANCE: [&str; 4] = [
-    "DELETE FROM history WHERE instance_id = $1",
-    "DELETE FROM inbox WHERE instance_id = $1",
-    "DELETE FROM activities WHERE instance_id = $1",
-    "DELETE FROM instances WHERE instance_id = $1",
-];
-
-pub const DELETE_ALL: &str = "TRUNCATE history, inbox, activities, instances";
-
-pub const SELECT_HISTORY: &str = "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq";
-
 pub const SELECT_HISTORIES: &str = "SELECT instance_id, event FROM history WHERE instance_id = ANY($1) ORDER BY instance_id, seq";
-
-pub const NEXT_HISTORY_SEQ: &str = "SELECT COALESCE(MAX(seq) + 1, 0) FROM history WHERE instance_id = $1";
-
-pub const DELETE_HISTORY: &str = "DELETE FROM history WHERE instance_id = $1";
 
 /// Appends events $3 numbered from $2, in one statement.
 pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) \
      SELECT $1, $2 + e.n - 1, e.event FROM UNNEST($3::bytea[]) WITH ORDINALITY AS e(event, n)";
 
-pub const REWIND_INSTANCE: &str = "UPDATE instances SET status = $1, output = NULL, failure_details = NULL, completed_at = NULL, \
-     updated_at = $2, ready_at = 0 WHERE instance_id = $3";
-
-/// Leases up to $4 instances with visible inbox messages ($1 = now) that nobody holds, for
-/// owner $2 until $3, with a fresh token each. The candidates come from the inbox, so finished
-/// instances (which have none) cost nothing; a suspended ($6) instance is only picked for an
-/// event that wakes it. SKIP LOCKED lets sidecars lease side by side without waiting on each
-/// other. $5 is the workers' name filter (NULL: any name), see `filters::names_json`.
-pub const LOCK_ORCHESTRATIONS: &str = concat!(
-    "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
-     FROM ( \
-       SELECT c.instance_id AS picked FROM instances c \
-       WHERE c.instance_id IN (SELECT m.instance_id FROM inbox m WHERE m.visible_at <= $1) \
-         AND c.lock_expires <= $1 AND c.ready_at <= $1 \
-         AND (c.status <> $6 OR EXISTS ( \
-           SELECT 1 FROM inbox k WHERE k.instance_id = c.instance_id AND k.kind = 1 AND k.visible_at <= $1)) \
-         AND ($5::jsonb IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($5::jsonb) f(v) \
-           WHERE f.v ->> 0 = c.name AND (f.v ->> 1 IS NULL OR f.v ->> 1 = COALESCE(c.version, '')))) \
-       LIMIT $4 FOR UPDATE OF c SKIP LOCKED \
-     ) p \
-     WHERE i.instance_id = p.picked \
-     RETURNING lock_token, ",
-    instance_columns!()
-);
-
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
      WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
 
-/// Ends a lease held with token $3 on instance $2; not dispatched again before $1.
-pub const RELEASE_ORCHESTRATION: &str = "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, ready_at = $1 \
-     WHERE instance_id = $2 AND lock_token = $3";
-
 pub const DELETE_MESSAGES: &str = "DELETE FROM inbox WHERE id = ANY($1)";
-
-/// What a finished instance leaves behind that nothing will consume: pending events and
-/// timers, activities not yet handed out.
-pub const DELETE_LEFTOVERS: [&str; 2] = [
-    "DELETE FROM inbox WHERE instance_id = $1",
-    "DELETE FROM activities WHERE instance_id = $1 AND lock_token IS NULL",
-];
 
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
      SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version \
      FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \
        AS a(instance_id, execution_id, task_id, request, name, version)";
 
-/// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first, whose name
-/// the workers' filter $5 takes (NULL: any name; rows queued before the name column existed
-/// are leased whatever the filter and checked by the dispatcher).
-pub const LOCK_ACTIVITIES: &str = "UPDATE activities a SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
-     FROM ( \
-       SELECT id AS picked FROM activities c WHERE lock_expires <= $1 AND visible_at <= $1 \
-         AND ($5::jsonb IS NULL OR c.name IS NULL OR EXISTS (SELECT 1 FROM jsonb_array_elements($5::jsonb) f(v) \
-           WHERE f.v ->> 0 = c.name AND (f.v ->> 1 IS NULL OR f.v ->> 1 = COALESCE(c.version, '')))) \
-       ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED \
-     ) p \
-     WHERE a.id = p.picked \
-     RETURNING a.id, a.lock_token, a.instance_id, a.execution_id, a.request";
-
-/// Queues an activity result (bound as INSERT_MESSAGE's) only while that execution is still
-/// running.
-pub static QUEUE_RESULT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "INSERT INTO inbox (instance_id, execution_id, priority, kind, visible_at, event) SELECT $1, $2, $3, $4, $5, $6 \
-         WHERE EXISTS (SELECT 1 FROM instances WHERE instance_id = $1 AND execution_id = $2 AND status NOT IN ({}))",
-        crate::store::filters::terminal_statuses()
-    )
-});
-
-pub const DELETE_LOCKED_ACTIVITY: &str = "DELETE FROM activities WHERE id = $1 AND lock_token = $2 RETURNING instance_id, execution_id";
-
-pub const RELEASE_ACTIVITY: &str = "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0, visible_at = $1 \
-     WHERE id = $2 AND lock_token = $3";
-
 /// Extends leases. Rows a write batch has locked are skipped, never waited for: that batch is
 /// ending those leases anyway, and waiting would let renewal and batches deadlock.
-pub const RENEW_LEASES: [&str; 2] = [
+pub const RENEW_LEASES: [&str; 3] = [
     "UPDATE instances SET lock_expires = $1 WHERE instance_id IN ( \
        SELECT instance_id FROM instances WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
     "UPDATE activities SET lock_expires = $1 WHERE id IN ( \
        SELECT id FROM activities WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
+    "UPDATE entities SET lease_expires = $1 WHERE instance_id IN ( \
+       SELECT instance_id FROM entities WHERE lease_token = ANY($2) FOR UPDATE SKIP LOCKED)",
 ];
-
-/// Releases the leases of owner $1, or of everyone when $1 is NULL.
-pub const RELEASE_ALL: [&str; 2] = [
-    "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
-     WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
-    "UPDATE activities SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
-     WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
-];
-
-/// The earliest moment after $1 when work appears: a timer or other future message, a
-/// scheduled start or back-off ending, an activity's retry time, or a lease running out (a
-/// crashed sidecar's work is taken over right then, not at the next sweep).
-pub static NEXT_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT MIN(t) FROM ( \
-           SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > $1 \
-           UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > $1 \
-           UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > $1 \
-           UNION ALL SELECT MIN(lock_expires) FROM instances WHERE lock_token IS NOT NULL AND lock_expires > $1 \
-           UNION ALL SELECT MIN(lock_expires) FROM activities WHERE lock_token IS NOT NULL AND lock_expires > $1 \
-           {} \
-         ) due",
-        super::entities::NEXT_DUE_PARTS
-    )
-});
-
-/// What is waiting at $1 (the metrics' backlog gauges): instances with a due event nobody
-/// holds (as LOCK_ORCHESTRATIONS picks them, suspended ones only for a waking event), due
-/// activities nobody holds, events not yet due, and leases that ran out unreleased.
-pub const BACKLOG: &str = "SELECT \
-     (SELECT COUNT(DISTINCT m.instance_id) FROM inbox m JOIN instances i ON i.instance_id = m.instance_id \
-       WHERE m.visible_at <= $1 AND i.lock_expires <= $1 AND i.ready_at <= $1 AND (i.status <> $2 OR m.kind = 1)), \
-     (SELECT COUNT(*) FROM activities WHERE lock_expires <= $1 AND visible_at <= $1), \
-     (SELECT COUNT(*) FROM inbox WHERE visible_at > $1), \
-     (SELECT COUNT(*) FROM instances WHERE lock_token IS NOT NULL AND lock_expires <= $1) \
-       + (SELECT COUNT(*) FROM activities WHERE lock_token IS NOT NULL AND lock_expires <= $1)";

@@ -2,8 +2,6 @@
 //! time anyway, and a single connection avoids SQLITE_BUSY between our own transactions) and a
 //! small pool of readers, which WAL mode lets run beside the writer.
 
-mod cache;
-mod entities;
 mod queries;
 
 use std::collections::HashMap;
@@ -13,15 +11,13 @@ use std::time::Duration;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
-use tonic::async_trait;
 use tracing::{debug, info, warn};
 
-use super::encoding::{self, bind_lease, encode};
-use super::filters;
-use super::txn::{self, Effects, HistoryChange, Statements};
+use super::cache::HistoryCache;
+use super::db::Db;
+use super::encoding::{self, encode};
+use super::txn::Statements;
 use super::*;
-use crate::model::HistoryWrite;
-use cache::HistoryCache;
 use queries::*;
 
 #[derive(Debug)]
@@ -133,7 +129,7 @@ impl SqliteStore {
 /// (its "no transaction is active" error is expected and harmless), and a transaction dropped
 /// unfinished (an early error return, a cancelled call) is rolled back before the connection
 /// serves anyone else.
-struct WriteTx {
+pub(super) struct WriteTx {
     conn: Option<PoolConnection<Sqlite>>,
 }
 
@@ -196,11 +192,11 @@ impl std::ops::DerefMut for WriteTx {
 }
 
 /// Adds "{column} IN (?, ?, ...)" binding each of `values`.
-fn push_in<'a>(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, column: &str, values: impl IntoIterator<Item = &'a String>) {
+fn push_in(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, column: &str, values: &[&str]) {
     q.push(column).push(" IN (");
     let mut list = q.separated(", ");
     for v in values {
-        list.push_bind(v.clone());
+        list.push_bind(v.to_string());
     }
     q.push(")");
 }
@@ -226,24 +222,11 @@ async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result
 }
 
 impl Statements for SqliteConnection {
-    txn::same_statements!();
-
-    async fn make_start_due(&mut self, id: &str, at: Micros) -> Result<()> {
-        let [messages, start] = MAKE_PENDING_DUE;
-        sqlx::query(messages).bind(at).bind(id).execute(&mut *self).await?;
-        sqlx::query(start).bind(id).execute(&mut *self).await?;
-        Ok(())
-    }
-
     async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
         for ids in ids.chunks(ROWS_PER_STATEMENT) {
             for_ids(self, DELETE_MESSAGES, ids).await?;
         }
         Ok(())
-    }
-
-    async fn next_history_seq(&mut self, id: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar(NEXT_HISTORY_SEQ).bind(id).fetch_one(&mut *self).await?)
     }
 
     async fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> Result<()> {
@@ -275,210 +258,86 @@ impl Statements for SqliteConnection {
         }
         Ok(())
     }
-}
 
-/// Tells the history cache what a committed batch wrote.
-fn learn(cache: &HistoryCache, changes: Vec<HistoryChange>) {
-    for c in changes {
-        match c.write {
-            _ if c.finished => cache.forget(&c.instance_id),
-            HistoryWrite::Append(events) => cache.append(&c.instance_id, &c.execution_id, &events),
-            HistoryWrite::Replace(events) => cache.put(&c.instance_id, &c.execution_id, events),
-        }
-    }
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    async fn create_instance(&self, new: NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        txn::create(&mut *tx, &new, replaceable).await?;
-        tx.commit().await
+    async fn histories(&mut self, ids: &[&str]) -> Result<HashMap<String, Vec<HistoryEvent>>> {
+        let mut q = sqlx::QueryBuilder::new(SELECT_HISTORIES);
+        push_in(&mut q, "instance_id", ids);
+        q.push(" ORDER BY instance_id, seq");
+        encoding::histories(&q.build().fetch_all(&mut *self).await?)
     }
 
-    async fn create_with_history(&self, commit: Commit, now: Micros) -> Result<Vec<String>> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        let changed = txn::create_with_history(&mut *tx, &commit, now, &mut Effects::default()).await?;
-        tx.commit().await?;
-        Ok(changed)
-    }
-
-    async fn get_instance(&self, instance_id: &str) -> Result<Option<Instance>> {
-        self.reader.acquire().await?.load_instance(instance_id).await
-    }
-
-    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryEvent>> {
-        self.reader.acquire().await?.load_history(instance_id).await
-    }
-
-    async fn send(&self, message: Message) -> Result<Delivery> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        let delivery = txn::deliver(&mut *tx, &message).await?;
-        tx.commit().await?;
-        Ok(delivery)
-    }
-
-    async fn rewind(&self, instance_id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        let outcome = txn::rewind(&mut *tx, instance_id, event, now).await?;
-        tx.commit().await?;
-        Ok(outcome)
-    }
-
-    async fn query(&self, f: &InstanceFilter) -> Result<Vec<Instance>> {
-        let mut q = filters::instances::<sqlx::Sqlite>(INSTANCE_COLUMNS, f);
-        q.build().fetch_all(&self.reader).await?.iter().map(encoding::instance).collect()
-    }
-
-    async fn count_by_status(&self, f: &InstanceFilter) -> Result<Vec<(OrchestrationStatus, u64)>> {
-        let rows: Vec<(i32, i64)> = filters::counts::<sqlx::Sqlite>(f).build_query_as().fetch_all(&self.reader).await?;
-        filters::status_counts(rows)
-    }
-
-    async fn finished(&self, f: &FinishedFilter) -> Result<Vec<(Micros, String)>> {
-        Ok(filters::finished::<sqlx::Sqlite>(f)
-            .build_query_as()
-            .fetch_all(&self.reader)
-            .await?)
-    }
-
-    async fn purge(&self, instance_id: &str, recursive: bool) -> Result<Purge> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        let (outcome, deleted) = txn::purge(&mut *tx, instance_id, recursive).await?;
-        tx.commit().await?;
-        for id in deleted {
-            self.histories.forget(&id);
-        }
-        Ok(outcome)
-    }
-
-    async fn delete_all(&self) -> Result<()> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        for sql in DELETE_ALL.into_iter().chain(entities::DELETE_ALL) {
-            sqlx::query(sql).execute(&mut *tx).await?;
-        }
-        self.histories.clear();
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn lock_orchestrations(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedOrchestration>> {
-        // History and inbox are read beside the writer after the lease: the lease keeps them
-        // ours. Histories the cache holds are not read at all.
-        let q = bind_lease(sqlx::query(LOCK_ORCHESTRATIONS), lease, max, names);
-        let rows = q.bind(OrchestrationStatus::Suspended as i32).fetch_all(&self.writer).await?;
-        if rows.is_empty() {
-            return Ok(vec![]);
-        }
-        let picked = encoding::leased(&rows)?;
-        let ids: Vec<String> = picked.iter().map(|(_, i)| i.instance_id.clone()).collect();
-        let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
-        for (_, i) in &picked {
-            if let Some(events) = self.histories.get(&i.instance_id, &i.execution_id) {
-                histories.insert(i.instance_id.clone(), events);
-            }
-        }
-        let missing: Vec<&String> = ids.iter().filter(|id| !histories.contains_key(*id)).collect();
-        let mut conn = self.reader.acquire().await?;
-        if !missing.is_empty() {
-            let mut q = sqlx::QueryBuilder::new(SELECT_HISTORIES);
-            push_in(&mut q, "instance_id", missing.iter().copied());
-            q.push(" ORDER BY instance_id, seq");
-            let mut loaded = encoding::histories(&q.build().fetch_all(&mut *conn).await?)?;
-            for (_, i) in picked.iter().filter(|(_, i)| missing.contains(&&i.instance_id)) {
-                let events = loaded.remove(&i.instance_id).unwrap_or_default();
-                if !i.is_terminal() {
-                    self.histories.put(&i.instance_id, &i.execution_id, events.clone());
-                }
-                histories.insert(i.instance_id.clone(), events);
-            }
-        }
+    async fn inboxes(&mut self, ids: &[&str], now: Micros) -> Result<HashMap<String, Vec<(i64, Message)>>> {
         let mut q = sqlx::QueryBuilder::new(SELECT_INBOXES);
-        push_in(&mut q, "instance_id", &ids);
-        q.push(" AND visible_at <= ").push_bind(lease.now).push(" ORDER BY priority, id");
-        let inboxes = encoding::inboxes(&q.build().fetch_all(&mut *conn).await?)?;
-        Ok(LockedOrchestration::assemble(picked, histories, inboxes))
+        push_in(&mut q, "instance_id", ids);
+        q.push(" AND visible_at <= ").push_bind(now).push(" ORDER BY priority, id");
+        encoding::inboxes(&q.build().fetch_all(&mut *self).await?)
     }
 
-    async fn write(&self, writes: &[Write]) -> Result<Vec<Result<Vec<String>>>> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        let mut effects = Effects::default();
-        let results = txn::write(&mut *tx, writes, |id, execution| self.histories.len(id, execution), &mut effects).await?;
-        tx.commit().await?;
-        // Only now that the batch is on disk does the cache learn of it.
-        learn(&self.histories, effects.histories);
-        Ok(results)
-    }
-
-    async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        txn::release(&mut *tx, instance_id, token, consumed, ready_at).await?;
-        tx.commit().await
-    }
-
-    async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>> {
-        let rows = bind_lease(sqlx::query(LOCK_ACTIVITIES), lease, max, names)
-            .fetch_all(&self.writer)
-            .await?;
-        encoding::activities(&rows)
-    }
-
-    async fn release_activity(&self, id: i64, token: &str, visible_at: Micros) -> Result<()> {
-        let done = sqlx::query(RELEASE_ACTIVITY).bind(visible_at).bind(id).bind(token);
-        if done.execute(&self.writer).await?.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost);
+    async fn renew_leases(&mut self, tokens: &[String], until: Micros) -> Result<()> {
+        for token in tokens {
+            for sql in RENEW_LEASES {
+                sqlx::query(sql).bind(until).bind(token).execute(&mut *self).await?;
+            }
         }
         Ok(())
     }
 
-    async fn renew_leases(&self, tokens: &[String], until: Micros) -> Result<()> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        for token in tokens {
-            for sql in RENEW_LEASES.into_iter().chain([entities::RENEW]) {
-                sqlx::query(sql).bind(until).bind(token).execute(&mut *tx).await?;
-            }
+    async fn delete_consumed(&mut self, ids: &[i64]) -> Result<()> {
+        for_ids(self, "DELETE FROM entity_queue WHERE id IN (", ids).await
+    }
+
+    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
+        sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ? AND deferred = 1")
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        for_ids(self, "UPDATE entity_queue SET deferred = 1 WHERE id IN (", deferred).await
+    }
+
+    async fn release_orphaned_locks(&mut self) -> Result<u32> {
+        // Orphaned: the holder is gone or finished. Deferred messages may run again.
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE entities SET locked_by = NULL, lock_section = NULL WHERE locked_by IS NOT NULL AND NOT EXISTS ( \
+               SELECT 1 FROM instances i WHERE i.instance_id = entities.locked_by AND i.status NOT IN ({})) \
+             RETURNING instance_id",
+            filters::terminal_statuses()
+        )))
+        .fetch_all(&mut *self)
+        .await?;
+        for r in &released {
+            sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ?")
+                .bind(r.get::<String, _>(0))
+                .execute(&mut *self)
+                .await?;
         }
+        Ok(released.len() as u32)
+    }
+}
+
+impl Db for SqliteStore {
+    type Conn = SqliteConnection;
+    type Tx = WriteTx;
+    type Pooled = PoolConnection<Sqlite>;
+
+    async fn begin(&self) -> Result<WriteTx> {
+        WriteTx::begin(&self.writer).await
+    }
+
+    /// One sidecar per file: nobody else to tell.
+    async fn commit(&self, tx: WriteTx, _: Option<&[String]>) -> Result<()> {
         tx.commit().await
     }
 
-    async fn release_all(&self, owner: Option<&str>) -> Result<()> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        for sql in RELEASE_ALL.into_iter().chain([entities::RELEASE_ALL]) {
-            sqlx::query(sql).bind(owner).execute(&mut *tx).await?;
-        }
-        tx.commit().await
+    async fn read(&self) -> Result<PoolConnection<Sqlite>> {
+        Ok(self.reader.acquire().await?)
     }
 
-    async fn get_entity(&self, instance_id: &str) -> Result<Option<EntitySummary>> {
-        entities::get(&self.reader, instance_id).await
+    async fn lease(&self) -> Result<PoolConnection<Sqlite>> {
+        Ok(self.writer.acquire().await?)
     }
 
-    async fn query_entities(&self, filter: &EntityListFilter) -> Result<Vec<EntitySummary>> {
-        entities::query(&self.reader, filter).await
-    }
-
-    async fn clean_entities(&self, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
-        let mut tx = WriteTx::begin(&self.writer).await?;
-        let cleaned = entities::clean(&mut *tx, remove_empty, release_orphaned_locks).await?;
-        tx.commit().await?;
-        Ok(cleaned)
-    }
-
-    async fn lock_entities(&self, lease: &Lease<'_>, max: u32) -> Result<Vec<LockedEntity>> {
-        entities::lock(&self.writer, &self.reader, lease, max).await
-    }
-
-    async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Micros) -> Result<()> {
-        entities::release(&self.writer, instance_id, token, ready_at).await
-    }
-
-    async fn next_due(&self, now: Micros) -> Result<Option<Micros>> {
-        Ok(sqlx::query_scalar(NEXT_DUE).bind(now).fetch_one(&self.reader).await?)
-    }
-
-    async fn backlog(&self, now: Micros) -> Result<Backlog> {
-        let q = sqlx::query_as(BACKLOG).bind(now).bind(OrchestrationStatus::Suspended as i32);
-        Ok(Backlog::from_counts(q.fetch_one(&self.reader).await?))
+    fn cache(&self) -> Option<&HistoryCache> {
+        Some(&self.histories)
     }
 }
 

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::txn::HistoryChange;
+use crate::model::HistoryWrite;
 use crate::proto::HistoryEvent;
 
 /// Past this many cached events the cache starts over, which bounds its memory (a few tens
@@ -99,6 +101,17 @@ impl HistoryCache {
         if let Some(entry) = inner.entries.get_mut(id) {
             entry.events.extend_from_slice(events);
             inner.events += events.len();
+        }
+    }
+
+    /// Takes in what a committed batch wrote.
+    pub fn learn(&self, changes: Vec<HistoryChange>) {
+        for c in changes {
+            match c.write {
+                _ if c.finished => self.forget(&c.instance_id),
+                HistoryWrite::Append(events) => self.append(&c.instance_id, &c.execution_id, &events),
+                HistoryWrite::Replace(events) => self.put(&c.instance_id, &c.execution_id, events),
+            }
         }
     }
 

@@ -56,22 +56,18 @@ impl Inner {
 impl HistoryCache {
     /// The cached history of `id` in `execution_id`, if any.
     pub fn get(&self, id: &str, execution_id: &str) -> Option<Vec<HistoryEvent>> {
-        let inner = self.inner.lock().unwrap();
-        inner
-            .entries
-            .get(id)
-            .filter(|e| e.execution_id == execution_id)
-            .map(|e| e.events.clone())
+        self.with(id, execution_id, |events| events.to_vec())
     }
 
     /// How many events `id` has in `execution_id`, if cached.
     pub fn len(&self, id: &str, execution_id: &str) -> Option<usize> {
+        self.with(id, execution_id, <[HistoryEvent]>::len)
+    }
+
+    fn with<T>(&self, id: &str, execution_id: &str, f: impl FnOnce(&[HistoryEvent]) -> T) -> Option<T> {
         let inner = self.inner.lock().unwrap();
-        inner
-            .entries
-            .get(id)
-            .filter(|e| e.execution_id == execution_id)
-            .map(|e| e.events.len())
+        let entry = inner.entries.get(id).filter(|e| e.execution_id == execution_id)?;
+        Some(f(&entry.events))
     }
 
     pub fn put(&self, id: &str, execution_id: &str, events: Vec<HistoryEvent>) {

@@ -75,7 +75,7 @@ pub(super) async fn step<C: Statements>(conn: &mut C, token: &str, c: &EntityCom
     if q.int(c.now).text(&c.instance_id).text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
-    conn.delete_consumed(&c.consumed).await?;
+    conn.delete_ids("entity_queue", &c.consumed).await?;
     conn.set_deferred(&c.instance_id, &c.deferred).await?;
     let mut changed = vec![c.instance_id.clone()];
     for m in &c.messages {

@@ -1,8 +1,8 @@
 //! The statements both engines run as they stand: portable SQL with `$N` placeholders, which
 //! Postgres and sqlx's SQLite driver both bind by number. What only one database can say
 //! (row locks, array binds, lease statements, `RETURNING` picks) is in that engine's
-//! `queries.rs` and `entities.rs`, under the same names on both sides. Times are Unix
-//! microseconds.
+//! `queries.rs` (its `txn::Dialect`, under the same names on both sides) and its
+//! `txn::Statements`. Times are Unix microseconds.
 
 /// The instance columns every instance read selects, in table order (`encoding::bind_fields`
 /// binds them so).

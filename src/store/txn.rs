@@ -50,7 +50,8 @@ pub(super) trait Dialect {
 /// (SQLite: `IN (..)` lists and `VALUES` rows, a bounded number at a time; Postgres: array
 /// binds). Each runs on the connection of the transaction (or batch) that calls it.
 pub(super) trait Statements: Conn + Dialect {
-    fn delete_messages(&mut self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes the rows of `table` (`inbox`, `entity_queue`) with these ids.
+    fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     /// Appends `events` numbered from `first`.
     fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;
     fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> impl Future<Output = Result<()>> + Send;
@@ -60,8 +61,6 @@ pub(super) trait Statements: Conn + Dialect {
     fn inboxes(&mut self, ids: &[&str], now: Micros) -> impl Future<Output = Result<HashMap<String, Vec<(i64, Message)>>>> + Send;
     /// Extends the leases (of instances, activities and entities) with these tokens.
     fn renew_leases(&mut self, tokens: &[String], until: Micros) -> impl Future<Output = Result<()>> + Send;
-    /// Deletes these entity queue rows.
-    fn delete_consumed(&mut self, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     /// Makes exactly `deferred` the entity's deferred messages (earlier ones may run again).
     fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> impl Future<Output = Result<()>> + Send;
     /// Clears locks held by missing or finished instances and undefers those entities' queues;
@@ -275,7 +274,7 @@ pub(super) async fn release<C: Statements>(conn: &mut C, id: &str, token: &str, 
     if C::sql(RELEASE_ORCHESTRATION).int(ready_at).text(id).text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
-    conn.delete_messages(consumed).await
+    conn.delete_ids("inbox", consumed).await
 }
 
 /// One orchestration step; nothing is written when the lease is gone.
@@ -294,7 +293,7 @@ async fn step<C: Statements>(
     if q.text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
-    conn.delete_messages(consumed).await?;
+    conn.delete_ids("inbox", consumed).await?;
     let changed = apply(conn, commit, now, known_len, effects).await?;
     effects.histories.push(HistoryChange {
         instance_id: commit.instance.instance_id.clone(),

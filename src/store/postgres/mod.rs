@@ -136,8 +136,9 @@ impl PostgresStore {
 }
 
 impl Statements for PgConnection {
-    async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
-        sqlx::query(DELETE_MESSAGES).bind(ids).execute(&mut *self).await?;
+    async fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> Result<()> {
+        let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).execute(&mut *self).await?;
         Ok(())
     }
 
@@ -181,14 +182,6 @@ impl Statements for PgConnection {
         for sql in RENEW_LEASES {
             sqlx::query(sql).bind(until).bind(tokens).execute(&mut *self).await?;
         }
-        Ok(())
-    }
-
-    async fn delete_consumed(&mut self, ids: &[i64]) -> Result<()> {
-        sqlx::query("DELETE FROM entity_queue WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&mut *self)
-            .await?;
         Ok(())
     }
 

@@ -96,8 +96,6 @@ pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) 
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
      WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
 
-pub const DELETE_MESSAGES: &str = "DELETE FROM inbox WHERE id = ANY($1)";
-
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
      SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version \
      FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \

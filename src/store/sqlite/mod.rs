@@ -222,9 +222,10 @@ async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result
 }
 
 impl Statements for SqliteConnection {
-    async fn delete_messages(&mut self, ids: &[i64]) -> Result<()> {
+    async fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> Result<()> {
+        let head = format!("DELETE FROM {table} WHERE id IN (");
         for ids in ids.chunks(ROWS_PER_STATEMENT) {
-            for_ids(self, DELETE_MESSAGES, ids).await?;
+            for_ids(self, &head, ids).await?;
         }
         Ok(())
     }
@@ -280,10 +281,6 @@ impl Statements for SqliteConnection {
             }
         }
         Ok(())
-    }
-
-    async fn delete_consumed(&mut self, ids: &[i64]) -> Result<()> {
-        for_ids(self, "DELETE FROM entity_queue WHERE id IN (", ids).await
     }
 
     async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {

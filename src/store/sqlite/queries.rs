@@ -84,9 +84,6 @@ pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) 
 /// Completed by `instance_id IN (..) AND visible_at <= now ORDER BY priority, id`.
 pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox WHERE ";
 
-/// Completed by a list of ids and `)`.
-pub const DELETE_MESSAGES: &str = "DELETE FROM inbox WHERE id IN (";
-
 /// Completed by `VALUES` rows (instance_id, execution_id, task_id, request, visible_at, name, version).
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) ";
 

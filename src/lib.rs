@@ -21,7 +21,8 @@
 //!   store and dispatcher.
 //! - [`server`]: wires the pieces together and serves until shutdown.
 //! - [`auth`], [`tls`]: API keys and roles, TLS with reload; shared by every listener.
-//! - [`time`], [`rfc3339`]: microsecond times and wire timestamps; ISO 8601 text.
+//! - [`time`], [`rfc3339`]: the `Clock` every time of day is read from (the system clock, or a
+//!   manual one for tests), microsecond times and wire timestamps; ISO 8601 text.
 //! - [`accept`]: accepting connections (back-off when descriptors run out, a handshake deadline).
 //! - [`proto`], [`dapr_proto`]: the two dialects' wire messages, generated from `proto/`.
 //! - [`task`], [`redact`]: a background task that ends with its owner; URLs safe to log.

@@ -258,6 +258,7 @@ async fn serve(config: Config) -> ExitCode {
         drain: config.drain(),
         handshake_deadline: config.handshake_deadline(),
         task_hubs: config.task_hubs(),
+        clock: std::sync::Arc::new(outrigger::time::SystemClock),
     };
     let outcome = server::serve(listeners, store, options, shutdown_signal()).await;
     // The last spans are exported before exit; this blocks on the network, so off the runtime.

@@ -25,6 +25,7 @@ use crate::hubs::{self, Hubs, Route};
 use crate::store::Store;
 use crate::task::AbortOnDrop;
 use crate::telemetry::{RpcLayer, Telemetry};
+use crate::time::{Clock, SystemClock};
 use crate::tls::{self, Conn};
 
 /// How long in-flight calls (long waits, mostly) may take to finish once the drain is over.
@@ -66,6 +67,8 @@ pub struct Options {
     pub handshake_deadline: Duration,
     /// Named task hubs beside the default one (the store given to [`serve`]).
     pub task_hubs: hubs::Settings,
+    /// Where every hub reads the time of day (the system clock; tests hand in a manual one).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
             drain: Duration::from_secs(10),
             handshake_deadline: Duration::from_secs(10),
             task_hubs: hubs::Settings::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -181,6 +185,7 @@ pub async fn serve(
         max_wait: options.max_wait,
         max_message_bytes: options.max_message_bytes,
         dapr_app_id: options.dapr_app_id.clone(),
+        clock: options.clock.clone(),
     };
     let hubs = Hubs::new(store, recipe, options.task_hubs.clone());
     // The HTTP API serves the default hub only.

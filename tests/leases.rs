@@ -10,6 +10,11 @@ use outrigger::proto::work_item::Request as Item;
 use outrigger::proto::*;
 use tonic::Code;
 
+/// The back-off before an abandoned item is offered again (the default).
+fn abandon_delay() -> Duration {
+    outrigger::dispatch::Settings::default().abandon_delay
+}
+
 #[tokio::test]
 async fn completing_twice_with_one_token_is_refused_and_changes_nothing() {
     let sidecar = Sidecar::start().await;
@@ -94,7 +99,8 @@ async fn completing_an_activity_twice_is_refused() {
 
 #[tokio::test]
 async fn abandoned_orchestration_is_redelivered_with_a_new_token() {
-    let sidecar = Sidecar::start().await;
+    let time = VirtualTime::start();
+    let sidecar = Sidecar::with(|o| time.options(o)).await;
     let mut client = sidecar.client.clone();
     let mut worker = sidecar.worker().await;
     start(&mut client, "abandoned", "A", Some("1")).await;
@@ -107,6 +113,8 @@ async fn abandoned_orchestration_is_redelivered_with_a_new_token() {
         .await
         .expect("abandon");
 
+    // Offered again after the abandon's back-off.
+    time.advance(abandon_delay()).await;
     let (token2, again) = worker.orchestration().await;
     assert_ne!(token2, token, "a redelivered item gets a fresh token");
     assert_eq!(again.instance_id, "abandoned");
@@ -135,7 +143,8 @@ async fn abandoned_orchestration_is_redelivered_with_a_new_token() {
 
 #[tokio::test]
 async fn abandoned_activity_is_redelivered_with_a_new_token() {
-    let sidecar = Sidecar::start().await;
+    let time = VirtualTime::start();
+    let sidecar = Sidecar::with(|o| time.options(o)).await;
     let mut client = sidecar.client.clone();
     let mut worker = sidecar.worker().await;
     start(&mut client, "abandoned-act", "A", None).await;
@@ -152,6 +161,7 @@ async fn abandoned_activity_is_redelivered_with_a_new_token() {
         .await
         .expect("abandon");
 
+    time.advance(abandon_delay()).await;
     let (activity_token2, again) = worker.activity().await;
     assert_ne!(activity_token2, activity_token);
     assert_eq!(again, activity, "the same activity request is delivered again");
@@ -255,9 +265,16 @@ async fn activities_of_a_dropped_worker_go_to_another_worker_promptly() {
 
 #[tokio::test]
 async fn idle_streams_receive_health_pings() {
-    let sidecar = Sidecar::with(|o| o.dispatch.ping_interval = Duration::from_millis(200)).await;
+    let time = VirtualTime::start();
+    let interval = Duration::from_secs(15);
+    let sidecar = Sidecar::with(|o| {
+        time.options(o);
+        o.dispatch.ping_interval = interval;
+    })
+    .await;
     let mut worker = sidecar.worker().await;
     for _ in 0..2 {
+        time.advance(interval).await;
         let item = worker.next_within(Duration::from_secs(5)).await;
         assert!(
             matches!(item.request, Some(Item::HealthPing(_))),

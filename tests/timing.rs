@@ -1,6 +1,9 @@
 //! Time-dependent behaviour: scheduled starts, durable timers and the deadlines of the
-//! WaitForInstance* calls. Nothing here sleeps: arrival times are compared with the times asked
-//! for, and waits are bounded by gRPC deadlines.
+//! WaitForInstance* calls. Nothing here sleeps: scheduled starts and timers run on virtual time
+//! (the test moves the sidecar's clock past the due time), the times the sidecar stamped are
+//! compared with the times asked for, and waits are bounded by gRPC deadlines. The deadline
+//! tests run on real time: they are about when a call's own deadline ends it, raced against
+//! tonic's enforcement of the same deadline.
 
 mod common;
 
@@ -12,11 +15,12 @@ use outrigger::proto::*;
 
 #[tokio::test]
 async fn scheduled_start_is_not_dispatched_before_its_time() {
-    let sidecar = Sidecar::start().await;
+    let time = VirtualTime::start();
+    let sidecar = Sidecar::with(|o| time.options(o)).await;
     let mut client = sidecar.client.clone();
     let mut worker = sidecar.worker().await;
 
-    let start_at = now_ms() + 2_000;
+    let start_at = time.now_ms() + 2_000;
     let request = CreateInstanceRequest {
         instance_id: "later".into(),
         name: "Later".into(),
@@ -28,8 +32,9 @@ async fn scheduled_start_is_not_dispatched_before_its_time() {
     assert_eq!(state.orchestration_status(), OrchestrationStatus::Pending);
     assert_eq!(state.scheduled_start_timestamp.as_ref().map(ms), Some(start_at));
 
+    time.advance(Duration::from_millis(2_000)).await;
     let (_, item) = worker.orchestration().await;
-    let arrived = now_ms();
+    let arrived = time.now_ms();
     assert!(
         arrived >= start_at,
         "dispatched {} ms before its scheduled start",
@@ -50,20 +55,25 @@ async fn scheduled_start_is_not_dispatched_before_its_time() {
 
 #[tokio::test]
 async fn timer_fires_no_earlier_than_fire_at() {
-    let sidecar = Sidecar::start().await;
+    let time = VirtualTime::start();
+    let sidecar = Sidecar::with(|o| time.options(o)).await;
     let mut client = sidecar.client.clone();
     let mut worker = sidecar.worker().await;
     start(&mut client, "timed", "Timer", None).await;
     let (token, _) = worker.orchestration().await;
 
-    let fire_at = now_ms() + 1_000;
+    let fire_at = time.now_ms() + 1_000;
     complete_orchestrator(&mut client, &token, "timed", vec![create_timer(7, fire_at)])
         .await
         .expect("create timer");
 
+    time.advance(Duration::from_millis(1_000)).await;
     let (_, item) = worker.orchestration().await;
-    let arrived = now_ms();
+    let arrived = time.now_ms();
     assert!(arrived >= fire_at, "timer fired {} ms early", fire_at - arrived);
+    // The sidecar's own record of when it ran the step that the timer woke.
+    let started_at = ms(item.new_events[0].timestamp.as_ref().expect("OrchestratorStarted timestamp"));
+    assert!(started_at >= fire_at, "OrchestratorStarted at {started_at}, timer due at {fire_at}");
     let created = item
         .past_events
         .iter()

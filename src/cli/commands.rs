@@ -17,7 +17,7 @@ use crate::proto::purge_instances_request::Request as PurgeTarget;
 use crate::proto::task_hub_sidecar_service_client::TaskHubSidecarServiceClient;
 use crate::proto::*;
 use crate::rfc3339::{self, Precision};
-use crate::time::{self, Micros};
+use crate::time::{self, Clock, Micros, SystemClock};
 
 type Client = TaskHubSidecarServiceClient<InterceptedService<Channel, TaskHub>>;
 
@@ -210,7 +210,8 @@ fn when(flag: &str, text: &str) -> Result<prost_types::Timestamp, Failure> {
     if let Some((unit, us)) = units.iter().find(|(u, _)| text.ends_with(*u))
         && let Ok(n) = text[..text.len() - unit.len_utf8()].parse::<u32>()
     {
-        return Ok(time::to_timestamp(time::now() - Micros::from(n) * us));
+        // An age counts back from this machine's clock: the CLI is a client of the sidecar.
+        return Ok(time::to_timestamp(SystemClock.now() - Micros::from(n) * us));
     }
     rfc3339::parse(text)
         .map(time::to_timestamp)

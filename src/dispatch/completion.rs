@@ -1,9 +1,8 @@
 //! Completion handling: what workers hold, and their answers (complete or abandon) applied
 //! through the engine and written through the batcher.
 
-use std::time::Instant;
-
 use prost::Message as _;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::workers::lost_key;
@@ -32,7 +31,7 @@ pub(super) struct HeldOrchestration {
     pub(super) chunks: Vec<OrchestratorAction>,
     pub(super) chunk_bytes: usize,
     pub(super) next_chunk: i32,
-    /// When it was handed out (item deadlines, the step latency metric).
+    /// When it was handed out (item deadlines, the step latency metric), on tokio's clock.
     pub(super) since: Instant,
 }
 
@@ -126,7 +125,7 @@ impl Dispatcher {
             custom_status: response.custom_status,
             trace_context: response.orchestration_trace_context,
         };
-        let now = time::now();
+        let now = self.clock.now();
         // Kept for failing the instance should its step turn out impossible to store.
         let retained = (held.instance.clone(), held.new_events.clone(), held.consumed.clone());
         let mut commit = engine::apply(&held.instance, &held.history, &held.new_events, answer, now, &mut || {
@@ -239,7 +238,7 @@ impl Dispatcher {
             state.lost.remove(&lost_key::activity(held.id));
             (token, held)
         };
-        let now = time::now();
+        let now = self.clock.now();
         // A result the orchestration could never be sent fails the activity instead, so the
         // orchestration sees a failure that says why rather than an undeliverable work item.
         let size = response.result.as_ref().map_or(0, |r| r.len()) + response.failure_details.as_ref().map_or(0, |f| f.encoded_len());
@@ -297,7 +296,7 @@ impl Dispatcher {
         };
         if let Some(held) = held {
             METRICS.abandoned(Kind::Orchestration);
-            let later = time::now() + time::span(self.settings.abandon_delay);
+            let later = self.clock.now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self
                 .store
                 .release_orchestration(&held.instance.instance_id, token, &[], later)
@@ -321,7 +320,7 @@ impl Dispatcher {
         };
         if let Some(held) = held {
             METRICS.abandoned(Kind::Activity);
-            let later = time::now() + time::span(self.settings.abandon_delay);
+            let later = self.clock.now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self.store.release_activity(held.id, token, later).await {
                 debug!(error = %e, "abandoning activity");
             }
@@ -356,12 +355,12 @@ impl Dispatcher {
             // The batch failed as a whole (not one operation): nothing of it happened; retry later.
             let reason = result.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
             warn!(entity = %id, reason, "entity batch failed; it will run again");
-            let later = time::now() + time::span(self.settings.abandon_delay);
+            let later = self.clock.now() + time::span(self.settings.abandon_delay);
             let _ = self.store.release_entity(&id, &token, later).await;
             self.wake();
             return Ok(());
         }
-        let now = time::now();
+        let now = self.clock.now();
         let commit = entity_rules::complete(&held.entity, held.plan, result, now, &mut || uuid::Uuid::new_v4().to_string());
         match self
             .batcher
@@ -397,7 +396,7 @@ impl Dispatcher {
             held
         };
         if let Some(held) = held {
-            let later = time::now() + time::span(self.settings.abandon_delay);
+            let later = self.clock.now() + time::span(self.settings.abandon_delay);
             if let Err(e) = self.store.release_entity(&held.entity.instance_id, token, later).await {
                 debug!(error = %e, "abandoning entity work item");
             }

@@ -20,7 +20,7 @@ use tracing::warn;
 use crate::proto::*;
 use crate::store::{Batcher, Lease, Store};
 use crate::telemetry::Telemetry;
-use crate::time::{self, Micros};
+use crate::time::{self, Clock, Micros};
 use crate::watchers::Watchers;
 
 pub use refused::Refused;
@@ -106,6 +106,8 @@ pub struct Dispatcher {
     settled: Notify,
     watchers: Arc<Watchers>,
     telemetry: Telemetry,
+    /// Where lease times, due times and the times stamped on events are read.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -115,7 +117,13 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Arc<dyn Store>, settings: Settings, telemetry: Telemetry, watchers: Arc<Watchers>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        telemetry: Telemetry,
+        watchers: Arc<Watchers>,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         Arc::new(Dispatcher {
             batcher: Batcher::new(store.clone()),
@@ -128,6 +136,7 @@ impl Dispatcher {
             settled: Notify::new(),
             watchers,
             telemetry,
+            clock,
         })
     }
 

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost::Message as _;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::completion::{HeldActivity, HeldEntity, HeldOrchestration};
@@ -56,7 +57,7 @@ impl Dispatcher {
                     if let Some(deadline) = this.settings.item_deadline {
                         this.take_back_overdue(deadline).await;
                     }
-                    let until = time::now() + time::span(this.settings.lease);
+                    let until = this.clock.now() + time::span(this.settings.lease);
                     let tokens: Vec<String> = {
                         let state = this.state.lock().unwrap();
                         state
@@ -96,17 +97,22 @@ impl Dispatcher {
             }))
         });
         loop {
+            // Read before leasing: what falls due after this moment is either leased below or
+            // found by `next_due(now)`, which looks only past `now` (read after leasing, work
+            // that fell due in between would be neither, and wait for the sweep). The sleep
+            // counts from this moment too, so it ends when the clock reaches the due time
+            // however long leasing and the query took.
+            let (now, read_at) = (self.clock.now(), Instant::now());
             match self.dispatch_once().await {
                 Ok(true) => continue, // a full batch: there may be more due work
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "dispatch failed; retrying"),
             }
-            let now = time::now();
             let due = self.store.next_due(now).await.ok().flatten();
             let until_due = due.map(|d| time::until(d, now)).unwrap_or(self.settings.sweep_interval);
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(until_due.min(self.settings.sweep_interval)) => {}
+                _ = tokio::time::sleep_until(read_at + until_due.min(self.settings.sweep_interval)) => {}
             }
         }
     }
@@ -131,7 +137,7 @@ impl Dispatcher {
         {
             let orchestration_room = orchestration_room.min(BATCH);
             if orchestration_room > 0 && filter.orchestrations != Names::Only(Default::default()) {
-                let now = time::now();
+                let now = self.clock.now();
                 let lease = self.lease(now);
                 let items = self
                     .store
@@ -147,7 +153,7 @@ impl Dispatcher {
             }
             let activity_room = activity_room.min(BATCH);
             if activity_room > 0 && filter.activities != Names::Only(Default::default()) {
-                let now = time::now();
+                let now = self.clock.now();
                 let items = self
                     .store
                     .lock_activities(&self.lease(now), activity_room as u32, &filter.activities)
@@ -161,7 +167,7 @@ impl Dispatcher {
             }
         }
         if entity_room > 0 {
-            let now = time::now();
+            let now = self.clock.now();
             let items = self.store.lock_entities(&self.lease(now), entity_room as u32).await?;
             more |= items.len() == entity_room;
             for item in items {
@@ -315,7 +321,7 @@ impl Dispatcher {
             }],
             ..Default::default()
         };
-        let now = time::now();
+        let now = self.clock.now();
         let mut commit = engine::apply(instance, history, new_events, answer, now, &mut || {
             uuid::Uuid::new_v4().simple().to_string()
         });
@@ -353,7 +359,7 @@ impl Dispatcher {
                 "the activity work item was sent to {lost} workers in a row whose streams ended before they answered; it is not sent again"
             );
             warn!(instance_id = %task.instance_id, task_id = task.request.task_id, reason = %why, "failing the activity");
-            let now = time::now();
+            let now = self.clock.now();
             let result = events::task_result(now, task.request.task_id, None, Some(events::failure("WorkItemUndeliverable", why)));
             let done = Write::ActivityResult {
                 id,
@@ -402,7 +408,7 @@ impl Dispatcher {
                 // Only an activity queued before names were stored can be leased for a filter that
                 // does not take it; it waits a moment before it is offered again.
                 let later = if taken { 0 } else { time::span(self.settings.abandon_delay) };
-                self.store.release_activity(id, &token, time::now() + later).await?;
+                self.store.release_activity(id, &token, self.clock.now() + later).await?;
             }
         }
         Ok(())
@@ -502,7 +508,7 @@ impl Dispatcher {
             deadline_seconds = deadline.as_secs_f64(),
             "work items held past the item deadline; giving them to other workers"
         );
-        let now = time::now();
+        let now = self.clock.now();
         for (token, held) in orchestrations {
             if let Err(e) = self.store.release_orchestration(&held.instance.instance_id, &token, &[], 0).await {
                 debug!(error = %e, "releasing an overdue orchestration lease");

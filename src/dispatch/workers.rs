@@ -16,7 +16,6 @@ use crate::model::Names;
 use crate::proto::work_item::Request as Item;
 use crate::proto::*;
 use crate::task::AbortOnDrop;
-use crate::time;
 
 /// A worker that declares no limit still gets at most this many items of a kind at once, so
 /// one worker cannot hoard the whole backlog.
@@ -238,7 +237,7 @@ impl Dispatcher {
         );
         let this = self.clone();
         tokio::spawn(async move {
-            let now = time::now();
+            let now = this.clock.now();
             for (token, held) in orchestrations {
                 if let Err(e) = this.store.release_orchestration(&held.instance.instance_id, &token, &[], 0).await {
                     debug!(error = %e, "releasing orchestration lease");

@@ -149,7 +149,7 @@ impl Service {
         checked(limits::name("name", &r.name))?;
         checked(limits::optional_name("version", r.version.as_deref()))?;
         checked(limits::tag_map("tags", &r.tags))?;
-        let now = time::now();
+        let now = self.now();
         // Epoch zero is what some clients send for "no scheduled start".
         let scheduled = timestamp("scheduledStartTimestamp", &r.scheduled_start_timestamp)?.filter(|at| *at > 0 && *at > now);
         let given = match &r.orchestration_id_reuse_policy {
@@ -265,13 +265,13 @@ impl Service {
             return Err(Status::invalid_argument("name (the event name) is required"));
         }
         checked(limits::name("name", &r.name))?;
-        let now = time::now();
+        let now = self.now();
         self.send(id, events::event_raised(now, r.name, r.input), now).await
     }
 
     pub(crate) async fn terminate(&self, r: TerminateRequest) -> Result<Delivery, Status> {
         let id = instance_id(&r.instance_id)?;
-        let now = time::now();
+        let now = self.now();
         let delivery = self.send(id, events::terminated(now, r.output.clone(), r.recursive), now).await?;
         if r.recursive {
             self.terminate_descendants(id, r.output, now).await?;
@@ -314,7 +314,7 @@ impl Service {
 
     pub(crate) async fn suspend_or_resume(&self, id: String, reason: Option<String>, suspend: bool) -> Result<Delivery, Status> {
         let id = instance_id(&id)?;
-        let now = time::now();
+        let now = self.now();
         let event = if suspend {
             events::suspended(now, reason)
         } else {
@@ -518,7 +518,7 @@ impl Service {
         let history = self.store.history(id).await.map_err(status::store)?;
         let spec = engine::restart_spec(old, &history, new_id.clone(), new_execution_id());
         let replaceable: &[OrchestrationStatus] = if r.restart_with_new_instance_id { &[] } else { &TERMINAL };
-        let now = time::now();
+        let now = self.now();
         self.create(engine::new_instance(spec, now), replaceable, now)
             .await
             .map_err(status::store)?;
@@ -527,7 +527,7 @@ impl Service {
 
     pub(crate) async fn rewind(&self, r: RewindInstanceRequest) -> Result<RewindInstanceResponse, Status> {
         let id = instance_id(&r.instance_id)?;
-        let now = time::now();
+        let now = self.now();
         match self
             .store
             .rewind(id, events::rewound(now, r.reason, None), now)

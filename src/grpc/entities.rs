@@ -60,7 +60,7 @@ impl Service {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("name (the operation) is required"));
         }
-        let now = time::now();
+        let now = self.now();
         let at = timestamp("scheduledTime", &r.scheduled_time)?;
         let request_id = if r.request_id.is_empty() {
             uuid::Uuid::new_v4().to_string()

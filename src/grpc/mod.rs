@@ -24,6 +24,7 @@ use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarService;
 use crate::proto::*;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
+use crate::time::{Clock, Micros};
 use crate::watchers::Watchers;
 
 pub use refusal::refusal_codes;
@@ -38,6 +39,8 @@ pub struct Service {
     telemetry: Telemetry,
     /// How long a WaitForInstance* call without a deadline may wait.
     max_wait: Duration,
+    /// Where created, last-updated and event times and scheduled starts are read.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Service {
@@ -53,6 +56,7 @@ impl Service {
         watchers: Arc<Watchers>,
         telemetry: Telemetry,
         max_wait: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Service {
             store,
@@ -60,7 +64,13 @@ impl Service {
             watchers,
             telemetry,
             max_wait,
+            clock,
         }
+    }
+
+    /// The time of day, from the sidecar's clock.
+    pub fn now(&self) -> Micros {
+        self.clock.now()
     }
 
     /// The store, for the HTTP listener's readiness probe and metrics.

@@ -7,7 +7,6 @@ use tonic::Status;
 use super::{Service, status};
 use crate::engine::rerun::{self, RerunRequest};
 use crate::limits;
-use crate::time;
 
 impl Service {
     /// Starts a new instance from `source`'s history up to `request.event_id` and returns its
@@ -24,7 +23,7 @@ impl Service {
         let found = self.store.get_instance(source).await.map_err(status::store)?;
         let instance = found.ok_or_else(|| Status::not_found(format!("no instance with id '{source}'")))?;
         let history = self.store.history(source).await.map_err(status::store)?;
-        let now = time::now();
+        let now = self.now();
         let mut new_id = || uuid::Uuid::new_v4().simple().to_string();
         let commit = rerun::rerun(&instance, &history, &request, now, &mut new_id).map_err(|e| status::rerun(source, e))?;
         let changed = self.store.create_with_history(commit, now).await.map_err(status::store)?;

@@ -345,7 +345,7 @@ async fn purge_by_filter(State(app): State<App>, caller: Caller, RawQuery(query)
     };
     let filter = PurgeInstanceFilter {
         created_time_from: Some(from),
-        created_time_to: Some(q.time("createdTimeTo")?.unwrap_or_else(|| time::to_timestamp(time::now()))),
+        created_time_to: Some(q.time("createdTimeTo")?.unwrap_or_else(|| time::to_timestamp(app.service.now()))),
         runtime_status: q.statuses()?,
         timeout: None,
     };

@@ -11,7 +11,6 @@ use axum::routing::get;
 
 use super::State as App;
 use crate::metrics::{Gauges, METRICS};
-use crate::time;
 
 /// A store slower than this to answer a trivial read is reported not ready.
 const READY_WITHIN: Duration = Duration::from_secs(2);
@@ -36,7 +35,7 @@ async fn ready(State(app): State<App>) -> Response {
     if *app.draining.borrow() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n".into());
     }
-    match tokio::time::timeout(READY_WITHIN, app.service.store().next_due(time::now())).await {
+    match tokio::time::timeout(READY_WITHIN, app.service.store().next_due(app.service.now())).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n".into()),
         Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")),
         Err(_) => text(
@@ -53,7 +52,7 @@ async fn metrics(State(app): State<App>) -> Response {
         ..Default::default()
     };
     // A store that is down leaves the store gauges out rather than failing the scrape.
-    if let Ok(Ok(b)) = tokio::time::timeout(READY_WITHIN, app.service.store().backlog(time::now())).await {
+    if let Ok(Ok(b)) = tokio::time::timeout(READY_WITHIN, app.service.store().backlog(app.service.now())).await {
         gauges.backlog = Some([b.orchestrations, b.activities]);
         gauges.timers_waiting = Some(b.timers);
         gauges.expired_leases = Some(b.expired_leases);

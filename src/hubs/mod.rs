@@ -23,6 +23,7 @@ use crate::store::{self, Store};
 use crate::task::AbortOnDrop;
 use crate::taskhub::HubError;
 use crate::telemetry::Telemetry;
+use crate::time::Clock;
 use crate::watchers::Watchers;
 
 pub use route::Route;
@@ -52,6 +53,7 @@ pub struct Recipe {
     pub max_wait: Duration,
     pub max_message_bytes: usize,
     pub dapr_app_id: Option<String>,
+    pub clock: Arc<dyn Clock>,
 }
 
 /// One task hub's store, dispatcher (with its running loop) and the services of both dialects.
@@ -66,9 +68,22 @@ pub struct Hub {
 impl Hub {
     fn new(store: Arc<dyn Store>, recipe: &Recipe) -> Hub {
         let watchers = Arc::new(Watchers::default());
-        let dispatcher = Dispatcher::new(store.clone(), recipe.dispatch.clone(), recipe.telemetry.clone(), watchers.clone());
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            recipe.dispatch.clone(),
+            recipe.telemetry.clone(),
+            watchers.clone(),
+            recipe.clock.clone(),
+        );
         let dispatch_loop = AbortOnDrop(tokio::spawn(dispatcher.clone().run()));
-        let handlers = Service::new(store, dispatcher.clone(), watchers, recipe.telemetry.clone(), recipe.max_wait);
+        let handlers = Service::new(
+            store,
+            dispatcher.clone(),
+            watchers,
+            recipe.telemetry.clone(),
+            recipe.max_wait,
+            recipe.clock.clone(),
+        );
         let microsoft = TaskHubSidecarServiceServer::new(handlers.clone())
             .max_decoding_message_size(recipe.max_message_bytes)
             .max_encoding_message_size(recipe.max_message_bytes);

@@ -12,6 +12,7 @@ pub mod spawned;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use outrigger::proto::history_event::EventType;
@@ -20,6 +21,7 @@ use outrigger::proto::task_hub_sidecar_service_client::TaskHubSidecarServiceClie
 use outrigger::proto::work_item::Request as Item;
 use outrigger::proto::*;
 use outrigger::server::Options;
+use outrigger::time::{Clock, ManualClock, SystemClock};
 use prost_types::Timestamp;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -136,6 +138,65 @@ impl Sidecar {
 
     pub async fn worker_with(&self, request: GetWorkItemsRequest) -> Worker {
         Worker::connect(&mut self.client.clone(), request).await
+    }
+}
+
+/// Virtual time for one test: tokio's clock paused, and a [`ManualClock`] that follows it, for
+/// the sidecar (`o.clock = time.clock()`) and for the times the test sends and checks. Nothing
+/// moves until the test calls [`VirtualTime::advance`]: a scheduled start, a timer, an abandon's
+/// back-off or a ping interval passes at once, and everything the sidecar sleeps towards
+/// (the dispatch loop's next due time, the ping interval, lease renewal, item deadlines, call
+/// deadlines) falls due exactly when the clock passes it.
+///
+/// Needs the current-thread runtime (`#[tokio::test]`), and a sidecar started in the process:
+/// a sidecar spawned as its own process runs on real time.
+pub struct VirtualTime {
+    clock: Arc<ManualClock>,
+    /// Dropped with this, which ends the blocking task that holds auto-advance off.
+    _hold: std::sync::mpsc::Sender<()>,
+}
+
+/// How long, in real time, a test on virtual time may run before its guards may fire: after
+/// this, tokio's clock advances on its own whenever the runtime is idle, so a test that waits
+/// for something that never comes fails on its guard instead of hanging.
+const VIRTUAL_WATCHDOG: Duration = Duration::from_secs(60);
+
+impl VirtualTime {
+    pub fn start() -> VirtualTime {
+        tokio::time::pause();
+        // A paused clock advances on its own to the next timer whenever the runtime is idle,
+        // and it is idle whenever the sidecar waits for SQLite's thread or a socket: leases,
+        // pings and the test's guards would fire while a query is in flight. While a blocking
+        // task runs it does not, so one runs for as long as the test holds this.
+        let (hold, released) = std::sync::mpsc::channel::<()>();
+        tokio::task::spawn_blocking(move || {
+            let _ = released.recv_timeout(VIRTUAL_WATCHDOG);
+        });
+        VirtualTime {
+            clock: Arc::new(ManualClock::new(SystemClock.now())),
+            _hold: hold,
+        }
+    }
+
+    /// Sets what a sidecar on this virtual time needs: its clock, and no HTTP/2 keepalive (a
+    /// jump of the clock past a keepalive ping's answer window could close the connection
+    /// before the runtime has read the answer; keepalive is transport liveness, tested on real
+    /// time).
+    pub fn options(&self, o: &mut Options) {
+        o.clock = self.clock.clone();
+        o.keepalive = None;
+    }
+
+    /// The clock's time, in milliseconds since the Unix epoch (what [`ts`] takes).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now().div_euclid(1_000)
+    }
+
+    /// Moves the clock, and every tokio timer with it, by `by` and one millisecond more: tokio
+    /// rounds a timer's deadline up to its next millisecond, so a timer due exactly `by` from
+    /// now would otherwise wait for a millisecond that, with auto-advance held off, never comes.
+    pub async fn advance(&self, by: Duration) {
+        tokio::time::advance(by + Duration::from_millis(1)).await;
     }
 }
 

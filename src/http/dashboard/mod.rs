@@ -152,6 +152,6 @@ async fn one(State(d): State<Dashboard>, Path(id): Path<String>, headers: Header
         "children": view::children(&history),
         "history": history.iter().map(view::event).collect::<Vec<_>>(),
         "timeline": view::timeline_json(&history),
-        "now": view::stored_millis(crate::time::now()),
+        "now": view::stored_millis(d.service.now()),
     })))
 }

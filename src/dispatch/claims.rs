@@ -47,7 +47,7 @@ impl Dispatcher {
         }
         Some(Claim {
             owner: self.owner.clone(),
-            until: time::now() + time::span(self.settings.lease),
+            until: self.clock.now() + time::span(self.settings.lease),
             activities: claimed,
             orchestration,
         })
@@ -55,7 +55,7 @@ impl Dispatcher {
 
     /// Hands out what a committed write's claim leased; what no worker takes now is released.
     pub(super) async fn hand_claimed(&self, written: &mut Written) {
-        let now = time::now();
+        let now = self.clock.now();
         let draining = self.draining.load(Ordering::SeqCst);
         for item in std::mem::take(&mut written.activities) {
             let outcome = if draining {

@@ -263,6 +263,46 @@ async fn activities_of_a_dropped_worker_go_to_another_worker_promptly() {
         .expect("the second worker completes it");
 }
 
+/// A worker that holds an item past the item deadline loses it: the item is offered again
+/// with a fresh token, and the late answer is refused. The deadline is checked with every lease
+/// renewal (a third of the lease), and the lease here never expires: only the deadline can
+/// bring the item back.
+#[tokio::test]
+async fn an_item_held_past_the_item_deadline_is_offered_again() {
+    let time = VirtualTime::start();
+    let deadline = Duration::from_secs(2);
+    let lease = outrigger::dispatch::Settings::default().lease;
+    let sidecar = Sidecar::with(|o| {
+        time.options(o);
+        o.dispatch.item_deadline = Some(deadline);
+    })
+    .await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    start(&mut client, "slow", "Slow", None).await;
+    let (token, first) = worker.orchestration().await;
+
+    // The first renewal after the deadline: still well inside the lease.
+    let renewal = lease / 3;
+    assert!(renewal >= deadline && renewal < lease);
+    time.advance(renewal).await;
+    let (token2, again) = worker.orchestration().await;
+    assert_ne!(token2, token, "a taken-back item gets a fresh token");
+    assert_eq!(again.instance_id, "slow");
+    assert_eq!(
+        again.new_events[1], first.new_events[1],
+        "the same ExecutionStarted is delivered again"
+    );
+    expect_code(
+        complete_orchestrator(&mut client, &token, "slow", vec![]).await,
+        Code::FailedPrecondition,
+    );
+    complete_orchestrator(&mut client, &token2, "slow", vec![complete(0, OrchestrationStatus::Completed, "1")])
+        .await
+        .expect("the answer with the fresh token");
+    assert_eq!(wait_completion(&mut client, "slow").await.output.as_deref(), Some("1"));
+}
+
 #[tokio::test]
 async fn idle_streams_receive_health_pings() {
     let time = VirtualTime::start();

@@ -10,9 +10,10 @@ use std::sync::atomic::Ordering;
 use tracing::{debug, warn};
 
 use super::Dispatcher;
-use crate::model::{ActivityTask, Names};
+use super::Kinds;
+use crate::model::{ActivityTask, Commit, Names};
 use crate::store::{Claim, Written};
-use crate::time;
+use crate::time::{self, Micros};
 
 impl Dispatcher {
     /// What a write should lease for the workers waiting now: the first of a step's new
@@ -54,7 +55,10 @@ impl Dispatcher {
     }
 
     /// Hands out what a committed write's claim leased; what no worker takes now is released.
-    pub(super) async fn hand_claimed(&self, written: &mut Written) {
+    /// False when something was released (or could not be), so the loop must look again.
+    pub(super) async fn hand_claimed(&self, written: &mut Written) -> bool {
+        let activities: Vec<String> = written.activities.iter().map(|a| a.token.clone()).collect();
+        let orchestration = written.orchestration.as_ref().map(|o| o.token.clone());
         let now = self.clock.now();
         let draining = self.draining.load(Ordering::SeqCst);
         for item in std::mem::take(&mut written.activities) {
@@ -81,5 +85,36 @@ impl Dispatcher {
                 }
             }
         }
+        // Everything handed out is held now (a worker's answer may already have let some
+        // go: then the loop looks again, which costs a round, never an item).
+        let state = self.state.lock().unwrap();
+        !draining
+            && activities.iter().all(|t| state.activities.contains_key(t))
+            && orchestration.is_none_or(|t| state.orchestrations.contains_key(&t))
+    }
+
+    /// The kinds of work ([`Kinds`] bits) a committed step leaves for the dispatch loop:
+    /// what it queued and did not claim, what became due elsewhere, and the room its answer
+    /// freed where work may be waiting.
+    pub(super) fn fed_by_step(&self, commit: &Commit, claim: Option<&Claim>, now: Micros) -> u8 {
+        let mut kinds = self.backlog.load(Ordering::SeqCst) & Kinds::ORCHESTRATIONS;
+        let own = &commit.instance.instance_id;
+        let claimed_own = claim.is_some_and(|c| c.orchestration);
+        if commit.activities.len() > claim.map_or(0, |c| c.activities) {
+            kinds |= Kinds::ACTIVITIES;
+        }
+        if !claimed_own || !commit.children.is_empty() || !commit.rewinds.is_empty() {
+            kinds |= Kinds::ORCHESTRATIONS | Kinds::DUE;
+        }
+        for m in &commit.messages {
+            if m.visible_at > now {
+                kinds |= Kinds::DUE;
+            } else if m.is_for_entity() {
+                kinds |= Kinds::ENTITIES;
+            } else if &m.instance_id != own || !claimed_own {
+                kinds |= Kinds::ORCHESTRATIONS;
+            }
+        }
+        kinds
     }
 }

@@ -1,12 +1,14 @@
 //! Completion handling: what workers hold, and their answers (complete or abandon) applied
 //! through the engine and written through the batcher.
 
+use std::sync::atomic::Ordering;
+
 use prost::Message as _;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::workers::lost_key;
-use super::{Dispatcher, Refused};
+use super::{Dispatcher, Kinds, Refused};
 use crate::engine::entities::{self as entity_rules, Plan};
 use crate::engine::{self, events};
 use crate::limits;
@@ -142,6 +144,7 @@ impl Dispatcher {
         };
         let children = commit.children.len();
         let claim = self.claim(&commit.activities);
+        let fed = self.fed_by_step(&commit, claim.as_ref(), now);
         match self
             .batcher
             .write(Write::Step {
@@ -159,8 +162,11 @@ impl Dispatcher {
                     METRICS.orchestration_finished(status);
                 }
                 METRICS.orchestrations_started(children);
-                self.hand_claimed(&mut written).await;
-                self.changed(&written.changed);
+                let handed = self.hand_claimed(&mut written).await;
+                self.watchers.notify(&written.changed);
+                let kinds = if handed { fed } else { Kinds::ALL };
+                self.backlog.fetch_or(kinds, Ordering::SeqCst);
+                self.wake_for(kinds);
                 Ok(())
             }
             Err(e) if e.is_permanent() => {
@@ -277,10 +283,20 @@ impl Dispatcher {
                 claim,
             })
             .await;
-        if let Ok(written) = &mut outcome {
-            self.hand_claimed(written).await;
+        match &mut outcome {
+            Ok(written) => {
+                // The orchestration it fed is running already when the claim handed it out;
+                // otherwise the loop leases it. The room freed matters where work waits.
+                let claimed = written.orchestration.is_some();
+                let handed = self.hand_claimed(written).await;
+                let fed = if handed && claimed { 0 } else { Kinds::ORCHESTRATIONS };
+                let freed = self.backlog.load(Ordering::SeqCst) & Kinds::ACTIVITIES;
+                let kinds = if handed { fed | freed } else { Kinds::ALL };
+                self.backlog.fetch_or(kinds, Ordering::SeqCst);
+                self.wake_for(kinds);
+            }
+            Err(_) => self.wake(),
         }
-        self.wake();
         outcome.map(drop).map_err(Refused::Store)
     }
 

@@ -1,6 +1,8 @@
 //! Who gets which work item. Workers open `GetWorkItems` streams; the dispatch loop leases due
 //! work from the store and pushes it to a stream with free capacity the moment it is
-//! committed (every commit wakes the loop; future work wakes it at its due time). Items a
+//! committed. A worker's answer leases the work it creates in its own commit when a worker
+//! waits for it (`claims.rs`) and wakes the loop only for the kinds of work it left queued;
+//! other commits wake it for everything, and future work wakes it at its due time. Items a
 //! worker holds are tracked here by completion token until completed, abandoned, or the
 //! worker's stream drops, which releases them at once.
 
@@ -10,7 +12,7 @@ mod push;
 mod refused;
 mod workers;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +28,18 @@ use crate::watchers::Watchers;
 pub use refused::Refused;
 use workers::State;
 pub use workers::{Outbox, WorkerGuard};
+
+/// The kinds of work a round of the dispatch loop leases, as bits.
+pub(super) struct Kinds;
+
+impl Kinds {
+    pub(super) const ORCHESTRATIONS: u8 = 1;
+    pub(super) const ACTIVITIES: u8 = 2;
+    pub(super) const ENTITIES: u8 = 4;
+    /// Not a lease: the next due time is read again.
+    pub(super) const DUE: u8 = 8;
+    pub(super) const ALL: u8 = 15;
+}
 
 /// Tunables of the dispatch loop.
 #[derive(Debug, Clone)]
@@ -99,6 +113,13 @@ pub struct Dispatcher {
     owner: String,
     state: Mutex<State>,
     wake: Notify,
+    /// What the next round of the loop leases ([`Kinds`] bits), gathered from the wake-ups
+    /// since the last round.
+    wanted: AtomicU8,
+    /// The kinds of work that may be queued unleased ([`Kinds`] bits): set by whatever may
+    /// queue such work, cleared by a lease round that found less than it had room for. Room
+    /// a worker's answer frees wakes the loop only for these.
+    backlog: AtomicU8,
     /// Set when shutdown begins: nothing more is handed out; answers are still taken.
     draining: AtomicBool,
     /// Woken with every wake-up of the loop, which follows every item let go; the drain waits
@@ -132,6 +153,8 @@ impl Dispatcher {
             owner,
             state: Mutex::default(),
             wake: Notify::new(),
+            wanted: AtomicU8::new(Kinds::ALL),
+            backlog: AtomicU8::new(Kinds::ALL),
             draining: AtomicBool::new(false),
             settled: Notify::new(),
             watchers,
@@ -140,9 +163,19 @@ impl Dispatcher {
         })
     }
 
-    /// Tells the loop that new work may be due (after any commit).
+    /// Tells the loop that new work of any kind may be due (after any commit).
     pub fn wake(&self) {
-        self.wake.notify_one();
+        self.backlog.fetch_or(Kinds::ALL, Ordering::SeqCst);
+        self.wake_for(Kinds::ALL);
+    }
+
+    /// Tells the loop that work of these kinds ([`Kinds`] bits) may be due; with
+    /// [`Kinds::DUE`], that the next due time may have moved.
+    pub(super) fn wake_for(&self, kinds: u8) {
+        if kinds != 0 {
+            self.wanted.fetch_or(kinds, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
         self.settled.notify_waiters();
     }
 

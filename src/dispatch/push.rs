@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::completion::{HeldActivity, HeldEntity, HeldOrchestration};
 use super::workers::{Group, lost_key};
-use super::{Dispatcher, EntityWorkItems};
+use super::{Dispatcher, EntityWorkItems, Kinds};
 use crate::engine::entities as entity_rules;
 use crate::engine::{self, Prepared, events};
 use crate::metrics::{Kind, METRICS};
@@ -96,6 +96,7 @@ impl Dispatcher {
                 }
             }))
         });
+        let mut due = None;
         loop {
             // Read before leasing: what falls due after this moment is either leased below or
             // found by `next_due(now)`, which looks only past `now` (read after leasing, work
@@ -103,31 +104,66 @@ impl Dispatcher {
             // counts from this moment too, so it ends when the clock reaches the due time
             // however long leasing and the query took.
             let (now, read_at) = (self.clock.now(), Instant::now());
-            match self.dispatch_once().await {
-                Ok(true) => continue, // a full batch: there may be more due work
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "dispatch failed; retrying"),
+            let kinds = self.wanted.swap(0, Ordering::SeqCst);
+            let mut moved = kinds & Kinds::DUE != 0;
+            match self.dispatch_once(kinds).await {
+                // Full batches: there may be more due work of those kinds.
+                Ok((full, _)) if full != 0 => {
+                    self.wanted.fetch_or(full | Kinds::DUE, Ordering::SeqCst);
+                    continue;
+                }
+                // Items handed back (to wait, or for want of a worker) move the due time.
+                Ok((_, leased)) => moved |= leased,
+                Err(e) => {
+                    warn!(error = %e, "dispatch failed; retrying");
+                    self.backlog.fetch_or(kinds, Ordering::SeqCst);
+                    moved = true;
+                }
             }
-            let due = self.store.next_due(now).await.ok().flatten();
+            // Read again only when something may have moved it; otherwise the time read last
+            // stands (work that came due since is found when the sleep ends).
+            if moved {
+                due = self.store.next_due(now).await.ok().flatten();
+            }
             let until_due = due.map(|d| time::until(d, now)).unwrap_or(self.settings.sweep_interval);
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep_until(read_at + until_due.min(self.settings.sweep_interval)) => {}
+                _ = tokio::time::sleep_until(read_at + until_due.min(self.settings.sweep_interval)) => {
+                    // Due work, expired leases, or the safety sweep: everything.
+                    self.backlog.fetch_or(Kinds::ALL, Ordering::SeqCst);
+                    self.wanted.fetch_or(Kinds::ALL, Ordering::SeqCst);
+                }
             }
         }
     }
 
-    /// Leases what free worker capacity allows and hands it out. Returns whether a batch came
-    /// back full, so more work may be waiting. (Work committed after the lease query wakes the
-    /// loop anyway.)
-    async fn dispatch_once(&self) -> Result<bool, StoreError> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Ok(false);
+    /// Leases what free worker capacity allows of the `kinds` asked for ([`Kinds`] bits) and
+    /// hands it out. Returns the kinds whose batch came back full, so more work may be
+    /// waiting, and whether anything was leased at all. (Work committed after the lease
+    /// query wakes the loop anyway.)
+    async fn dispatch_once(&self, kinds: u8) -> Result<(u8, bool), StoreError> {
+        if self.draining.load(Ordering::SeqCst) || kinds & !Kinds::DUE == 0 {
+            return Ok((0, false));
         }
+        let mut leased = false;
+        // Cleared before the lease statements run: whatever queues work while they run sets
+        // it again.
+        self.backlog.fetch_and(!kinds, Ordering::SeqCst);
+        let wants = |kind: u8| kinds & kind != 0;
         let groups = self.state.lock().unwrap().groups(self.settings.worker_buffer_bytes);
         // Entities are leased for every worker that takes any; `hand_entity` picks by name.
         let entity_room = groups.iter().map(|g| g.entities).sum::<usize>().min(BATCH);
-        let mut more = false;
+        // A kind some worker takes but has no room for stays behind whatever the leases find.
+        let mut skipped = if entity_room == 0 { Kinds::ENTITIES } else { 0 };
+        for g in &groups {
+            if g.orchestrations == 0 && g.filter.orchestrations != Names::Only(Default::default()) {
+                skipped |= Kinds::ORCHESTRATIONS;
+            }
+            if g.activities == 0 && g.filter.activities != Names::Only(Default::default()) {
+                skipped |= Kinds::ACTIVITIES;
+            }
+        }
+        let mut full = 0;
         for Group {
             filter,
             orchestrations: orchestration_room,
@@ -136,14 +172,17 @@ impl Dispatcher {
         } in groups
         {
             let orchestration_room = orchestration_room.min(BATCH);
-            if orchestration_room > 0 && filter.orchestrations != Names::Only(Default::default()) {
+            if wants(Kinds::ORCHESTRATIONS) && orchestration_room > 0 && filter.orchestrations != Names::Only(Default::default()) {
                 let now = self.clock.now();
                 let lease = self.lease(now);
                 let items = self
                     .store
                     .lock_orchestrations(&lease, orchestration_room as u32, &filter.orchestrations)
                     .await?;
-                more |= items.len() == orchestration_room;
+                leased |= !items.is_empty();
+                if items.len() == orchestration_room {
+                    full |= Kinds::ORCHESTRATIONS;
+                }
                 for item in items {
                     let id = item.instance.instance_id.clone();
                     if let Err(e) = self.hand_orchestration(item, now).await {
@@ -152,13 +191,16 @@ impl Dispatcher {
                 }
             }
             let activity_room = activity_room.min(BATCH);
-            if activity_room > 0 && filter.activities != Names::Only(Default::default()) {
+            if wants(Kinds::ACTIVITIES) && activity_room > 0 && filter.activities != Names::Only(Default::default()) {
                 let now = self.clock.now();
                 let items = self
                     .store
                     .lock_activities(&self.lease(now), activity_room as u32, &filter.activities)
                     .await?;
-                more |= items.len() == activity_room;
+                leased |= !items.is_empty();
+                if items.len() == activity_room {
+                    full |= Kinds::ACTIVITIES;
+                }
                 for item in items {
                     if let Err(e) = self.hand_activity(item).await {
                         warn!(error = %e, "could not hand out activity work item; its lease will expire");
@@ -166,10 +208,13 @@ impl Dispatcher {
                 }
             }
         }
-        if entity_room > 0 {
+        if wants(Kinds::ENTITIES) && entity_room > 0 {
             let now = self.clock.now();
             let items = self.store.lock_entities(&self.lease(now), entity_room as u32).await?;
-            more |= items.len() == entity_room;
+            leased |= !items.is_empty();
+            if items.len() == entity_room {
+                full |= Kinds::ENTITIES;
+            }
             for item in items {
                 let id = item.entity.instance_id.clone();
                 if let Err(e) = self.hand_entity(item, now).await {
@@ -177,7 +222,9 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(more)
+        // Full batches leave work behind; so does a kind no worker had room for.
+        self.backlog.fetch_or(full | skipped, Ordering::SeqCst);
+        Ok((full, leased))
     }
 
     pub(super) async fn hand_orchestration(&self, item: LockedOrchestration, now: Micros) -> Result<(), StoreError> {

@@ -2,9 +2,9 @@
 //!
 //! Layout:
 //! - [`config`]: flags and environment, validated once at start.
-//! - [`grpc`]: the `TaskHubSidecarService` handlers (input checks and wire <-> domain), and
+//! - [`grpc`]: the `TaskHubSidecarService` handlers (input checks and wire <-> domain),
+//!   [`grpc::dapr`], the Dapr dialect of the same service translated onto them, and
 //!   [`grpc::status`], the one place every layer's errors become gRPC statuses.
-//! - [`dapr`]: the Dapr dialect of the same service, translated onto the [`grpc`] handlers.
 //! - [`engine`]: the Durable Task rules as pure functions (no I/O).
 //! - [`model`]: the domain records the engine produces and the store persists.
 //! - [`limits`]: size limits on every field clients and workers send.
@@ -24,14 +24,13 @@
 //! - [`time`], [`rfc3339`]: the `Clock` every time of day is read from (the system clock, or a
 //!   manual one for tests), microsecond times and wire timestamps; ISO 8601 text.
 //! - [`accept`]: accepting connections (back-off when descriptors run out, a handshake deadline).
-//! - [`proto`], [`dapr_proto`]: the two dialects' wire messages, generated from `proto/`.
+//! - [`proto`]: the Microsoft dialect's wire messages, generated from `proto/`.
 //! - [`task`], [`redact`]: a background task that ends with its owner; URLs safe to log.
 
 pub mod accept;
 pub mod auth;
 pub mod cli;
 pub mod config;
-pub mod dapr;
 pub mod dispatch;
 pub mod engine;
 pub mod grpc;
@@ -55,12 +54,4 @@ pub mod watchers;
 pub mod proto {
     #![allow(clippy::all, missing_docs, unreachable_pub)]
     tonic::include_proto!("_");
-}
-
-/// Types generated from `proto/dapr/orchestrator_service.proto`, the Dapr dialect's wire
-/// messages (also reached as `dapr::proto`). They sit here, beside `proto`, because the
-/// message codec both dialects are generated with (`grpc::codec`) names one of them.
-pub mod dapr_proto {
-    #![allow(clippy::all, missing_docs, unreachable_pub)]
-    include!(concat!(env!("OUT_DIR"), "/dapr/_.rs"));
 }

@@ -18,9 +18,9 @@ use tracing::{debug, info, warn};
 
 use crate::accept::{Backoff, Handshaking, Speaks};
 use crate::auth::Keys;
-use crate::dapr::guard;
 use crate::dispatch;
 use crate::grpc::AuthLayer;
+use crate::grpc::dapr::guard;
 use crate::hubs::{self, Hubs, Route};
 use crate::store::Store;
 use crate::task::AbortOnDrop;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Client, GUARD, Worker, guarded};
-use outrigger::dapr::proto as dp;
+use outrigger::grpc::dapr::proto as dp;
 use outrigger::proto as ms;
 use outrigger::proto::orchestrator_action::OrchestratorActionType as MsAction;
 use outrigger::server::{Listeners, Options};

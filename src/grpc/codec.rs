@@ -42,7 +42,7 @@ where
         BoundedDecoder {
             inner: self.0.decoder(),
             counts_actions: answer == TypeId::of::<crate::proto::OrchestratorResponse>()
-                || answer == TypeId::of::<crate::dapr_proto::WorkflowResponse>(),
+                || answer == TypeId::of::<super::dapr::proto::WorkflowResponse>(),
         }
     }
 }

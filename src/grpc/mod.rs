@@ -1,10 +1,12 @@
 //! `TaskHubSidecarService`: input checks and wire <-> domain translation, one handler per RPC.
 //! Client-facing RPCs live in [`client`], worker-facing ones in [`worker`]; the store and the
-//! dispatcher do the work.
+//! dispatcher do the work. [`dapr`] serves the Dapr dialect of the same service, translated
+//! onto these handlers; both dialects' errors become statuses in [`status`] and nowhere else.
 
 mod auth_layer;
 pub(crate) mod client;
 pub mod codec;
+pub mod dapr;
 mod entities;
 mod refusal;
 mod rerun;

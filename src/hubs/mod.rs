@@ -14,10 +14,10 @@ use std::time::Duration;
 use tokio::sync::OnceCell;
 use tracing::info;
 
-use crate::dapr::DaprService;
-use crate::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
 use crate::dispatch::{self, Dispatcher};
 use crate::grpc::Service;
+use crate::grpc::dapr::DaprService;
+use crate::grpc::dapr::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer as DaprServer;
 use crate::proto::task_hub_sidecar_service_server::TaskHubSidecarServiceServer;
 use crate::store::{self, Store};
 use crate::task::AbortOnDrop;

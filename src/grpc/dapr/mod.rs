@@ -2,7 +2,11 @@
 //! SDK, and Dapr's Python SDK), served on its own listener over the same engine, store and
 //! dispatcher as the Microsoft dialect.
 
-pub use crate::dapr_proto as proto;
+/// Types generated from `proto/dapr/orchestrator_service.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    include!(concat!(env!("OUT_DIR"), "/dapr/_.rs"));
+}
 
 pub mod convert;
 pub mod guard;

@@ -789,7 +789,7 @@ async fn a_worker_that_stops_reading_is_bounded_by_its_buffer() {
     let sidecar = spawned::Spawned::start(&["--worker-buffer-mib", "1"]);
     let mut client = sidecar.client().await;
     let stalled = Worker::connect(&mut sidecar.client().await, GetWorkItemsRequest::default()).await;
-    let total = 300;
+    let total = 160;
     let input = format!("\"{}\"", "s".repeat(200 << 10));
     for i in 0..total {
         start(&mut client, &format!("item-{i:03}"), "Stalled", Some(&input)).await;
@@ -820,7 +820,7 @@ async fn a_worker_that_stops_reading_is_bounded_by_its_buffer() {
     .await;
     let peak = sidecar.kib("VmHWM");
     eprintln!(
-        "stalled worker, 1 MiB buffer, 300 items of 200 KiB: the healthy worker reached {} (all but 40) with the stalled one still connected; sidecar peak RSS {:.0} MiB",
+        "stalled worker, 1 MiB buffer, {total} items of 200 KiB: the healthy worker reached {} (all but 40) with the stalled one still connected; sidecar peak RSS {:.0} MiB",
         done.load(Ordering::SeqCst),
         mib(peak)
     );
@@ -830,8 +830,8 @@ async fn a_worker_that_stops_reading_is_bounded_by_its_buffer() {
     healthy_task.abort();
 }
 
-/// 20,000 WaitForInstanceCompletion calls cancelled mid-wait leave nothing registered: the
-/// waiter count (`outrigger_awaited_instances`) returns to zero after every round.
+/// 8,000 WaitForInstanceCompletion calls cancelled mid-wait, in rounds of 2,000, leave nothing
+/// registered: the waiter count (`outrigger_awaited_instances`) returns to zero after every round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_waits_leave_nothing_behind() {
     let sidecar = spawned::Spawned::start(&[]);
@@ -839,7 +839,7 @@ async fn cancelled_waits_leave_nothing_behind() {
     for _ in 0..20 {
         clients.push(sidecar.client().await);
     }
-    let (rounds, per_round) = (10, 2000);
+    let (rounds, per_round) = (4, 2000);
     let base = sidecar.kib("VmRSS");
     let mut after_first = 0;
     for round in 0..rounds {

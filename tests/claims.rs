@@ -169,7 +169,7 @@ async fn sidecars_sharing_postgres_run_claimed_work_once_and_a_stopping_one_lets
     // A stops holding two activities: B's worker gets them at once, long before their leases
     // would run out.
     drop(on_a);
-    let _database = a.stop();
+    let database = a.stop().await;
     let mut rest = vec![];
     for _ in 0..2 {
         let (token, request) = on_b.activity().await;
@@ -194,4 +194,7 @@ async fn sidecars_sharing_postgres_run_claimed_work_once_and_a_stopping_one_lets
         complete_orchestrator(&mut client_b, &token, "shared", next).await.unwrap();
     }
     assert_eq!(status_of(&mut client_b, "shared").await, OrchestrationStatus::Completed);
+    drop((on_b, client, client_b));
+    b.stop().await;
+    drop(database);
 }

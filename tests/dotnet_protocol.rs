@@ -207,19 +207,35 @@ async fn a_wait_on_a_child_not_yet_created_answers_once_the_child_completes(back
     assert_eq!(state.output.as_deref(), Some("2"));
 }
 
+/// Runs the waits `(method, instance id)` side by side on one connection, each with the
+/// gRPC deadline `timeout`, and gives each outcome with how long it took.
+async fn side_by_side(
+    connection: &std::sync::Arc<raw::RawConnection>,
+    waits: &[(&'static str, &'static str)],
+    timeout: Option<&'static str>,
+) -> Vec<(&'static str, &'static str, Result<GetInstanceResponse, tonic::Status>, Duration)> {
+    let mut calls = tokio::task::JoinSet::new();
+    for &(method, id) in waits {
+        let connection = connection.clone();
+        calls.spawn(async move {
+            let request = get_request(id, false);
+            let call = connection.unary::<_, GetInstanceResponse>(method, &request, timeout);
+            let (outcome, took) = timed(guarded(method, call)).await;
+            (method, id, outcome, took)
+        });
+    }
+    calls.join_all().await
+}
+
 /// Waits on an id nobody creates end at the call's deadline with DEADLINE_EXCEEDED (which the
 /// .NET client answers by asking again, and Python turns into TimeoutError), never with
 /// `exists=false`, which the .NET client cannot read.
 async fn a_wait_on_an_instance_that_never_appears_ends_at_its_deadline(backend: Backend) {
     let sidecar = Sidecar::on(backend, |_| {}).await;
     // A bare HTTP/2 connection: tonic's client would end the call itself at the deadline.
-    let connection = raw::RawConnection::open(sidecar.addr).await;
-    for method in ["WaitForInstanceStart", "WaitForInstanceCompletion"] {
-        let (outcome, took) = timed(guarded(
-            method,
-            connection.unary::<_, GetInstanceResponse>(method, &get_request("nobody", false), Some("400m")),
-        ))
-        .await;
+    let connection = std::sync::Arc::new(raw::RawConnection::open(sidecar.addr).await);
+    let waits = ["WaitForInstanceStart", "WaitForInstanceCompletion"].map(|method| (method, "nobody"));
+    for (method, _, outcome, took) in side_by_side(&connection, &waits, Some("400m")).await {
         let status = expect_code(outcome, Code::DeadlineExceeded);
         assert!(status.message().contains("does not exist"), "{method}: {status:?}");
         assert!(
@@ -234,20 +250,16 @@ async fn a_wait_on_an_instance_that_never_appears_ends_at_its_deadline(backend: 
 async fn a_wait_without_a_deadline_is_capped(backend: Backend) {
     let cap = Duration::from_millis(500);
     let sidecar = Sidecar::on(backend, |o| o.max_wait = cap).await;
-    let connection = raw::RawConnection::open(sidecar.addr).await;
+    let connection = std::sync::Arc::new(raw::RawConnection::open(sidecar.addr).await);
     let mut client = sidecar.client.clone();
     start_later(&mut client, "pending").await; // exists, but stays PENDING
-    for (method, id) in [
+    let waits = [
         ("WaitForInstanceStart", "nobody"),
         ("WaitForInstanceCompletion", "nobody"),
         ("WaitForInstanceStart", "pending"),
         ("WaitForInstanceCompletion", "pending"),
-    ] {
-        let (outcome, took) = timed(guarded(
-            method,
-            connection.unary::<_, GetInstanceResponse>(method, &get_request(id, false), None),
-        ))
-        .await;
+    ];
+    for (method, id, outcome, took) in side_by_side(&connection, &waits, None).await {
         let status = expect_code(outcome, Code::DeadlineExceeded);
         assert!(status.message().contains("without a deadline"), "{method} {id}: {status:?}");
         assert!(took >= cap, "{method} {id} ended after {took:?}, before the cap");

@@ -66,7 +66,7 @@ impl Harness {
     async fn postgres() -> Harness {
         let admin = pg::admin_url();
         let database = format!("conformance_{}", uuid::Uuid::new_v4().simple());
-        pg::create_database(&admin, &database).await;
+        pg::create_migrated_database(&admin, &database).await;
         let url = pg::with_database(&admin, &database);
         let store = store::open(&url, &options()).await.unwrap();
         Harness {

@@ -48,6 +48,7 @@ pub struct Sidecar {
     /// The store's database URL.
     pub url: String,
     _stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
     _database: Option<postgres::TestDatabase>,
 }
@@ -77,10 +78,17 @@ impl Sidecar {
         Sidecar::serve(url, dir, database, adjust).await
     }
 
-    /// Shuts the sidecar down, handing back its Postgres database (if it has one) to outlive it,
-    /// for the sidecars [`Sidecar::sharing`] it.
-    pub fn stop(self) -> Option<postgres::TestDatabase> {
-        let Sidecar { _database, .. } = self;
+    /// Shuts the sidecar down and waits until it has stopped (drained, leases released, its
+    /// connections closed), handing back its Postgres database (if it has one) to outlive it,
+    /// for the sidecars [`Sidecar::sharing`] it. A database dropped while a sidecar on it still
+    /// runs blocks this thread's runtime, and a connection it was opening then holds the drop up
+    /// for Postgres's authentication timeout (a minute).
+    pub async fn stop(self) -> Option<postgres::TestDatabase> {
+        let Sidecar {
+            _stop, server, _database, ..
+        } = self;
+        drop(_stop);
+        server.await.expect("the sidecar's server ends cleanly");
         _database
     }
 
@@ -106,7 +114,7 @@ impl Sidecar {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
@@ -121,6 +129,7 @@ impl Sidecar {
             addr,
             url,
             _stop: stop,
+            server,
             _dir: dir,
             _database: database,
         }

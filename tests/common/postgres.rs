@@ -43,13 +43,69 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
+    /// A fresh database with the current schema in place.
     pub async fn create(prefix: &str) -> TestDatabase {
         let admin = admin_url();
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
-        create_database(&admin, &name).await;
+        create_migrated_database(&admin, &name).await;
         let url = with_database(&admin, &name);
         TestDatabase { admin, name, url }
     }
+}
+
+/// Creates a database with the current schema in place: a copy of a template migrated once
+/// (named for the migrations' contents, so a changed migration gets a template of its own),
+/// which spares every test the migrations' own commits. The store still runs its migrator on
+/// open, and finds nothing to do.
+pub async fn create_migrated_database(admin: &str, database: &str) {
+    let template = migrated_template(admin).await;
+    create(admin, database, Some(&template)).await;
+}
+
+async fn migrated_template(admin: &str) -> String {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE.get_or_init(|| build_template(admin)).await.clone()
+}
+
+async fn build_template(admin: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/postgres/migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for f in &files {
+        (f.file_name(), std::fs::read(f).expect("migration")).hash(&mut hasher);
+    }
+    let name = format!("outrigger_template_{:016x}", hasher.finish());
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
+    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("look for the template");
+    if exists.is_none() {
+        // Built under a name of its own and renamed when whole, so a template that exists is
+        // complete (a run stopped half-way leaves only a building_ database behind).
+        let building = format!("building_{}", uuid::Uuid::new_v4().simple());
+        create(admin, &building, None).await;
+        let mut target = sqlx::PgConnection::connect(&with_database(admin, &building))
+            .await
+            .expect("connect");
+        let migrator = sqlx::migrate::Migrator::new(dir).await.expect("read migrations");
+        migrator.run(&mut target).await.expect("migrate the template");
+        target.close().await.expect("close");
+        let rename = format!("ALTER DATABASE {building} RENAME TO {name}");
+        if sqlx::query(sqlx::AssertSqlSafe(rename)).execute(&mut conn).await.is_err() {
+            // Another test process built it first.
+            drop_database(admin, &building).await;
+        }
+    }
+    name
 }
 
 impl Drop for TestDatabase {
@@ -69,6 +125,11 @@ impl Drop for TestDatabase {
 /// uses it ("source database is being accessed by other users"), so creations in this process
 /// take turns, and one that still collides (with another process) is tried again.
 pub async fn create_database(admin: &str, database: &str) {
+    create(admin, database, None).await
+}
+
+/// Creates a database, a copy of `template` when given (Postgres's own `template1` otherwise).
+async fn create(admin: &str, database: &str, template: Option<&str>) {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = TURN.lock().await;
     let mut conn = sqlx::PgConnection::connect(admin)
@@ -76,7 +137,8 @@ pub async fn create_database(admin: &str, database: &str) {
         .expect("connect to OUTRIGGER_TEST_POSTGRES_URL");
     let mut attempts = 0;
     loop {
-        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        let from = template.map(|t| format!(" TEMPLATE {t}")).unwrap_or_default();
+        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}{from}")))
             .execute(&mut conn)
             .await
         {

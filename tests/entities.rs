@@ -472,3 +472,47 @@ async fn entity_query_pages_stop_before_they_outgrow_the_receive_limit() {
     assert!(pages.len() >= 3, "paged by size: {pages:?}");
     eprintln!("30 entities of 200 KiB: pages (entities, bytes) {pages:?}");
 }
+
+/// A worker that takes only the entities named `names`.
+fn entity_worker(names: &[&str]) -> GetWorkItemsRequest {
+    GetWorkItemsRequest {
+        work_item_filters: Some(WorkItemFilters {
+            entities: names.iter().map(|n| EntityFilter { name: n.to_string() }).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Entity leases do not filter by name, so an entity no connected worker takes is put off for
+/// the abandon back-off; a worker that takes it connecting gets it at once, not after that.
+#[tokio::test]
+async fn an_entity_put_off_for_want_of_a_worker_goes_at_once_to_one_that_connects() {
+    let time = VirtualTime::start();
+    let sidecar = Sidecar::with(|o| time.options(o)).await;
+    let mut client = sidecar.client.clone();
+    let _other = sidecar.worker_with(entity_worker(&["other"])).await;
+    signal(&mut client, "@ledger@1", "add", "1", "r-1").await;
+    // Put off: its row shows a ready time to come (the store is the one place that says so).
+    let db = sqlx::SqlitePool::connect(&sidecar.url).await.expect("open the sidecar's file");
+    guarded("the entity to be put off", async {
+        loop {
+            let ready: Option<i64> = sqlx::query_scalar("SELECT ready_at FROM entities WHERE instance_id = '@ledger@1'")
+                .fetch_optional(&db)
+                .await
+                .expect("read the entity row");
+            if ready.is_some_and(|r| r > 0) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let mut ledger = sidecar.worker_with(entity_worker(&["ledger"])).await;
+    let back_off = outrigger::dispatch::Settings::default().abandon_delay;
+    // Virtual time stands still: only a hand-out that does not wait for the back-off arrives.
+    let (_, request) = tokio::time::timeout(back_off / 2, entity_v2(&mut ledger))
+        .await
+        .expect("the entity handed out at once, not after its back-off");
+    assert_eq!(request.instance_id, "@ledger@1");
+}

@@ -210,6 +210,9 @@ impl Dispatcher {
         }
         if wants(Kinds::ENTITIES) && entity_room > 0 {
             let now = self.clock.now();
+            if std::mem::take(&mut self.state.lock().unwrap().unpark_entities) {
+                self.store.unpark_entities(now).await?;
+            }
             let items = self.store.lock_entities(&self.lease(now), entity_room as u32).await?;
             leased |= !items.is_empty();
             if items.len() == entity_room {
@@ -511,6 +514,7 @@ impl Dispatcher {
                 );
                 Some(worker_id)
             });
+            state.entities_parked |= sent.is_none() && !taken;
             (taken, sent)
         };
         match sent {

@@ -87,6 +87,11 @@ pub(super) struct State {
     /// Work items (by instance id, or activity row id) whose workers' streams ended while
     /// holding them, and how often in a row.
     pub(super) lost: HashMap<String, u32>,
+    /// Entities were put off because no connected worker takes them (their leases do not
+    /// filter by name): a worker that takes entities connecting makes them due at once.
+    pub(super) entities_parked: bool,
+    /// Set by such a connect; the dispatch loop makes the parked entities due before it leases.
+    pub(super) unpark_entities: bool,
 }
 
 impl State {
@@ -174,6 +179,10 @@ impl Dispatcher {
             let mut state = self.state.lock().unwrap();
             state.next_worker += 1;
             let id = state.next_worker;
+            if worker.filter.entities != Names::Only(Default::default()) && state.entities_parked {
+                state.entities_parked = false;
+                state.unpark_entities = true;
+            }
             state.workers.insert(id, worker);
             id
         };

@@ -286,6 +286,12 @@ impl<D: Db> Store for D {
         self.commit(tx, Some(&[instance_id.to_string()])).await
     }
 
+    async fn unpark_entities(&self, now: Micros) -> Result<()> {
+        let mut tx = self.begin().await?;
+        D::Conn::sql(UNPARK_ENTITIES).int(now).run(&mut *tx).await?;
+        self.commit(tx, Some(SOME_WORK)).await
+    }
+
     async fn backlog(&self, now: Micros) -> Result<Backlog> {
         let q = D::Conn::sql(BACKLOG).int(now).small(OrchestrationStatus::Suspended as i32);
         let Some(r) = q.row(&mut *self.read().await?).await? else {

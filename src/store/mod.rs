@@ -511,6 +511,9 @@ pub trait Store: Send + Sync + 'static {
     /// Releases an entity lease; the entity is not dispatched again before `ready_at`.
     async fn release_entity(&self, instance_id: &str, token: &str, ready_at: Micros) -> Result<()>;
 
+    /// Makes every entity that nobody holds and that waits out a back-off at `now` due at once.
+    async fn unpark_entities(&self, now: Micros) -> Result<()>;
+
     /// Counts what is waiting (read-only; for the metrics and readiness).
     async fn backlog(&self, now: Micros) -> Result<Backlog>;
 

@@ -67,7 +67,7 @@ async fn load_leased<D: Db>(db: &D, picked: Vec<(String, Instance)>, now: Micros
     let mut conn = db.read().await?;
     if !missing.is_empty() {
         let ids: Vec<&str> = missing.iter().map(|i| i.instance_id.as_str()).collect();
-        let mut loaded = conn.histories(&ids).await?;
+        let mut loaded = txn::histories(&mut *conn, &ids).await?;
         for i in missing {
             let events = loaded.remove(&i.instance_id).unwrap_or_default();
             if let Some(cache) = db.cache().filter(|_| !i.is_terminal()) {
@@ -77,7 +77,7 @@ async fn load_leased<D: Db>(db: &D, picked: Vec<(String, Instance)>, now: Micros
         }
     }
     let ids: Vec<&str> = picked.iter().map(|(_, i)| i.instance_id.as_str()).collect();
-    let mut inboxes = conn.inboxes(&ids, now).await?;
+    let mut inboxes = txn::inboxes(&mut *conn, &ids, now).await?;
     let locked = picked.into_iter().map(|(token, instance)| LockedOrchestration {
         token,
         history: histories.remove(&instance.instance_id).unwrap_or_default(),
@@ -229,7 +229,10 @@ impl<D: Db> Store for D {
 
     async fn renew_leases(&self, tokens: &[String], until: Micros) -> Result<()> {
         let mut tx = self.begin().await?;
-        tx.renew_leases(tokens, until).await?;
+        let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+        for sql in D::Conn::RENEW_LEASES {
+            D::Conn::sql(sql).int(until).texts(&tokens).run(&mut *tx).await?;
+        }
         self.commit(tx, None).await
     }
 

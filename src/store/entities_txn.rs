@@ -75,8 +75,12 @@ pub(super) async fn step<C: Statements>(conn: &mut C, token: &str, c: &EntityCom
     if q.int(c.now).text(&c.instance_id).text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
-    conn.delete_ids("entity_queue", &c.consumed).await?;
-    conn.set_deferred(&c.instance_id, &c.deferred).await?;
+    txn::delete_ids(conn, C::DELETE_QUEUE_IDS, &c.consumed).await?;
+    // Exactly these stay deferred; those deferred before may run again.
+    C::sql(UNDEFER_QUEUE).text(&c.instance_id).run(conn).await?;
+    if !c.deferred.is_empty() {
+        C::sql(C::DEFER_IDS).ids(&c.deferred).run(conn).await?;
+    }
     let mut changed = vec![c.instance_id.clone()];
     for m in &c.messages {
         txn::deliver(conn, m).await?;
@@ -103,7 +107,14 @@ pub(super) async fn step<C: Statements>(conn: &mut C, token: &str, c: &EntityCom
 pub(super) async fn clean<C: Statements>(conn: &mut C, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
     let mut cleaned = Cleaned::default();
     if release_orphaned_locks {
-        cleaned.released = conn.release_orphaned_locks().await?;
+        // Orphaned: the holder is gone or finished. Their deferred messages may run again.
+        let released = C::sql(sqlx::AssertSqlSafe(release_orphaned_locks_sql())).rows(conn).await?;
+        let ids = released.iter().map(|r| r.text("instance_id")).collect::<Result<Vec<_>>>()?;
+        if !ids.is_empty() {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            C::sql(C::UNDEFER_QUEUES).texts(&ids).run(conn).await?;
+        }
+        cleaned.released = ids.len() as u32;
     }
     if remove_empty {
         cleaned.removed = C::sql(DELETE_EMPTY).run(conn).await? as u32;
@@ -127,4 +138,14 @@ pub(super) async fn with_queues<C: Statements>(conn: &mut C, leased: Vec<(String
         locked.push(LockedEntity { token, entity, queue });
     }
     Ok(locked)
+}
+
+/// Clears the locks held by missing or finished instances, returning those entities' ids.
+fn release_orphaned_locks_sql() -> String {
+    format!(
+        "UPDATE entities SET locked_by = NULL, lock_section = NULL WHERE locked_by IS NOT NULL AND NOT EXISTS ( \
+           SELECT 1 FROM instances i WHERE i.instance_id = entities.locked_by AND i.status NOT IN ({})) \
+         RETURNING instance_id",
+        super::filters::terminal_statuses()
+    )
 }

@@ -31,6 +31,9 @@ pub(super) trait Sql: Send + Sized {
     fn small(self, v: i32) -> Self;
     fn maybe_bytes(self, v: Option<Vec<u8>>) -> Self;
     fn bytes(self, v: Vec<u8>) -> Self;
+    /// A list of ids, for the engine's own way of naming many rows ([`Lists`]).
+    fn ids(self, v: &[i64]) -> Self;
+    fn texts(self, v: &[&str]) -> Self;
     /// Runs it; how many rows it changed.
     fn run(self, c: &mut Self::Conn) -> impl Future<Output = Result<u64>> + Send;
     fn rows(self, c: &mut Self::Conn) -> impl Future<Output = Result<Vec<Self::Row>>> + Send;
@@ -56,7 +59,7 @@ where
 impl<C, DB> Sql for Statement<C>
 where
     C: sqlx::Connection<Database = DB>,
-    DB: Database,
+    DB: Lists,
     DB::Arguments: IntoArguments<DB>,
     DB::Row: Columns,
     DB::QueryResult: Affected,
@@ -92,6 +95,12 @@ where
     fn bytes(self, v: Vec<u8>) -> Self {
         Statement(self.0.bind(v), PhantomData)
     }
+    fn ids(self, v: &[i64]) -> Self {
+        Statement(DB::ids(self.0, v), PhantomData)
+    }
+    fn texts(self, v: &[&str]) -> Self {
+        Statement(DB::texts(self.0, v), PhantomData)
+    }
     async fn run(self, c: &mut C) -> Result<u64> {
         Ok(self.0.execute(c).await?.affected())
     }
@@ -100,6 +109,34 @@ where
     }
     async fn row(self, c: &mut C) -> Result<Option<DB::Row>> {
         Ok(self.0.fetch_optional(c).await?)
+    }
+}
+
+type Bound<DB> = Query<'static, DB, <DB as Database>::Arguments>;
+
+/// How a list is bound, one parameter whatever its length: Postgres binds an array (`= ANY($1)`);
+/// SQLite, which has none, a JSON array its `json_each` reads (`IN (SELECT value FROM
+/// json_each(?1))`). Either way the statement's text stays the same, and stays prepared.
+pub(super) trait Lists: Database {
+    fn ids(q: Bound<Self>, v: &[i64]) -> Bound<Self>;
+    fn texts(q: Bound<Self>, v: &[&str]) -> Bound<Self>;
+}
+
+impl Lists for sqlx::Sqlite {
+    fn ids(q: Bound<Self>, v: &[i64]) -> Bound<Self> {
+        q.bind(serde_json::to_string(v).expect("numbers encode"))
+    }
+    fn texts(q: Bound<Self>, v: &[&str]) -> Bound<Self> {
+        q.bind(serde_json::to_string(v).expect("strings encode"))
+    }
+}
+
+impl Lists for sqlx::Postgres {
+    fn ids(q: Bound<Self>, v: &[i64]) -> Bound<Self> {
+        q.bind(v.to_vec())
+    }
+    fn texts(q: Bound<Self>, v: &[&str]) -> Bound<Self> {
+        q.bind(v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 }
 

@@ -48,14 +48,27 @@ pub(super) trait Dialect {
     /// ($5) one only for an event that wakes it), is ready and nobody else holds it: a
     /// commit's claim on the work it leaves. Returns `lock_token` and the instance columns.
     const CLAIM_INSTANCE: &'static str;
+    // Statements over a list bound as one parameter (`Sql::ids`, `Sql::texts`).
+    /// Deletes the inbox rows with ids $1.
+    const DELETE_INBOX_IDS: &'static str;
+    /// Deletes the entity-queue rows with ids $1.
+    const DELETE_QUEUE_IDS: &'static str;
+    /// Defers the entity-queue rows with ids $1.
+    const DEFER_IDS: &'static str;
+    /// Undefers the queues of entities $1.
+    const UNDEFER_QUEUES: &'static str;
+    /// `instance_id, event` of the histories of instances $1, by instance, in order.
+    const SELECT_HISTORIES: &'static str;
+    /// The inbox messages of instances $1 visible at $2, in delivery order.
+    const SELECT_INBOXES: &'static str;
+    /// Extends to $1 the leases (of instances, activities, entities) with tokens $2.
+    const RENEW_LEASES: [&'static str; 3];
 }
 
-/// What one engine says its own way: its [`Dialect`], and the statements over many rows
-/// (SQLite: `IN (..)` lists and `VALUES` rows, a bounded number at a time; Postgres: array
-/// binds). Each runs on the connection of the transaction (or batch) that calls it.
+/// What one engine says its own way: its [`Dialect`], and the inserts of many rows (SQLite:
+/// `VALUES` rows, a bounded number at a time; Postgres: array binds). Each runs on the
+/// connection of the transaction (or batch) that calls it.
 pub(super) trait Statements: Conn + Dialect {
-    /// Deletes the rows of `table` (`inbox`, `entity_queue`) with these ids.
-    fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> impl Future<Output = Result<()>> + Send;
     /// Appends `events` numbered from `first`.
     fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;
     fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> impl Future<Output = Result<()>> + Send;
@@ -66,17 +79,6 @@ pub(super) trait Statements: Conn + Dialect {
         now: Micros,
         claim: &Claim,
     ) -> impl Future<Output = Result<Vec<LockedActivity>>> + Send;
-    /// The histories of these instances, by instance.
-    fn histories(&mut self, ids: &[&str]) -> impl Future<Output = Result<HashMap<String, Vec<HistoryEvent>>>> + Send;
-    /// The inbox messages of these instances visible at `now`, by instance, in delivery order.
-    fn inboxes(&mut self, ids: &[&str], now: Micros) -> impl Future<Output = Result<HashMap<String, Vec<(i64, Message)>>>> + Send;
-    /// Extends the leases (of instances, activities and entities) with these tokens.
-    fn renew_leases(&mut self, tokens: &[String], until: Micros) -> impl Future<Output = Result<()>> + Send;
-    /// Makes exactly `deferred` the entity's deferred messages (earlier ones may run again).
-    fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> impl Future<Output = Result<()>> + Send;
-    /// Clears locks held by missing or finished instances and undefers those entities' queues;
-    /// returns how many locks were released.
-    fn release_orphaned_locks(&mut self) -> impl Future<Output = Result<u32>> + Send;
 }
 
 /// What a batch did beyond its results, for the engine's own after-commit work.
@@ -292,7 +294,7 @@ pub(super) async fn release<C: Statements>(conn: &mut C, id: &str, token: &str, 
     if C::sql(RELEASE_ORCHESTRATION).int(ready_at).text(id).text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
-    conn.delete_ids("inbox", consumed).await
+    delete_ids(conn, C::DELETE_INBOX_IDS, consumed).await
 }
 
 /// One orchestration step; nothing is written when the lease is gone.
@@ -313,7 +315,7 @@ async fn step<C: Statements>(
     if q.text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
-    conn.delete_ids("inbox", consumed).await?;
+    delete_ids(conn, C::DELETE_INBOX_IDS, consumed).await?;
     let mut written = apply(conn, commit, now, known_len, claim, effects).await?;
     effects.histories.push(HistoryChange {
         instance_id: commit.instance.instance_id.clone(),
@@ -470,6 +472,24 @@ async fn insert_instance<C: Conn>(conn: &mut C, i: &Instance, ready_at: Micros) 
 
 async fn insert_message<C: Conn>(conn: &mut C, m: &Message) -> Result<()> {
     bind_message(C::sql(INSERT_MESSAGE), m).run(conn).await.map(drop)
+}
+
+/// Deletes the rows with `ids` by `sql` (one of the `Dialect`'s `DELETE_*_IDS`).
+pub(super) async fn delete_ids<C: Conn>(conn: &mut C, sql: &'static str, ids: &[i64]) -> Result<()> {
+    if !ids.is_empty() {
+        C::sql(sql).ids(ids).run(conn).await?;
+    }
+    Ok(())
+}
+
+/// The histories of these instances, by instance.
+pub(super) async fn histories<C: Statements>(conn: &mut C, ids: &[&str]) -> Result<HashMap<String, Vec<HistoryEvent>>> {
+    encoding::histories(&C::sql(C::SELECT_HISTORIES).texts(ids).rows(conn).await?)
+}
+
+/// The inbox messages of these instances visible at `now`, by instance, in delivery order.
+pub(super) async fn inboxes<C: Statements>(conn: &mut C, ids: &[&str], now: Micros) -> Result<HashMap<String, Vec<(i64, Message)>>> {
+    encoding::inboxes(&C::sql(C::SELECT_INBOXES).texts(ids).int(now).rows(conn).await?)
 }
 
 /// Runs each of `statements` with `id` as its one parameter.

@@ -10,7 +10,6 @@
 mod notify;
 mod queries;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -135,13 +134,20 @@ impl PostgresStore {
     }
 }
 
-impl Statements for PgConnection {
-    async fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> Result<()> {
-        let sql = format!("DELETE FROM {table} WHERE id = ANY($1)");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).execute(&mut *self).await?;
-        Ok(())
-    }
+/// Binds `activities` as the columns ($1-$4, $6, $7: one row per array element) and `now`
+/// ($5) of INSERT_ACTIVITIES and INSERT_CLAIMED_ACTIVITIES.
+fn bind_activities<'q>(q: PgQuery<'q>, activities: &'q [ActivityTask], now: Micros) -> PgQuery<'q> {
+    let column = |f: fn(&ActivityTask) -> Option<&str>| activities.iter().map(f).collect::<Vec<_>>();
+    let q = q.bind(column(|a| Some(&a.instance_id))).bind(column(|a| Some(&a.execution_id)));
+    let q = q.bind(activities.iter().map(|a| a.request.task_id).collect::<Vec<_>>());
+    let q = q.bind(activities.iter().map(|a| encode(&a.request)).collect::<Vec<_>>()).bind(now);
+    q.bind(column(|a| Some(&a.request.name)))
+        .bind(column(|a| a.request.version.as_deref()))
+}
 
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+impl Statements for PgConnection {
     async fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> Result<()> {
         // The column is an INTEGER: no history comes near 2^31 events.
         let q = sqlx::query(INSERT_HISTORY).bind(id).bind(first as i32);
@@ -150,86 +156,17 @@ impl Statements for PgConnection {
     }
 
     async fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> Result<()> {
-        // One row per array element: the arrays are the columns.
-        let (mut ids, mut executions, mut task_ids, mut requests) = (vec![], vec![], vec![], vec![]);
-        let (mut names, mut versions) = (vec![], vec![]);
-        for a in activities {
-            ids.push(a.instance_id.as_str());
-            executions.push(a.execution_id.as_str());
-            task_ids.push(a.request.task_id);
-            requests.push(encode(&a.request));
-            names.push(a.request.name.as_str());
-            versions.push(a.request.version.as_deref());
-        }
-        let q = sqlx::query(INSERT_ACTIVITIES)
-            .bind(ids)
-            .bind(executions)
-            .bind(task_ids)
-            .bind(requests);
-        q.bind(now).bind(names).bind(versions).execute(&mut *self).await?;
-        Ok(())
-    }
-
-    async fn insert_claimed_activities(&mut self, activities: &[ActivityTask], now: Micros, claim: &Claim) -> Result<Vec<LockedActivity>> {
-        let (mut ids, mut executions, mut task_ids, mut requests) = (vec![], vec![], vec![], vec![]);
-        let (mut names, mut versions) = (vec![], vec![]);
-        for a in activities {
-            ids.push(a.instance_id.as_str());
-            executions.push(a.execution_id.as_str());
-            task_ids.push(a.request.task_id);
-            requests.push(encode(&a.request));
-            names.push(a.request.name.as_str());
-            versions.push(a.request.version.as_deref());
-        }
-        let q = sqlx::query_as(INSERT_CLAIMED_ACTIVITIES)
-            .bind(ids)
-            .bind(executions)
-            .bind(task_ids)
-            .bind(requests);
-        let q = q.bind(now).bind(names).bind(versions).bind(&claim.owner).bind(claim.until);
-        let rows: Vec<(i64, String, i32)> = q.fetch_all(&mut *self).await?;
-        Ok(encoding::claimed(activities, rows))
-    }
-
-    async fn histories(&mut self, ids: &[&str]) -> Result<HashMap<String, Vec<HistoryEvent>>> {
-        encoding::histories(&sqlx::query(SELECT_HISTORIES).bind(ids).fetch_all(&mut *self).await?)
-    }
-
-    async fn inboxes(&mut self, ids: &[&str], now: Micros) -> Result<HashMap<String, Vec<(i64, Message)>>> {
-        encoding::inboxes(&sqlx::query(SELECT_INBOXES).bind(ids).bind(now).fetch_all(&mut *self).await?)
-    }
-
-    async fn renew_leases(&mut self, tokens: &[String], until: Micros) -> Result<()> {
-        for sql in RENEW_LEASES {
-            sqlx::query(sql).bind(until).bind(tokens).execute(&mut *self).await?;
-        }
-        Ok(())
-    }
-
-    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
-        // One statement: undefer the old set and defer the new one.
-        sqlx::query("UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END WHERE instance_id = $1 AND (deferred = 1 OR id = ANY($2))")
-            .bind(id)
-            .bind(deferred)
+        bind_activities(sqlx::query(INSERT_ACTIVITIES), activities, now)
             .execute(&mut *self)
             .await?;
         Ok(())
     }
 
-    async fn release_orphaned_locks(&mut self) -> Result<u32> {
-        // Orphaned: the holder is gone or finished. Deferred messages may run again.
-        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH released AS ( \
-               UPDATE entities e SET locked_by = NULL, lock_section = NULL WHERE e.locked_by IS NOT NULL AND NOT EXISTS ( \
-                 SELECT 1 FROM instances i WHERE i.instance_id = e.locked_by AND i.status NOT IN ({})) \
-               RETURNING e.instance_id), \
-             undeferred AS (UPDATE entity_queue q SET deferred = 0 FROM released r WHERE q.instance_id = r.instance_id) \
-             SELECT COUNT(*) FROM released",
-            filters::terminal_statuses()
-        )))
-        .fetch_one(&mut *self)
-        .await?;
-        Ok(released.get::<i64, _>(0) as u32)
+    async fn insert_claimed_activities(&mut self, activities: &[ActivityTask], now: Micros, claim: &Claim) -> Result<Vec<LockedActivity>> {
+        let q = bind_activities(sqlx::query(INSERT_CLAIMED_ACTIVITIES), activities, now);
+        let rows = q.bind(&claim.owner).bind(claim.until).fetch_all(&mut *self).await?;
+        let rows = rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)));
+        Ok(encoding::claimed(activities, rows.collect::<Result<_, sqlx::Error>>()?))
     }
 }
 

@@ -101,6 +101,25 @@ impl Dialect for PgConnection {
            UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > $1 \
            UNION ALL SELECT MIN(lease_expires) FROM entities WHERE lease_token IS NOT NULL AND lease_expires > $1 \
          ) due";
+
+    const DELETE_INBOX_IDS: &'static str = "DELETE FROM inbox WHERE id = ANY($1)";
+    const DELETE_QUEUE_IDS: &'static str = "DELETE FROM entity_queue WHERE id = ANY($1)";
+    const DEFER_IDS: &'static str = "UPDATE entity_queue SET deferred = 1 WHERE id = ANY($1)";
+    const UNDEFER_QUEUES: &'static str = "UPDATE entity_queue SET deferred = 0 WHERE instance_id = ANY($1)";
+    const SELECT_HISTORIES: &'static str = "SELECT instance_id, event FROM history WHERE instance_id = ANY($1) ORDER BY instance_id, seq";
+    const SELECT_INBOXES: &'static str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
+         WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
+
+    /// Extends leases. Rows a write batch has locked are skipped, never waited for: that batch is
+    /// ending those leases anyway, and waiting would let renewal and batches deadlock.
+    const RENEW_LEASES: [&'static str; 3] = [
+        "UPDATE instances SET lock_expires = $1 WHERE instance_id IN ( \
+           SELECT instance_id FROM instances WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
+        "UPDATE activities SET lock_expires = $1 WHERE id IN ( \
+           SELECT id FROM activities WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
+        "UPDATE entities SET lease_expires = $1 WHERE instance_id IN ( \
+           SELECT instance_id FROM entities WHERE lease_token = ANY($2) FOR UPDATE SKIP LOCKED)",
+    ];
 }
 
 /// As INSERT_ACTIVITIES, each row leased as it is queued: a fresh token, owner $8, until $9.
@@ -111,27 +130,11 @@ pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id
        AS a(instance_id, execution_id, task_id, request, name, version) \
      RETURNING id, lock_token, task_id";
 
-pub const SELECT_HISTORIES: &str = "SELECT instance_id, event FROM history WHERE instance_id = ANY($1) ORDER BY instance_id, seq";
-
 /// Appends events $3 numbered from $2, in one statement.
 pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) \
      SELECT $1, $2 + e.n - 1, e.event FROM UNNEST($3::bytea[]) WITH ORDINALITY AS e(event, n)";
-
-pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
-     WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
 
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
      SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version \
      FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \
        AS a(instance_id, execution_id, task_id, request, name, version)";
-
-/// Extends leases. Rows a write batch has locked are skipped, never waited for: that batch is
-/// ending those leases anyway, and waiting would let renewal and batches deadlock.
-pub const RENEW_LEASES: [&str; 3] = [
-    "UPDATE instances SET lock_expires = $1 WHERE instance_id IN ( \
-       SELECT instance_id FROM instances WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
-    "UPDATE activities SET lock_expires = $1 WHERE id IN ( \
-       SELECT id FROM activities WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
-    "UPDATE entities SET lease_expires = $1 WHERE instance_id IN ( \
-       SELECT instance_id FROM entities WHERE lease_token = ANY($2) FOR UPDATE SKIP LOCKED)",
-];

@@ -4,13 +4,12 @@
 
 mod queries;
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Executor, Sqlite, SqliteConnection, SqlitePool};
 use tracing::{debug, info, warn};
 
 use super::cache::HistoryCache;
@@ -191,45 +190,22 @@ impl std::ops::DerefMut for WriteTx {
     }
 }
 
-/// Adds "{column} IN (?, ?, ...)" binding each of `values`.
-fn push_in(q: &mut sqlx::QueryBuilder<sqlx::Sqlite>, column: &str, values: &[&str]) {
-    q.push(column).push(" IN (");
-    let mut list = q.separated(", ");
-    for v in values {
-        list.push_bind(v.to_string());
-    }
-    q.push(")");
-}
-
-/// Most rows one multi-row statement writes or names: SQLite binds at most 32,766 values per
-/// statement, so larger steps (a fan-out to thousands of activities) take several statements.
+/// Most rows one multi-row insert writes: SQLite binds at most 32,766 values per statement,
+/// so larger steps (a fan-out to thousands of activities) take several statements.
 const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Runs `UPDATE .. WHERE id IN (ids)`-style statements (`head` ends with the opening
-/// parenthesis); SQLite has no array binds.
-async fn for_ids(conn: &mut SqliteConnection, head: &str, ids: &[i64]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut q = sqlx::QueryBuilder::new(head);
-    let mut list = q.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    q.push(")");
-    q.build().execute(&mut *conn).await?;
-    Ok(())
+/// One activity's row of INSERT_ACTIVITIES (and the first columns of INSERT_CLAIMED_ACTIVITIES).
+fn push_activity(row: &mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, a: &ActivityTask, now: Micros) {
+    row.push_bind(a.instance_id.clone())
+        .push_bind(a.execution_id.clone())
+        .push_bind(a.request.task_id)
+        .push_bind(encode(&a.request))
+        .push_bind(now)
+        .push_bind(a.request.name.clone())
+        .push_bind(a.request.version.clone());
 }
 
 impl Statements for SqliteConnection {
-    async fn delete_ids(&mut self, table: &'static str, ids: &[i64]) -> Result<()> {
-        let head = format!("DELETE FROM {table} WHERE id IN (");
-        for ids in ids.chunks(ROWS_PER_STATEMENT) {
-            for_ids(self, &head, ids).await?;
-        }
-        Ok(())
-    }
-
     async fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> Result<()> {
         let mut seq = first;
         for events in events.chunks(ROWS_PER_STATEMENT) {
@@ -246,15 +222,7 @@ impl Statements for SqliteConnection {
     async fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> Result<()> {
         for activities in activities.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::new(INSERT_ACTIVITIES);
-            q.push_values(activities, |mut row, a| {
-                row.push_bind(a.instance_id.clone())
-                    .push_bind(a.execution_id.clone())
-                    .push_bind(a.request.task_id)
-                    .push_bind(encode(&a.request))
-                    .push_bind(now)
-                    .push_bind(a.request.name.clone())
-                    .push_bind(a.request.version.clone());
-            });
+            q.push_values(activities, |mut row, a| push_activity(&mut row, a, now));
             q.build().execute(&mut *self).await?;
         }
         Ok(())
@@ -265,14 +233,8 @@ impl Statements for SqliteConnection {
         for activities in activities.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::new(INSERT_CLAIMED_ACTIVITIES);
             q.push_values(activities, |mut row, a| {
-                row.push_bind(a.instance_id.clone())
-                    .push_bind(a.execution_id.clone())
-                    .push_bind(a.request.task_id)
-                    .push_bind(encode(&a.request))
-                    .push_bind(now)
-                    .push_bind(a.request.name.clone())
-                    .push_bind(a.request.version.clone())
-                    .push("lower(hex(randomblob(16)))")
+                push_activity(&mut row, a, now);
+                row.push("lower(hex(randomblob(16)))")
                     .push_bind(claim.owner.clone())
                     .push_bind(claim.until);
             });
@@ -281,56 +243,6 @@ impl Statements for SqliteConnection {
             leased.extend(encoding::claimed(activities, rows));
         }
         Ok(leased)
-    }
-
-    async fn histories(&mut self, ids: &[&str]) -> Result<HashMap<String, Vec<HistoryEvent>>> {
-        let mut q = sqlx::QueryBuilder::new(SELECT_HISTORIES);
-        push_in(&mut q, "instance_id", ids);
-        q.push(" ORDER BY instance_id, seq");
-        encoding::histories(&q.build().fetch_all(&mut *self).await?)
-    }
-
-    async fn inboxes(&mut self, ids: &[&str], now: Micros) -> Result<HashMap<String, Vec<(i64, Message)>>> {
-        let mut q = sqlx::QueryBuilder::new(SELECT_INBOXES);
-        push_in(&mut q, "instance_id", ids);
-        q.push(" AND visible_at <= ").push_bind(now).push(" ORDER BY priority, id");
-        encoding::inboxes(&q.build().fetch_all(&mut *self).await?)
-    }
-
-    async fn renew_leases(&mut self, tokens: &[String], until: Micros) -> Result<()> {
-        for token in tokens {
-            for sql in RENEW_LEASES {
-                sqlx::query(sql).bind(until).bind(token).execute(&mut *self).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn set_deferred(&mut self, id: &str, deferred: &[i64]) -> Result<()> {
-        sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ? AND deferred = 1")
-            .bind(id)
-            .execute(&mut *self)
-            .await?;
-        for_ids(self, "UPDATE entity_queue SET deferred = 1 WHERE id IN (", deferred).await
-    }
-
-    async fn release_orphaned_locks(&mut self) -> Result<u32> {
-        // Orphaned: the holder is gone or finished. Deferred messages may run again.
-        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE entities SET locked_by = NULL, lock_section = NULL WHERE locked_by IS NOT NULL AND NOT EXISTS ( \
-               SELECT 1 FROM instances i WHERE i.instance_id = entities.locked_by AND i.status NOT IN ({})) \
-             RETURNING instance_id",
-            filters::terminal_statuses()
-        )))
-        .fetch_all(&mut *self)
-        .await?;
-        for r in &released {
-            sqlx::query("UPDATE entity_queue SET deferred = 0 WHERE instance_id = ?")
-                .bind(r.get::<String, _>(0))
-                .execute(&mut *self)
-                .await?;
-        }
-        Ok(released.len() as u32)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The statements only SQLite says this way (the Postgres store's `queries.rs`
 //! has the same names; what both run alike is `store::queries`). SQLite has no array binds:
-//! statements over many ids or rows are prefixes the store completes with `IN (..)` lists or
-//! `VALUES` rows, a bounded number at a time.
+//! a list is one JSON array read with `json_each`, and inserts of many rows are prefixes the
+//! store completes with `VALUES` rows, a bounded number at a time.
 
 use sqlx::SqliteConnection;
 
@@ -82,16 +82,24 @@ impl Dialect for SqliteConnection {
            UNION ALL SELECT MIN(visible_at) FROM activities WHERE visible_at > ?1 \
            UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > ?1 \
            UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > ?1)";
-}
 
-/// Completed by `instance_id IN (..) ORDER BY instance_id, seq`.
-pub const SELECT_HISTORIES: &str = "SELECT instance_id, event FROM history WHERE ";
+    const DELETE_INBOX_IDS: &'static str = "DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(?1))";
+    const DELETE_QUEUE_IDS: &'static str = "DELETE FROM entity_queue WHERE id IN (SELECT value FROM json_each(?1))";
+    const DEFER_IDS: &'static str = "UPDATE entity_queue SET deferred = 1 WHERE id IN (SELECT value FROM json_each(?1))";
+    const UNDEFER_QUEUES: &'static str = "UPDATE entity_queue SET deferred = 0 WHERE instance_id IN (SELECT value FROM json_each(?1))";
+    const SELECT_HISTORIES: &'static str = "SELECT instance_id, event FROM history \
+         WHERE instance_id IN (SELECT value FROM json_each(?1)) ORDER BY instance_id, seq";
+    const SELECT_INBOXES: &'static str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
+         WHERE instance_id IN (SELECT value FROM json_each(?1)) AND visible_at <= ?2 ORDER BY priority, id";
+    const RENEW_LEASES: [&'static str; 3] = [
+        "UPDATE instances SET lock_expires = ?1 WHERE lock_token IN (SELECT value FROM json_each(?2))",
+        "UPDATE activities SET lock_expires = ?1 WHERE lock_token IN (SELECT value FROM json_each(?2))",
+        "UPDATE entities SET lease_expires = ?1 WHERE lease_token IN (SELECT value FROM json_each(?2))",
+    ];
+}
 
 /// Completed by `VALUES` rows (instance_id, seq, event).
 pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) ";
-
-/// Completed by `instance_id IN (..) AND visible_at <= now ORDER BY priority, id`.
-pub const SELECT_INBOXES: &str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox WHERE ";
 
 /// Completed by `VALUES` rows (instance_id, execution_id, task_id, request, visible_at, name, version).
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) ";
@@ -102,10 +110,3 @@ pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execut
 pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version, lock_token, lock_owner, lock_expires) ";
 
 pub const CLAIMED_ACTIVITIES_RETURNING: &str = " RETURNING id, lock_token, task_id";
-
-/// Extends the lease with token ?2 to ?1, one token at a time.
-pub const RENEW_LEASES: [&str; 3] = [
-    "UPDATE instances SET lock_expires = ? WHERE lock_token = ?",
-    "UPDATE activities SET lock_expires = ? WHERE lock_token = ?",
-    "UPDATE entities SET lease_expires = ? WHERE lease_token = ?",
-];

@@ -105,10 +105,7 @@ impl Dispatcher {
                     return Ok(());
                 }
             }
-            let mut held = state.orchestrations.remove(&token).expect("checked above");
-            if let Some(w) = state.workers.get_mut(&held.worker) {
-                w.orchestrations -= 1;
-            }
+            let mut held = state.take_orchestration(&token).expect("checked above");
             state.lost.remove(&lost_key::orchestration(&held.instance.instance_id));
             if !chunked {
                 held.chunks = response.actions.clone();
@@ -236,10 +233,7 @@ impl Dispatcher {
                     held_task: held.task_id,
                 });
             }
-            let held = state.activities.remove(&token).expect("checked above");
-            if let Some(w) = state.workers.get_mut(&held.worker) {
-                w.activities -= 1;
-            }
+            let held = state.take_activity(&token).expect("checked above");
             METRICS.completed(Kind::Activity, held.since.elapsed());
             state.lost.remove(&lost_key::activity(held.id));
             (token, held)
@@ -302,46 +296,34 @@ impl Dispatcher {
 
     /// Returns an orchestration work item to the queue. Unknown tokens are fine (idempotent).
     pub async fn abandon_orchestration(&self, token: &str) {
-        let held = {
-            let mut state = self.state.lock().unwrap();
-            let held = state.orchestrations.remove(token);
-            if let Some(w) = held.as_ref().and_then(|h| state.workers.get_mut(&h.worker)) {
-                w.orchestrations -= 1;
-            }
-            held
+        let Some(held) = self.state.lock().unwrap().take_orchestration(token) else {
+            return;
         };
-        if let Some(held) = held {
-            METRICS.abandoned(Kind::Orchestration);
-            let later = self.clock.now() + time::span(self.settings.abandon_delay);
-            if let Err(e) = self
-                .store
-                .release_orchestration(&held.instance.instance_id, token, &[], later)
-                .await
-            {
-                debug!(error = %e, "abandoning orchestration");
-            }
-            self.wake();
+        METRICS.abandoned(Kind::Orchestration);
+        let released = self
+            .store
+            .release_orchestration(&held.instance.instance_id, token, &[], self.after_back_off());
+        if let Err(e) = released.await {
+            debug!(error = %e, "abandoning orchestration");
         }
+        self.wake();
+    }
+
+    /// When an abandoned item is offered again.
+    fn after_back_off(&self) -> time::Micros {
+        self.clock.now() + time::span(self.settings.abandon_delay)
     }
 
     /// Returns an activity work item to the queue. Unknown tokens are fine (idempotent).
     pub async fn abandon_activity(&self, token: &str) {
-        let held = {
-            let mut state = self.state.lock().unwrap();
-            let held = state.activities.remove(token);
-            if let Some(w) = held.as_ref().and_then(|h| state.workers.get_mut(&h.worker)) {
-                w.activities -= 1;
-            }
-            held
+        let Some(held) = self.state.lock().unwrap().take_activity(token) else {
+            return;
         };
-        if let Some(held) = held {
-            METRICS.abandoned(Kind::Activity);
-            let later = self.clock.now() + time::span(self.settings.abandon_delay);
-            if let Err(e) = self.store.release_activity(held.id, token, later).await {
-                debug!(error = %e, "abandoning activity");
-            }
-            self.wake();
+        METRICS.abandoned(Kind::Activity);
+        if let Err(e) = self.store.release_activity(held.id, token, self.after_back_off()).await {
+            debug!(error = %e, "abandoning activity");
         }
+        self.wake();
     }
 
     /// Applies an entity batch's result. Workers that predate completion tokens may send none;
@@ -360,10 +342,7 @@ impl Dispatcher {
             } else {
                 result.completion_token.clone()
             };
-            let held = state.entities.remove(&token).ok_or_else(|| Refused::Stale(token.clone()))?;
-            if let Some(w) = state.workers.get_mut(&held.worker) {
-                w.entities -= 1;
-            }
+            let held = state.take_entity(&token).ok_or_else(|| Refused::Stale(token.clone()))?;
             (token, held)
         };
         let id = held.entity.instance_id.clone();
@@ -371,8 +350,7 @@ impl Dispatcher {
             // The batch failed as a whole (not one operation): nothing of it happened; retry later.
             let reason = result.failure_details.as_ref().map(|f| f.error_message.clone()).unwrap_or_default();
             warn!(entity = %id, reason, "entity batch failed; it will run again");
-            let later = self.clock.now() + time::span(self.settings.abandon_delay);
-            let _ = self.store.release_entity(&id, &token, later).await;
+            let _ = self.store.release_entity(&id, &token, self.after_back_off()).await;
             self.wake();
             return Ok(());
         }
@@ -403,20 +381,13 @@ impl Dispatcher {
 
     /// Returns an entity work item to the queue. Unknown tokens are fine (idempotent).
     pub async fn abandon_entity(&self, token: &str) {
-        let held = {
-            let mut state = self.state.lock().unwrap();
-            let held = state.entities.remove(token);
-            if let Some(w) = held.as_ref().and_then(|h| state.workers.get_mut(&h.worker)) {
-                w.entities -= 1;
-            }
-            held
+        let Some(held) = self.state.lock().unwrap().take_entity(token) else {
+            return;
         };
-        if let Some(held) = held {
-            let later = self.clock.now() + time::span(self.settings.abandon_delay);
-            if let Err(e) = self.store.release_entity(&held.entity.instance_id, token, later).await {
-                debug!(error = %e, "abandoning entity work item");
-            }
-            self.wake();
+        let released = self.store.release_entity(&held.entity.instance_id, token, self.after_back_off());
+        if let Err(e) = released.await {
+            debug!(error = %e, "abandoning entity work item");
         }
+        self.wake();
     }
 }

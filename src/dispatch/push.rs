@@ -283,11 +283,7 @@ impl Dispatcher {
                         entity_parameters: Some(self.entity_parameters()),
                         ..Default::default()
                     };
-                    let work = WorkItem {
-                        request: Some(Item::OrchestratorRequest(request)),
-                        completion_token: token.clone(),
-                    };
-                    let size = work.encoded_len();
+                    let (work, size) = work_item(Item::OrchestratorRequest(request), &token);
                     if size > self.settings.max_work_item_bytes {
                         Handed::TooLarge(Box::new(Undeliverable {
                             size,
@@ -431,11 +427,7 @@ impl Dispatcher {
             let sent = chosen.and_then(|worker_id| {
                 let worker = state.workers.get_mut(&worker_id)?;
                 let task_id = task.request.task_id;
-                let work = WorkItem {
-                    request: Some(Item::ActivityRequest(task.request)),
-                    completion_token: token.clone(),
-                };
-                let size = work.encoded_len();
+                let (work, size) = work_item(Item::ActivityRequest(task.request), &token);
                 worker.send(work, size).then_some(())?;
                 worker.activities += 1;
                 state.activities.insert(
@@ -497,11 +489,7 @@ impl Dispatcher {
                         properties: Default::default(),
                     }),
                 };
-                let work = WorkItem {
-                    request: Some(request),
-                    completion_token: token.clone(),
-                };
-                let size = work.encoded_len();
+                let (work, size) = work_item(request, &token);
                 worker.send(work, size).then_some(())?;
                 worker.entities += 1;
                 state.entities.insert(
@@ -539,14 +527,10 @@ impl Dispatcher {
             let orchestrations: Vec<_> = state.orchestrations.extract_if(|_, h| h.since.elapsed() >= deadline).collect();
             let activities: Vec<_> = state.activities.extract_if(|_, h| h.since.elapsed() >= deadline).collect();
             for (_, h) in &orchestrations {
-                if let Some(w) = state.workers.get_mut(&h.worker) {
-                    w.orchestrations -= 1;
-                }
+                state.freed(h.worker, |w| &mut w.orchestrations);
             }
             for (_, h) in &activities {
-                if let Some(w) = state.workers.get_mut(&h.worker) {
-                    w.activities -= 1;
-                }
+                state.freed(h.worker, |w| &mut w.activities);
             }
             (orchestrations, activities)
         };
@@ -559,17 +543,16 @@ impl Dispatcher {
             deadline_seconds = deadline.as_secs_f64(),
             "work items held past the item deadline; giving them to other workers"
         );
-        let now = self.clock.now();
-        for (token, held) in orchestrations {
-            if let Err(e) = self.store.release_orchestration(&held.instance.instance_id, &token, &[], 0).await {
-                debug!(error = %e, "releasing an overdue orchestration lease");
-            }
-        }
-        for (token, held) in activities {
-            if let Err(e) = self.store.release_activity(held.id, &token, now).await {
-                debug!(error = %e, "releasing an overdue activity lease");
-            }
-        }
-        self.wake();
+        self.release_held(orchestrations, activities, vec![]).await;
     }
+}
+
+/// A work item for `token`, with its encoded size (what it takes of a worker's buffer).
+fn work_item(request: Item, token: &str) -> (WorkItem, usize) {
+    let work = WorkItem {
+        request: Some(request),
+        completion_token: token.to_string(),
+    };
+    let size = work.encoded_len();
+    (work, size)
 }

@@ -95,6 +95,32 @@ pub(super) struct State {
 }
 
 impl State {
+    /// One item fewer held by `worker`, of the kind `count` picks.
+    pub(super) fn freed(&mut self, worker: u64, count: fn(&mut Worker) -> &mut usize) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            *count(w) -= 1;
+        }
+    }
+
+    /// Takes a held orchestration back by its token, giving its worker room for another.
+    pub(super) fn take_orchestration(&mut self, token: &str) -> Option<HeldOrchestration> {
+        let held = self.orchestrations.remove(token)?;
+        self.freed(held.worker, |w| &mut w.orchestrations);
+        Some(held)
+    }
+
+    pub(super) fn take_activity(&mut self, token: &str) -> Option<HeldActivity> {
+        let held = self.activities.remove(token)?;
+        self.freed(held.worker, |w| &mut w.activities);
+        Some(held)
+    }
+
+    pub(super) fn take_entity(&mut self, token: &str) -> Option<HeldEntity> {
+        let held = self.entities.remove(token)?;
+        self.freed(held.worker, |w| &mut w.entities);
+        Some(held)
+    }
+
     /// The connected workers' distinct filters, each with the free room of the workers that
     /// share it. Each group leases only what it takes, so work no connected worker takes is
     /// never leased and stays queued.
@@ -245,25 +271,33 @@ impl Dispatcher {
             "worker disconnected; releasing its work items"
         );
         let this = self.clone();
-        tokio::spawn(async move {
-            let now = this.clock.now();
-            for (token, held) in orchestrations {
-                if let Err(e) = this.store.release_orchestration(&held.instance.instance_id, &token, &[], 0).await {
-                    debug!(error = %e, "releasing orchestration lease");
-                }
+        tokio::spawn(async move { this.release_held(orchestrations, activities, entities).await });
+    }
+
+    /// Releases items taken back from their workers, so they are offered again at once.
+    pub(super) async fn release_held(
+        &self,
+        orchestrations: Vec<(String, HeldOrchestration)>,
+        activities: Vec<(String, HeldActivity)>,
+        entities: Vec<(String, HeldEntity)>,
+    ) {
+        let now = self.clock.now();
+        for (token, held) in orchestrations {
+            if let Err(e) = self.store.release_orchestration(&held.instance.instance_id, &token, &[], 0).await {
+                debug!(error = %e, "releasing orchestration lease");
             }
-            for (token, held) in activities {
-                if let Err(e) = this.store.release_activity(held.id, &token, now).await {
-                    debug!(error = %e, "releasing activity lease");
-                }
+        }
+        for (token, held) in activities {
+            if let Err(e) = self.store.release_activity(held.id, &token, now).await {
+                debug!(error = %e, "releasing activity lease");
             }
-            for (token, held) in entities {
-                if let Err(e) = this.store.release_entity(&held.entity.instance_id, &token, 0).await {
-                    debug!(error = %e, "releasing entity lease");
-                }
+        }
+        for (token, held) in entities {
+            if let Err(e) = self.store.release_entity(&held.entity.instance_id, &token, 0).await {
+                debug!(error = %e, "releasing entity lease");
             }
-            this.wake();
-        });
+        }
+        self.wake();
     }
 }
 

@@ -160,25 +160,11 @@ impl dp::task_hub_sidecar_service_server::TaskHubSidecarService for DaprService 
     }
 
     async fn wait_for_instance_start(&self, r: Request<dp::GetInstanceRequest>) -> Rpc<dp::GetInstanceResponse> {
-        let r = routed!(self, r);
-        // Dapr reads an unknown instance as not existing, at once, rather than waiting for it
-        // to be created as the Microsoft dialect does.
-        if let Some(absent) = self.absent(r.get_ref()).await? {
-            return Ok(Response::new(absent));
-        }
-        let a = self.inner.wait_for_instance_start(r).await?;
-        Ok(Response::new(convert::instance(a.into_inner())?))
+        self.wait(r, Until::Started).await
     }
 
     async fn wait_for_instance_completion(&self, r: Request<dp::GetInstanceRequest>) -> Rpc<dp::GetInstanceResponse> {
-        let r = routed!(self, r);
-        // Dapr reads an unknown instance as not existing, at once, rather than waiting for it
-        // to be created as the Microsoft dialect does.
-        if let Some(absent) = self.absent(r.get_ref()).await? {
-            return Ok(Response::new(absent));
-        }
-        let a = self.inner.wait_for_instance_completion(r).await?;
-        Ok(Response::new(convert::instance(a.into_inner())?))
+        self.wait(r, Until::Completed).await
     }
 
     async fn raise_event(&self, r: Request<dp::RaiseEventRequest>) -> Rpc<dp::RaiseEventResponse> {
@@ -303,7 +289,27 @@ impl dp::task_hub_sidecar_service_server::TaskHubSidecarService for DaprService 
     }
 }
 
+/// What a wait waits for.
+enum Until {
+    Started,
+    Completed,
+}
+
 impl DaprService {
+    /// Dapr reads an unknown instance as not existing, at once, rather than waiting for it to
+    /// be created as the Microsoft dialect does.
+    async fn wait(&self, r: Request<dp::GetInstanceRequest>, until: Until) -> Rpc<dp::GetInstanceResponse> {
+        let r = routed!(self, r);
+        if let Some(absent) = self.absent(r.get_ref()).await? {
+            return Ok(Response::new(absent));
+        }
+        let a = match until {
+            Until::Started => self.inner.wait_for_instance_start(r).await?,
+            Until::Completed => self.inner.wait_for_instance_completion(r).await?,
+        };
+        Ok(Response::new(convert::instance(a.into_inner())?))
+    }
+
     /// The answer for an instance that does not exist, or None when it does.
     async fn absent(&self, r: &ms::GetInstanceRequest) -> Result<Option<dp::GetInstanceResponse>, Status> {
         let get = ms::GetInstanceRequest {

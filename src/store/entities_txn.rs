@@ -76,11 +76,7 @@ pub(super) async fn step<C: Statements>(conn: &mut C, token: &str, c: &EntityCom
         return Err(StoreError::LeaseLost);
     }
     txn::delete_ids(conn, C::DELETE_QUEUE_IDS, &c.consumed).await?;
-    // Exactly these stay deferred; those deferred before may run again.
-    C::sql(UNDEFER_QUEUE).text(&c.instance_id).run(conn).await?;
-    if !c.deferred.is_empty() {
-        C::sql(C::DEFER_IDS).ids(&c.deferred).run(conn).await?;
-    }
+    C::sql(C::SET_DEFERRED).text(&c.instance_id).ids(&c.deferred).run(conn).await?;
     let mut changed = vec![c.instance_id.clone()];
     for m in &c.messages {
         txn::deliver(conn, m).await?;

@@ -129,9 +129,6 @@ pub const SELECT_ENTITY: &str = "SELECT instance_id, state, locked_by, lock_sect
      FROM entities e WHERE instance_id = $1";
 
 /// Ends a lease held with token $3 on entity $2; not dispatched again before $1.
-/// Undefers the deferred messages of entity $1.
-pub const UNDEFER_QUEUE: &str = "UPDATE entity_queue SET deferred = 0 WHERE instance_id = $1 AND deferred = 1";
-
 /// Makes the entities nobody holds that wait out a back-off at $1 due.
 pub const UNPARK_ENTITIES: &str = "UPDATE entities SET ready_at = 0 WHERE ready_at > $1 AND lease_expires <= $1";
 

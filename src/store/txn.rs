@@ -53,8 +53,9 @@ pub(super) trait Dialect {
     const DELETE_INBOX_IDS: &'static str;
     /// Deletes the entity-queue rows with ids $1.
     const DELETE_QUEUE_IDS: &'static str;
-    /// Defers the entity-queue rows with ids $1.
-    const DEFER_IDS: &'static str;
+    /// Makes exactly the rows with ids $2 the deferred ones of entity $1's queue (those
+    /// deferred before may run again), in one statement.
+    const SET_DEFERRED: &'static str;
     /// Undefers the queues of entities $1.
     const UNDEFER_QUEUES: &'static str;
     /// `instance_id, event` of the histories of instances $1, by instance, in order.

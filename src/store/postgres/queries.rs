@@ -104,7 +104,8 @@ impl Dialect for PgConnection {
 
     const DELETE_INBOX_IDS: &'static str = "DELETE FROM inbox WHERE id = ANY($1)";
     const DELETE_QUEUE_IDS: &'static str = "DELETE FROM entity_queue WHERE id = ANY($1)";
-    const DEFER_IDS: &'static str = "UPDATE entity_queue SET deferred = 1 WHERE id = ANY($1)";
+    const SET_DEFERRED: &'static str = "UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END \
+         WHERE instance_id = $1 AND (deferred = 1 OR id = ANY($2))";
     const UNDEFER_QUEUES: &'static str = "UPDATE entity_queue SET deferred = 0 WHERE instance_id = ANY($1)";
     const SELECT_HISTORIES: &'static str = "SELECT instance_id, event FROM history WHERE instance_id = ANY($1) ORDER BY instance_id, seq";
     const SELECT_INBOXES: &'static str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \

@@ -85,7 +85,8 @@ impl Dialect for SqliteConnection {
 
     const DELETE_INBOX_IDS: &'static str = "DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(?1))";
     const DELETE_QUEUE_IDS: &'static str = "DELETE FROM entity_queue WHERE id IN (SELECT value FROM json_each(?1))";
-    const DEFER_IDS: &'static str = "UPDATE entity_queue SET deferred = 1 WHERE id IN (SELECT value FROM json_each(?1))";
+    const SET_DEFERRED: &'static str = "UPDATE entity_queue SET deferred = id IN (SELECT value FROM json_each(?2)) \
+         WHERE instance_id = ?1 AND (deferred = 1 OR id IN (SELECT value FROM json_each(?2)))";
     const UNDEFER_QUEUES: &'static str = "UPDATE entity_queue SET deferred = 0 WHERE instance_id IN (SELECT value FROM json_each(?1))";
     const SELECT_HISTORIES: &'static str = "SELECT instance_id, event FROM history \
          WHERE instance_id IN (SELECT value FROM json_each(?1)) ORDER BY instance_id, seq";

@@ -156,6 +156,7 @@ conformance!(
     an_activity_result_leases_the_orchestration_it_claims,
     a_claim_takes_nothing_held_and_strands_nothing,
     a_step_claims_its_instance_when_events_arrived_meanwhile,
+    a_batch_claims_each_instance_once_for_the_first_write_that_asks,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -964,6 +965,57 @@ async fn a_step_claims_its_instance_when_events_arrived_meanwhile(h: &Harness) {
     // A finished instance claims nothing.
     let written = write_one(s, step_write(&again, vec![complete(1, "1")], t2, claim("me", t2, 0, true))).await;
     assert!(written.orchestration.is_none());
+}
+
+async fn a_batch_claims_each_instance_once_for_the_first_write_that_asks(h: &Harness) {
+    let s = &*h.store;
+    create(s, "a", T0).await;
+    create(s, "b", T0).await;
+    let mut items = s.lock_orchestrations(&lease("me", T0), 10, &Names::Any).await.unwrap();
+    items.sort_by(|x, y| x.instance.instance_id.cmp(&y.instance.instance_id));
+    let mut activities = vec![];
+    for item in items {
+        let tasks = if item.instance.instance_id == "a" {
+            vec![schedule_task(0), schedule_task(1)]
+        } else {
+            vec![schedule_task(0)]
+        };
+        let n = tasks.len();
+        activities.extend(
+            write_one(s, step_write(&item, tasks, T0, claim("me", T0, n, false)))
+                .await
+                .activities,
+        );
+    }
+    let [a0, a1, b0] = &activities[..] else { panic!("{activities:?}") };
+    assert_eq!(
+        (
+            a0.task.instance_id.as_str(),
+            a1.task.instance_id.as_str(),
+            b0.task.instance_id.as_str()
+        ),
+        ("a", "a", "b")
+    );
+    // Three results in one commit: a's two and b's one, each asking for its orchestration.
+    let t1 = T0 + 1_000;
+    let results = s
+        .write(&[
+            result_write(a0.id, &a0.token, 0, t1, claim("me", t1, 0, true)),
+            result_write(b0.id, &b0.token, 0, t1, claim("me", t1, 0, true)),
+            result_write(a1.id, &a1.token, 1, t1, claim("me", t1, 0, true)),
+        ])
+        .await
+        .unwrap();
+    let leased: Vec<_> = results
+        .into_iter()
+        .map(|r| r.unwrap().orchestration.map(|o| (o.instance.instance_id, o.inbox.len())))
+        .collect();
+    assert_eq!(
+        leased,
+        [Some(("a".into(), 2)), Some(("b".into(), 1)), None],
+        "a once, with both results"
+    );
+    assert!(lock_ids(s, "me", t1).await.is_empty(), "both are held by their claims");
 }
 
 async fn a_result_for_a_finished_execution_is_dropped(h: &Harness) {

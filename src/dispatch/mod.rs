@@ -120,6 +120,9 @@ pub struct Dispatcher {
     /// queue such work, cleared by a lease round that found less than it had room for. Room
     /// a worker's answer frees wakes the loop only for these.
     backlog: AtomicU8,
+    /// Set while the loop leases orchestrations: work a commit leaves now is leased by this
+    /// round or the next, at no extra cost per item, so commits do not claim it then.
+    leasing: AtomicBool,
     /// Set when shutdown begins: nothing more is handed out; answers are still taken.
     draining: AtomicBool,
     /// Woken with every wake-up of the loop, which follows every item let go; the drain waits
@@ -155,6 +158,7 @@ impl Dispatcher {
             wake: Notify::new(),
             wanted: AtomicU8::new(Kinds::ALL),
             backlog: AtomicU8::new(Kinds::ALL),
+            leasing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             settled: Notify::new(),
             watchers,

@@ -106,7 +106,10 @@ impl Dispatcher {
             let (now, read_at) = (self.clock.now(), Instant::now());
             let kinds = self.wanted.swap(0, Ordering::SeqCst);
             let mut moved = kinds & Kinds::DUE != 0;
-            match self.dispatch_once(kinds).await {
+            self.leasing.store(kinds & Kinds::ORCHESTRATIONS != 0, Ordering::SeqCst);
+            let outcome = self.dispatch_once(kinds).await;
+            self.leasing.store(false, Ordering::SeqCst);
+            match outcome {
                 // Full batches: there may be more due work of those kinds.
                 Ok((full, _)) if full != 0 => {
                     self.wanted.fetch_or(full | Kinds::DUE, Ordering::SeqCst);

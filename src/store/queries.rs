@@ -56,7 +56,7 @@ pub const DELETE_INSTANCE: [&str; 4] = [
 
 pub const SELECT_HISTORY: &str = "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq";
 
-/// `next`, a BIGINT on both engines (Postgres's `seq` column is an INTEGER).
+/// `next`: where instance $1's history goes on (SQLite, when its cache does not know).
 pub const NEXT_HISTORY_SEQ: &str = "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM history WHERE instance_id = $1";
 
 pub const DELETE_HISTORY: &str = "DELETE FROM history WHERE instance_id = $1";

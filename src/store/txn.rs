@@ -44,11 +44,12 @@ pub(super) trait Dialect {
     const DELETE_ALL: &'static [&'static str];
     /// The earliest moment after $1 when work appears, as `due`.
     const NEXT_DUE: &'static str;
-    /// Leases instance $4 for owner $2 until $3 when it has visible work at $1 (a suspended
-    /// ($5) one only for an event that wakes it), is ready and nobody else holds it: a
-    /// commit's claim on the work it leaves. Returns `lock_token` and the instance columns.
-    const CLAIM_INSTANCE: &'static str;
     // Statements over a list bound as one parameter (`Sql::ids`, `Sql::texts`).
+    /// Leases, of instances $4, those with visible work at $1 (a suspended ($5) one only for
+    /// an event that wakes it) that are ready and that nobody else holds, for owner $2 until
+    /// $3: a batch's claims on the work it leaves. Returns `lock_token` and the instance
+    /// columns.
+    const CLAIM_INSTANCES: &'static str;
     /// Deletes the inbox rows with ids $1.
     const DELETE_INBOX_IDS: &'static str;
     /// Deletes the entity-queue rows with ids $1.
@@ -70,8 +71,8 @@ pub(super) trait Dialect {
 /// `VALUES` rows, a bounded number at a time; Postgres: array binds). Each runs on the
 /// connection of the transaction (or batch) that calls it.
 pub(super) trait Statements: Conn + Dialect {
-    /// Appends `events` numbered from `first`.
-    fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;
+    /// Appends `events` numbered from `first`, or after the last stored when that is not known.
+    fn insert_history(&mut self, id: &str, first: Option<i64>, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;
     fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> impl Future<Output = Result<()>> + Send;
     /// Inserts activities already leased by `claim`, and returns them with their tokens.
     fn insert_claimed_activities(
@@ -264,12 +265,8 @@ where
                 step(conn, token, consumed, commit, *now, len, claim.as_ref(), effects).await
             }
             Write::ActivityResult {
-                id,
-                token,
-                result,
-                now,
-                claim,
-            } => activity_result(conn, *id, token, result, *now, claim.as_ref()).await,
+                id, token, result, now, ..
+            } => activity_result(conn, *id, token, result, *now).await,
             Write::EntityStep { token, commit } => {
                 let changed = entities_txn::step(conn, token, commit).await;
                 if changed.is_ok() {
@@ -287,7 +284,59 @@ where
             }
         }
     }
+    claim_instances(conn, writes, &mut results).await?;
     Ok(results)
+}
+
+/// Leases, in one statement for the whole batch, the orchestrations its writes' claims ask
+/// for (a step's own instance, which events that arrived while it ran or a continued-as-new
+/// start leave due; an activity result's orchestration) where they are free to run now. Each
+/// lease goes to the first write that asked for its instance.
+async fn claim_instances<C: Statements>(conn: &mut C, writes: &[Write], results: &mut [Result<Written>]) -> Result<()> {
+    let mut wanted: Vec<(usize, &str)> = vec![];
+    let mut lease: Option<(&Claim, Micros)> = None;
+    for (i, (w, r)) in writes.iter().zip(results.iter()).enumerate() {
+        let (claim, id, now) = match (w, r) {
+            (
+                Write::Step {
+                    commit,
+                    claim: Some(c),
+                    now,
+                    ..
+                },
+                Ok(_),
+            ) if !commit.instance.is_terminal() => (c, commit.instance.instance_id.as_str(), *now),
+            (Write::ActivityResult { claim: Some(c), now, .. }, Ok(written)) => match written.changed.first() {
+                Some(id) => (c, id.as_str(), *now),
+                None => continue,
+            },
+            _ => continue,
+        };
+        if claim.orchestration && !wanted.iter().any(|(_, w)| *w == id) {
+            wanted.push((i, id));
+            // One owner (the dispatcher's) for every claim; the latest time and lease win.
+            lease = Some(match lease {
+                Some((c, at)) => (if claim.until > c.until { claim } else { c }, at.max(now)),
+                None => (claim, now),
+            });
+        }
+    }
+    let Some((claim, now)) = lease else { return Ok(()) };
+    let ids: Vec<&str> = wanted.iter().map(|(_, id)| *id).collect();
+    let q = C::sql(C::CLAIM_INSTANCES).int(now).text(&claim.owner).int(claim.until).texts(&ids);
+    let rows = q.small(OrchestrationStatus::Suspended as i32).rows(conn).await?;
+    let mut claimed: Vec<_> = wanted.iter().map(|(i, _)| (*i, None)).collect();
+    for (token, instance) in encoding::leased(&rows)? {
+        if let Some(at) = ids.iter().position(|id| *id == instance.instance_id) {
+            claimed[at].1 = Some((token, instance));
+        }
+    }
+    for (i, lease) in claimed {
+        if let Ok(written) = &mut results[i] {
+            written.claimed = lease;
+        }
+    }
+    Ok(())
 }
 
 /// Releases a lease without a step, deleting the `consumed` inbox rows.
@@ -317,26 +366,14 @@ async fn step<C: Statements>(
         return Err(StoreError::LeaseLost);
     }
     delete_ids(conn, C::DELETE_INBOX_IDS, consumed).await?;
-    let mut written = apply(conn, commit, now, known_len, claim, effects).await?;
+    let written = apply(conn, commit, now, known_len, claim, effects).await?;
     effects.histories.push(HistoryChange {
         instance_id: commit.instance.instance_id.clone(),
         execution_id: commit.instance.execution_id.clone(),
         finished: commit.instance.is_terminal(),
         write: commit.history.clone(),
     });
-    // Events that arrived while the step ran (or a continued-as-new start) make the instance
-    // due again at once.
-    if let Some(claim) = claim.filter(|c| c.orchestration && !commit.instance.is_terminal()) {
-        written.claimed = claim_instance(conn, &commit.instance.instance_id, now, claim).await?;
-    }
     Ok(written)
-}
-
-/// Leases the instance by `claim` if it is free to run now ([`Dialect::CLAIM_INSTANCE`]).
-async fn claim_instance<C: Statements>(conn: &mut C, id: &str, now: Micros, claim: &Claim) -> Result<Option<(String, Instance)>> {
-    let q = C::sql(C::CLAIM_INSTANCE).int(now).text(&claim.owner).int(claim.until).text(id);
-    let rows = q.small(OrchestrationStatus::Suspended as i32).rows(conn).await?;
-    Ok(encoding::leased(&rows)?.pop())
 }
 
 /// What a commit writes beyond its instance row: history, leftovers of a finished instance,
@@ -398,33 +435,16 @@ async fn apply<C: Statements>(
 async fn write_history<C: Statements>(conn: &mut C, id: &str, write: &HistoryWrite, known_len: Option<usize>) -> Result<()> {
     match write {
         HistoryWrite::Append(events) if events.is_empty() => Ok(()),
-        HistoryWrite::Append(events) => {
-            let first = match known_len {
-                Some(len) => len as i64,
-                None => {
-                    let row = C::sql(NEXT_HISTORY_SEQ).text(id).row(conn).await?;
-                    row.map_or(Ok(0), |r| r.int("next"))?
-                }
-            };
-            conn.insert_history(id, first, events).await
-        }
+        HistoryWrite::Append(events) => conn.insert_history(id, known_len.map(|l| l as i64), events).await,
         HistoryWrite::Replace(events) => {
             C::sql(DELETE_HISTORY).text(id).run(conn).await?;
-            conn.insert_history(id, 0, events).await
+            conn.insert_history(id, Some(0), events).await
         }
     }
 }
 
-/// One activity result; nothing is written when the lease is gone. With a `claim`, the
-/// orchestration it feeds is leased in the same transaction if it is free to run.
-async fn activity_result<C: Statements>(
-    conn: &mut C,
-    id: i64,
-    token: &str,
-    result: &HistoryEvent,
-    now: Micros,
-    claim: Option<&Claim>,
-) -> Result<Written> {
+/// One activity result; nothing is written when the lease is gone.
+async fn activity_result<C: Statements>(conn: &mut C, id: i64, token: &str, result: &HistoryEvent, now: Micros) -> Result<Written> {
     let Some(row) = C::sql(DELETE_LOCKED_ACTIVITY).int(id).text(token).row(conn).await? else {
         return Err(StoreError::LeaseLost);
     };
@@ -438,14 +458,10 @@ async fn activity_result<C: Statements>(
     };
     // One statement: queued only while that execution is still running (a result for a
     // finished or replaced execution is dropped, as `deliver` would).
-    let mut written = Written::default();
     if bind_message(C::sql(QUEUE_RESULT.as_str()), &message).run(conn).await? == 0 {
         debug!(instance_id = %message.instance_id, "dropping an activity result for a finished or replaced execution");
-    } else if let Some(claim) = claim.filter(|c| c.orchestration) {
-        written.claimed = claim_instance(conn, &message.instance_id, now, claim).await?;
     }
-    written.changed = vec![message.instance_id];
-    Ok(written)
+    Ok(Written::changed(vec![message.instance_id]))
 }
 
 pub(super) async fn load_instance<C: Conn>(conn: &mut C, id: &str) -> Result<Option<Instance>> {

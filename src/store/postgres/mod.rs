@@ -148,9 +148,9 @@ fn bind_activities<'q>(q: PgQuery<'q>, activities: &'q [ActivityTask], now: Micr
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 impl Statements for PgConnection {
-    async fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> Result<()> {
+    async fn insert_history(&mut self, id: &str, first: Option<i64>, events: &[HistoryEvent]) -> Result<()> {
         // The column is an INTEGER: no history comes near 2^31 events.
-        let q = sqlx::query(INSERT_HISTORY).bind(id).bind(first as i32);
+        let q = sqlx::query(INSERT_HISTORY).bind(id).bind(first.map(|f| f as i32));
         q.bind(events.iter().map(encode).collect::<Vec<_>>()).execute(&mut *self).await?;
         Ok(())
     }

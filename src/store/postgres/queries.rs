@@ -36,22 +36,6 @@ impl Dialect for PgConnection {
     /// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first, whose name
     /// the workers' filter $5 takes (NULL: any name; rows queued before the name column existed
     /// are leased whatever the filter and checked by the dispatcher).
-    /// A row another transaction has locked is skipped (it is being leased or stepped
-    /// elsewhere); the one this transaction holds is not.
-    const CLAIM_INSTANCE: &'static str = concat!(
-        "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
-         FROM ( \
-           SELECT c.instance_id AS picked FROM instances c \
-           WHERE c.instance_id = $4 AND c.lock_expires <= $1 AND c.ready_at <= $1 \
-             AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = $4 AND m.visible_at <= $1 \
-               AND (c.status <> $5 OR m.kind = 1)) \
-           FOR UPDATE OF c SKIP LOCKED \
-         ) p \
-         WHERE i.instance_id = p.picked \
-         RETURNING lock_token, ",
-        instance_columns!()
-    );
-
     const LOCK_ACTIVITIES: &'static str = "UPDATE activities a SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
          FROM ( \
            SELECT id AS picked FROM activities c WHERE lock_expires <= $1 AND visible_at <= $1 \
@@ -102,6 +86,21 @@ impl Dialect for PgConnection {
            UNION ALL SELECT MIN(lease_expires) FROM entities WHERE lease_token IS NOT NULL AND lease_expires > $1 \
          ) due";
 
+    /// A row another transaction has locked is skipped (it is being leased or stepped
+    /// elsewhere); the ones this transaction holds are not.
+    const CLAIM_INSTANCES: &'static str = concat!(
+        "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
+         FROM ( \
+           SELECT c.instance_id AS picked FROM instances c \
+           WHERE c.instance_id = ANY($4) AND c.lock_expires <= $1 AND c.ready_at <= $1 \
+             AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = c.instance_id AND m.visible_at <= $1 \
+               AND (c.status <> $5 OR m.kind = 1)) \
+           FOR UPDATE OF c SKIP LOCKED \
+         ) p \
+         WHERE i.instance_id = p.picked \
+         RETURNING lock_token, ",
+        instance_columns!()
+    );
     const DELETE_INBOX_IDS: &'static str = "DELETE FROM inbox WHERE id = ANY($1)";
     const DELETE_QUEUE_IDS: &'static str = "DELETE FROM entity_queue WHERE id = ANY($1)";
     const SET_DEFERRED: &'static str = "UPDATE entity_queue SET deferred = CASE WHEN id = ANY($2) THEN 1 ELSE 0 END \
@@ -131,9 +130,11 @@ pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id
        AS a(instance_id, execution_id, task_id, request, name, version) \
      RETURNING id, lock_token, task_id";
 
-/// Appends events $3 numbered from $2, in one statement.
+/// Appends events $3 to instance $1's history numbered from $2, or (when $2 is NULL) after
+/// its last, in one statement.
 pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) \
-     SELECT $1, $2 + e.n - 1, e.event FROM UNNEST($3::bytea[]) WITH ORDINALITY AS e(event, n)";
+     SELECT $1, COALESCE($2, (SELECT MAX(seq) + 1 FROM history WHERE instance_id = $1), 0) + e.n - 1, e.event \
+     FROM UNNEST($3::bytea[]) WITH ORDINALITY AS e(event, n)";
 
 pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
      SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version \

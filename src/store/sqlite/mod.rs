@@ -206,8 +206,16 @@ fn push_activity(row: &mut sqlx::query_builder::Separated<'_, Sqlite, &'static s
 }
 
 impl Statements for SqliteConnection {
-    async fn insert_history(&mut self, id: &str, first: i64, events: &[HistoryEvent]) -> Result<()> {
-        let mut seq = first;
+    async fn insert_history(&mut self, id: &str, first: Option<i64>, events: &[HistoryEvent]) -> Result<()> {
+        let mut seq = match first {
+            Some(first) => first,
+            None => {
+                sqlx::query_scalar(super::queries::NEXT_HISTORY_SEQ)
+                    .bind(id)
+                    .fetch_one(&mut *self)
+                    .await?
+            }
+        };
         for events in events.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::new(INSERT_HISTORY);
             q.push_values(events, |mut row, e| {

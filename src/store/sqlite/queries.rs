@@ -28,15 +28,6 @@ impl Dialect for SqliteConnection {
         instance_columns!()
     );
 
-    const CLAIM_INSTANCE: &'static str = concat!(
-        "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
-         WHERE instance_id = ?4 AND lock_expires <= ?1 AND ready_at <= ?1 \
-           AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = ?4 AND m.visible_at <= ?1 \
-             AND (instances.status != ?5 OR m.kind = 1)) \
-         RETURNING lock_token, ",
-        instance_columns!()
-    );
-
     /// Leases up to ?4 visible activities (?1 = now) that nobody holds, oldest first, for owner
     /// ?2 until ?3, whose name the workers' filter ?5 takes (NULL: any name; rows queued before
     /// the name column existed are leased whatever the filter and checked by the dispatcher).
@@ -83,6 +74,14 @@ impl Dialect for SqliteConnection {
            UNION ALL SELECT MIN(visible_at) FROM entity_queue WHERE deferred = 0 AND visible_at > ?1 \
            UNION ALL SELECT MIN(ready_at) FROM entities WHERE ready_at > ?1)";
 
+    const CLAIM_INSTANCES: &'static str = concat!(
+        "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
+         WHERE instance_id IN (SELECT value FROM json_each(?4)) AND lock_expires <= ?1 AND ready_at <= ?1 \
+           AND EXISTS (SELECT 1 FROM inbox m WHERE m.instance_id = instances.instance_id AND m.visible_at <= ?1 \
+             AND (instances.status != ?5 OR m.kind = 1)) \
+         RETURNING lock_token, ",
+        instance_columns!()
+    );
     const DELETE_INBOX_IDS: &'static str = "DELETE FROM inbox WHERE id IN (SELECT value FROM json_each(?1))";
     const DELETE_QUEUE_IDS: &'static str = "DELETE FROM entity_queue WHERE id IN (SELECT value FROM json_each(?1))";
     const SET_DEFERRED: &'static str = "UPDATE entity_queue SET deferred = id IN (SELECT value FROM json_each(?2)) \

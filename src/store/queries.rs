@@ -128,9 +128,9 @@ pub const SELECT_ENTITY: &str = "SELECT instance_id, state, locked_by, lock_sect
      (SELECT COUNT(*) FROM entity_queue q WHERE q.instance_id = e.instance_id) AS backlog \
      FROM entities e WHERE instance_id = $1";
 
-/// Ends a lease held with token $3 on entity $2; not dispatched again before $1.
 /// Makes the entities nobody holds that wait out a back-off at $1 due.
 pub const UNPARK_ENTITIES: &str = "UPDATE entities SET ready_at = 0 WHERE ready_at > $1 AND lease_expires <= $1";
 
+/// Ends a lease held with token $3 on entity $2; not dispatched again before $1.
 pub const RELEASE_ENTITY: &str = "UPDATE entities SET lease_token = NULL, lease_owner = NULL, lease_expires = 0, ready_at = $1 \
      WHERE instance_id = $2 AND lease_token = $3";

@@ -90,6 +90,33 @@ async fn timer_fires_no_earlier_than_fire_at() {
     }
 }
 
+/// A timer due a moment after the step that makes it: the dispatch loop may get to that
+/// step's wake-up only once the clock has passed the timer, and must fire it then, not at the
+/// next sweep. On real time (the race is between the commit and the loop reading the clock),
+/// with the sweep a minute away so that a timer it missed cannot be found by the sweep within
+/// the worker's guard. Many timers, a millisecond or two ahead each, so that some fall due
+/// inside that window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_due_before_the_loop_gets_to_its_step_still_fires() {
+    let sidecar = Sidecar::with(|o| o.dispatch.sweep_interval = Duration::from_secs(60)).await;
+    let mut client = sidecar.client.clone();
+    let mut worker = sidecar.worker().await;
+    for i in 0..60 {
+        let id = format!("soon-{i}");
+        start(&mut client, &id, "Soon", None).await;
+        let (token, _) = worker.orchestration().await;
+        let fire_at = now_ms() + 1 + i64::from(i % 2);
+        complete_orchestrator(&mut client, &token, &id, vec![create_timer(1, fire_at)])
+            .await
+            .expect("create timer");
+        let (token, item) = worker.orchestration().await;
+        assert_eq!(item.instance_id, id);
+        assert_eq!(kinds(&item.new_events), ["OrchestratorStarted", "TimerFired"], "{id}");
+        let done = complete(2, OrchestrationStatus::Completed, "\"done\"");
+        complete_orchestrator(&mut client, &token, &id, vec![done]).await.expect("complete");
+    }
+}
+
 /// A WaitForInstance* request with a gRPC deadline.
 fn with_deadline(instance_id: &str, deadline: Duration) -> tonic::Request<GetInstanceRequest> {
     let mut request = tonic::Request::new(GetInstanceRequest {

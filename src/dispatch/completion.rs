@@ -163,7 +163,7 @@ impl Dispatcher {
                 self.watchers.notify(&written.changed);
                 let kinds = if handed { fed } else { Kinds::ALL };
                 self.backlog.fetch_or(kinds, Ordering::SeqCst);
-                self.wake_for(kinds);
+                self.wake_after(kinds, now);
                 Ok(())
             }
             Err(e) if e.is_permanent() => {

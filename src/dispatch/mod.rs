@@ -12,7 +12,7 @@ mod push;
 mod refused;
 mod workers;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +116,11 @@ pub struct Dispatcher {
     /// What the next round of the loop leases ([`Kinds`] bits), gathered from the wake-ups
     /// since the last round.
     wanted: AtomicU8,
+    /// The earliest time of a commit since the loop last looked for the next due time that
+    /// set a due time of its own (`Micros::MAX`: none). The loop looks from there: by the time
+    /// it gets to the wake-up the clock may be past the due time, and a look from its own
+    /// `now` alone would miss it.
+    due_since: AtomicI64,
     /// The kinds of work that may be queued unleased ([`Kinds`] bits): set by whatever may
     /// queue such work, cleared by a lease round that found less than it had room for. Room
     /// a worker's answer frees wakes the loop only for these.
@@ -157,6 +162,7 @@ impl Dispatcher {
             state: Mutex::default(),
             wake: Notify::new(),
             wanted: AtomicU8::new(Kinds::ALL),
+            due_since: AtomicI64::new(Micros::MAX),
             backlog: AtomicU8::new(Kinds::ALL),
             leasing: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -181,6 +187,15 @@ impl Dispatcher {
             self.wake.notify_one();
         }
         self.settled.notify_waiters();
+    }
+
+    /// [`Dispatcher::wake_for`], after a commit made at `now`: a due time it set (with
+    /// [`Kinds::DUE`]) is looked for from `now` on.
+    pub(super) fn wake_after(&self, kinds: u8, now: Micros) {
+        if kinds & Kinds::DUE != 0 {
+            self.due_since.fetch_min(now, Ordering::SeqCst);
+        }
+        self.wake_for(kinds);
     }
 
     /// Stops handing out work (at shutdown); items already held may still be answered.

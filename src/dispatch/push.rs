@@ -99,19 +99,24 @@ impl Dispatcher {
         let mut due = None;
         loop {
             // Read before leasing: what falls due after this moment is either leased below or
-            // found by `next_due(now)`, which looks only past `now` (read after leasing, work
-            // that fell due in between would be neither, and wait for the sweep). The sleep
-            // counts from this moment too, so it ends when the clock reaches the due time
+            // found by `next_due`, which looks only past `now` (read after leasing, work that
+            // fell due in between would be neither, and wait for the sweep), or past the time
+            // of a commit that set a due time, in a round that may lease no orchestration. The
+            // sleep counts from this moment too, so it ends when the clock reaches the due time
             // however long leasing and the query took.
             let (now, read_at) = (self.clock.now(), Instant::now());
+            // Taken before the kinds: a commit sets its time before it asks for a round, so a
+            // time taken here is either looked from in this round or the next.
+            let since = self.due_since.swap(Micros::MAX, Ordering::SeqCst);
             let kinds = self.wanted.swap(0, Ordering::SeqCst);
-            let mut moved = kinds & Kinds::DUE != 0;
+            let mut moved = kinds & Kinds::DUE != 0 || since != Micros::MAX;
             self.leasing.store(kinds & Kinds::ORCHESTRATIONS != 0, Ordering::SeqCst);
             let outcome = self.dispatch_once(kinds).await;
             self.leasing.store(false, Ordering::SeqCst);
             match outcome {
                 // Full batches: there may be more due work of those kinds.
                 Ok((full, _)) if full != 0 => {
+                    self.due_since.fetch_min(since, Ordering::SeqCst);
                     self.wanted.fetch_or(full | Kinds::DUE, Ordering::SeqCst);
                     continue;
                 }
@@ -126,7 +131,7 @@ impl Dispatcher {
             // Read again only when something may have moved it; otherwise the time read last
             // stands (work that came due since is found when the sleep ends).
             if moved {
-                due = self.store.next_due(now).await.ok().flatten();
+                due = self.store.next_due(now.min(since)).await.ok().flatten();
             }
             let until_due = due.map(|d| time::until(d, now)).unwrap_or(self.settings.sweep_interval);
             tokio::select! {

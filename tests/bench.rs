@@ -38,7 +38,7 @@ async fn tiny_runs_complete_and_write_results() {
     let address = format!("http://{}", sidecar.addr);
     // The sidecar runs inside this test process, so its pid is ours.
     let pid = std::process::id().to_string();
-    let workloads = "hello5,fanout,timers,starts,entity-signals,entity-calls";
+    let workloads = "hello5,fanout,timers,starts,entity-signals,entity-calls,ping";
     let line = format!("--address {address} --sidecar-pid {pid} --workload {workloads}");
     let (stdout, _, document) = bench(args(&format!("{line} --count 4 --concurrency 2 --width 10 --timeout 30"))).await;
     assert!(
@@ -48,7 +48,10 @@ async fn tiny_runs_complete_and_write_results() {
 
     let runs = document["runs"].as_array().expect("runs");
     let names: Vec<&str> = runs.iter().map(|r| r["workload"].as_str().unwrap_or_default()).collect();
-    assert_eq!(names, ["hello5", "fanout", "timers", "starts", "entity-signals", "entity-calls"]);
+    assert_eq!(
+        names,
+        ["hello5", "fanout", "timers", "starts", "entity-signals", "entity-calls", "ping"]
+    );
     for run in runs {
         let name = &run["workload"];
         assert_eq!(run["completed"], 4, "{name}: {run}");

@@ -167,7 +167,7 @@ pub async fn run(
 /// flight; latency is each call's round trip. The instances are left pending for [`drain`].
 pub async fn start_only(client: &Client, name: &str, prefix: &str, count: usize, concurrency: usize) -> Outcome {
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let (results, mut results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
+    let (results, results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
     let began = Instant::now();
     for i in 0..count {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
@@ -182,8 +182,13 @@ pub async fn start_only(client: &Client, name: &str, prefix: &str, count: usize,
         });
     }
     drop(results);
+    gather(results_rx, began).await
+}
+
+/// Every call's latency or error, until the last sender is gone; elapsed counts from `began`.
+async fn gather(mut results: mpsc::UnboundedReceiver<Result<f64, String>>, began: Instant) -> Outcome {
     let mut outcome = Outcome::default();
-    while let Some(result) = results_rx.recv().await {
+    while let Some(result) = results.recv().await {
         match result {
             Ok(ms) => {
                 outcome.completed += 1;
@@ -197,6 +202,28 @@ pub async fn start_only(client: &Client, name: &str, prefix: &str, count: usize,
     }
     outcome.elapsed = began.elapsed();
     outcome
+}
+
+/// `count` Hello calls, `concurrency` in flight; latency is each call's round trip. Nothing is
+/// stored: this is what the transport and the server's request path cost on their own.
+pub async fn ping_only(client: &Client, count: usize, concurrency: usize) -> Outcome {
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let (results, results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
+    let began = Instant::now();
+    for _ in 0..count {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let (mut client, results) = (client.clone(), results.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let outcome = client.hello(()).await.map(|_| sent.elapsed().as_secs_f64() * 1000.0);
+            drop(slot);
+            let _ = results.send(outcome.map_err(|s| format!("Hello: {s}")));
+        });
+    }
+    drop(results);
+    gather(results_rx, began).await
 }
 
 /// Signals spread round-robin over `entities` entities, `concurrency` SignalEntity calls at a

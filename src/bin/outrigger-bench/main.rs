@@ -36,7 +36,8 @@ use workload::{STANDARD, Workload};
 ///
 /// Workloads: hello5, latency1, fanout, timers, long, starts, entity-signals, entity-calls
 /// (the standard set, also named "standard"), fill (1,000,000 single-step orchestrations, for
-/// the memory target) and sdk-hello5 (hello5 through the Python SDK).
+/// the memory target), sdk-hello5 (hello5 through the Python SDK) and ping (the Hello call
+/// alone: what one gRPC round trip costs).
 #[derive(Debug, Parser)]
 #[command(name = "outrigger-bench", version)]
 struct Args {
@@ -321,6 +322,13 @@ impl Context<'_> {
                 report
                     .notes
                     .push("StartInstance only: rate and latency of the start call, no worker attached".into());
+                (outcome, 0)
+            }
+            Workload::Ping => {
+                let outcome = driver::ping_only(&client, count, concurrency).await;
+                report
+                    .notes
+                    .push("Hello calls only: the round trip and server CPU of one unary gRPC call; orch/s column is calls/s".into());
                 (outcome, 0)
             }
             Workload::EntitySignals => {

@@ -38,6 +38,9 @@ pub enum Workload {
     EntityCalls,
     /// Client signals spread over many entities (no orchestrations); reports entity ops/s.
     EntitySignals,
+    /// The `Hello` call alone: the cost of one gRPC round trip to the server, the floor under
+    /// every figure that needs round trips.
+    Ping,
 }
 
 /// The workloads `--workload standard` stands for, in the order they run.
@@ -65,11 +68,12 @@ impl Workload {
             Workload::SdkHello5 => "sdk-hello5",
             Workload::EntityCalls => "entity-calls",
             Workload::EntitySignals => "entity-signals",
+            Workload::Ping => "ping",
         }
     }
 
     pub fn parse(name: &str) -> Option<Workload> {
-        [STANDARD.as_slice(), &[Workload::Fill, Workload::SdkHello5]]
+        [STANDARD.as_slice(), &[Workload::Fill, Workload::SdkHello5, Workload::Ping]]
             .concat()
             .into_iter()
             .find(|w| w.name() == name)
@@ -86,6 +90,7 @@ impl Workload {
             Workload::Fill => 1_000_000,
             Workload::EntityCalls => 1000,
             Workload::EntitySignals => 10_000,
+            Workload::Ping => 5000,
         }
     }
 
@@ -93,7 +98,7 @@ impl Workload {
     pub fn default_concurrency(self) -> usize {
         match self {
             Workload::Hello5 | Workload::SdkHello5 | Workload::Starts | Workload::EntityCalls | Workload::EntitySignals => 100,
-            Workload::Latency1 | Workload::Fanout | Workload::Long => 1,
+            Workload::Latency1 | Workload::Fanout | Workload::Long | Workload::Ping => 1,
             Workload::Timers => 1000,
             Workload::Fill => 500,
         }
@@ -109,7 +114,7 @@ impl Workload {
             Workload::Timers => vec![Stage::Timer(Duration::from_secs(1))],
             Workload::Long => vec![Stage::Activities(1); width.unwrap_or(1000) as usize],
             Workload::EntityCalls => vec![Stage::EntityCall; 5],
-            Workload::Starts | Workload::Fill | Workload::EntitySignals => vec![],
+            Workload::Starts | Workload::Fill | Workload::EntitySignals | Workload::Ping => vec![],
         };
         Script {
             name: format!("bench.{}", self.name()),
@@ -476,7 +481,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_counts_match_the_scripts() {
-        for w in STANDARD.into_iter().chain([Workload::Fill, Workload::SdkHello5]) {
+        for w in STANDARD.into_iter().chain([Workload::Fill, Workload::SdkHello5, Workload::Ping]) {
             assert_eq!(Workload::parse(w.name()), Some(w));
         }
         assert_eq!(Workload::parse("nope"), None);

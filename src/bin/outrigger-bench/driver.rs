@@ -9,6 +9,7 @@
 //! just before StartInstance is sent to that answer.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,29 +167,54 @@ pub async fn run(
 /// Starts `count` instances with no worker attached, `concurrency` StartInstance calls in
 /// flight; latency is each call's round trip. The instances are left pending for [`drain`].
 pub async fn start_only(client: &Client, name: &str, prefix: &str, count: usize, concurrency: usize) -> Outcome {
+    timed_calls(count, concurrency, |i| {
+        let (mut client, request) = (client.clone(), create_request(instance_id(prefix, i), name));
+        async move {
+            client
+                .start_instance(request)
+                .await
+                .map(drop)
+                .map_err(|s| format!("StartInstance: {s}"))
+        }
+    })
+    .await
+}
+
+/// `count` Hello calls, `concurrency` in flight; latency is each call's round trip. Nothing is
+/// stored: this is what the transport and the server's request path cost on their own.
+pub async fn ping_only(client: &Client, count: usize, concurrency: usize) -> Outcome {
+    timed_calls(count, concurrency, |_| {
+        let mut client = client.clone();
+        async move { client.hello(()).await.map(drop).map_err(|s| format!("Hello: {s}")) }
+    })
+    .await
+}
+
+/// Makes `count` calls, `concurrency` in flight (`call(i)` makes the i-th). Completed are the
+/// calls answered, each with its round trip as latency; elapsed runs from the first call to
+/// the last answer.
+async fn timed_calls<F>(count: usize, concurrency: usize, mut call: impl FnMut(usize) -> F) -> Outcome
+where
+    F: Future<Output = Result<(), String>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let (results, results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
+    let (results, mut results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
     let began = Instant::now();
     for i in 0..count {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let (mut client, results, request) = (client.clone(), results.clone(), create_request(instance_id(prefix, i), name));
+        let (call, results) = (call(i), results.clone());
         tokio::spawn(async move {
             let sent = Instant::now();
-            let outcome = client.start_instance(request).await.map(|_| sent.elapsed().as_secs_f64() * 1000.0);
+            let outcome = call.await.map(|()| sent.elapsed().as_secs_f64() * 1000.0);
             drop(slot);
-            let _ = results.send(outcome.map_err(|s| format!("StartInstance: {s}")));
+            let _ = results.send(outcome);
         });
     }
     drop(results);
-    gather(results_rx, began).await
-}
-
-/// Every call's latency or error, until the last sender is gone; elapsed counts from `began`.
-async fn gather(mut results: mpsc::UnboundedReceiver<Result<f64, String>>, began: Instant) -> Outcome {
     let mut outcome = Outcome::default();
-    while let Some(result) = results.recv().await {
+    while let Some(result) = results_rx.recv().await {
         match result {
             Ok(ms) => {
                 outcome.completed += 1;
@@ -202,28 +228,6 @@ async fn gather(mut results: mpsc::UnboundedReceiver<Result<f64, String>>, began
     }
     outcome.elapsed = began.elapsed();
     outcome
-}
-
-/// `count` Hello calls, `concurrency` in flight; latency is each call's round trip. Nothing is
-/// stored: this is what the transport and the server's request path cost on their own.
-pub async fn ping_only(client: &Client, count: usize, concurrency: usize) -> Outcome {
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let (results, results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
-    let began = Instant::now();
-    for _ in 0..count {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            break;
-        };
-        let (mut client, results) = (client.clone(), results.clone());
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let outcome = client.hello(()).await.map(|_| sent.elapsed().as_secs_f64() * 1000.0);
-            drop(slot);
-            let _ = results.send(outcome.map_err(|s| format!("Hello: {s}")));
-        });
-    }
-    drop(results);
-    gather(results_rx, began).await
 }
 
 /// Signals spread round-robin over `entities` entities, `concurrency` SignalEntity calls at a
@@ -240,38 +244,25 @@ pub async fn signal_only(
     mut stopped: watch::Receiver<Option<String>>,
     deadline: Duration,
 ) -> Outcome {
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let (results, mut results_rx) = mpsc::unbounded_channel::<Result<f64, String>>();
     let began = Instant::now();
-    for i in 0..count {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            break;
-        };
+    let mut outcome = timed_calls(count, concurrency, |i| {
         let request = SignalEntityRequest {
             instance_id: format!("@bench@{prefix}{}", i % entities.max(1)),
             name: "add".into(),
             input: Some("1".into()),
             ..Default::default()
         };
-        let (mut client, results) = (client.clone(), results.clone());
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let outcome = client.signal_entity(request).await.map(|_| sent.elapsed().as_secs_f64() * 1000.0);
-            drop(slot);
-            let _ = results.send(outcome.map_err(|s| format!("SignalEntity: {s}")));
-        });
-    }
-    drop(results);
-    let mut outcome = Outcome::default();
-    while let Some(result) = results_rx.recv().await {
-        match result {
-            Ok(ms) => outcome.latencies_ms.push(ms),
-            Err(e) => {
-                outcome.failed += 1;
-                outcome.errors.add(e);
-            }
+        let mut client = client.clone();
+        async move {
+            client
+                .signal_entity(request)
+                .await
+                .map(drop)
+                .map_err(|s| format!("SignalEntity: {s}"))
         }
-    }
+    })
+    .await;
+    // Accepted is not applied: what completed is counted from the worker below.
     let target = (count - outcome.failed) as u64;
     let remaining = deadline.saturating_sub(began.elapsed());
     let all = tokio::select! {

@@ -1,6 +1,7 @@
 //! Completion handling: what workers hold, and their answers (complete or abandon) applied
 //! through the engine and written through the batcher.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prost::Message as _;
@@ -25,7 +26,9 @@ pub(super) const MAX_CHUNKED_BYTES: usize = 64 << 20;
 pub(super) struct HeldOrchestration {
     pub(super) worker: u64,
     pub(super) instance: Instance,
-    pub(super) history: Vec<HistoryEvent>,
+    /// Shared with the history cache (SQLite); let go before the step is written, so the
+    /// cache appends the step's events in place.
+    pub(super) history: Arc<Vec<HistoryEvent>>,
     pub(super) new_events: Vec<HistoryEvent>,
     pub(super) consumed: Vec<i64>,
     /// Actions of a chunked answer received so far (and their size), and the next chunk
@@ -139,6 +142,7 @@ impl Dispatcher {
         } else {
             (commit.instance.is_terminal() && !held.instance.is_terminal()).then_some(commit.instance.status)
         };
+        drop(held.history);
         let children = commit.children.len();
         let claim = self.claim(&commit.activities);
         let fed = self.fed_by_step(&commit, claim.as_ref(), now);
@@ -172,18 +176,15 @@ impl Dispatcher {
                 spans.failed(&e);
                 let (instance, new_events, consumed) = retained;
                 let why = format!("the orchestration step could not be stored: {e}");
-                if let Err(e) = self
-                    .fail_step(
-                        token.clone(),
-                        &instance,
-                        &held.history,
-                        &new_events,
-                        consumed,
-                        "StepNotStorable",
-                        why,
-                    )
-                    .await
-                {
+                // Nothing of the step was written, so the stored history is the one it ran on.
+                let failed = match self.store.history(&id).await {
+                    Ok(history) => {
+                        self.fail_step(token.clone(), &instance, &history, &new_events, consumed, "StepNotStorable", why)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = failed {
                     warn!(instance_id = %id, error = %e, "could not fail the orchestration either");
                     self.release(&id, &token).await;
                 }

@@ -40,7 +40,7 @@ enum Handed {
 struct Undeliverable {
     size: usize,
     instance: Instance,
-    history: Vec<HistoryEvent>,
+    history: Arc<Vec<HistoryEvent>>,
     new_events: Vec<HistoryEvent>,
     consumed: Vec<i64>,
 }
@@ -284,7 +284,7 @@ impl Dispatcher {
                     let request = OrchestratorRequest {
                         instance_id: id.clone(),
                         execution_id: Some(instance.execution_id.clone()),
-                        past_events: if stream_history { vec![] } else { history.clone() },
+                        past_events: if stream_history { vec![] } else { Vec::clone(&history) },
                         new_events: new_events.clone(),
                         requires_history_streaming: stream_history,
                         orchestration_trace_context: instance.trace_context.clone(),

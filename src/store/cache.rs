@@ -2,9 +2,11 @@
 //! re-reads its whole history nor asks for the next sequence number. Sound only because one
 //! SQLite file serves one process: every history change passes through this store. Entries are
 //! keyed by execution id too, so a replaced instance (a new execution) never sees an old one.
+//! A history is shared with the work item leased from it, not copied: by the time the step's
+//! events are appended the item is gone, so the append happens in place.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::txn::HistoryChange;
 use crate::model::HistoryWrite;
@@ -35,7 +37,7 @@ impl std::fmt::Debug for HistoryCache {
 
 struct Entry {
     execution_id: String,
-    events: Vec<HistoryEvent>,
+    events: Arc<Vec<HistoryEvent>>,
 }
 
 impl Inner {
@@ -55,22 +57,18 @@ impl Inner {
 
 impl HistoryCache {
     /// The cached history of `id` in `execution_id`, if any.
-    pub fn get(&self, id: &str, execution_id: &str) -> Option<Vec<HistoryEvent>> {
-        self.with(id, execution_id, |events| events.to_vec())
+    pub fn get(&self, id: &str, execution_id: &str) -> Option<Arc<Vec<HistoryEvent>>> {
+        let inner = self.inner.lock().unwrap();
+        let entry = inner.entries.get(id).filter(|e| e.execution_id == execution_id)?;
+        Some(Arc::clone(&entry.events))
     }
 
     /// How many events `id` has in `execution_id`, if cached.
     pub fn len(&self, id: &str, execution_id: &str) -> Option<usize> {
-        self.with(id, execution_id, <[HistoryEvent]>::len)
+        self.get(id, execution_id).map(|events| events.len())
     }
 
-    fn with<T>(&self, id: &str, execution_id: &str, f: impl FnOnce(&[HistoryEvent]) -> T) -> Option<T> {
-        let inner = self.inner.lock().unwrap();
-        let entry = inner.entries.get(id).filter(|e| e.execution_id == execution_id)?;
-        Some(f(&entry.events))
-    }
-
-    pub fn put(&self, id: &str, execution_id: &str, events: Vec<HistoryEvent>) {
+    pub fn put(&self, id: &str, execution_id: &str, events: Arc<Vec<HistoryEvent>>) {
         let mut inner = self.inner.lock().unwrap();
         inner.remove(id);
         inner.make_room(events.len());
@@ -95,7 +93,8 @@ impl HistoryCache {
         inner.make_room(events.len());
         // Starting over may have dropped this entry too.
         if let Some(entry) = inner.entries.get_mut(id) {
-            entry.events.extend_from_slice(events);
+            // Copies the history only if a work item leased from it is still about.
+            Arc::make_mut(&mut entry.events).extend_from_slice(events);
             inner.events += events.len();
         }
     }
@@ -106,7 +105,7 @@ impl HistoryCache {
             match c.write {
                 _ if c.finished => self.forget(&c.instance_id),
                 HistoryWrite::Append(events) => self.append(&c.instance_id, &c.execution_id, &events),
-                HistoryWrite::Replace(events) => self.put(&c.instance_id, &c.execution_id, events),
+                HistoryWrite::Replace(events) => self.put(&c.instance_id, &c.execution_id, Arc::new(events)),
             }
         }
     }
@@ -135,16 +134,37 @@ mod tests {
             .collect()
     }
 
+    fn shared(n: usize) -> Arc<Vec<HistoryEvent>> {
+        Arc::new(events(n))
+    }
+
     #[test]
     fn entries_belong_to_one_execution() {
         let cache = HistoryCache::default();
-        cache.put("a", "e1", events(2));
+        cache.put("a", "e1", shared(2));
         assert_eq!(cache.len("a", "e1"), Some(2));
         assert_eq!(cache.get("a", "e2"), None, "another execution never sees this history");
         cache.append("a", "e1", &events(1));
         assert_eq!(cache.len("a", "e1"), Some(3));
         cache.append("a", "e2", &events(1));
         assert_eq!(cache.len("a", "e1"), None, "a step of another execution drops the entry");
+    }
+
+    #[test]
+    fn a_leased_history_is_shared_and_keeps_what_it_was_leased_with() {
+        let cache = HistoryCache::default();
+        cache.put("a", "e1", shared(2));
+        let leased = cache.get("a", "e1").expect("cached");
+        assert!(Arc::ptr_eq(&leased, &cache.get("a", "e1").expect("cached")), "not copied");
+        cache.append("a", "e1", &events(1));
+        assert_eq!(leased.len(), 2, "a work item's history does not change under it");
+        assert_eq!(cache.len("a", "e1"), Some(3));
+        drop(leased);
+        let before = cache.get("a", "e1").map(|h| Arc::as_ptr(&h)).expect("cached");
+        cache.append("a", "e1", &events(1));
+        let after = cache.get("a", "e1").expect("cached");
+        assert_eq!(after.len(), 4);
+        assert_eq!(Arc::as_ptr(&after), before, "with nothing else holding it, appended in place");
     }
 
     #[test]
@@ -157,8 +177,8 @@ mod tests {
     #[test]
     fn the_cache_starts_over_when_full() {
         let cache = HistoryCache::default();
-        cache.put("a", "e1", events(MAX_EVENTS - 1));
-        cache.put("b", "e1", events(2));
+        cache.put("a", "e1", shared(MAX_EVENTS - 1));
+        cache.put("b", "e1", shared(2));
         assert_eq!(cache.get("a", "e1"), None);
         assert_eq!(cache.len("b", "e1"), Some(2));
         cache.forget("b");

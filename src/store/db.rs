@@ -54,7 +54,7 @@ pub(super) trait Db: Send + Sync + 'static {
 /// Joins freshly leased instances to their histories (from the cache where it has them) and
 /// visible inboxes, read beside the writer: the lease keeps them ours.
 async fn load_leased<D: Db>(db: &D, picked: Vec<(String, Instance)>, now: Micros) -> Result<Vec<LockedOrchestration>> {
-    let mut histories: HashMap<String, Vec<HistoryEvent>> = HashMap::new();
+    let mut histories: HashMap<String, Arc<Vec<HistoryEvent>>> = HashMap::new();
     let mut missing = vec![];
     for (_, i) in &picked {
         match db.cache().and_then(|c| c.get(&i.instance_id, &i.execution_id)) {
@@ -69,9 +69,9 @@ async fn load_leased<D: Db>(db: &D, picked: Vec<(String, Instance)>, now: Micros
         let ids: Vec<&str> = missing.iter().map(|i| i.instance_id.as_str()).collect();
         let mut loaded = txn::histories(&mut *conn, &ids).await?;
         for i in missing {
-            let events = loaded.remove(&i.instance_id).unwrap_or_default();
+            let events = Arc::new(loaded.remove(&i.instance_id).unwrap_or_default());
             if let Some(cache) = db.cache().filter(|_| !i.is_terminal()) {
-                cache.put(&i.instance_id, &i.execution_id, events.clone());
+                cache.put(&i.instance_id, &i.execution_id, Arc::clone(&events));
             }
             histories.insert(i.instance_id.clone(), events);
         }

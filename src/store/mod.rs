@@ -154,7 +154,8 @@ pub enum Purge {
 pub struct LockedOrchestration {
     pub token: String,
     pub instance: Instance,
-    pub history: Vec<HistoryEvent>,
+    /// Shared with the history cache where there is one, so leasing copies no events.
+    pub history: Arc<Vec<HistoryEvent>>,
     /// Visible inbox messages, in delivery order, with their row ids.
     pub inbox: Vec<(i64, Message)>,
 }

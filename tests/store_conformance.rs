@@ -47,6 +47,38 @@ struct Harness {
     store: Arc<dyn Store>,
 }
 
+/// A step or an activity result written alone, as a one-write batch.
+trait WriteOne {
+    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Micros) -> Result<Vec<String>, StoreError>;
+    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Micros) -> Result<(), StoreError>;
+}
+
+impl WriteOne for dyn Store {
+    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Micros) -> Result<Vec<String>, StoreError> {
+        let (token, consumed) = (token.to_string(), consumed.to_vec());
+        let step = Write::Step {
+            token,
+            consumed,
+            commit,
+            now,
+            claim: None,
+        };
+        Ok(self.write(&[step]).await?.pop().expect("one result per write")?.changed)
+    }
+
+    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Micros) -> Result<(), StoreError> {
+        let token = token.to_string();
+        let done = Write::ActivityResult {
+            id,
+            token,
+            result,
+            now,
+            claim: None,
+        };
+        self.write(&[done]).await?.pop().expect("one result per write").map(drop)
+    }
+}
+
 fn options() -> store::Options {
     store::Options { pool_size: 4 }
 }

@@ -18,13 +18,13 @@ use super::encoding::{self, Columns, bind_lease};
 use super::entities_txn;
 use super::queries::*;
 use super::sql::{Conn, Sql};
-use super::txn::{self, Dialect, Effects, Statements};
+use super::txn::{self, Dialect, Effects};
 use super::*;
 
 /// One database engine: its connections and transactions, statically dispatched.
 pub(super) trait Db: Send + Sync + 'static {
     /// What the statements run on.
-    type Conn: Statements;
+    type Conn: Dialect;
     type Tx: DerefMut<Target = Self::Conn> + Send;
     type Pooled: DerefMut<Target = Self::Conn> + Send;
 

@@ -185,14 +185,17 @@ pub fn inboxes(rows: &[impl Columns]) -> Result<HashMap<String, Vec<(i64, Messag
 
 /// The activities a step queued already leased, from the rows (id, lock_token, task_id) their
 /// insert returned, by id.
-pub fn claimed(activities: &[ActivityTask], mut rows: Vec<(i64, String, i32)>) -> Vec<LockedActivity> {
-    rows.sort_by_key(|(id, _, _)| *id);
-    rows.into_iter()
-        .filter_map(|(id, token, task_id)| {
-            let task = activities.iter().find(|a| a.request.task_id == task_id)?.clone();
-            Some(LockedActivity { id, token, task })
-        })
-        .collect()
+pub fn claimed(activities: &[ActivityTask], rows: &[impl Columns]) -> Result<Vec<LockedActivity>, StoreError> {
+    let mut locked = vec![];
+    for r in rows {
+        let task_id = r.small("task_id")?;
+        if let Some(task) = activities.iter().find(|a| a.request.task_id == task_id) {
+            let (id, token, task) = (r.int("id")?, r.text("lock_token")?, task.clone());
+            locked.push(LockedActivity { id, token, task });
+        }
+    }
+    locked.sort_by_key(|a| a.id);
+    Ok(locked)
 }
 
 /// Leased activities, by id, from rows of (id, lock_token, instance_id, execution_id, request).

@@ -1,14 +1,14 @@
 //! The entity transactions, written once for both engines: the order of reads and writes that
 //! enqueues a message, persists an entity step, cleans, purges and reads a leased entity's
 //! queue. What the engines say their own way (SQLite `IN (..)` lists and a single writer;
-//! Postgres array binds and `SKIP LOCKED` picks) is in their `txn::Statements`.
+//! Postgres array binds and `SKIP LOCKED` picks) is in their `txn::Dialect`.
 
 use tracing::info;
 
 use super::encoding::{self, Columns};
 use super::queries::*;
 use super::sql::Sql;
-use super::txn::{self, Statements};
+use super::txn::{self, Dialect};
 use super::{Cleaned, Delivery, EntitySummary, LockedEntity, Result, StoreError};
 use crate::engine::rules::{self, Slot};
 use crate::model::{Entity, EntityCommit, EntityLock, Message};
@@ -42,7 +42,7 @@ pub(super) fn leased(rows: &[impl Columns]) -> Result<Vec<(String, Entity)>> {
 }
 
 /// Queues a message for an entity, creating the entity's row on first use.
-pub(super) async fn enqueue<C: Statements>(conn: &mut C, m: &Message) -> Result<Delivery> {
+pub(super) async fn enqueue<C: Dialect>(conn: &mut C, m: &Message) -> Result<Delivery> {
     // The entity was first touched when the message was sent, if the event says when.
     let at = m
         .event
@@ -63,7 +63,7 @@ pub(super) async fn enqueue<C: Statements>(conn: &mut C, m: &Message) -> Result<
 
 /// One entity step inside a write batch; nothing is written when the lease is gone. Returns the
 /// entity and the orchestrations it started, whose waiters must hear of the change.
-pub(super) async fn step<C: Statements>(conn: &mut C, token: &str, c: &EntityCommit) -> Result<Vec<String>> {
+pub(super) async fn step<C: Dialect>(conn: &mut C, token: &str, c: &EntityCommit) -> Result<Vec<String>> {
     let (owner, section) = (
         c.lock.as_ref().map(|l| l.owner.as_str()),
         c.lock.as_ref().map(|l| l.critical_section_id.as_str()),
@@ -100,7 +100,7 @@ pub(super) async fn step<C: Statements>(conn: &mut C, token: &str, c: &EntityCom
     Ok(changed)
 }
 
-pub(super) async fn clean<C: Statements>(conn: &mut C, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
+pub(super) async fn clean<C: Dialect>(conn: &mut C, remove_empty: bool, release_orphaned_locks: bool) -> Result<Cleaned> {
     let mut cleaned = Cleaned::default();
     if release_orphaned_locks {
         // Orphaned: the holder is gone or finished. Their deferred messages may run again.
@@ -119,13 +119,13 @@ pub(super) async fn clean<C: Statements>(conn: &mut C, remove_empty: bool, relea
 }
 
 /// Deletes an entity and its queue (purge). Returns how many entities were deleted.
-pub(super) async fn purge<C: Statements>(conn: &mut C, id: &str) -> Result<u32> {
+pub(super) async fn purge<C: Dialect>(conn: &mut C, id: &str) -> Result<u32> {
     C::sql(DELETE_QUEUE).text(id).run(conn).await?;
     Ok(C::sql(DELETE_ENTITY).text(id).run(conn).await? as u32)
 }
 
 /// Reads the visible queue of each entity just leased (`token`, entity).
-pub(super) async fn with_queues<C: Statements>(conn: &mut C, leased: Vec<(String, Entity)>, now: Micros) -> Result<Vec<LockedEntity>> {
+pub(super) async fn with_queues<C: Dialect>(conn: &mut C, leased: Vec<(String, Entity)>, now: Micros) -> Result<Vec<LockedEntity>> {
     let mut locked = Vec::with_capacity(leased.len());
     for (token, entity) in leased {
         let rows = C::sql(VISIBLE_QUEUE).text(&entity.instance_id).int(now).rows(conn).await?;

@@ -4,7 +4,7 @@
 //! run one way on either engine (`sql.rs`), the SQL both run alike is written once
 //! (`queries.rs`), and what a transaction decides from the rows it reads (a message to a
 //! finished instance is dropped, only finished instances are purged, ...) comes from
-//! `engine::rules`. Each engine's folder keeps what only it says or does (`txn::Statements`):
+//! `engine::rules`. Each engine's folder keeps what only it says or does (`txn::Dialect`):
 //! SQLite's single writer, `IN (..)` lists and the history cache it may keep (`cache.rs`);
 //! Postgres's row locks, array binds and NOTIFY.
 
@@ -48,40 +48,45 @@ pub enum StoreError {
     BatchFailed(String),
 }
 
+/// A database's own error code: Postgres's SQLSTATE, or SQLite's primary result code (the
+/// low byte of the extended one).
+enum Code {
+    Postgres(String),
+    Sqlite(u32),
+}
+
+fn code(e: &dyn sqlx::error::DatabaseError) -> Code {
+    let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
+    match e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        Some(_) => Code::Postgres(code),
+        None => Code::Sqlite(code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0)),
+    }
+}
+
 impl StoreError {
     /// A transaction the database aborted to break a deadlock or a serialization conflict:
     /// running it again is the documented remedy.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("40P01" | "40001")))
+        matches!(self, StoreError::Database(sqlx::Error::Database(e)) if matches!(code(&**e), Code::Postgres(c) if c == "40P01" || c == "40001"))
     }
-}
 
-impl StoreError {
     /// A write the database refuses for what it is, not for the state it is in: running it
     /// again can never succeed (a value or statement over a limit, a violated constraint).
     /// Full disks, lost connections and locks are not permanent.
     pub fn is_permanent(&self) -> bool {
-        let StoreError::Database(e) = self else { return false };
-        match e {
-            sqlx::Error::Encode(_) => true,
-            sqlx::Error::Database(e) => {
-                let code = e.code().map(|c| c.into_owned()).unwrap_or_default();
-                if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
-                    // Classes 22 (data exception), 23 (integrity), 54 (program limit).
-                    return ["22", "23", "54"].iter().any(|class| code.starts_with(class));
-                }
-                // SQLite's primary code is the low byte of the extended one: TOOBIG (18),
-                // CONSTRAINT (19), MISMATCH (20), RANGE (25); "too many SQL variables" comes
-                // as a plain SQLITE_ERROR.
-                let primary = code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0);
-                matches!(primary, 18 | 19 | 20 | 25) || e.message().contains("too many SQL variables")
-            }
+        match self {
+            StoreError::Database(sqlx::Error::Encode(_)) => true,
+            StoreError::Database(sqlx::Error::Database(e)) => match code(&**e) {
+                // Classes 22 (data exception), 23 (integrity), 54 (program limit).
+                Code::Postgres(c) => ["22", "23", "54"].iter().any(|class| c.starts_with(class)),
+                // TOOBIG, CONSTRAINT, MISMATCH, RANGE; "too many SQL variables" comes as a
+                // plain SQLITE_ERROR.
+                Code::Sqlite(c) => matches!(c, 18 | 19 | 20 | 25) || e.message().contains("too many SQL variables"),
+            },
             _ => false,
         }
     }
-}
 
-impl StoreError {
     /// Why the database failed, in words a client may be shown: the category only, never the
     /// driver's or the database's own text (which can name tables, values or the server).
     pub fn plain_cause(&self) -> &'static str {
@@ -95,26 +100,19 @@ impl StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_) => "the connection to the database failed",
-            sqlx::Error::Database(db) => {
-                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
-                    match code.as_str() {
-                        "53100" => "the database's disk is full",
-                        "40001" | "40P01" | "55P03" => "the database is busy",
-                        c if c.starts_with("08") || c.starts_with("57") => "the connection to the database failed",
-                        c if c.starts_with("53") => "the database is out of resources",
-                        _ => "the database refused the transaction",
-                    }
-                } else {
-                    // SQLite's primary code is the low byte of the extended one.
-                    match code.parse::<u32>().map(|c| c & 0xff).unwrap_or(0) {
-                        13 => "the database's disk is full",
-                        5 | 6 => "the database is busy",
-                        10 => "the database could not write to its disk",
-                        _ => "the database refused the transaction",
-                    }
-                }
-            }
+            sqlx::Error::Database(e) => match code(&**e) {
+                Code::Postgres(c) => match c.as_str() {
+                    "53100" => "the database's disk is full",
+                    "40001" | "40P01" | "55P03" => "the database is busy",
+                    c if c.starts_with("08") || c.starts_with("57") => "the connection to the database failed",
+                    c if c.starts_with("53") => "the database is out of resources",
+                    _ => "the database refused the transaction",
+                },
+                Code::Sqlite(13) => "the database's disk is full",
+                Code::Sqlite(5 | 6) => "the database is busy",
+                Code::Sqlite(10) => "the database could not write to its disk",
+                Code::Sqlite(_) => "the database refused the transaction",
+            },
             _ => "the database refused the transaction",
         }
     }
@@ -448,19 +446,6 @@ pub trait Store: Send + Sync + 'static {
         1
     }
 
-    /// Applies a step's commit, deletes the consumed inbox rows and releases the lease, in one
-    /// transaction. Returns the ids of the instances whose state changed.
-    async fn commit_orchestration(&self, token: &str, consumed: &[i64], commit: Commit, now: Micros) -> Result<Vec<String>> {
-        let step = Write::Step {
-            token: token.to_string(),
-            consumed: consumed.to_vec(),
-            commit,
-            now,
-            claim: None,
-        };
-        Ok(self.write(&[step]).await?.pop().expect("one result per write")?.changed)
-    }
-
     /// Releases an orchestration lease, deleting `consumed` inbox rows; the instance is not
     /// dispatched again before `ready_at`.
     async fn release_orchestration(&self, instance_id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()>;
@@ -468,19 +453,6 @@ pub trait Store: Send + Sync + 'static {
     /// Leases up to `max` visible activities of the names `names` (activities queued before
     /// names were stored are leased whatever `names` says; the caller checks those).
     async fn lock_activities(&self, lease: &Lease<'_>, max: u32, names: &Names) -> Result<Vec<LockedActivity>>;
-
-    /// Records an activity's result: deletes the task and queues `result` for its
-    /// orchestration, unless that execution is gone (then the result is dropped).
-    async fn complete_activity(&self, id: i64, token: &str, result: HistoryEvent, now: Micros) -> Result<()> {
-        let done = Write::ActivityResult {
-            id,
-            token: token.to_string(),
-            result,
-            now,
-            claim: None,
-        };
-        self.write(&[done]).await?.pop().expect("one result per write").map(drop)
-    }
 
     /// Releases an activity lease; it is not dispatched again before `visible_at`.
     async fn release_activity(&self, id: i64, token: &str, visible_at: Micros) -> Result<()>;

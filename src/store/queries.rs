@@ -2,7 +2,7 @@
 //! Postgres and sqlx's SQLite driver both bind by number. What only one database can say
 //! (row locks, array binds, lease statements, `RETURNING` picks) is in that engine's
 //! `queries.rs` (its `txn::Dialect`, under the same names on both sides) and its
-//! `txn::Statements`. Times are Unix microseconds.
+//! the lists they bind (`sql::Lists`). Times are Unix microseconds.
 
 /// The instance columns every instance read selects, in table order (`encoding::bind_fields`
 /// binds them so).
@@ -55,9 +55,6 @@ pub const DELETE_INSTANCE: [&str; 4] = [
 ];
 
 pub const SELECT_HISTORY: &str = "SELECT event FROM history WHERE instance_id = $1 ORDER BY seq";
-
-/// `next`: where instance $1's history goes on (SQLite, when its cache does not know).
-pub const NEXT_HISTORY_SEQ: &str = "SELECT CAST(COALESCE(MAX(seq) + 1, 0) AS BIGINT) AS next FROM history WHERE instance_id = $1";
 
 pub const DELETE_HISTORY: &str = "DELETE FROM history WHERE instance_id = $1";
 

@@ -11,7 +11,8 @@ use sqlx::query::Query;
 use sqlx::{Database, Encode, Executor, IntoArguments, SqlSafeStr, Type};
 
 use super::Result;
-use super::encoding::Columns;
+use super::encoding::{Columns, encode};
+use crate::model::ActivityTask;
 
 /// A connection of either engine.
 pub(super) trait Conn: Send + Sized {
@@ -34,6 +35,9 @@ pub(super) trait Sql: Send + Sized {
     /// A list of ids, for the engine's own way of naming many rows ([`Lists`]).
     fn ids(self, v: &[i64]) -> Self;
     fn texts(self, v: &[&str]) -> Self;
+    fn blobs(self, v: Vec<Vec<u8>>) -> Self;
+    /// Activities to queue: their instance, execution, task id, request, name and version.
+    fn activities(self, v: &[ActivityTask]) -> Self;
     /// Runs it; how many rows it changed.
     fn run(self, c: &mut Self::Conn) -> impl Future<Output = Result<u64>> + Send;
     fn rows(self, c: &mut Self::Conn) -> impl Future<Output = Result<Vec<Self::Row>>> + Send;
@@ -101,6 +105,12 @@ where
     fn texts(self, v: &[&str]) -> Self {
         Statement(DB::texts(self.0, v), PhantomData)
     }
+    fn blobs(self, v: Vec<Vec<u8>>) -> Self {
+        Statement(DB::blobs(self.0, v), PhantomData)
+    }
+    fn activities(self, v: &[ActivityTask]) -> Self {
+        Statement(DB::activities(self.0, v), PhantomData)
+    }
     async fn run(self, c: &mut C) -> Result<u64> {
         Ok(self.0.execute(c).await?.affected())
     }
@@ -114,12 +124,15 @@ where
 
 type Bound<DB> = Query<'static, DB, <DB as Database>::Arguments>;
 
-/// How a list is bound, one parameter whatever its length: Postgres binds an array (`= ANY($1)`);
-/// SQLite, which has none, a JSON array its `json_each` reads (`IN (SELECT value FROM
-/// json_each(?1))`). Either way the statement's text stays the same, and stays prepared.
+/// How a list is bound, whatever its length, so the statement's text stays the same and stays
+/// prepared: Postgres binds an array (`= ANY($1)`, `UNNEST`), one per column; SQLite, which has
+/// none, one JSON array its `json_each` reads (`IN (SELECT value FROM json_each(?1))`), bytes
+/// as hex, each row of many columns an array.
 pub(super) trait Lists: Database {
     fn ids(q: Bound<Self>, v: &[i64]) -> Bound<Self>;
     fn texts(q: Bound<Self>, v: &[&str]) -> Bound<Self>;
+    fn blobs(q: Bound<Self>, v: Vec<Vec<u8>>) -> Bound<Self>;
+    fn activities(q: Bound<Self>, v: &[ActivityTask]) -> Bound<Self>;
 }
 
 impl Lists for sqlx::Sqlite {
@@ -128,6 +141,16 @@ impl Lists for sqlx::Sqlite {
     }
     fn texts(q: Bound<Self>, v: &[&str]) -> Bound<Self> {
         q.bind(serde_json::to_string(v).expect("strings encode"))
+    }
+    fn blobs(q: Bound<Self>, v: Vec<Vec<u8>>) -> Bound<Self> {
+        q.bind(serde_json::to_string(&v.iter().map(|b| hex(b)).collect::<Vec<_>>()).expect("strings encode"))
+    }
+    fn activities(q: Bound<Self>, v: &[ActivityTask]) -> Bound<Self> {
+        let row = |a: &ActivityTask| {
+            let r = &a.request;
+            serde_json::json!([a.instance_id, a.execution_id, r.task_id, hex(&encode(r)), r.name, r.version])
+        };
+        q.bind(serde_json::Value::Array(v.iter().map(row).collect()).to_string())
     }
 }
 
@@ -138,6 +161,28 @@ impl Lists for sqlx::Postgres {
     fn texts(q: Bound<Self>, v: &[&str]) -> Bound<Self> {
         q.bind(v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
+    fn blobs(q: Bound<Self>, v: Vec<Vec<u8>>) -> Bound<Self> {
+        q.bind(v)
+    }
+    fn activities(q: Bound<Self>, v: &[ActivityTask]) -> Bound<Self> {
+        let column = |f: fn(&ActivityTask) -> Option<String>| v.iter().map(f).collect::<Vec<_>>();
+        let q = q
+            .bind(column(|a| Some(a.instance_id.clone())))
+            .bind(column(|a| Some(a.execution_id.clone())));
+        let q = q.bind(v.iter().map(|a| a.request.task_id).collect::<Vec<_>>());
+        let q = q.bind(v.iter().map(|a| encode(&a.request)).collect::<Vec<_>>());
+        q.bind(column(|a| Some(a.request.name.clone())))
+            .bind(column(|a| a.request.version.clone()))
+    }
+}
+
+/// Lower-case hex, which SQLite's `unhex` reads back.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char])
+        .collect()
 }
 
 /// How many rows a statement changed (each driver says it its own way).
@@ -154,5 +199,22 @@ impl Affected for sqlx::sqlite::SqliteQueryResult {
 impl Affected for sqlx::postgres::PgQueryResult {
     fn affected(&self) -> u64 {
         self.rows_affected()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_bound_as_a_list_come_back_from_sqlite_unchanged() {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let blobs = vec![vec![], vec![0, 1, 0x7f, 0x80, 0xff], (0..=255).collect()];
+        let q = <sqlx::SqliteConnection as Conn>::sql("SELECT unhex(value) AS b FROM json_each($1) ORDER BY key");
+        let rows = q.blobs(blobs.clone()).rows(&mut conn).await.unwrap();
+        let back: Vec<Vec<u8>> = rows.iter().map(|r| r.bytes("b").unwrap().to_vec()).collect();
+        assert_eq!(back, blobs);
     }
 }

@@ -2,12 +2,11 @@
 //! writes that creates an instance, delivers a message, applies a step or an activity result,
 //! rewinds and purges. What each read means for Durable Task is decided by
 //! `engine::rules`; the statements both engines say alike are in `queries.rs`, and each engine
-//! implements [`Statements`] for what it says its own way (SQLite `IN (..)` lists under a
-//! single writer; Postgres array binds and row locks). Each engine wraps these in its own
+//! implements [`Dialect`] for what it says its own way (SQLite JSON lists under a single
+//! writer; Postgres array binds and row locks). Each engine wraps these in its own
 //! transaction (`db.rs`), adding what only it does (the SQLite history cache, Postgres NOTIFY).
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use tracing::{debug, info};
 
@@ -15,24 +14,28 @@ use super::encoding::{self, Columns, bind_fields, bind_message};
 use super::entities_txn;
 use super::queries::*;
 use super::sql::{Conn, Sql};
-use super::{Claim, Delivery, LockedActivity, Purge, Result, Rewind, StoreError, Write, Written};
+use super::{Claim, Delivery, Purge, Result, Rewind, StoreError, Write, Written};
 use crate::engine::events::kind_name;
 use crate::engine::rules::{self, PurgeStep, Slot, Target};
-use crate::model::{ActivityTask, ChildRewind, Commit, HistoryWrite, Instance, Message, NewInstance};
+use crate::model::{ChildRewind, Commit, HistoryWrite, Instance, Message, NewInstance};
 use crate::proto::{HistoryEvent, OrchestrationStatus};
 use crate::time::Micros;
 
 /// The SQL one engine writes its own way for the shared code: row locks, lease picks, what
-/// it deletes and releases. Each engine's `queries.rs` implements it, constant for constant.
-pub(super) trait Dialect {
+/// it deletes and releases, the statements over lists and many rows. Each engine's
+/// `queries.rs` implements it for its connection, constant for constant.
+pub(super) trait Dialect: Conn {
     /// `SELECT status` of instance $1, its row (when there is one) locked until the transaction
     /// ends where the database locks rows, so a concurrent create of the id waits.
     const SELECT_STATUS_FOR_UPDATE: &'static str;
-    /// Leases instances with visible work, bound by `encoding::bind_lease` then the suspended
-    /// status ($6); returns `lock_token` and the instance columns.
+    /// Leases, with a fresh token each, up to $4 instances with visible work at $1 that are
+    /// ready and that nobody holds, of the names filter $5 takes, for owner $2 until $3 (bound
+    /// by `encoding::bind_lease`); a suspended ($6) one only for an event that wakes it.
+    /// Returns `lock_token` and the instance columns.
     const LOCK_ORCHESTRATIONS: &'static str;
-    /// Leases visible activities, bound by `encoding::bind_lease`; returns id, lock_token,
-    /// instance_id, execution_id, request.
+    /// Leases visible activities nobody holds, oldest first, as LOCK_ORCHESTRATIONS binds (rows
+    /// queued before activities had a name column are leased whatever the filter, and checked
+    /// by the dispatcher); returns id, lock_token, instance_id, execution_id, request.
     const LOCK_ACTIVITIES: &'static str;
     /// Leases entities with runnable messages: now $1, owner $2, until $3, at most $4; returns
     /// `lease_token` and the entity columns.
@@ -42,7 +45,8 @@ pub(super) trait Dialect {
     const RELEASE_ALL: &'static [&'static str];
     /// Empties every table of the hub.
     const DELETE_ALL: &'static [&'static str];
-    /// The earliest moment after $1 when work appears, as `due`.
+    /// The earliest moment after $1 when work appears, as `due`: a future message (a timer), a
+    /// scheduled start or back-off ending, an activity's retry time.
     const NEXT_DUE: &'static str;
     // Statements over a list bound as one parameter (`Sql::ids`, `Sql::texts`).
     /// Leases, of instances $4, those with visible work at $1 (a suspended ($5) one only for
@@ -65,22 +69,15 @@ pub(super) trait Dialect {
     const SELECT_INBOXES: &'static str;
     /// Extends to $1 the leases (of instances, activities, entities) with tokens $2.
     const RENEW_LEASES: [&'static str; 3];
-}
-
-/// What one engine says its own way: its [`Dialect`], and the inserts of many rows (SQLite:
-/// `VALUES` rows, a bounded number at a time; Postgres: array binds). Each runs on the
-/// connection of the transaction (or batch) that calls it.
-pub(super) trait Statements: Conn + Dialect {
-    /// Appends `events` numbered from `first`, or after the last stored when that is not known.
-    fn insert_history(&mut self, id: &str, first: Option<i64>, events: &[HistoryEvent]) -> impl Future<Output = Result<()>> + Send;
-    fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> impl Future<Output = Result<()>> + Send;
-    /// Inserts activities already leased by `claim`, and returns them with their tokens.
-    fn insert_claimed_activities(
-        &mut self,
-        activities: &[ActivityTask],
-        now: Micros,
-        claim: &Claim,
-    ) -> impl Future<Output = Result<Vec<LockedActivity>>> + Send;
+    // Statements over many rows, each bound as one list whatever its length.
+    /// Appends to instance $1's history the events `Sql::blobs` binds, numbered from $2 or,
+    /// when $2 is NULL, after its last.
+    const INSERT_HISTORY: &'static str;
+    /// Queues the activities `Sql::activities` binds, visible at the time bound next.
+    const INSERT_ACTIVITIES: &'static str;
+    /// As INSERT_ACTIVITIES, each row leased as it is queued, with a fresh token, for the owner
+    /// and until the time bound after; returns id, lock_token, task_id.
+    const INSERT_CLAIMED_ACTIVITIES: &'static str;
 }
 
 /// What a batch did beyond its results, for the engine's own after-commit work.
@@ -113,7 +110,7 @@ pub(super) fn taken(id: &str, e: StoreError) -> StoreError {
 }
 
 /// Creates an instance, replacing one with the same id whose status is in `replaceable`.
-pub(super) async fn create<C: Statements>(conn: &mut C, new: &NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
+pub(super) async fn create<C: Dialect>(conn: &mut C, new: &NewInstance, replaceable: &[OrchestrationStatus]) -> Result<()> {
     let id = &new.instance.instance_id;
     let replacing = match rules::slot(status_of(conn, C::SELECT_STATUS_FOR_UPDATE, id).await?, replaceable) {
         Slot::Taken(s) => return Err(StoreError::AlreadyExists(id.clone(), s.as_str_name())),
@@ -125,7 +122,7 @@ pub(super) async fn create<C: Statements>(conn: &mut C, new: &NewInstance, repla
 
 /// Creates an instance whose first step is decided: its row, history and queued work. Returns
 /// the instances created or changed.
-pub(super) async fn create_with_history<C: Statements>(
+pub(super) async fn create_with_history<C: Dialect>(
     conn: &mut C,
     commit: &Commit,
     now: Micros,
@@ -142,7 +139,7 @@ pub(super) async fn create_with_history<C: Statements>(
 }
 
 /// Creates an instance; `replacing` says a finished one with the same id is there to go first.
-pub(super) async fn insert_new<C: Statements>(conn: &mut C, new: &NewInstance, replacing: bool) -> Result<()> {
+pub(super) async fn insert_new<C: Dialect>(conn: &mut C, new: &NewInstance, replacing: bool) -> Result<()> {
     if replacing {
         for_id(conn, &DELETE_INSTANCE, &new.instance.instance_id).await?;
     }
@@ -154,7 +151,7 @@ pub(super) async fn insert_new<C: Statements>(conn: &mut C, new: &NewInstance, r
 /// with a log line. On a database several sidecars share, a message racing with its target
 /// finishing elsewhere may still be queued; the engine drops it when the finished instance
 /// is next looked at.
-pub(super) async fn deliver<C: Statements>(conn: &mut C, m: &Message) -> Result<Delivery> {
+pub(super) async fn deliver<C: Dialect>(conn: &mut C, m: &Message) -> Result<Delivery> {
     if m.is_for_entity() {
         return entities_txn::enqueue(conn, m).await;
     }
@@ -190,7 +187,7 @@ pub(super) async fn deliver<C: Statements>(conn: &mut C, m: &Message) -> Result<
 }
 
 /// Rewinds a failed instance with `event` (see [`rules::rewind`]).
-pub(super) async fn rewind<C: Statements>(conn: &mut C, id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
+pub(super) async fn rewind<C: Dialect>(conn: &mut C, id: &str, event: HistoryEvent, now: Micros) -> Result<Rewind> {
     let Some(instance) = load_instance(conn, id).await? else {
         return Ok(Rewind::Unknown);
     };
@@ -207,7 +204,7 @@ pub(super) async fn rewind<C: Statements>(conn: &mut C, id: &str, event: History
 
 /// Brings back a sub-orchestration for its parent's rewind: rewound if it is there, created
 /// again if it was purged.
-async fn rewind_child<C: Statements>(conn: &mut C, r: &ChildRewind, now: Micros) -> Result<()> {
+async fn rewind_child<C: Dialect>(conn: &mut C, r: &ChildRewind, now: Micros) -> Result<()> {
     if rewind(conn, &r.instance_id, rules::child_rewound(r, now), now).await? == Rewind::Unknown {
         info!(instance_id = %r.instance_id, "recreating purged sub-orchestration for rewind");
         insert_new(conn, &r.recreate, false).await?;
@@ -218,7 +215,7 @@ async fn rewind_child<C: Statements>(conn: &mut C, r: &ChildRewind, now: Micros)
 /// Deletes a finished instance and, when `recursive`, its finished sub-orchestrations (see
 /// [`rules::purge_step`]); an entity id purges that entity. Returns the outcome and the
 /// instances deleted.
-pub(super) async fn purge<C: Statements>(conn: &mut C, instance_id: &str, recursive: bool) -> Result<(Purge, Vec<String>)> {
+pub(super) async fn purge<C: Dialect>(conn: &mut C, instance_id: &str, recursive: bool) -> Result<(Purge, Vec<String>)> {
     if let Ok(entity) = crate::engine::entities::normalize_id(instance_id) {
         return Ok((Purge::Deleted(entities_txn::purge(conn, &entity).await?), vec![]));
     }
@@ -248,7 +245,7 @@ pub(super) async fn purge<C: Statements>(conn: &mut C, instance_id: &str, recurs
 /// knows it (instance, execution). A database failure is returned for the whole batch.
 pub(super) async fn write<C, K>(conn: &mut C, writes: &[Write], known_len: K, effects: &mut Effects) -> Result<Vec<Result<Written>>>
 where
-    C: Statements,
+    C: Dialect,
     K: Fn(&str, &str) -> Option<usize> + Sync,
 {
     let mut results = Vec::with_capacity(writes.len());
@@ -292,7 +289,7 @@ where
 /// for (a step's own instance, which events that arrived while it ran or a continued-as-new
 /// start leave due; an activity result's orchestration) where they are free to run now. Each
 /// lease goes to the first write that asked for its instance.
-async fn claim_instances<C: Statements>(conn: &mut C, writes: &[Write], results: &mut [Result<Written>]) -> Result<()> {
+async fn claim_instances<C: Dialect>(conn: &mut C, writes: &[Write], results: &mut [Result<Written>]) -> Result<()> {
     let mut wanted: Vec<(usize, &str)> = vec![];
     let mut lease: Option<(&Claim, Micros)> = None;
     for (i, (w, r)) in writes.iter().zip(results.iter()).enumerate() {
@@ -340,7 +337,7 @@ async fn claim_instances<C: Statements>(conn: &mut C, writes: &[Write], results:
 }
 
 /// Releases a lease without a step, deleting the `consumed` inbox rows.
-pub(super) async fn release<C: Statements>(conn: &mut C, id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()> {
+pub(super) async fn release<C: Dialect>(conn: &mut C, id: &str, token: &str, consumed: &[i64], ready_at: Micros) -> Result<()> {
     if C::sql(RELEASE_ORCHESTRATION).int(ready_at).text(id).text(token).run(conn).await? == 0 {
         return Err(StoreError::LeaseLost);
     }
@@ -349,7 +346,7 @@ pub(super) async fn release<C: Statements>(conn: &mut C, id: &str, token: &str, 
 
 /// One orchestration step; nothing is written when the lease is gone.
 #[allow(clippy::too_many_arguments)]
-async fn step<C: Statements>(
+async fn step<C: Dialect>(
     conn: &mut C,
     token: &str,
     consumed: &[i64],
@@ -380,7 +377,7 @@ async fn step<C: Statements>(
 /// activities (the first ones leased when `claim` says so), children, messages and rewinds.
 /// Returns the instances whose state changed and the activities leased; the instances it
 /// sends messages to are added to `effects.touched`.
-async fn apply<C: Statements>(
+async fn apply<C: Dialect>(
     conn: &mut C,
     commit: &Commit,
     now: Micros,
@@ -397,10 +394,12 @@ async fn apply<C: Statements>(
     let claimed = claim.map_or(0, |c| c.activities.min(commit.activities.len()));
     let (leased, queued) = commit.activities.split_at(claimed);
     if let Some(claim) = claim.filter(|_| !leased.is_empty()) {
-        written.activities = conn.insert_claimed_activities(leased, now, claim).await?;
+        let q = C::sql(C::INSERT_CLAIMED_ACTIVITIES).activities(leased).int(now);
+        let rows = q.text(&claim.owner).int(claim.until).rows(conn).await?;
+        written.activities = encoding::claimed(leased, &rows)?;
     }
     if !queued.is_empty() {
-        conn.insert_activities(queued, now).await?;
+        C::sql(C::INSERT_ACTIVITIES).activities(queued).int(now).run(conn).await?;
     }
     let mut changed = vec![id.clone()];
     for c in &commit.children {
@@ -432,19 +431,25 @@ async fn apply<C: Statements>(
 }
 
 /// Writes a step's history; `known_len` is the current length when the caller knows it.
-async fn write_history<C: Statements>(conn: &mut C, id: &str, write: &HistoryWrite, known_len: Option<usize>) -> Result<()> {
+async fn write_history<C: Dialect>(conn: &mut C, id: &str, write: &HistoryWrite, known_len: Option<usize>) -> Result<()> {
     match write {
         HistoryWrite::Append(events) if events.is_empty() => Ok(()),
-        HistoryWrite::Append(events) => conn.insert_history(id, known_len.map(|l| l as i64), events).await,
+        HistoryWrite::Append(events) => insert_history(conn, id, known_len.map(|l| l as i64), events).await,
         HistoryWrite::Replace(events) => {
             C::sql(DELETE_HISTORY).text(id).run(conn).await?;
-            conn.insert_history(id, Some(0), events).await
+            insert_history(conn, id, Some(0), events).await
         }
     }
 }
 
+/// Appends `events` numbered from `first`, or after the last stored when that is not known.
+async fn insert_history<C: Dialect>(conn: &mut C, id: &str, first: Option<i64>, events: &[HistoryEvent]) -> Result<()> {
+    let q = C::sql(C::INSERT_HISTORY).text(id).maybe_int(first);
+    q.blobs(events.iter().map(encoding::encode).collect()).run(conn).await.map(drop)
+}
+
 /// One activity result; nothing is written when the lease is gone.
-async fn activity_result<C: Statements>(conn: &mut C, id: i64, token: &str, result: &HistoryEvent, now: Micros) -> Result<Written> {
+async fn activity_result<C: Dialect>(conn: &mut C, id: i64, token: &str, result: &HistoryEvent, now: Micros) -> Result<Written> {
     let Some(row) = C::sql(DELETE_LOCKED_ACTIVITY).int(id).text(token).row(conn).await? else {
         return Err(StoreError::LeaseLost);
     };
@@ -500,12 +505,12 @@ pub(super) async fn delete_ids<C: Conn>(conn: &mut C, sql: &'static str, ids: &[
 }
 
 /// The histories of these instances, by instance.
-pub(super) async fn histories<C: Statements>(conn: &mut C, ids: &[&str]) -> Result<HashMap<String, Vec<HistoryEvent>>> {
+pub(super) async fn histories<C: Dialect>(conn: &mut C, ids: &[&str]) -> Result<HashMap<String, Vec<HistoryEvent>>> {
     encoding::histories(&C::sql(C::SELECT_HISTORIES).texts(ids).rows(conn).await?)
 }
 
 /// The inbox messages of these instances visible at `now`, by instance, in delivery order.
-pub(super) async fn inboxes<C: Statements>(conn: &mut C, ids: &[&str], now: Micros) -> Result<HashMap<String, Vec<(i64, Message)>>> {
+pub(super) async fn inboxes<C: Dialect>(conn: &mut C, ids: &[&str], now: Micros) -> Result<HashMap<String, Vec<(i64, Message)>>> {
     encoding::inboxes(&C::sql(C::SELECT_INBOXES).texts(ids).int(now).rows(conn).await?)
 }
 

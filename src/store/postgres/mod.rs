@@ -14,15 +14,12 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Row};
+use sqlx::{Connection, Postgres};
 use tokio::sync::broadcast;
 use tracing::info;
 
 use super::db::Db;
-use super::encoding::{self, encode};
-use super::txn::Statements;
 use super::*;
-use queries::*;
 
 /// Whether a URL names a Postgres database.
 pub fn handles(url: &str) -> bool {
@@ -131,42 +128,6 @@ impl PostgresStore {
             _listener: listener,
             write_concurrency,
         })
-    }
-}
-
-/// Binds `activities` as the columns ($1-$4, $6, $7: one row per array element) and `now`
-/// ($5) of INSERT_ACTIVITIES and INSERT_CLAIMED_ACTIVITIES.
-fn bind_activities<'q>(q: PgQuery<'q>, activities: &'q [ActivityTask], now: Micros) -> PgQuery<'q> {
-    let column = |f: fn(&ActivityTask) -> Option<&str>| activities.iter().map(f).collect::<Vec<_>>();
-    let q = q.bind(column(|a| Some(&a.instance_id))).bind(column(|a| Some(&a.execution_id)));
-    let q = q.bind(activities.iter().map(|a| a.request.task_id).collect::<Vec<_>>());
-    let q = q.bind(activities.iter().map(|a| encode(&a.request)).collect::<Vec<_>>()).bind(now);
-    q.bind(column(|a| Some(&a.request.name)))
-        .bind(column(|a| a.request.version.as_deref()))
-}
-
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
-
-impl Statements for PgConnection {
-    async fn insert_history(&mut self, id: &str, first: Option<i64>, events: &[HistoryEvent]) -> Result<()> {
-        // The column is an INTEGER: no history comes near 2^31 events.
-        let q = sqlx::query(INSERT_HISTORY).bind(id).bind(first.map(|f| f as i32));
-        q.bind(events.iter().map(encode).collect::<Vec<_>>()).execute(&mut *self).await?;
-        Ok(())
-    }
-
-    async fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> Result<()> {
-        bind_activities(sqlx::query(INSERT_ACTIVITIES), activities, now)
-            .execute(&mut *self)
-            .await?;
-        Ok(())
-    }
-
-    async fn insert_claimed_activities(&mut self, activities: &[ActivityTask], now: Micros, claim: &Claim) -> Result<Vec<LockedActivity>> {
-        let q = bind_activities(sqlx::query(INSERT_CLAIMED_ACTIVITIES), activities, now);
-        let rows = q.bind(&claim.owner).bind(claim.until).fetch_all(&mut *self).await?;
-        let rows = rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)));
-        Ok(encoding::claimed(activities, rows.collect::<Result<_, sqlx::Error>>()?))
     }
 }
 

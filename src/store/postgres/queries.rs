@@ -11,11 +11,8 @@ impl Dialect for PgConnection {
     /// Locks the row (when there is one) so a concurrent create of the same id waits for us.
     const SELECT_STATUS_FOR_UPDATE: &'static str = "SELECT status FROM instances WHERE instance_id = $1 FOR UPDATE";
 
-    /// Leases up to $4 instances with visible inbox messages ($1 = now) that nobody holds, for
-    /// owner $2 until $3, with a fresh token each. The candidates come from the inbox, so finished
-    /// instances (which have none) cost nothing; a suspended ($6) instance is only picked for an
-    /// event that wakes it. SKIP LOCKED lets sidecars lease side by side without waiting on each
-    /// other. $5 is the workers' name filter (NULL: any name), see `filters::names_json`.
+    /// The candidates come from the inbox, so finished instances (which have none) cost
+    /// nothing. SKIP LOCKED lets sidecars lease side by side without waiting on each other.
     const LOCK_ORCHESTRATIONS: &'static str = concat!(
         "UPDATE instances i SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
          FROM ( \
@@ -33,9 +30,6 @@ impl Dialect for PgConnection {
         instance_columns!()
     );
 
-    /// Leases up to $4 visible activities ($1 = now) that nobody holds, oldest first, whose name
-    /// the workers' filter $5 takes (NULL: any name; rows queued before the name column existed
-    /// are leased whatever the filter and checked by the dispatcher).
     const LOCK_ACTIVITIES: &'static str = "UPDATE activities a SET lock_token = gen_random_uuid()::text, lock_owner = $2, lock_expires = $3 \
          FROM ( \
            SELECT id AS picked FROM activities c WHERE lock_expires <= $1 AND visible_at <= $1 \
@@ -46,10 +40,8 @@ impl Dialect for PgConnection {
          WHERE a.id = p.picked \
          RETURNING a.id, a.lock_token, a.instance_id, a.execution_id, a.request";
 
-    /// Leases up to $4 entities with runnable messages ($1 = now) for owner $2 until $3. Entities
-    /// are leased like instances: picked with `FOR UPDATE SKIP LOCKED`, written back `WHERE
-    /// lease_token = $token`, so one entity is processed in one place at a time across every
-    /// sidecar on the database.
+    /// Picked with `FOR UPDATE SKIP LOCKED` and written back `WHERE lease_token = $token`, as
+    /// instances are: one entity runs in one place at a time across every sidecar.
     const LOCK_ENTITIES: &'static str = "UPDATE entities e SET lease_token = gen_random_uuid()::text, lease_owner = $2, lease_expires = $3 \
          FROM ( \
            SELECT c.instance_id AS picked FROM entities c \
@@ -60,7 +52,6 @@ impl Dialect for PgConnection {
          WHERE e.instance_id = p.picked \
          RETURNING e.lease_token, e.instance_id, e.state, e.locked_by, e.lock_section, e.modified_at";
 
-    /// Releases the leases of owner $1, or of everyone when $1 is NULL.
     const RELEASE_ALL: &'static [&'static str] = &[
         "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
          WHERE lock_owner IS NOT NULL AND ($1::text IS NULL OR lock_owner = $1)",
@@ -72,9 +63,8 @@ impl Dialect for PgConnection {
 
     const DELETE_ALL: &'static [&'static str] = &["TRUNCATE history, inbox, activities, instances, entity_queue, entities"];
 
-    /// The earliest moment after $1 when work appears: a timer or other future message, a
-    /// scheduled start or back-off ending, an activity's retry time, or a lease running out (a
-    /// crashed sidecar's work is taken over right then, not at the next sweep).
+    /// Leases running out count too: a crashed sidecar's work is taken over right then, not at
+    /// the next sweep.
     const NEXT_DUE: &'static str = "SELECT MIN(t) AS due FROM ( \
            SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > $1 \
            UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > $1 \
@@ -110,8 +100,8 @@ impl Dialect for PgConnection {
     const SELECT_INBOXES: &'static str = "SELECT id, instance_id, execution_id, priority, visible_at, event FROM inbox \
          WHERE instance_id = ANY($1) AND visible_at <= $2 ORDER BY priority, id";
 
-    /// Extends leases. Rows a write batch has locked are skipped, never waited for: that batch is
-    /// ending those leases anyway, and waiting would let renewal and batches deadlock.
+    /// Rows a write batch has locked are skipped, never waited for: that batch is ending those
+    /// leases anyway, and waiting would let renewal and batches deadlock.
     const RENEW_LEASES: [&'static str; 3] = [
         "UPDATE instances SET lock_expires = $1 WHERE instance_id IN ( \
            SELECT instance_id FROM instances WHERE lock_token = ANY($2) FOR UPDATE SKIP LOCKED)",
@@ -120,23 +110,18 @@ impl Dialect for PgConnection {
         "UPDATE entities SET lease_expires = $1 WHERE instance_id IN ( \
            SELECT instance_id FROM entities WHERE lease_token = ANY($2) FOR UPDATE SKIP LOCKED)",
     ];
+    const INSERT_HISTORY: &'static str = "INSERT INTO history (instance_id, seq, event) \
+         SELECT $1, COALESCE($2, (SELECT MAX(seq) + 1 FROM history WHERE instance_id = $1), 0) + e.n - 1, e.event \
+         FROM UNNEST($3::bytea[]) WITH ORDINALITY AS e(event, n)";
+    /// One array per column, $1 to $6.
+    const INSERT_ACTIVITIES: &'static str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
+         SELECT a.instance_id, a.execution_id, a.task_id, a.request, $7, a.name, a.version \
+         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::text[]) \
+           AS a(instance_id, execution_id, task_id, request, name, version)";
+    const INSERT_CLAIMED_ACTIVITIES: &'static str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version, \
+           lock_token, lock_owner, lock_expires) \
+         SELECT a.instance_id, a.execution_id, a.task_id, a.request, $7, a.name, a.version, gen_random_uuid()::text, $8, $9 \
+         FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::text[]) \
+           AS a(instance_id, execution_id, task_id, request, name, version) \
+         RETURNING id, lock_token, task_id";
 }
-
-/// As INSERT_ACTIVITIES, each row leased as it is queued: a fresh token, owner $8, until $9.
-pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version, \
-       lock_token, lock_owner, lock_expires) \
-     SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version, gen_random_uuid()::text, $8, $9 \
-     FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \
-       AS a(instance_id, execution_id, task_id, request, name, version) \
-     RETURNING id, lock_token, task_id";
-
-/// Appends events $3 to instance $1's history numbered from $2, or (when $2 is NULL) after
-/// its last, in one statement.
-pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) \
-     SELECT $1, COALESCE($2, (SELECT MAX(seq) + 1 FROM history WHERE instance_id = $1), 0) + e.n - 1, e.event \
-     FROM UNNEST($3::bytea[]) WITH ORDINALITY AS e(event, n)";
-
-pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
-     SELECT a.instance_id, a.execution_id, a.task_id, a.request, $5, a.name, a.version \
-     FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bytea[], $6::text[], $7::text[]) \
-       AS a(instance_id, execution_id, task_id, request, name, version)";

@@ -14,10 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::cache::HistoryCache;
 use super::db::Db;
-use super::encoding::{self, encode};
-use super::txn::Statements;
 use super::*;
-use queries::*;
 
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -47,23 +44,14 @@ pub fn hub_url(url: &str, hub: &str) -> String {
     if url.contains(":memory:") || url.contains("mode=memory") {
         return "sqlite::memory:".to_string();
     }
-    let (scheme, rest) = match url.strip_prefix("sqlite://") {
-        Some(rest) => ("sqlite://", rest),
-        None => ("sqlite:", url.strip_prefix("sqlite:").unwrap_or(url)),
-    };
-    let (path, query) = match rest.split_once('?') {
-        Some((path, query)) => (path, format!("?{query}")),
-        None => (rest, String::new()),
-    };
-    let (dir, file) = match path.rsplit_once('/') {
-        Some((dir, file)) => (format!("{dir}/"), file),
-        None => (String::new(), path),
-    };
+    let (path, query) = url.split_once('?').map_or((url, None), |(path, query)| (path, Some(query)));
+    // The file name starts after the last '/' or, with none, after the scheme's ':'.
+    let (dir, file) = path.split_at(path.rfind(['/', ':']).map_or(0, |i| i + 1));
     let file = match file.rsplit_once('.') {
         Some((stem, ext)) if !stem.is_empty() => format!("{stem}.hub-{hub}.{ext}"),
         _ => format!("{file}.hub-{hub}"),
     };
-    format!("{scheme}{dir}{file}{query}")
+    format!("{dir}{file}{}", query.map(|q| format!("?{q}")).unwrap_or_default())
 }
 
 impl SqliteStore {
@@ -187,70 +175,6 @@ impl std::ops::Deref for WriteTx {
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         self.conn.as_mut().expect("an open transaction")
-    }
-}
-
-/// Most rows one multi-row insert writes: SQLite binds at most 32,766 values per statement,
-/// so larger steps (a fan-out to thousands of activities) take several statements.
-const ROWS_PER_STATEMENT: usize = 1000;
-
-/// One activity's row of INSERT_ACTIVITIES (and the first columns of INSERT_CLAIMED_ACTIVITIES).
-fn push_activity(row: &mut sqlx::query_builder::Separated<'_, Sqlite, &'static str>, a: &ActivityTask, now: Micros) {
-    row.push_bind(a.instance_id.clone())
-        .push_bind(a.execution_id.clone())
-        .push_bind(a.request.task_id)
-        .push_bind(encode(&a.request))
-        .push_bind(now)
-        .push_bind(a.request.name.clone())
-        .push_bind(a.request.version.clone());
-}
-
-impl Statements for SqliteConnection {
-    async fn insert_history(&mut self, id: &str, first: Option<i64>, events: &[HistoryEvent]) -> Result<()> {
-        let mut seq = match first {
-            Some(first) => first,
-            None => {
-                sqlx::query_scalar(super::queries::NEXT_HISTORY_SEQ)
-                    .bind(id)
-                    .fetch_one(&mut *self)
-                    .await?
-            }
-        };
-        for events in events.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new(INSERT_HISTORY);
-            q.push_values(events, |mut row, e| {
-                row.push_bind(id.to_string()).push_bind(seq).push_bind(encode(e));
-                seq += 1;
-            });
-            q.build().execute(&mut *self).await?;
-        }
-        Ok(())
-    }
-
-    async fn insert_activities(&mut self, activities: &[ActivityTask], now: Micros) -> Result<()> {
-        for activities in activities.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new(INSERT_ACTIVITIES);
-            q.push_values(activities, |mut row, a| push_activity(&mut row, a, now));
-            q.build().execute(&mut *self).await?;
-        }
-        Ok(())
-    }
-
-    async fn insert_claimed_activities(&mut self, activities: &[ActivityTask], now: Micros, claim: &Claim) -> Result<Vec<LockedActivity>> {
-        let mut leased = Vec::with_capacity(activities.len());
-        for activities in activities.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new(INSERT_CLAIMED_ACTIVITIES);
-            q.push_values(activities, |mut row, a| {
-                push_activity(&mut row, a, now);
-                row.push("lower(hex(randomblob(16)))")
-                    .push_bind(claim.owner.clone())
-                    .push_bind(claim.until);
-            });
-            q.push(CLAIMED_ACTIVITIES_RETURNING);
-            let rows: Vec<(i64, String, i32)> = q.build_query_as().fetch_all(&mut *self).await?;
-            leased.extend(encoding::claimed(activities, rows));
-        }
-        Ok(leased)
     }
 }
 

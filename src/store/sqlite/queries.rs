@@ -1,7 +1,6 @@
 //! The statements only SQLite says this way (the Postgres store's `queries.rs`
 //! has the same names; what both run alike is `store::queries`). SQLite has no array binds:
-//! a list is one JSON array read with `json_each`, and inserts of many rows are prefixes the
-//! store completes with `VALUES` rows, a bounded number at a time.
+//! a list, and the rows of a many-row insert, is one JSON array read with `json_each`.
 
 use sqlx::SqliteConnection;
 
@@ -12,10 +11,6 @@ impl Dialect for SqliteConnection {
     /// The single writer already keeps a concurrent create of the same id out.
     const SELECT_STATUS_FOR_UPDATE: &'static str = crate::store::queries::SELECT_STATUS;
 
-    /// Leases up to ?4 instances with visible inbox messages (?1 = now) that nobody holds, for
-    /// owner ?2 until ?3, with a fresh token each, in one statement that returns the rows (nothing
-    /// to do costs one query). A suspended (?6) instance is only picked for an event that wakes
-    /// it. ?5 is the workers' name filter (NULL: any name), see `filters::names_json`.
     const LOCK_ORCHESTRATIONS: &'static str = concat!(
         "UPDATE instances SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
          WHERE instance_id IN ( \
@@ -28,9 +23,6 @@ impl Dialect for SqliteConnection {
         instance_columns!()
     );
 
-    /// Leases up to ?4 visible activities (?1 = now) that nobody holds, oldest first, for owner
-    /// ?2 until ?3, whose name the workers' filter ?5 takes (NULL: any name; rows queued before
-    /// the name column existed are leased whatever the filter and checked by the dispatcher).
     const LOCK_ACTIVITIES: &'static str = "UPDATE activities SET lock_token = lower(hex(randomblob(16))), lock_owner = ?2, lock_expires = ?3 \
          WHERE id IN (SELECT id FROM activities a WHERE lock_expires <= ?1 AND visible_at <= ?1 \
            AND (?5 IS NULL OR a.name IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) f \
@@ -38,14 +30,12 @@ impl Dialect for SqliteConnection {
            ORDER BY id LIMIT ?4) \
          RETURNING id, lock_token, instance_id, execution_id, request";
 
-    /// Leases up to ?4 entities with runnable messages (?1 = now) for owner ?2 until ?3.
     const LOCK_ENTITIES: &'static str = "UPDATE entities SET lease_token = lower(hex(randomblob(16))), lease_owner = ?2, lease_expires = ?3 \
          WHERE instance_id IN ( \
            SELECT DISTINCT q.instance_id FROM entity_queue q JOIN entities e ON e.instance_id = q.instance_id \
            WHERE q.deferred = 0 AND q.visible_at <= ?1 AND e.lease_expires <= ?1 AND e.ready_at <= ?1 LIMIT ?4) \
          RETURNING lease_token, instance_id, state, locked_by, lock_section, modified_at";
 
-    /// Releases the leases of owner ?1, or of everyone when ?1 is NULL.
     const RELEASE_ALL: &'static [&'static str] = &[
         "UPDATE instances SET lock_token = NULL, lock_owner = NULL, lock_expires = 0 \
          WHERE lock_owner IS NOT NULL AND (?1 IS NULL OR lock_owner = ?1)",
@@ -64,9 +54,7 @@ impl Dialect for SqliteConnection {
         "DELETE FROM entities",
     ];
 
-    /// The earliest moment after ?1 when work appears: a timer or other future message, a
-    /// scheduled start or back-off ending, an activity's retry time. (One sidecar per file: no
-    /// other sidecar's lease runs out.)
+    /// One sidecar per file: no other sidecar's lease runs out.
     const NEXT_DUE: &'static str = "SELECT MIN(t) AS due FROM ( \
            SELECT MIN(visible_at) AS t FROM inbox WHERE visible_at > ?1 \
            UNION ALL SELECT MIN(ready_at) FROM instances WHERE ready_at > 0 AND ready_at > ?1 \
@@ -96,17 +84,17 @@ impl Dialect for SqliteConnection {
         "UPDATE activities SET lock_expires = ?1 WHERE lock_token IN (SELECT value FROM json_each(?2))",
         "UPDATE entities SET lease_expires = ?1 WHERE lease_token IN (SELECT value FROM json_each(?2))",
     ];
+    const INSERT_HISTORY: &'static str = "INSERT INTO history (instance_id, seq, event) \
+         SELECT ?1, COALESCE(?2, (SELECT MAX(seq) + 1 FROM history WHERE instance_id = ?1), 0) + e.key, unhex(e.value) \
+         FROM json_each(?3) e";
+    /// Each element of ?1 a row: [instance_id, execution_id, task_id, request (hex), name, version].
+    const INSERT_ACTIVITIES: &'static str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) \
+         SELECT a.value ->> 0, a.value ->> 1, a.value ->> 2, unhex(a.value ->> 3), ?2, a.value ->> 4, a.value ->> 5 \
+         FROM json_each(?1) a";
+    const INSERT_CLAIMED_ACTIVITIES: &'static str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version, \
+           lock_token, lock_owner, lock_expires) \
+         SELECT a.value ->> 0, a.value ->> 1, a.value ->> 2, unhex(a.value ->> 3), ?2, a.value ->> 4, a.value ->> 5, \
+           lower(hex(randomblob(16))), ?3, ?4 \
+         FROM json_each(?1) a \
+         RETURNING id, lock_token, task_id";
 }
-
-/// Completed by `VALUES` rows (instance_id, seq, event).
-pub const INSERT_HISTORY: &str = "INSERT INTO history (instance_id, seq, event) ";
-
-/// Completed by `VALUES` rows (instance_id, execution_id, task_id, request, visible_at, name, version).
-pub const INSERT_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version) ";
-
-/// Completed by `VALUES` rows (instance_id, execution_id, task_id, request, visible_at, name,
-/// version, a fresh token, lock_owner, lock_expires) and [`CLAIMED_ACTIVITIES_RETURNING`]:
-/// activities leased as they are queued.
-pub const INSERT_CLAIMED_ACTIVITIES: &str = "INSERT INTO activities (instance_id, execution_id, task_id, request, visible_at, name, version, lock_token, lock_owner, lock_expires) ";
-
-pub const CLAIMED_ACTIVITIES_RETURNING: &str = " RETURNING id, lock_token, task_id";

@@ -1,6 +1,6 @@
 //! The entity transactions, written once for both engines: the order of reads and writes that
 //! enqueues a message, persists an entity step, cleans, purges and reads a leased entity's
-//! queue. What the engines say their own way (SQLite `IN (..)` lists and a single writer;
+//! queue. What the engines say their own way (SQLite JSON lists and a single writer;
 //! Postgres array binds and `SKIP LOCKED` picks) is in their `txn::Dialect`.
 
 use tracing::info;

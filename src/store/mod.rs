@@ -5,7 +5,7 @@
 //! (`queries.rs`), and what a transaction decides from the rows it reads (a message to a
 //! finished instance is dropped, only finished instances are purged, ...) comes from
 //! `engine::rules`. Each engine's folder keeps what only it says or does (`txn::Dialect`):
-//! SQLite's single writer, `IN (..)` lists and the history cache it may keep (`cache.rs`);
+//! SQLite's single writer, JSON lists and the history cache it may keep (`cache.rs`);
 //! Postgres's row locks, array binds and NOTIFY.
 
 mod batch;

@@ -143,15 +143,37 @@ impl Lists for sqlx::Sqlite {
         q.bind(serde_json::to_string(v).expect("strings encode"))
     }
     fn blobs(q: Bound<Self>, v: Vec<Vec<u8>>) -> Bound<Self> {
-        q.bind(serde_json::to_string(&v.iter().map(|b| hex(b)).collect::<Vec<_>>()).expect("strings encode"))
+        q.bind(json_array(&v, |out, b| {
+            out.push('"');
+            push_hex(out, b);
+            out.push('"');
+        }))
     }
     fn activities(q: Bound<Self>, v: &[ActivityTask]) -> Bound<Self> {
-        let row = |a: &ActivityTask| {
+        let text = |s: &str| serde_json::to_string(s).expect("strings encode");
+        q.bind(json_array(v, |out, a| {
             let r = &a.request;
-            serde_json::json!([a.instance_id, a.execution_id, r.task_id, hex(&encode(r)), r.name, r.version])
-        };
-        q.bind(serde_json::Value::Array(v.iter().map(row).collect()).to_string())
+            out.push_str(&format!("[{},{},{},\"", text(&a.instance_id), text(&a.execution_id), r.task_id));
+            push_hex(out, &encode(r));
+            let version = r.version.as_deref().map_or_else(|| "null".to_string(), text);
+            out.push_str(&format!("\",{},{version}]", text(&r.name)));
+        }))
     }
+}
+
+/// A JSON array written out by hand, `item` writing each element, so that bytes go into the
+/// text as hex directly, with no other copy of them on the way (a step's payloads can be
+/// tens of megabytes).
+fn json_array<T>(items: &[T], mut item: impl FnMut(&mut String, &T)) -> String {
+    let mut json = String::from("[");
+    for (i, t) in items.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        item(&mut json, t);
+    }
+    json.push(']');
+    json
 }
 
 impl Lists for sqlx::Postgres {
@@ -177,12 +199,13 @@ impl Lists for sqlx::Postgres {
 }
 
 /// Lower-case hex, which SQLite's `unhex` reads back.
-fn hex(bytes: &[u8]) -> String {
+fn push_hex(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char])
-        .collect()
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
 }
 
 /// How many rows a statement changed (each driver says it its own way).
@@ -216,5 +239,36 @@ mod tests {
         let rows = q.blobs(blobs.clone()).rows(&mut conn).await.unwrap();
         let back: Vec<Vec<u8>> = rows.iter().map(|r| r.bytes("b").unwrap().to_vec()).collect();
         assert_eq!(back, blobs);
+    }
+
+    #[tokio::test]
+    async fn activities_bound_as_one_list_come_back_from_sqlite_column_for_column() {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let task = |id: i32, name: &str, version: Option<&str>| ActivityTask {
+            instance_id: format!("i\"{id}\\ é"),
+            execution_id: "e".into(),
+            request: crate::proto::ActivityRequest {
+                name: name.into(),
+                version: version.map(Into::into),
+                task_id: id,
+                input: Some("\u{0}[1]".into()),
+                ..Default::default()
+            },
+        };
+        let tasks = vec![task(7, "Say \"hi\"", None), task(-1, "ünï", Some("2.0"))];
+        let q = <sqlx::SqliteConnection as Conn>::sql(
+            "SELECT a.value ->> 0 AS i, a.value ->> 1 AS e, a.value ->> 2 AS t, unhex(a.value ->> 3) AS r, \
+             a.value ->> 4 AS n, a.value ->> 5 AS v FROM json_each($1) a ORDER BY a.key",
+        );
+        let rows = q.activities(&tasks).rows(&mut conn).await.unwrap();
+        assert_eq!(rows.len(), tasks.len());
+        for (r, a) in rows.iter().zip(&tasks) {
+            assert_eq!(r.text("i").unwrap(), a.instance_id);
+            assert_eq!(r.text("e").unwrap(), a.execution_id);
+            assert_eq!(r.small("t").unwrap(), a.request.task_id);
+            assert_eq!(r.bytes("r").unwrap(), encode(&a.request));
+            assert_eq!(r.text("n").unwrap(), a.request.name);
+            assert_eq!(r.maybe_text("v").unwrap(), a.request.version);
+        }
     }
 }

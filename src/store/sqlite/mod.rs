@@ -54,6 +54,9 @@ pub fn hub_url(url: &str, hub: &str) -> String {
     format!("{dir}{file}{}", query.map(|q| format!("?{q}")).unwrap_or_default())
 }
 
+/// Read connections beside the writer (WAL lets them run while it writes).
+const READERS: u32 = 4;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, sqlx::Error> {
@@ -85,8 +88,13 @@ impl SqliteStore {
         let reader = if memory {
             writer.clone()
         } else {
+            // Every reader is opened now and kept: a process that later runs out of file
+            // descriptors (a flood of connections) still reads, where opening one would fail.
             SqlitePoolOptions::new()
-                .max_connections(4)
+                .max_connections(READERS)
+                .min_connections(READERS)
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .connect_with(options.read_only(true))
                 .await?
         };
